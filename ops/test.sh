@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh machine, then runs
+# formatting, lints and every test. Debug builds only (a clean build of the
+# dependencies takes about 4-7 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Python interop readers (DuckDB, pyarrow) in a venv, when the tests use them.
+if [[ -f ops/requirements-test.txt ]]; then
+    VENV="${IRONLAKE_TEST_VENV:-$PWD/target/test-venv}"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        python3 -m venv "$VENV" || {
+            apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$VENV"
+        }
+    fi
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r ops/requirements-test.txt
+    export IRONLAKE_TEST_PYTHON="$VENV/bin/python"
+fi
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --all-targets

@@ -1,0 +1,336 @@
+//! Declarative configuration: `ironlake.toml`, table schemas and pipelines.
+//!
+//! Each file is parsed into a raw serde form (`deny_unknown_fields`) and then
+//! validated into types that cannot be invalid. Every problem in every file
+//! is collected, with file, line, column, key and what is allowed, so that
+//! an operator sees all of them in one go.
+
+pub mod diag;
+pub mod pipeline;
+pub mod schema;
+pub mod settings;
+
+pub use diag::{Diagnostic, Diagnostics, Severity, SourceFile};
+pub use pipeline::Pipeline;
+pub use schema::TableSchema;
+pub use settings::Settings;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The embedded default configuration (`ironlake.toml` at the repository root).
+pub const EMBEDDED_CONFIG: &str = include_str!("../../ironlake.toml");
+
+/// Default config path when neither `--config` nor `IRONLAKE_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "ironlake.toml";
+
+/// A fully loaded, cross-checked project: settings, tables and pipelines.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// Validated settings.
+    pub settings: Settings,
+    /// Table schemas, sorted by name.
+    pub tables: Vec<TableSchema>,
+    /// Pipelines, sorted by name.
+    pub pipelines: Vec<Pipeline>,
+    /// Warnings found while loading.
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Project {
+    /// The table with this name.
+    pub fn table(&self, name: &str) -> Option<&TableSchema> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// The pipeline with this name.
+    pub fn pipeline(&self, name: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+}
+
+/// What `load` found in each file, for `ironlake check`.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// One line per file that loaded cleanly: (file, summary).
+    pub summaries: Vec<(String, String)>,
+    /// Every error and warning, in file order.
+    pub diagnostics: Diagnostics,
+    /// The project, when there were no errors.
+    pub project: Option<Project>,
+}
+
+/// Where to load the project from.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Config file; `None` means `./ironlake.toml`, or the embedded default if that is absent.
+    pub config: Option<PathBuf>,
+    /// Overrides the configured warehouse directory.
+    pub warehouse: Option<PathBuf>,
+}
+
+fn read_dir_toml(dir: &Path, display_base: &Path) -> Result<Vec<(String, SourceFile)>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read directory {}: {e}", dir.display()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read directory {}: {e}", dir.display()))?;
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") || !path.is_file() {
+            continue;
+        }
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let shown = path
+            .strip_prefix(display_base)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        files.push((stem, SourceFile::new(shown, text)));
+    }
+    files.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    Ok(files)
+}
+
+/// Loads config, schemas and pipelines, collecting every problem.
+pub fn load(opts: &LoadOptions) -> LoadReport {
+    let mut report = LoadReport::default();
+    let (config_file, base) = match &opts.config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                (SourceFile::new(path.display().to_string(), text), base)
+            }
+            Err(e) => {
+                report
+                    .diagnostics
+                    .push(SourceFile::new(path.display().to_string(), "").error(
+                        None,
+                        "",
+                        format!("cannot read the config file: {e}"),
+                    ));
+                return report;
+            }
+        },
+        None => match std::fs::read_to_string(DEFAULT_CONFIG_PATH) {
+            Ok(text) => (SourceFile::new(DEFAULT_CONFIG_PATH, text), PathBuf::new()),
+            Err(_) => (
+                SourceFile::new("<embedded ironlake.toml>", EMBEDDED_CONFIG),
+                PathBuf::new(),
+            ),
+        },
+    };
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    let mut settings = match settings::load(&config_file, &base) {
+        Ok(s) => s,
+        Err(errs) => {
+            for e in errs {
+                report.diagnostics.push(e);
+            }
+            return report;
+        }
+    };
+    if let Some(w) = &opts.warehouse {
+        settings.warehouse_dir = w.clone();
+        if settings.sql.spill_dir.starts_with(base.join("warehouse"))
+            || !settings.sql.spill_dir.is_absolute()
+        {
+            settings.sql.spill_dir = w.join("_ironlake").join("spill");
+        }
+    }
+    let display_base = base.clone();
+    let schema_files = match read_dir_toml(&settings.schemas_dir, &display_base) {
+        Ok(f) => f,
+        Err(msg) => {
+            report
+                .diagnostics
+                .push(config_file.error(None, "project.schemas_dir", msg));
+            Vec::new()
+        }
+    };
+    let pipeline_files = match read_dir_toml(&settings.pipelines_dir, &display_base) {
+        Ok(f) => f,
+        Err(msg) => {
+            report
+                .diagnostics
+                .push(config_file.error(None, "project.pipelines_dir", msg));
+            Vec::new()
+        }
+    };
+
+    let mut tables: Vec<TableSchema> = Vec::new();
+    let mut table_files: HashMap<String, String> = HashMap::new();
+    for (stem, file) in &schema_files {
+        match schema::load(file) {
+            Ok(t) => {
+                if let Some(first) = table_files.get(&t.name) {
+                    report.diagnostics.push(file.error(
+                        Some(t.name_span.clone()),
+                        "table",
+                        format!(
+                            "table {:?} is already declared in {first}; table names must be unique",
+                            t.name
+                        ),
+                    ));
+                    continue;
+                }
+                if &t.name != stem {
+                    report.diagnostics.push(file.warning(
+                        Some(t.name_span.clone()),
+                        "table",
+                        format!("table {:?} is declared in a file named {stem}.toml; name the file after the table", t.name),
+                    ));
+                }
+                let key = t.primary_key_names().join(", ");
+                report.summaries.push((
+                    file.name.clone(),
+                    format!(
+                        "table {}, {} columns, key ({key}), partitioned by quarter of {}",
+                        t.name,
+                        t.columns.len(),
+                        t.period().name
+                    ),
+                ));
+                table_files.insert(t.name.clone(), file.name.clone());
+                tables.push(t);
+            }
+            Err(errs) => errs.into_iter().for_each(|e| report.diagnostics.push(e)),
+        }
+    }
+    tables.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let table_names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let mut pipelines = Vec::new();
+    for (stem, file) in &pipeline_files {
+        match pipeline::load(file, stem) {
+            Ok((p, warnings)) => {
+                let mut ok = true;
+                match tables.iter().find(|t| t.name == p.table) {
+                    None => {
+                        ok = false;
+                        let known = if table_names.is_empty() {
+                            "none are declared".to_string()
+                        } else {
+                            table_names.join(", ")
+                        };
+                        report.diagnostics.push(file.error(
+                            Some(p.table_span.clone()),
+                            "table",
+                            format!(
+                                "pipeline targets table {:?}, which no schema in {} declares; tables: {known}",
+                                p.table,
+                                settings.schemas_dir.display()
+                            ),
+                        ));
+                    }
+                    Some(t) => {
+                        if let pipeline::Window::Incremental { field, .. } = &p.source.window
+                            && t.column(field).is_none()
+                        {
+                            ok = false;
+                            report.diagnostics.push(file.error(
+                                None,
+                                "source.incremental.field",
+                                format!(
+                                    "the cursor field {field:?} is not a column of table {}; columns: {}",
+                                    t.name,
+                                    t.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                }
+                for w in warnings {
+                    report.diagnostics.push(w);
+                }
+                if ok {
+                    report
+                        .summaries
+                        .push((file.name.clone(), describe_pipeline(&p)));
+                    pipelines.push(p);
+                }
+            }
+            Err(errs) => errs.into_iter().for_each(|e| report.diagnostics.push(e)),
+        }
+    }
+    pipelines.sort_by(|a, b| a.name.cmp(&b.name));
+
+    report.summaries.insert(
+        0,
+        (
+            config_file.name.clone(),
+            format!(
+                "warehouse {}, {} tables, {} pipelines",
+                settings.warehouse_dir.display(),
+                tables.len(),
+                pipelines.len()
+            ),
+        ),
+    );
+    if !report.diagnostics.has_errors() {
+        let warnings = report.diagnostics.all().to_vec();
+        report.project = Some(Project {
+            settings,
+            tables,
+            pipelines,
+            warnings,
+        });
+    }
+    report
+}
+
+fn describe_pipeline(p: &Pipeline) -> String {
+    use pipeline::{Auth, Format, Pagination, Window};
+    let format = match p.source.format {
+        Format::Json => "json",
+        Format::Ndjson => "ndjson",
+        Format::Csv => "csv",
+    };
+    let pages = match p.source.pagination {
+        Pagination::None => "one page",
+        Pagination::PageNumber { .. } => "page-number pages",
+        Pagination::OffsetLimit { .. } => "offset/limit pages",
+        Pagination::Cursor { .. } => "cursor pages",
+        Pagination::LinkHeader { .. } => "Link-header pages",
+    };
+    let auth = match p.source.auth {
+        Auth::None => "no auth",
+        Auth::Bearer { .. } => "bearer auth",
+        Auth::ApiKey { .. } => "API-key auth",
+        Auth::Basic { .. } => "basic auth",
+    };
+    let window = match &p.source.window {
+        Window::Snapshot => "full snapshot each run".to_string(),
+        Window::Quarters => format!("quarters from {}", p.start),
+        Window::Incremental {
+            param,
+            field,
+            lookback_days,
+        } => {
+            format!(
+                "incremental by {field} (?{param}=, lookback {lookback_days} days) from {}",
+                p.start
+            )
+        }
+    };
+    let next = p
+        .schedule
+        .cron
+        .upcoming(p.schedule.time_zone)
+        .next()
+        .map(|t| format!("; next run {}", t.format("%Y-%m-%d %H:%M:%S %Z")))
+        .unwrap_or_default();
+    format!(
+        "{} <- {format}, {pages}, {auth}, {window}; cron \"{}\" {}{next}",
+        p.table, p.schedule.expression, p.schedule.time_zone
+    )
+}

@@ -1,0 +1,478 @@
+//! Table schemas (`schemas/<table>.toml`): columns with Arrow types,
+//! nullability, enumerations, units and validators; primary key and the
+//! period column that gives each row's quarter.
+
+use super::diag::{Diagnostic, SourceFile};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use toml::Spanned;
+
+/// Column name reserved for the partition column added by the warehouse.
+pub const PARTITION_COLUMN: &str = "quarter";
+
+/// The Arrow types a column may declare.
+pub const VALID_TYPES: &str = "Utf8, Boolean, Int32, Int64, Date32, Decimal128(precision,scale)";
+
+/// The validators a column may name in `check`.
+pub const VALID_CHECKS: &str = "uscc, district_code, industry_code";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchema {
+    table: Spanned<String>,
+    description: String,
+    primary_key: Spanned<Vec<Spanned<String>>>,
+    period_column: Spanned<String>,
+    columns: Vec<RawColumn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumn {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    data_type: Spanned<String>,
+    #[serde(default)]
+    nullable: bool,
+    description: String,
+    #[serde(default)]
+    unit: Option<String>,
+    #[serde(default)]
+    allowed: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    check: Option<Spanned<String>>,
+}
+
+/// A column's Arrow type, restricted to what the warehouse stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// UTF-8 text (stored as plain Utf8 in Parquet).
+    Utf8,
+    /// true/false.
+    Boolean,
+    /// 32-bit integer.
+    Int32,
+    /// 64-bit integer.
+    Int64,
+    /// Calendar date (days since 1970-01-01), given as `YYYY-MM-DD` text.
+    Date32,
+    /// Exact decimal, e.g. money as `Decimal128(18,2)`.
+    Decimal128 {
+        /// Total significant digits, 1..=38.
+        precision: u8,
+        /// Digits after the point, 0..=precision.
+        scale: u8,
+    },
+}
+
+impl ColumnType {
+    /// The Arrow data type.
+    pub fn arrow(self) -> DataType {
+        match self {
+            ColumnType::Utf8 => DataType::Utf8,
+            ColumnType::Boolean => DataType::Boolean,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Date32 => DataType::Date32,
+            ColumnType::Decimal128 { precision, scale } => {
+                DataType::Decimal128(precision, scale as i8)
+            }
+        }
+    }
+
+    /// Parses a type name as written in a schema file.
+    pub fn parse(text: &str) -> Result<ColumnType, String> {
+        let t = text.trim();
+        Ok(match t {
+            "Utf8" => ColumnType::Utf8,
+            "Boolean" => ColumnType::Boolean,
+            "Int32" => ColumnType::Int32,
+            "Int64" => ColumnType::Int64,
+            "Date32" => ColumnType::Date32,
+            _ => {
+                let Some(args) = t
+                    .strip_prefix("Decimal128(")
+                    .and_then(|r| r.strip_suffix(')'))
+                else {
+                    return Err(format!("unknown type {text:?}; valid types: {VALID_TYPES}"));
+                };
+                let parts: Vec<&str> = args.split(',').map(str::trim).collect();
+                let (Some(p), Some(s), 2) = (
+                    parts.first().and_then(|p| p.parse::<u8>().ok()),
+                    parts.get(1).and_then(|s| s.parse::<u8>().ok()),
+                    parts.len(),
+                ) else {
+                    return Err(format!(
+                        "{text:?}: Decimal128 takes two integers, precision and scale, e.g. Decimal128(18,2)"
+                    ));
+                };
+                if !(1..=38).contains(&p) {
+                    return Err(format!(
+                        "{text:?}: Decimal128 precision must be 1..=38, found {p}"
+                    ));
+                }
+                if s > p {
+                    return Err(format!(
+                        "{text:?}: Decimal128 scale {s} is greater than precision {p}; scale must be 0..={p}"
+                    ));
+                }
+                ColumnType::Decimal128 {
+                    precision: p,
+                    scale: s,
+                }
+            }
+        })
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnType::Decimal128 { precision, scale } => {
+                write!(f, "Decimal128({precision},{scale})")
+            }
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+/// A domain validator a text column is checked with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// GB 32100-2015 unified social credit code.
+    Uscc,
+    /// One of Chongqing's 38 GB/T 2260 district codes.
+    DistrictCode,
+    /// A GB/T 4754-2017 4-digit industry class.
+    IndustryCode,
+}
+
+impl Check {
+    fn parse(s: &str) -> Option<Check> {
+        Some(match s {
+            "uscc" => Check::Uscc,
+            "district_code" => Check::DistrictCode,
+            "industry_code" => Check::IndustryCode,
+            _ => return None,
+        })
+    }
+}
+
+/// One validated column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Column name (snake_case).
+    pub name: String,
+    /// Arrow type.
+    pub data_type: ColumnType,
+    /// Whether the value may be missing.
+    pub nullable: bool,
+    /// Description carrying the Chinese statistical term.
+    pub description: String,
+    /// Unit of measure (`CNY yuan`, `percent per year`, …), if any.
+    pub unit: Option<String>,
+    /// Allowed values of an enumeration column.
+    pub allowed: Option<Vec<String>>,
+    /// Domain validator applied to each value.
+    pub check: Option<Check>,
+}
+
+/// One validated table schema.
+#[derive(Debug, Clone)]
+pub struct TableSchema {
+    /// Table name, unique in the warehouse.
+    pub name: String,
+    /// Byte span of the `table` value in the file, for cross-file diagnostics.
+    pub name_span: std::ops::Range<usize>,
+    /// What the table holds.
+    pub description: String,
+    /// Columns in declaration order.
+    pub columns: Vec<Column>,
+    /// Indexes of the primary-key columns.
+    pub primary_key: Vec<usize>,
+    /// Index of the Date32 column whose quarter partitions the row.
+    pub period_column: usize,
+    /// File the schema was loaded from.
+    pub file: String,
+}
+
+impl TableSchema {
+    /// The Arrow schema of the stored rows (without the `quarter` partition column).
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.data_type.arrow(), c.nullable))
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The column with this name.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Names of the primary-key columns.
+    pub fn primary_key_names(&self) -> Vec<&str> {
+        self.primary_key
+            .iter()
+            .map(|&i| self.columns[i].name.as_str())
+            .collect()
+    }
+
+    /// The period column.
+    pub fn period(&self) -> &Column {
+        &self.columns[self.period_column]
+    }
+}
+
+/// Whether `s` is a lower-case identifier: `[a-z][a-z0-9_]*`.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Loads and validates one schema file; returns every problem found in it.
+pub fn load(file: &SourceFile) -> Result<TableSchema, Vec<Diagnostic>> {
+    let raw: RawSchema = file.parse().map_err(|d| vec![d])?;
+    let mut errors = Vec::new();
+    let table = raw.table.get_ref().clone();
+    if !is_identifier(&table) {
+        errors.push(file.error(
+            Some(raw.table.span()),
+            "table",
+            format!("table name {table:?} must be a lower-case identifier ([a-z][a-z0-9_]*)"),
+        ));
+    }
+    if raw.columns.is_empty() {
+        errors.push(file.error(
+            None,
+            "columns",
+            "a table needs at least one [[columns]] entry",
+        ));
+    }
+    let mut columns = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, rc) in raw.columns.iter().enumerate() {
+        let key = |k: &str| format!("columns[{i}].{k}");
+        let name = rc.name.get_ref().clone();
+        if !is_identifier(&name) {
+            errors.push(file.error(
+                Some(rc.name.span()),
+                &key("name"),
+                format!("column name {name:?} must be a lower-case identifier ([a-z][a-z0-9_]*)"),
+            ));
+        } else if name == PARTITION_COLUMN {
+            errors.push(file.error(
+                Some(rc.name.span()),
+                &key("name"),
+                "`quarter` is reserved for the partition column the warehouse adds",
+            ));
+        } else if !seen.insert(name.clone()) {
+            errors.push(file.error(
+                Some(rc.name.span()),
+                &key("name"),
+                format!("column {name:?} is declared twice"),
+            ));
+        }
+        let data_type = match ColumnType::parse(rc.data_type.get_ref()) {
+            Ok(t) => t,
+            Err(msg) => {
+                errors.push(file.error(Some(rc.data_type.span()), &key("type"), msg));
+                continue;
+            }
+        };
+        if let Some(allowed) = &rc.allowed {
+            if data_type != ColumnType::Utf8 {
+                errors.push(file.error(
+                    Some(allowed.span()),
+                    &key("allowed"),
+                    format!("`allowed` values apply only to Utf8 columns, not {data_type}"),
+                ));
+            } else if allowed.get_ref().is_empty() {
+                errors.push(file.error(
+                    Some(allowed.span()),
+                    &key("allowed"),
+                    "an enumeration needs at least one allowed value",
+                ));
+            } else {
+                let mut vals = HashSet::new();
+                for v in allowed.get_ref() {
+                    if !vals.insert(v) {
+                        errors.push(file.error(
+                            Some(allowed.span()),
+                            &key("allowed"),
+                            format!("allowed value {v:?} is listed twice"),
+                        ));
+                    }
+                }
+            }
+        }
+        let check = match &rc.check {
+            None => None,
+            Some(c) => match Check::parse(c.get_ref()) {
+                Some(_) if data_type != ColumnType::Utf8 => {
+                    errors.push(file.error(
+                        Some(c.span()),
+                        &key("check"),
+                        format!("`check` applies only to Utf8 columns, not {data_type}"),
+                    ));
+                    None
+                }
+                Some(chk) => Some(chk),
+                None => {
+                    errors.push(file.error(
+                        Some(c.span()),
+                        &key("check"),
+                        format!(
+                            "unknown check {:?}; valid checks: {VALID_CHECKS}",
+                            c.get_ref()
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
+        columns.push(Column {
+            name,
+            data_type,
+            nullable: rc.nullable,
+            description: rc.description.clone(),
+            unit: rc.unit.clone(),
+            allowed: rc.allowed.as_ref().map(|a| a.get_ref().clone()),
+            check,
+        });
+    }
+    let names: Vec<String> = raw
+        .columns
+        .iter()
+        .map(|c| c.name.get_ref().clone())
+        .collect();
+    let column_list = names.join(", ");
+    let mut primary_key = Vec::new();
+    if raw.primary_key.get_ref().is_empty() {
+        errors.push(file.error(
+            Some(raw.primary_key.span()),
+            "primary_key",
+            "the primary key needs at least one column",
+        ));
+    }
+    let mut pk_seen = HashSet::new();
+    for k in raw.primary_key.get_ref() {
+        match columns.iter().position(|c| &c.name == k.get_ref()) {
+            Some(idx) => {
+                if !pk_seen.insert(idx) {
+                    errors.push(file.error(
+                        Some(k.span()),
+                        "primary_key",
+                        format!("column {:?} is listed twice in the primary key", k.get_ref()),
+                    ));
+                } else if columns[idx].nullable {
+                    errors.push(file.error(
+                        Some(k.span()),
+                        "primary_key",
+                        format!("primary-key column {:?} must not be nullable", k.get_ref()),
+                    ));
+                }
+                primary_key.push(idx);
+            }
+            None if names.contains(k.get_ref()) => {} // column had a type error, reported already
+            None => errors.push(file.error(
+                Some(k.span()),
+                "primary_key",
+                format!(
+                    "primary key names column {:?}, which the table does not have; columns: {column_list}",
+                    k.get_ref()
+                ),
+            )),
+        }
+    }
+    let period = raw.period_column.get_ref();
+    let period_column = match columns.iter().position(|c| &c.name == period) {
+        Some(idx) => {
+            if columns[idx].data_type != ColumnType::Date32 {
+                errors.push(file.error(
+                    Some(raw.period_column.span()),
+                    "period_column",
+                    format!(
+                        "period column {period:?} is {}, but it must be Date32 (its quarter partitions the table)",
+                        columns[idx].data_type
+                    ),
+                ));
+            } else if columns[idx].nullable {
+                errors.push(file.error(
+                    Some(raw.period_column.span()),
+                    "period_column",
+                    format!("period column {period:?} must not be nullable"),
+                ));
+            }
+            idx
+        }
+        None => {
+            if !names.contains(period) {
+                errors.push(file.error(
+                    Some(raw.period_column.span()),
+                    "period_column",
+                    format!("period column {period:?} is not a column of the table; columns: {column_list}"),
+                ));
+            }
+            0
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(TableSchema {
+        name: table,
+        name_span: raw.table.span(),
+        description: raw.description,
+        columns,
+        primary_key,
+        period_column,
+        file: file.name.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_types_parse_with_limits() {
+        assert_eq!(
+            ColumnType::parse("Decimal128(18,2)"),
+            Ok(ColumnType::Decimal128 {
+                precision: 18,
+                scale: 2
+            })
+        );
+        assert_eq!(
+            ColumnType::parse("Decimal128(9, 4)").unwrap().arrow(),
+            DataType::Decimal128(9, 4)
+        );
+        assert!(
+            ColumnType::parse("Decimal128(2,4)")
+                .unwrap_err()
+                .contains("greater than precision")
+        );
+        assert!(
+            ColumnType::parse("Decimal128(39,2)")
+                .unwrap_err()
+                .contains("1..=38")
+        );
+        assert!(
+            ColumnType::parse("Float64")
+                .unwrap_err()
+                .contains(VALID_TYPES)
+        );
+        assert!(
+            ColumnType::parse("Decimal128(18)")
+                .unwrap_err()
+                .contains("two integers")
+        );
+    }
+}

@@ -1,0 +1,404 @@
+//! `ironlake.toml`: where the warehouse lives, where the definitions are,
+//! and the limits and policy parameters of the daemon.
+
+use super::diag::{Diagnostic, SourceFile};
+use crate::domain::decimal::parse_decimal;
+use crate::domain::reference;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    warehouse: RawWarehouse,
+    #[serde(default)]
+    project: RawProject,
+    #[serde(default)]
+    ingest: RawIngest,
+    #[serde(default)]
+    sql: RawSql,
+    #[serde(default)]
+    publish: RawPublish,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarehouse {
+    dir: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    #[serde(default = "default_schemas_dir")]
+    schemas_dir: String,
+    #[serde(default = "default_pipelines_dir")]
+    pipelines_dir: String,
+}
+
+impl Default for RawProject {
+    fn default() -> Self {
+        RawProject {
+            schemas_dir: default_schemas_dir(),
+            pipelines_dir: default_pipelines_dir(),
+        }
+    }
+}
+
+fn default_schemas_dir() -> String {
+    "schemas".into()
+}
+fn default_pipelines_dir() -> String {
+    "pipelines".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngest {
+    #[serde(default = "default_max_concurrent_runs")]
+    max_concurrent_runs: Spanned<u32>,
+}
+
+impl Default for RawIngest {
+    fn default() -> Self {
+        RawIngest {
+            max_concurrent_runs: Spanned::new(0..0, default_max_concurrent_runs_value()),
+        }
+    }
+}
+
+fn default_max_concurrent_runs_value() -> u32 {
+    2
+}
+fn default_max_concurrent_runs() -> Spanned<u32> {
+    Spanned::new(0..0, default_max_concurrent_runs_value())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSql {
+    #[serde(default = "default_memory_limit_mb")]
+    memory_limit_mb: u64,
+    #[serde(default)]
+    spill_dir: Option<String>,
+    #[serde(default = "default_target_partitions")]
+    target_partitions: usize,
+}
+
+impl Default for RawSql {
+    fn default() -> Self {
+        RawSql {
+            memory_limit_mb: default_memory_limit_mb(),
+            spill_dir: None,
+            target_partitions: default_target_partitions(),
+        }
+    }
+}
+
+fn default_memory_limit_mb() -> u64 {
+    4096
+}
+fn default_target_partitions() -> usize {
+    2
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublish {
+    #[serde(default = "default_retention_versions")]
+    retention_versions: u32,
+}
+
+impl Default for RawPublish {
+    fn default() -> Self {
+        RawPublish {
+            retention_versions: default_retention_versions(),
+        }
+    }
+}
+
+fn default_retention_versions() -> u32 {
+    3
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    #[serde(default = "default_listen")]
+    listen: Spanned<String>,
+    #[serde(default)]
+    public_aggregates: bool,
+    #[serde(default)]
+    admin_token_file: Option<String>,
+    #[serde(default)]
+    analyst_token_file: Option<String>,
+    #[serde(default)]
+    viewer_token_file: Option<String>,
+    #[serde(default = "default_sql_max_rows")]
+    sql_max_rows: usize,
+    #[serde(default = "default_sql_timeout_secs")]
+    sql_timeout_secs: u64,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            listen: default_listen(),
+            public_aggregates: false,
+            admin_token_file: None,
+            analyst_token_file: None,
+            viewer_token_file: None,
+            sql_max_rows: default_sql_max_rows(),
+            sql_timeout_secs: default_sql_timeout_secs(),
+        }
+    }
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:8080".to_string())
+}
+fn default_sql_max_rows() -> usize {
+    100_000
+}
+fn default_sql_timeout_secs() -> u64 {
+    60
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    strategic_divisions: Spanned<Vec<Spanned<String>>>,
+    interest_subsidy_share_pct: Spanned<String>,
+    interest_subsidy_cap_yuan: Spanned<String>,
+}
+
+/// Ingestion limits.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Most pipeline runs in flight at once, across all pipelines.
+    pub max_concurrent_runs: u32,
+}
+
+/// SQL engine limits.
+#[derive(Debug, Clone)]
+pub struct SqlSettings {
+    /// Memory pool size for query execution, in MiB; past it queries spill or fail.
+    pub memory_limit_mb: u64,
+    /// Directory for spill files (default `<warehouse>/_ironlake/spill`).
+    pub spill_dir: PathBuf,
+    /// Parallelism of query plans.
+    pub target_partitions: usize,
+}
+
+/// Published-aggregate settings.
+#[derive(Debug, Clone)]
+pub struct PublishSettings {
+    /// Versions of each aggregate kept on disk, the latest included.
+    pub retention_versions: u32,
+}
+
+/// HTTP API settings.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// Whether aggregates are readable without a token.
+    pub public_aggregates: bool,
+    /// File holding the admin token (else env `IRONLAKE_TOKEN_ADMIN`).
+    pub admin_token_file: Option<PathBuf>,
+    /// File holding the analyst token (else env `IRONLAKE_TOKEN_ANALYST`).
+    pub analyst_token_file: Option<PathBuf>,
+    /// File holding the viewer token (else env `IRONLAKE_TOKEN_VIEWER`).
+    pub viewer_token_file: Option<PathBuf>,
+    /// Most rows one API SQL query returns.
+    pub sql_max_rows: usize,
+    /// Longest one API SQL query may run.
+    pub sql_timeout_secs: u64,
+}
+
+/// Policy parameters of the programme (the plan's percentages are parameters, not constants).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Two-digit GB/T 4754 divisions whose new loans earn an interest subsidy.
+    pub strategic_divisions: Vec<String>,
+    /// Share of the first year's interest on new loans that is subsidised, percent, scale 2 (`5000` = 50.00%).
+    pub interest_subsidy_share_pct: i128,
+    /// Cap on one enterprise's subsidy per quarter, CNY yuan, scale 2.
+    pub interest_subsidy_cap_yuan: i128,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            strategic_divisions: ["34", "35", "36", "38", "39", "27"]
+                .map(String::from)
+                .to_vec(),
+            interest_subsidy_share_pct: 5000,
+            interest_subsidy_cap_yuan: 200_000_000,
+        }
+    }
+}
+
+/// Validated `ironlake.toml`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Root of the warehouse (`tables/`, `quarantine/`, `published/`, `_ironlake/`).
+    pub warehouse_dir: PathBuf,
+    /// Directory of table schemas.
+    pub schemas_dir: PathBuf,
+    /// Directory of pipeline files (aggregates under `aggregates/` inside it).
+    pub pipelines_dir: PathBuf,
+    /// Ingestion limits.
+    pub ingest: IngestSettings,
+    /// SQL engine limits.
+    pub sql: SqlSettings,
+    /// Published-aggregate settings.
+    pub publish: PublishSettings,
+    /// HTTP API settings.
+    pub api: ApiSettings,
+    /// Programme policy parameters.
+    pub policy: Policy,
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() || base == Path::new(".") {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+/// Loads and validates the settings file; relative paths are resolved against `base`.
+pub fn load(file: &SourceFile, base: &Path) -> Result<Settings, Vec<Diagnostic>> {
+    let raw: RawSettings = file.parse().map_err(|d| vec![d])?;
+    let mut errors = Vec::new();
+    let listen = match raw.api.listen.get_ref().parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            errors.push(file.error(
+                Some(raw.api.listen.span()),
+                "api.listen",
+                format!(
+                    "{:?} is not a socket address; expected HOST:PORT with an IP address, e.g. 127.0.0.1:8080",
+                    raw.api.listen.get_ref()
+                ),
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        }
+    };
+    if *raw.ingest.max_concurrent_runs.get_ref() == 0 {
+        errors.push(file.error(
+            Some(raw.ingest.max_concurrent_runs.span()),
+            "ingest.max_concurrent_runs",
+            "must be at least 1",
+        ));
+    }
+    if raw.sql.memory_limit_mb < 64 {
+        errors.push(file.error(None, "sql.memory_limit_mb", "must be at least 64"));
+    }
+    if raw.publish.retention_versions == 0 {
+        errors.push(file.error(
+            None,
+            "publish.retention_versions",
+            "must be at least 1 (the latest version)",
+        ));
+    }
+    let policy = match raw.policy {
+        None => Policy::default(),
+        Some(p) => {
+            let mut divisions = Vec::new();
+            for d in p.strategic_divisions.get_ref() {
+                let ok = d.get_ref().len() == 2
+                    && d.get_ref()
+                        .parse::<u8>()
+                        .is_ok_and(reference::is_industry_division);
+                if !ok {
+                    errors.push(file.error(
+                        Some(d.span()),
+                        "policy.strategic_divisions",
+                        format!(
+                            "{:?} is not an industrial division; expected a two-digit GB/T 4754-2017 division 06..46",
+                            d.get_ref()
+                        ),
+                    ));
+                }
+                divisions.push(d.get_ref().clone());
+            }
+            let mut dec = |v: &Spanned<String>, key: &str, p: u8, s: u8| {
+                parse_decimal(v.get_ref(), p, s).unwrap_or_else(|e| {
+                    errors.push(file.error(
+                        Some(v.span()),
+                        key,
+                        format!("{e}; write the value as a decimal string, e.g. \"50.00\""),
+                    ));
+                    0
+                })
+            };
+            let share = dec(
+                &p.interest_subsidy_share_pct,
+                "policy.interest_subsidy_share_pct",
+                5,
+                2,
+            );
+            let cap = dec(
+                &p.interest_subsidy_cap_yuan,
+                "policy.interest_subsidy_cap_yuan",
+                18,
+                2,
+            );
+            if !(0..=10000).contains(&share) {
+                errors.push(file.error(
+                    Some(p.interest_subsidy_share_pct.span()),
+                    "policy.interest_subsidy_share_pct",
+                    "a share must be between 0 and 100 percent",
+                ));
+            }
+            Policy {
+                strategic_divisions: divisions,
+                interest_subsidy_share_pct: share,
+                interest_subsidy_cap_yuan: cap,
+            }
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let warehouse_dir = resolve(base, &raw.warehouse.dir);
+    let spill_dir = match &raw.sql.spill_dir {
+        Some(d) => resolve(base, d),
+        None => warehouse_dir.join("_ironlake").join("spill"),
+    };
+    Ok(Settings {
+        schemas_dir: resolve(base, &raw.project.schemas_dir),
+        pipelines_dir: resolve(base, &raw.project.pipelines_dir),
+        ingest: IngestSettings {
+            max_concurrent_runs: *raw.ingest.max_concurrent_runs.get_ref(),
+        },
+        sql: SqlSettings {
+            memory_limit_mb: raw.sql.memory_limit_mb,
+            spill_dir,
+            target_partitions: raw.sql.target_partitions.max(1),
+        },
+        publish: PublishSettings {
+            retention_versions: raw.publish.retention_versions,
+        },
+        api: ApiSettings {
+            listen,
+            public_aggregates: raw.api.public_aggregates,
+            admin_token_file: raw.api.admin_token_file.map(|p| resolve(base, &p)),
+            analyst_token_file: raw.api.analyst_token_file.map(|p| resolve(base, &p)),
+            viewer_token_file: raw.api.viewer_token_file.map(|p| resolve(base, &p)),
+            sql_max_rows: raw.api.sql_max_rows,
+            sql_timeout_secs: raw.api.sql_timeout_secs,
+        },
+        policy,
+        warehouse_dir,
+    })
+}

@@ -1,0 +1,176 @@
+//! Exact decimal text → `Decimal128` values, never rounded or truncated.
+//!
+//! A value with more fractional digits than the column's scale, or more
+//! digits than its precision, is an error: the warehouse never silently
+//! changes a number a partner sent.
+
+use std::fmt;
+
+/// Why a text is not an exact `Decimal128(precision, scale)` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecimalError {
+    /// Not a plain decimal number (`-1234.56`); exponents, spaces, `NaN` are refused.
+    #[error(
+        "{0:?} is not a decimal number (expected digits with an optional sign and point, e.g. -1234.56)"
+    )]
+    Syntax(String),
+    /// More fractional digits than the scale allows.
+    #[error(
+        "{text:?} has {found} decimal places, more than the {scale} allowed; it would have to be rounded"
+    )]
+    Scale {
+        /// The text as given.
+        text: String,
+        /// Fractional digits found (after dropping trailing zeros).
+        found: usize,
+        /// Fractional digits allowed.
+        scale: u8,
+    },
+    /// More integer digits than precision − scale allows.
+    #[error(
+        "{text:?} does not fit Decimal128({precision},{scale}): at most {max} digits before the point"
+    )]
+    Precision {
+        /// The text as given.
+        text: String,
+        /// Column precision.
+        precision: u8,
+        /// Column scale.
+        scale: u8,
+        /// Integer digits allowed.
+        max: u8,
+    },
+}
+
+/// Parses `text` as an exact `Decimal128(precision, scale)`; returns the unscaled value.
+///
+/// Accepts an optional sign, digits, and an optional point with digits.
+/// Trailing zeros past the scale are exact and accepted (`1.500` at scale 2).
+pub fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128, DecimalError> {
+    let syntax = || DecimalError::Syntax(text.to_string());
+    let (negative, body) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (int_part, frac_part) = match body.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (body, ""),
+    };
+    if int_part.is_empty() && frac_part.is_empty() {
+        return Err(syntax());
+    }
+    if !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(syntax());
+    }
+    let frac = frac_part.trim_end_matches('0');
+    if frac.len() > usize::from(scale) {
+        return Err(DecimalError::Scale {
+            text: text.to_string(),
+            found: frac.len(),
+            scale,
+        });
+    }
+    let int = int_part.trim_start_matches('0');
+    let max_int = precision.saturating_sub(scale);
+    if int.len() > usize::from(max_int) {
+        return Err(DecimalError::Precision {
+            text: text.to_string(),
+            precision,
+            scale,
+            max: max_int,
+        });
+    }
+    let mut value: i128 = 0;
+    for b in int.bytes() {
+        value = value * 10 + i128::from(b - b'0');
+    }
+    let mut digits = 0;
+    for b in frac.bytes() {
+        value = value * 10 + i128::from(b - b'0');
+        digits += 1;
+    }
+    for _ in digits..scale {
+        value *= 10;
+    }
+    Ok(if negative { -value } else { value })
+}
+
+/// Formats an unscaled `Decimal128` value with `scale` fractional digits.
+pub fn format_decimal(value: i128, scale: u8) -> String {
+    DecimalDisplay { value, scale }.to_string()
+}
+
+struct DecimalDisplay {
+    value: i128,
+    scale: u8,
+}
+
+impl fmt::Display for DecimalDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.value < 0 { "-" } else { "" };
+        let abs = self.value.unsigned_abs();
+        if self.scale == 0 {
+            return write!(f, "{sign}{abs}");
+        }
+        let pow = 10u128.pow(u32::from(self.scale));
+        write!(
+            f,
+            "{sign}{}.{:0width$}",
+            abs / pow,
+            abs % pow,
+            width = usize::from(self.scale)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_values_parse() {
+        assert_eq!(parse_decimal("1234.56", 18, 2), Ok(123456));
+        assert_eq!(parse_decimal("-0.5", 18, 2), Ok(-50));
+        assert_eq!(parse_decimal("4.35", 9, 4), Ok(43500));
+        assert_eq!(parse_decimal("7", 18, 2), Ok(700));
+        assert_eq!(
+            parse_decimal("1.500", 18, 2),
+            Ok(150),
+            "trailing zeros are exact"
+        );
+        assert_eq!(parse_decimal(".5", 18, 2), Ok(50));
+        assert_eq!(
+            parse_decimal("9999999999999999.99", 18, 2),
+            Ok(999999999999999999)
+        );
+    }
+
+    #[test]
+    fn inexact_values_are_refused_not_rounded() {
+        assert!(matches!(
+            parse_decimal("1.005", 18, 2),
+            Err(DecimalError::Scale { found: 3, .. })
+        ));
+        assert!(matches!(
+            parse_decimal("10000000000000000", 18, 2),
+            Err(DecimalError::Precision { max: 16, .. })
+        ));
+        for bad in ["", "-", ".", "1e5", "1,000.00", " 1", "NaN", "1.2.3", "--1"] {
+            assert!(
+                matches!(parse_decimal(bad, 18, 2), Err(DecimalError::Syntax(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn formatting_round_trips() {
+        for (text, scale) in [("1234.56", 2), ("-0.05", 2), ("4.3500", 4), ("12", 0)] {
+            let v = parse_decimal(text, 38, scale).unwrap();
+            assert_eq!(format_decimal(v, scale), text);
+        }
+    }
+}

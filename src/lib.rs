@@ -1,0 +1,23 @@
+//! # ironlake
+//!
+//! The engine of Chongqing's industry–finance cooperation data platform
+//! (产融合作 工业运行大数据采集平台): it pulls partner feeds on schedules,
+//! validates every record, lands the data as Parquet partitioned by quarter,
+//! and keeps the programme's indicators up to date with DataFusion SQL.
+//!
+//! # Layout
+//!
+//! The stages, in the order data flows through them:
+//!
+//! - [`config`]: `ironlake.toml`, table schemas and pipelines, parsed and
+//!   validated into types that cannot be invalid; [`check`] reports on them.
+//! - [`domain`]: validators and facts every stage shares (USCC, district and
+//!   industry codes, exact decimals, quarters).
+//!
+//! Still to come, each as its own module: source (HTTP pages, auth, retry,
+//! cursor) → decode → validate → partition → commit → catalog → models →
+//! publish → serve.
+
+pub mod check;
+pub mod config;
+pub mod domain;
