@@ -13,6 +13,8 @@
 //!   validated into types that cannot be invalid; [`check`] reports on them.
 //! - [`domain`]: validators and facts every stage shares (USCC, district and
 //!   industry codes, exact decimals, quarters).
+//! - [`feedsim`]: the partner stand-in, `ironlake feed-sim`: deterministic,
+//!   realistic feeds for every table, with the faults real partners have.
 //!
 //! Still to come, each as its own module: source (HTTP pages, auth, retry,
 //! cursor) → decode → validate → partition → commit → catalog → models →
@@ -21,3 +23,4 @@
 pub mod check;
 pub mod config;
 pub mod domain;
+pub mod feedsim;

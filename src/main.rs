@@ -1,7 +1,7 @@
 //! The `ironlake` binary: parses the command line, sets up logging and
 //! signals, and calls the library.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use ironlake::config::LoadOptions;
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ enum Command {
     /// Validate config, schemas and pipelines; list every problem with file:line.
     Check,
     /// Serve realistic partner feeds for every table (the partner stand-in).
-    FeedSim,
+    FeedSim(ironlake::feedsim::SimOptions),
     /// Run pipelines once now.
     Ingest {
         /// Pipelines to run.
@@ -95,6 +95,49 @@ fn not_built(what: &str, issue: u32) -> Result<ExitCode> {
     Ok(ExitCode::from(2))
 }
 
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn feed_sim(opts: ironlake::feedsim::SimOptions) -> Result<ExitCode> {
+    use std::io::Write as _;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&opts.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", opts.listen))?;
+        let addr = listener.local_addr()?;
+        println!("listening on http://{addr}");
+        std::io::stdout().flush()?;
+        tracing::info!(%addr, seed = opts.seed, enterprises = opts.enterprises, faults = ?opts.faults, "Feed simulator serving.");
+        ironlake::feedsim::serve(opts, listener, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -109,7 +152,7 @@ fn main() -> Result<ExitCode> {
             eprint!("{}", outcome.stderr);
             Ok(ExitCode::from(outcome.exit_code as u8))
         }
-        Command::FeedSim => not_built("feed-sim", 3),
+        Command::FeedSim(sim) => feed_sim(sim),
         Command::Ingest { .. } | Command::Backfill { .. } => not_built("ingest/backfill", 4),
         Command::Sql { .. } | Command::Refresh { .. } => not_built("sql/refresh", 5),
         Command::Run | Command::Demo | Command::Status => not_built("run/demo/status", 6),
