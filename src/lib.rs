@@ -22,5 +22,19 @@
 
 pub mod check;
 pub mod config;
+pub mod decode;
 pub mod domain;
 pub mod feedsim;
+pub mod ingest;
+pub mod partition;
+pub mod source;
+pub mod validate;
+pub mod warehouse;
+
+/// Test hook: aborts the process (as `kill -9` would) when the environment
+/// variable `IRONLAKE_FAILPOINT` names this point. Used by the crash tests.
+pub fn failpoint(name: &str) {
+    if std::env::var("IRONLAKE_FAILPOINT").is_ok_and(|v| v == name) {
+        std::process::abort();
+    }
+}

@@ -7,6 +7,8 @@ use ironlake::config::LoadOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod progress;
+
 /// ironlake — the industrial operating-data warehouse daemon.
 #[derive(Debug, Parser)]
 #[command(name = "ironlake", version, about, long_about = None)]
@@ -52,10 +54,10 @@ enum Command {
         pipeline: String,
         /// First quarter, e.g. 2017Q1.
         #[arg(long)]
-        from: String,
+        from: ironlake::domain::Quarter,
         /// Last quarter, e.g. 2019Q4.
         #[arg(long)]
-        to: String,
+        to: ironlake::domain::Quarter,
     },
     /// Read-only SQL over the warehouse; a REPL without a query.
     Sql {
@@ -138,6 +140,70 @@ fn feed_sim(opts: ironlake::feedsim::SimOptions) -> Result<ExitCode> {
     })
 }
 
+/// Loads the project or fails with every problem listed.
+fn load_project(opts: &LoadOptions) -> Result<ironlake::config::Project> {
+    let report = ironlake::config::load(opts);
+    match report.project {
+        Some(p) => Ok(p),
+        None => {
+            let errors: Vec<String> = report
+                .diagnostics
+                .all()
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.to_string())
+                .collect();
+            anyhow::bail!(
+                "the configuration has errors (run `ironlake check` for the full report):\n{}",
+                errors.join("\n")
+            )
+        }
+    }
+}
+
+fn ingest(
+    project: &ironlake::config::Project,
+    names: Vec<String>,
+    kind: ironlake::ingest::RunKind,
+) -> Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let wh = ironlake::warehouse::Warehouse::open(&project.settings.warehouse_dir)
+        .context("cannot open the warehouse")?;
+    let progress = progress::reporter(std::io::stderr().is_terminal());
+    let client = ironlake::source::client(std::time::Duration::from_secs(10));
+    let mut failed = 0;
+    runtime()?.block_on(async {
+        for name in &names {
+            match ironlake::ingest::run(project, &wh, name, kind, client.clone(), Some(progress.clone())).await {
+                Ok(r) => {
+                    progress::clear();
+                    println!(
+                        "{name}: committed run {} — {} records in, {} valid, {} rejected, {} rows new or changed in {} partitions ({} requests, {} retries)",
+                        r.run_id,
+                        r.rows_in,
+                        r.rows_valid,
+                        r.rows_rejected,
+                        r.rows_changed,
+                        r.partitions_touched.len(),
+                        r.requests,
+                        r.retries
+                    );
+                }
+                Err(e) => {
+                    progress::clear();
+                    eprintln!("{name}: run failed, nothing committed: {e}");
+                    failed += 1;
+                }
+            }
+        }
+    });
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -153,7 +219,28 @@ fn main() -> Result<ExitCode> {
             Ok(ExitCode::from(outcome.exit_code as u8))
         }
         Command::FeedSim(sim) => feed_sim(sim),
-        Command::Ingest { .. } | Command::Backfill { .. } => not_built("ingest/backfill", 4),
+        Command::Ingest { pipelines, all } => {
+            let project = load_project(&opts)?;
+            let names: Vec<String> = if all {
+                project.pipelines.iter().map(|p| p.name.clone()).collect()
+            } else if pipelines.is_empty() {
+                anyhow::bail!("name the pipelines to run, or pass --all");
+            } else {
+                pipelines
+            };
+            ingest(&project, names, ironlake::ingest::RunKind::Ingest)
+        }
+        Command::Backfill { pipeline, from, to } => {
+            if to < from {
+                anyhow::bail!("--to {to} is before --from {from}");
+            }
+            let project = load_project(&opts)?;
+            ingest(
+                &project,
+                vec![pipeline],
+                ironlake::ingest::RunKind::Backfill { from, to },
+            )
+        }
         Command::Sql { .. } | Command::Refresh { .. } => not_built("sql/refresh", 5),
         Command::Run | Command::Demo | Command::Status => not_built("run/demo/status", 6),
     }

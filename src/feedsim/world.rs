@@ -913,7 +913,9 @@ mod tests {
         assert!(!before.is_empty());
         // 4.35% × 0.9 ..= 4.35% × 1.3, in 5% steps
         assert!(
-            before.iter().all(|&r| (39150..=56550).contains(&r) && r % 2175 == 0),
+            before
+                .iter()
+                .all(|&r| (39150..=56550).contains(&r) && r % 2175 == 0),
             "{before:?}"
         );
     }

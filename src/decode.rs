@@ -1,0 +1,569 @@
+//! Decode: a page's bytes into raw records, one cell per schema column.
+//!
+//! Cells keep the partner's exact text (JSON numbers are never turned into
+//! floats, dates are never guessed), so validation sees what was sent. A
+//! record that cannot be read on its own (an NDJSON line or CSV row that is
+//! not UTF-8, a JSON element that is not an object) becomes a bad item for
+//! the quarantine; a page that cannot be split into records at all (broken
+//! JSON, invalid UTF-8 inside a JSON array) is a [`DecodeError`].
+
+use crate::config::pipeline::Format;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// One cell as sent.
+#[derive(Debug, Clone)]
+pub enum Cell<'a> {
+    /// A JSON value, verbatim.
+    Json(&'a RawValue),
+    /// A CSV field, unquoted.
+    Text(Cow<'a, str>),
+}
+
+/// One record, its cells in schema column order (`None`: the field was absent or empty).
+#[derive(Debug, Clone)]
+pub struct RawRecord<'a> {
+    /// 1-based position of the record in its page.
+    pub no: u64,
+    /// The record's text as sent, for the quarantine.
+    pub raw: Cow<'a, str>,
+    /// Cells by schema column index.
+    pub cells: Vec<Option<Cell<'a>>>,
+}
+
+/// A record that could not be read on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadItem {
+    /// 1-based position in the page (line number for NDJSON, row for CSV).
+    pub no: u64,
+    /// Its text (lossy if it was not UTF-8).
+    pub raw: String,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+/// A decoded page.
+#[derive(Debug, Default)]
+pub struct DecodedPage<'a> {
+    /// Records in page order.
+    pub records: Vec<RawRecord<'a>>,
+    /// Items that are not records.
+    pub bad: Vec<BadItem>,
+    /// The next cursor, for cursor pagination.
+    pub next_cursor: Option<String>,
+    /// Fields not in the schema, with how often they appeared.
+    pub unknown_fields: BTreeMap<String, u64>,
+    /// Items in the page (records and bad items).
+    pub items: u64,
+}
+
+/// Why a page could not be decoded at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The body is not valid UTF-8 where the whole page must be.
+    #[error("the body is not valid UTF-8 (first bad byte at offset {offset})")]
+    Utf8 {
+        /// Byte offset of the first invalid byte.
+        offset: usize,
+    },
+    /// The body is not the JSON shape the pipeline declares.
+    #[error("the body is not {expected}: {message}")]
+    Json {
+        /// What the pipeline expects.
+        expected: String,
+        /// serde_json's message, with line and column.
+        message: String,
+    },
+    /// The CSV has no header row or a broken one.
+    #[error("CSV header: {0}")]
+    CsvHeader(String),
+}
+
+/// Maps field names to schema column indexes.
+#[derive(Debug, Clone)]
+pub struct Columns {
+    index: HashMap<String, usize>,
+    len: usize,
+}
+
+impl Columns {
+    /// The column map for these names, in schema order.
+    pub fn new<'n>(names: impl IntoIterator<Item = &'n str>) -> Columns {
+        let index: HashMap<String, usize> = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), i))
+            .collect();
+        let len = index.len();
+        Columns { index, len }
+    }
+}
+
+/// Decodes one page.
+pub fn decode<'a>(
+    format: Format,
+    records_field: Option<&str>,
+    cursor_field: Option<&str>,
+    columns: &Columns,
+    body: &'a [u8],
+) -> Result<DecodedPage<'a>, DecodeError> {
+    match format {
+        Format::Json => decode_json(records_field, cursor_field, columns, body),
+        Format::Ndjson => Ok(decode_ndjson(columns, body)),
+        Format::Csv => decode_csv(columns, body),
+    }
+}
+
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Deserialises one JSON object straight into schema-ordered cells.
+struct RecordSeed<'c> {
+    columns: &'c Columns,
+}
+
+struct JsonCells<'a> {
+    cells: Vec<Option<Cell<'a>>>,
+    unknown: Vec<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = JsonCells<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct V<'c> {
+            columns: &'c Columns,
+        }
+        impl<'de> Visitor<'de> for V<'_> {
+            type Value = JsonCells<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut cells = vec![None; self.columns.len];
+                let mut unknown = Vec::new();
+                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+                    let v: &'de RawValue = map.next_value()?;
+                    match self.columns.index.get(k.as_ref()) {
+                        Some(&i) => cells[i] = Some(Cell::Json(v)),
+                        None => unknown.push(k.into_owned()),
+                    }
+                }
+                Ok(JsonCells { cells, unknown })
+            }
+        }
+        d.deserialize_map(V {
+            columns: self.columns,
+        })
+    }
+}
+
+fn parse_record<'a>(columns: &Columns, text: &'a str) -> Result<JsonCells<'a>, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let cells = RecordSeed { columns }
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(cells)
+}
+
+fn utf8(body: &[u8]) -> Result<&str, DecodeError> {
+    std::str::from_utf8(body).map_err(|e| DecodeError::Utf8 {
+        offset: e.valid_up_to(),
+    })
+}
+
+fn push_record<'a>(page: &mut DecodedPage<'a>, no: u64, raw: &'a str, columns: &Columns) {
+    match parse_record(columns, raw) {
+        Ok(c) => {
+            for u in c.unknown {
+                *page.unknown_fields.entry(u).or_default() += 1;
+            }
+            page.records.push(RawRecord {
+                no,
+                raw: Cow::Borrowed(raw),
+                cells: c.cells,
+            });
+        }
+        Err(e) => page.bad.push(BadItem {
+            no,
+            raw: raw.to_string(),
+            reason: format!("not a JSON object: {e}"),
+        }),
+    }
+}
+
+fn decode_json<'a>(
+    records_field: Option<&str>,
+    cursor_field: Option<&str>,
+    columns: &Columns,
+    body: &'a [u8],
+) -> Result<DecodedPage<'a>, DecodeError> {
+    let text = utf8(body)?;
+    let mut page = DecodedPage::default();
+    let elements: Vec<&'a RawValue> = match records_field {
+        None => serde_json::from_str(text).map_err(|e| DecodeError::Json {
+            expected: "a JSON array of records".into(),
+            message: e.to_string(),
+        })?,
+        Some(field) => {
+            let expected = format!("a JSON object with the records in {field:?}");
+            let obj: HashMap<Cow<'a, str>, &'a RawValue> =
+                serde_json::from_str(text).map_err(|e| DecodeError::Json {
+                    expected: expected.clone(),
+                    message: e.to_string(),
+                })?;
+            let records = obj.get(field).ok_or_else(|| DecodeError::Json {
+                expected: expected.clone(),
+                message: format!("there is no field {field:?}"),
+            })?;
+            if let Some(cf) = cursor_field {
+                page.next_cursor = match obj.get(cf).map(|v| v.get().trim()) {
+                    None | Some("null") | Some("\"\"") => None,
+                    Some(v) => {
+                        Some(serde_json::from_str::<String>(v).unwrap_or_else(|_| v.to_string()))
+                    }
+                };
+            }
+            serde_json::from_str(records.get()).map_err(|e| DecodeError::Json {
+                expected: format!("an array in {field:?}"),
+                message: e.to_string(),
+            })?
+        }
+    };
+    for (i, el) in elements.into_iter().enumerate() {
+        page.items += 1;
+        push_record(&mut page, i as u64 + 1, el.get(), columns);
+    }
+    Ok(page)
+}
+
+fn decode_ndjson<'a>(columns: &Columns, body: &'a [u8]) -> DecodedPage<'a> {
+    let mut page = DecodedPage::default();
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        page.items += 1;
+        let no = i as u64 + 1;
+        match std::str::from_utf8(line) {
+            Ok(text) => push_record(&mut page, no, text, columns),
+            Err(e) => page.bad.push(BadItem {
+                no,
+                raw: String::from_utf8_lossy(line).into_owned(),
+                reason: format!(
+                    "line is not valid UTF-8 (first bad byte at offset {})",
+                    e.valid_up_to()
+                ),
+            }),
+        }
+    }
+    page
+}
+
+/// Splits CSV (RFC 4180) into records of byte ranges and cells.
+struct CsvRecord<'a> {
+    raw: &'a [u8],
+    cells: Vec<Cow<'a, [u8]>>,
+}
+
+fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let n = body.len();
+    while i < n {
+        let start = i;
+        let mut cells: Vec<Cow<'_, [u8]>> = Vec::new();
+        loop {
+            // One cell.
+            if i < n && body[i] == b'"' {
+                let mut buf: Option<Vec<u8>> = None;
+                let content_start = i + 1;
+                i += 1;
+                loop {
+                    if i >= n {
+                        break;
+                    }
+                    if body[i] == b'"' {
+                        if i + 1 < n && body[i + 1] == b'"' {
+                            let b = buf.get_or_insert_with(|| body[content_start..i].to_vec());
+                            b.push(b'"');
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    if let Some(b) = buf.as_mut() {
+                        b.push(body[i]);
+                    }
+                    i += 1;
+                }
+                let cell = match buf {
+                    Some(b) => Cow::Owned(b),
+                    None => Cow::Borrowed(&body[content_start..i.min(n)]),
+                };
+                i += 1; // closing quote
+                // Anything up to the delimiter after a closing quote is kept verbatim.
+                let extra_start = i;
+                while i < n && body[i] != b',' && body[i] != b'\n' {
+                    i += 1;
+                }
+                if i > extra_start {
+                    let mut c = cell.into_owned();
+                    c.extend_from_slice(&body[extra_start..i]);
+                    cells.push(Cow::Owned(c));
+                } else {
+                    cells.push(cell);
+                }
+            } else {
+                let s = i;
+                while i < n && body[i] != b',' && body[i] != b'\n' {
+                    i += 1;
+                }
+                let mut cell = &body[s..i];
+                if i < n && body[i] == b'\n' && cell.last() == Some(&b'\r') {
+                    cell = &cell[..cell.len() - 1];
+                }
+                cells.push(Cow::Borrowed(cell));
+            }
+            if i < n && body[i] == b',' {
+                i += 1;
+                continue;
+            }
+            break;
+        }
+        let mut end = i;
+        if i < n && body[i] == b'\n' {
+            i += 1;
+        }
+        if end > start && body[end - 1] == b'\r' {
+            end -= 1;
+        }
+        let raw = &body[start..end];
+        if !(cells.len() == 1 && cells[0].is_empty()) {
+            out.push(CsvRecord { raw, cells });
+        }
+    }
+    out
+}
+
+fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, DecodeError> {
+    let mut page = DecodedPage::default();
+    let mut recs = csv_records(body).into_iter();
+    let Some(header) = recs.next() else {
+        return Err(DecodeError::CsvHeader(
+            "the body is empty; a CSV page starts with a header row".into(),
+        ));
+    };
+    let names: Vec<String> = header
+        .cells
+        .iter()
+        .map(|c| {
+            String::from_utf8(c.to_vec())
+                .map(|s| s.trim().trim_start_matches('\u{feff}').to_string())
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|_| DecodeError::CsvHeader("the header row is not valid UTF-8".into()))?;
+    let mapping: Vec<Option<usize>> = names
+        .iter()
+        .map(|n| columns.index.get(n).copied())
+        .collect();
+    for (name, m) in names.iter().zip(&mapping) {
+        if m.is_none() {
+            page.unknown_fields.insert(name.clone(), 0);
+        }
+    }
+    for (i, rec) in recs.enumerate() {
+        page.items += 1;
+        let no = i as u64 + 1;
+        let raw = match std::str::from_utf8(rec.raw) {
+            Ok(r) => r,
+            Err(e) => {
+                page.bad.push(BadItem {
+                    no,
+                    raw: String::from_utf8_lossy(rec.raw).into_owned(),
+                    reason: format!(
+                        "row is not valid UTF-8 (first bad byte at offset {})",
+                        e.valid_up_to()
+                    ),
+                });
+                continue;
+            }
+        };
+        if rec.cells.len() != names.len() {
+            page.bad.push(BadItem {
+                no,
+                raw: raw.to_string(),
+                reason: format!(
+                    "row has {} fields, the header has {}",
+                    rec.cells.len(),
+                    names.len()
+                ),
+            });
+            continue;
+        }
+        let mut cells = vec![None; columns.len];
+        for (cell, m) in rec.cells.into_iter().zip(&mapping) {
+            let Some(idx) = *m else {
+                continue;
+            };
+            if cell.is_empty() {
+                continue;
+            }
+            let text = match cell {
+                Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).expect("row is UTF-8")),
+                Cow::Owned(b) => Cow::Owned(String::from_utf8(b).expect("row is UTF-8")),
+            };
+            cells[idx] = Some(Cell::Text(text));
+        }
+        for (name, m) in names.iter().zip(&mapping) {
+            if m.is_none() {
+                *page.unknown_fields.entry(name.clone()).or_default() += 1;
+            }
+        }
+        page.records.push(RawRecord {
+            no,
+            raw: Cow::Borrowed(raw),
+            cells,
+        });
+    }
+    Ok(page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cols() -> Columns {
+        Columns::new(["id", "amount", "day"])
+    }
+
+    fn text(c: &Option<Cell>) -> String {
+        match c {
+            Some(Cell::Json(v)) => v.get().to_string(),
+            Some(Cell::Text(t)) => t.to_string(),
+            None => "<none>".into(),
+        }
+    }
+
+    #[test]
+    fn json_keeps_numbers_verbatim_and_counts_unknown_fields() {
+        let body = br#"[{"id":"a","amount":1234.5678901234567890123,"extra":1},{"id":"b","day":"2019-09-30"},7]"#;
+        let p = decode(Format::Json, None, None, &cols(), body).unwrap();
+        assert_eq!(p.records.len(), 2);
+        assert_eq!(text(&p.records[0].cells[1]), "1234.5678901234567890123");
+        assert_eq!(text(&p.records[1].cells[1]), "<none>");
+        assert_eq!(p.unknown_fields.get("extra"), Some(&1));
+        assert_eq!(p.bad.len(), 1);
+        assert_eq!(p.bad[0].no, 3);
+        assert!(
+            p.bad[0].reason.contains("not a JSON object"),
+            "{}",
+            p.bad[0].reason
+        );
+    }
+
+    #[test]
+    fn json_object_pages_give_records_and_cursor() {
+        let body = br#"{"data":[{"id":"x"}],"next_cursor":"0.5.1"}"#;
+        let p = decode(
+            Format::Json,
+            Some("data"),
+            Some("next_cursor"),
+            &cols(),
+            body,
+        )
+        .unwrap();
+        assert_eq!(p.records.len(), 1);
+        assert_eq!(p.next_cursor.as_deref(), Some("0.5.1"));
+        let body = br#"{"data":[],"next_cursor":null}"#;
+        assert_eq!(
+            decode(
+                Format::Json,
+                Some("data"),
+                Some("next_cursor"),
+                &cols(),
+                body
+            )
+            .unwrap()
+            .next_cursor,
+            None
+        );
+        let err = decode(Format::Json, Some("items"), None, &cols(), body).unwrap_err();
+        assert!(
+            err.to_string().contains("there is no field \"items\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn broken_json_pages_are_errors_with_position() {
+        let err = decode(Format::Json, None, None, &cols(), b"[{\"id\":\"a\"},").unwrap_err();
+        assert!(err.to_string().contains("line 1 column"), "{err}");
+        let err = decode(Format::Json, None, None, &cols(), b"[{\"id\":\"\xff\"}]").unwrap_err();
+        assert_eq!(err, DecodeError::Utf8 { offset: 8 });
+        // Deep nesting is skipped without recursion and ends up a bad item, not a stack overflow.
+        let deep = format!("[{}{}]", "[".repeat(100_000), "]".repeat(100_000));
+        let p = decode(Format::Json, None, None, &cols(), deep.as_bytes()).unwrap();
+        assert_eq!(p.bad.len(), 1);
+        assert!(
+            p.bad[0].reason.contains("expected a JSON object"),
+            "{}",
+            p.bad[0].reason
+        );
+    }
+
+    #[test]
+    fn ndjson_bad_lines_are_items_not_failures() {
+        let body = b"{\"id\":\"a\"}\n\n{\"id\":\"\xff\"}\r\n[1]\n{\"id\":\"c\",\"amount\":\"1.5\"}";
+        let p = decode(Format::Ndjson, None, None, &cols(), body).unwrap();
+        assert_eq!(p.records.len(), 2);
+        assert_eq!(p.records[1].no, 5);
+        assert_eq!(p.bad.len(), 2);
+        assert_eq!(p.bad[0].no, 3);
+        assert!(p.bad[0].reason.contains("not valid UTF-8"));
+        assert_eq!(p.items, 4);
+    }
+
+    #[test]
+    fn csv_quotes_empty_cells_and_ragged_rows() {
+        let body = b"id,amount,day,note\r\n\"a,1\",12.50,,\"say \"\"hi\"\"\"\nb,1,2019-01-01\nc,,2019-03-31,x\n";
+        let p = decode(Format::Csv, None, None, &cols(), body).unwrap();
+        assert_eq!(p.records.len(), 2);
+        assert_eq!(text(&p.records[0].cells[0]), "a,1");
+        assert_eq!(text(&p.records[0].cells[2]), "<none>");
+        assert_eq!(p.records[0].raw, "\"a,1\",12.50,,\"say \"\"hi\"\"\"");
+        assert_eq!(p.bad.len(), 1);
+        assert!(
+            p.bad[0]
+                .reason
+                .contains("row has 3 fields, the header has 4")
+        );
+        assert_eq!(p.unknown_fields.get("note"), Some(&2));
+        assert!(decode(Format::Csv, None, None, &cols(), b"").is_err());
+    }
+}

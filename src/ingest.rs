@@ -1,0 +1,804 @@
+//! Ingest: one run of one pipeline, from the first request to the commit.
+//!
+//! Pages are fetched, decoded, validated and partitioned as they arrive
+//! (bounded memory: rows spill to the run's staging directory); only when
+//! every page is in does the run take the warehouse lock, merge each
+//! touched partition with what is committed (newest delivery wins), and
+//! commit tables, quarantine and cursor together. A run that fails at any
+//! point commits nothing and leaves the cursor where it was.
+
+use crate::config::pipeline::{Format, Pagination, Window};
+use crate::config::{Pipeline, Project, TableSchema};
+use crate::decode::{self, Columns, DecodeError};
+use crate::domain::Quarter;
+use crate::partition::{self, PartitionError, Partitioner, QuarantineRow, Spilled};
+use crate::source::{FetchStats, Source, SourceError};
+use crate::validate::{Validator, Value};
+use crate::warehouse::{self, Cursor, Outcome, RunRecord, Warehouse, WarehouseError, merge};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What kind of run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// The scheduled pull: from the stored cursor on.
+    Ingest,
+    /// Re-pull a quarter range.
+    Backfill {
+        /// First quarter.
+        from: Quarter,
+        /// Last quarter.
+        to: Quarter,
+    },
+}
+
+/// A progress report, sent after every page.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Pipeline.
+    pub pipeline: String,
+    /// Run id.
+    pub run_id: String,
+    /// Windows (quarters) finished.
+    pub windows_done: usize,
+    /// Windows in the run.
+    pub windows_total: usize,
+    /// Pages decoded.
+    pub pages: u64,
+    /// Records received.
+    pub rows_in: u64,
+    /// Records valid.
+    pub rows_valid: u64,
+    /// Records rejected.
+    pub rejected: u64,
+    /// Seconds since the run started.
+    pub elapsed_secs: f64,
+    /// `fetching`, `committing` or `done`.
+    pub phase: &'static str,
+}
+
+/// Receives progress reports.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No such pipeline.
+    #[error("no pipeline named {0:?}; pipelines: {1}")]
+    UnknownPipeline(String, String),
+    /// A run of the pipeline is already in flight.
+    #[error("pipeline {0} is already running (another run holds its lock); this run was skipped")]
+    AlreadyRunning(String),
+    /// A request failed for good.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A page could not be decoded.
+    #[error("GET {url}: {source}")]
+    Decode {
+        /// Request URL (redacted).
+        url: String,
+        /// Why.
+        source: DecodeError,
+    },
+    /// The feed's pagination went round in a circle.
+    #[error("pagination loop: {url} {what}; stopping so as not to read the same data forever")]
+    PaginationLoop {
+        /// Request URL (redacted).
+        url: String,
+        /// What was seen.
+        what: &'static str,
+    },
+    /// Buffering or spilling failed.
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    /// The warehouse refused the commit.
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    /// A worker thread died (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Where a cursor stands.
+fn cursor_value(v: &Value) -> Option<String> {
+    match v {
+        Value::Date(d) => chrono::NaiveDate::from_num_days_from_ce_opt(*d + 719_163)
+            .map(|d| d.format("%Y-%m-%d").to_string()),
+        Value::Str(s) => Some(s.to_string()),
+        Value::I32(i) => Some(format!("{i:020}")),
+        Value::I64(i) => Some(format!("{i:020}")),
+        _ => None,
+    }
+}
+
+/// The quarter a pipeline's clock is in now.
+pub fn current_quarter(p: &Pipeline) -> Quarter {
+    let now = chrono::Utc::now().with_timezone(&p.schedule.time_zone);
+    Quarter::from_date(now.date_naive())
+}
+
+fn encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn with_param(url: &str, key: &str, value: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{key}={}", encode(value))
+}
+
+/// The windows one run walks, and the `since` value for incremental feeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Plan {
+    quarters: Vec<Option<Quarter>>,
+    since: Option<String>,
+}
+
+fn plan(p: &Pipeline, kind: RunKind, cursor: Option<&str>) -> Plan {
+    match (&p.source.window, kind) {
+        (Window::Quarters, RunKind::Backfill { from, to }) => Plan {
+            quarters: from.through(to).map(Some).collect(),
+            since: None,
+        },
+        (Window::Quarters, RunKind::Ingest) => {
+            // Re-read the last quarter pulled (late restatements), then on to now.
+            let from = cursor
+                .and_then(|c| c.parse::<Quarter>().ok())
+                .map_or(p.start, |q| q.prev().max(p.start));
+            Plan {
+                quarters: from.through(current_quarter(p)).map(Some).collect(),
+                since: None,
+            }
+        }
+        (Window::Incremental { lookback_days, .. }, kind) => {
+            let since = match (
+                kind,
+                cursor.and_then(|c| chrono::NaiveDate::parse_from_str(c, "%Y-%m-%d").ok()),
+            ) {
+                (RunKind::Backfill { from, .. }, _) => from.first_day(),
+                (RunKind::Ingest, Some(d)) => {
+                    (d - chrono::Duration::days(i64::from(*lookback_days))).max(p.start.first_day())
+                }
+                (RunKind::Ingest, None) => p.start.first_day(),
+            };
+            Plan {
+                quarters: vec![None],
+                since: Some(since.format("%Y-%m-%d").to_string()),
+            }
+        }
+        (Window::Snapshot, _) => Plan {
+            quarters: vec![None],
+            since: None,
+        },
+    }
+}
+
+/// Pagination state of one window.
+enum Pager {
+    Single {
+        url: String,
+        done: bool,
+    },
+    PageNumber {
+        base: String,
+        page: u32,
+    },
+    Offset {
+        base: String,
+        offset: u64,
+    },
+    Cursor {
+        base: String,
+        cursor: Option<String>,
+    },
+    Link {
+        next: String,
+    },
+}
+
+impl Pager {
+    fn start(p: &Pagination, base: String) -> Pager {
+        match p {
+            Pagination::None => Pager::Single {
+                url: base,
+                done: false,
+            },
+            Pagination::PageNumber { first_page, .. } => Pager::PageNumber {
+                base,
+                page: *first_page,
+            },
+            Pagination::OffsetLimit { .. } => Pager::Offset { base, offset: 0 },
+            Pagination::Cursor { .. } => Pager::Cursor { base, cursor: None },
+            Pagination::LinkHeader {
+                size_param,
+                page_size,
+            } => Pager::Link {
+                next: match (size_param, page_size) {
+                    (Some(sp), Some(n)) => with_param(&base, sp, &n.to_string()),
+                    _ => base,
+                },
+            },
+        }
+    }
+
+    fn url(&self, p: &Pagination) -> String {
+        match (self, p) {
+            (Pager::Single { url, .. }, _) => url.clone(),
+            (
+                Pager::PageNumber { base, page },
+                Pagination::PageNumber {
+                    page_param,
+                    size_param,
+                    page_size,
+                    ..
+                },
+            ) => with_param(
+                &with_param(base, page_param, &page.to_string()),
+                size_param,
+                &page_size.to_string(),
+            ),
+            (
+                Pager::Offset { base, offset },
+                Pagination::OffsetLimit {
+                    offset_param,
+                    size_param,
+                    page_size,
+                },
+            ) => with_param(
+                &with_param(base, offset_param, &offset.to_string()),
+                size_param,
+                &page_size.to_string(),
+            ),
+            (
+                Pager::Cursor { base, cursor },
+                Pagination::Cursor {
+                    cursor_param,
+                    size_param,
+                    page_size,
+                    ..
+                },
+            ) => {
+                let mut u = base.clone();
+                if let (Some(sp), Some(n)) = (size_param, page_size) {
+                    u = with_param(&u, sp, &n.to_string());
+                }
+                if let Some(c) = cursor {
+                    u = with_param(&u, cursor_param, c);
+                }
+                u
+            }
+            (Pager::Link { next }, _) => next.clone(),
+            _ => unreachable!("pager matches pagination"),
+        }
+    }
+
+    /// Advances after a page of `items` items; false when the window is done.
+    fn advance(
+        &mut self,
+        p: &Pagination,
+        items: u64,
+        next_cursor: Option<String>,
+        next_link: Option<String>,
+        current: &str,
+    ) -> bool {
+        match (self, p) {
+            (Pager::Single { done, .. }, _) => {
+                *done = true;
+                false
+            }
+            (Pager::PageNumber { page, .. }, Pagination::PageNumber { page_size, .. }) => {
+                *page += 1;
+                items >= u64::from(*page_size)
+            }
+            (Pager::Offset { offset, .. }, Pagination::OffsetLimit { page_size, .. }) => {
+                *offset += items;
+                items >= u64::from(*page_size)
+            }
+            (Pager::Cursor { cursor, .. }, _) => match next_cursor {
+                Some(c) => {
+                    *cursor = Some(c);
+                    true
+                }
+                None => false,
+            },
+            (Pager::Link { next }, _) => match next_link {
+                Some(l) => {
+                    *next = reqwest::Url::parse(current)
+                        .and_then(|base| base.join(&l))
+                        .map(|u| u.to_string())
+                        .unwrap_or(l);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+struct Counters {
+    stats: FetchStats,
+    pages: u64,
+    rows_in: u64,
+    rows_valid: u64,
+    rejected: u64,
+    unknown: BTreeMap<String, u64>,
+}
+
+/// Runs one pipeline once. The run is recorded whatever its outcome.
+pub async fn run(
+    project: &Project,
+    wh: &Warehouse,
+    pipeline: &str,
+    kind: RunKind,
+    client: reqwest::Client,
+    progress: Option<ProgressFn>,
+) -> Result<RunRecord, IngestError> {
+    let p = project.pipeline(pipeline).ok_or_else(|| {
+        IngestError::UnknownPipeline(
+            pipeline.to_string(),
+            project
+                .pipelines
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    })?;
+    let table = project.table(&p.table).ok_or_else(|| {
+        IngestError::Internal(format!(
+            "pipeline {} names unknown table {}",
+            p.name, p.table
+        ))
+    })?;
+    let Some(_pipeline_lock) = wh.try_lock_pipeline(&p.name)? else {
+        return Err(IngestError::AlreadyRunning(p.name.clone()));
+    };
+    let run_id = warehouse::new_run_id(&p.name);
+    let kind_name = match kind {
+        RunKind::Ingest => "ingest",
+        RunKind::Backfill { .. } => "backfill",
+    };
+    let mut record = RunRecord::start(&run_id, &p.name, kind_name, &p.table);
+    wh.write_run(&record)?;
+    let span = tracing::info_span!("run", pipeline = %p.name, run_id = %run_id);
+    span.in_scope(|| tracing::info!(kind = kind_name, "Run started."));
+    let result = tracing::Instrument::instrument(
+        execute(p, table, wh, kind, client, progress, &mut record),
+        span.clone(),
+    )
+    .await;
+    let _enter = span.enter();
+    match result {
+        Ok(done) => {
+            tracing::info!(
+                rows_in = done.rows_in,
+                rows_valid = done.rows_valid,
+                rows_rejected = done.rows_rejected,
+                rows_changed = done.rows_changed,
+                partitions = done.partitions_touched.len(),
+                "Run committed."
+            );
+            Ok(done)
+        }
+        Err(e) => {
+            record.outcome = Outcome::Failed;
+            record.error = Some(e.to_string());
+            record.ended_at = Some(warehouse::now_rfc3339());
+            if let Err(w) = wh.write_run(&record) {
+                tracing::error!(error = %w, "Could not record the failed run.");
+            }
+            tracing::warn!(error = %e, "Run failed; nothing was committed.");
+            Err(e)
+        }
+    }
+}
+
+async fn execute(
+    p: &Pipeline,
+    table: &TableSchema,
+    wh: &Warehouse,
+    kind: RunKind,
+    client: reqwest::Client,
+    progress: Option<ProgressFn>,
+    record: &mut RunRecord,
+) -> Result<RunRecord, IngestError> {
+    let started = Instant::now();
+    let manifest = wh.manifest()?;
+    let cursor_before = manifest.cursors.get(&p.name).map(|c| c.value.clone());
+    record.cursor_before = cursor_before.clone();
+    let (staging, staging_lock) = wh.staging_dir(&record.run_id)?;
+    let source = Source::new(p, client)?;
+    let plan = plan(p, kind, cursor_before.as_deref());
+    let columns = Columns::new(table.columns.iter().map(|c| c.name.as_str()));
+    let validator = Validator::new(table);
+    let mut part = Partitioner::new(table, &staging, &record.run_id, &p.name);
+    let (records_field, cursor_field) = match &p.source.pagination {
+        Pagination::Cursor {
+            next_cursor_field, ..
+        } => (
+            p.source.records_field.as_deref(),
+            Some(next_cursor_field.as_str()),
+        ),
+        _ => (p.source.records_field.as_deref(), None),
+    };
+    let cursor_col = match &p.source.window {
+        Window::Incremental { field, .. } => table.columns.iter().position(|c| &c.name == field),
+        _ => None,
+    };
+    let mut max_cursor: Option<String> = None;
+    let mut c = Counters {
+        stats: FetchStats::default(),
+        pages: 0,
+        rows_in: 0,
+        rows_valid: 0,
+        rejected: 0,
+        unknown: BTreeMap::new(),
+    };
+    let report = |c: &Counters, done: usize, phase: &'static str, record: &RunRecord| {
+        if let Some(f) = &progress {
+            f(&Progress {
+                pipeline: p.name.clone(),
+                run_id: record.run_id.clone(),
+                windows_done: done,
+                windows_total: plan.quarters.len(),
+                pages: c.pages,
+                rows_in: c.rows_in,
+                rows_valid: c.rows_valid,
+                rejected: c.rejected,
+                elapsed_secs: started.elapsed().as_secs_f64(),
+                phase,
+            });
+        }
+    };
+    let result: Result<(), IngestError> = async {
+        for (wi, quarter) in plan.quarters.iter().enumerate() {
+            let mut base = source.base_url(&p.name, *quarter)?;
+            if let (Window::Incremental { param, .. }, Some(since)) =
+                (&p.source.window, &plan.since)
+            {
+                base = with_param(&base, param, since);
+            }
+            let mut pager = Pager::start(&p.source.pagination, base);
+            let mut visited: HashSet<String> = HashSet::new();
+            let mut last_body: Option<u64> = None;
+            loop {
+                let url = pager.url(&p.source.pagination);
+                let shown = source.redact(&url);
+                if !visited.insert(url.clone()) {
+                    return Err(IngestError::PaginationLoop {
+                        url: shown,
+                        what: "was already fetched in this run",
+                    });
+                }
+                let fetched = source.fetch(&url, &mut c.stats).await?;
+                let page = decode::decode(
+                    p.source.format,
+                    records_field,
+                    cursor_field,
+                    &columns,
+                    &fetched.body,
+                )
+                .map_err(|e| IngestError::Decode {
+                    url: shown.clone(),
+                    source: e,
+                })?;
+                if page.items > 0
+                    && matches!(
+                        p.source.pagination,
+                        Pagination::PageNumber { .. } | Pagination::OffsetLimit { .. }
+                    )
+                {
+                    let h =
+                        partition::fingerprint(&String::from_utf8_lossy(&fetched.body), None, "");
+                    let h = u64::from_str_radix(&h[..16], 16).unwrap_or(0);
+                    if last_body == Some(h) {
+                        return Err(IngestError::PaginationLoop {
+                            url: shown,
+                            what: "returned the same page as the request before it",
+                        });
+                    }
+                    last_body = Some(h);
+                }
+                c.pages += 1;
+                c.rows_in += page.items;
+                for (k, n) in &page.unknown_fields {
+                    *c.unknown.entry(k.clone()).or_default() += n;
+                }
+                for bad in &page.bad {
+                    c.rejected += 1;
+                    part.reject(
+                        None,
+                        QuarantineRow {
+                            source: shown.clone(),
+                            record_no: bad.no,
+                            field: None,
+                            reason: bad.reason.clone(),
+                            raw: bad.raw.clone(),
+                        },
+                    );
+                }
+                for rec in &page.records {
+                    match validator.validate(rec) {
+                        Ok(row) => {
+                            c.rows_valid += 1;
+                            if let Some(ci) = cursor_col
+                                && let Some(v) = cursor_value(&row.values[ci])
+                                && max_cursor.as_ref().is_none_or(|m| &v > m)
+                            {
+                                max_cursor = Some(v);
+                            }
+                            part.push(row.quarter, &row.values)?;
+                        }
+                        Err(rej) => {
+                            c.rejected += 1;
+                            part.reject(
+                                validator.quarter_of(rec),
+                                QuarantineRow {
+                                    source: shown.clone(),
+                                    record_no: rec.no,
+                                    field: rej.field,
+                                    reason: rej.reason,
+                                    raw: rec.raw.to_string(),
+                                },
+                            );
+                        }
+                    }
+                }
+                let items = page.items;
+                let next_cursor = page.next_cursor.clone();
+                drop(page);
+                report(&c, wi, "fetching", record);
+                if !pager.advance(
+                    &p.source.pagination,
+                    items,
+                    next_cursor,
+                    fetched.next_link,
+                    &url,
+                ) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    record.requests = c.stats.requests;
+    record.retries = c.stats.retries;
+    record.bytes = c.stats.bytes;
+    record.pages = c.pages;
+    record.rows_in = c.rows_in;
+    record.rows_valid = c.rows_valid;
+    record.rows_rejected = c.rejected;
+    record.unknown_fields = c.unknown.clone();
+    if let Err(e) = result {
+        drop(part);
+        let _ = std::fs::remove_dir_all(&staging);
+        drop(staging_lock);
+        return Err(e);
+    }
+    for (field, n) in &c.unknown {
+        tracing::warn!(field = %field, records = n, "The feed sends a field the schema does not declare; it was ignored.");
+    }
+    let spilled = part.finish()?;
+    // The new cursor: never behind the old one.
+    let cursor_after = match (&p.source.window, kind) {
+        (Window::Quarters, RunKind::Ingest) => Some(current_quarter(p).to_string()),
+        (Window::Quarters, RunKind::Backfill { to, .. }) => {
+            let before = cursor_before
+                .as_deref()
+                .and_then(|c| c.parse::<Quarter>().ok());
+            Some(before.map_or(to, |b| b.max(to)).to_string())
+        }
+        (Window::Incremental { .. }, _) => match (&cursor_before, &max_cursor) {
+            (Some(b), Some(m)) => Some(if m > b { m.clone() } else { b.clone() }),
+            (b, m) => m.clone().or_else(|| b.clone()),
+        },
+        (Window::Snapshot, _) => None,
+    };
+    record.cursor_after = cursor_after.clone();
+    report(&c, plan.quarters.len(), "committing", record);
+    let wh2 = wh.clone();
+    let table2 = table.clone();
+    let pipeline = p.name.clone();
+    let rec = record.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        commit_run(&wh2, &table2, &pipeline, spilled, cursor_after, rec)
+    })
+    .await
+    .map_err(|e| IngestError::Internal(format!("commit thread: {e}")))??;
+    let _ = std::fs::remove_dir_all(&staging);
+    drop(staging_lock);
+    *record = done.clone();
+    report(&c, plan.quarters.len(), "done", record);
+    Ok(done)
+}
+
+fn read_dir_state(
+    wh: &Warehouse,
+    state: &warehouse::DirState,
+    partition: &str,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<Option<arrow::array::RecordBatch>, IngestError> {
+    let Some(ps) = state.partitions.get(partition) else {
+        return Ok(None);
+    };
+    let mut batches = Vec::new();
+    for f in &ps.files {
+        let path = wh
+            .root()
+            .join(&state.generation)
+            .join(format!("quarter={partition}"))
+            .join(&f.name);
+        batches.push(merge::read_parquet(&path, schema)?);
+    }
+    Ok(Some(
+        arrow::compute::concat_batches(schema, &batches)
+            .map_err(|e| IngestError::Internal(e.to_string()))?,
+    ))
+}
+
+/// Merges a run's spilled rows into the warehouse and commits (blocking; takes the warehouse lock).
+pub fn commit_run(
+    wh: &Warehouse,
+    table: &TableSchema,
+    pipeline: &str,
+    spilled: Spilled,
+    cursor_after: Option<String>,
+    mut record: RunRecord,
+) -> Result<RunRecord, IngestError> {
+    let guard = wh.lock()?;
+    let base = wh.manifest()?;
+    let key = format!("tables/{}", table.name);
+    let qkey = format!("quarantine/{}", table.name);
+    let schema = table.arrow_schema();
+    let pk = &table.primary_key;
+    let state = base.dirs.get(&key).cloned().unwrap_or_default();
+    let mut new_by_part: BTreeMap<String, Vec<arrow::array::RecordBatch>> = BTreeMap::new();
+    for (q, paths) in &spilled.rows {
+        new_by_part.insert(q.to_string(), partition::read_spills(paths)?);
+    }
+    // Keys whose period changed move partitions: drop them from their old one.
+    let mut removals: BTreeMap<String, HashSet<Vec<u8>>> = BTreeMap::new();
+    if !pk.contains(&table.period_column) && !new_by_part.is_empty() {
+        let mut new_keys: HashMap<Vec<u8>, String> = HashMap::new();
+        for (q, batches) in &new_by_part {
+            for b in batches {
+                for k in merge::encode_keys(&schema, b, pk)? {
+                    new_keys.insert(k, q.clone());
+                }
+            }
+        }
+        for part in state.partitions.keys() {
+            if let Some(existing) = read_dir_state(wh, &state, part, &schema)? {
+                for k in merge::encode_keys(&schema, &existing, pk)? {
+                    if new_keys.get(&k).is_some_and(|q| q != part) {
+                        removals.entry(part.clone()).or_default().insert(k);
+                    }
+                }
+            }
+        }
+    }
+    let affected: BTreeSet<String> = new_by_part.keys().chain(removals.keys()).cloned().collect();
+    let mut changes = Vec::new();
+    let mut rows_changed = 0;
+    let mut rows_written = 0;
+    let mut touched = Vec::new();
+    if !affected.is_empty() {
+        let mut g = wh.begin_generation(&guard, &base, &key, &record.run_id)?;
+        let empty = HashSet::new();
+        for part in &affected {
+            let existing = read_dir_state(wh, &state, part, &schema)?;
+            let new = new_by_part.get(part).map(Vec::as_slice).unwrap_or(&[]);
+            let remove = removals.get(part).unwrap_or(&empty);
+            if let Some(m) = merge::merge(&schema, existing, new, pk, remove)? {
+                rows_changed += m.changed_rows;
+                touched.push(part.clone());
+                if m.batch.num_rows() == 0 {
+                    g.set_partition(part, Vec::new());
+                } else {
+                    let path = g.partition_dir(part)?.join(g.file_name(0));
+                    let entry = merge::write_parquet(&path, &m.batch)?;
+                    rows_written += entry.rows;
+                    g.set_partition(part, vec![entry]);
+                }
+            }
+        }
+        if touched.is_empty() {
+            wh.abandon_generation(g)?;
+        } else {
+            changes.push(wh.finish_generation(g)?);
+        }
+    }
+    // Quarantine: append records not seen before (same raw text, field and reason).
+    if !spilled.quarantine.is_empty() {
+        let qschema = partition::quarantine_schema();
+        let qstate = base.dirs.get(&qkey).cloned().unwrap_or_default();
+        let mut g = wh.begin_generation(&guard, &base, &qkey, &record.run_id)?;
+        let mut added = false;
+        for (part, paths) in &spilled.quarantine {
+            let mut seen: HashSet<String> = HashSet::new();
+            if let Some(existing) = read_dir_state(wh, &qstate, part, &qschema)? {
+                let fp = existing
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .expect("fingerprint is Utf8");
+                seen.extend(fp.iter().flatten().map(str::to_string));
+            }
+            let batches = partition::read_spills(paths)?;
+            let all = arrow::compute::concat_batches(&qschema, &batches)
+                .map_err(|e| IngestError::Internal(e.to_string()))?;
+            let fp = all
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .expect("fingerprint is Utf8");
+            let keep: Vec<u32> = (0..all.num_rows())
+                .filter(|&i| seen.insert(fp.value(i).to_string()))
+                .map(|i| i as u32)
+                .collect();
+            if keep.is_empty() {
+                continue;
+            }
+            let batch =
+                arrow::compute::take_record_batch(&all, &arrow::array::UInt32Array::from(keep))
+                    .map_err(|e| IngestError::Internal(e.to_string()))?;
+            let n = qstate.partitions.get(part).map_or(0, |p| p.files.len());
+            let path = g.partition_dir(part)?.join(g.file_name(n));
+            let entry = merge::write_parquet(&path, &batch)?;
+            g.add_files(part, vec![entry]);
+            added = true;
+        }
+        if added {
+            changes.push(wh.finish_generation(g)?);
+        } else {
+            wh.abandon_generation(g)?;
+        }
+    }
+    record.rows_changed = rows_changed;
+    record.rows_written = rows_written;
+    record.partitions_touched = touched;
+    let old_cursor = base.cursors.get(pipeline).map(|c| c.value.clone());
+    let mut cursors = BTreeMap::new();
+    if let Some(c) = &cursor_after
+        && Some(c) != old_cursor.as_ref()
+    {
+        cursors.insert(
+            pipeline.to_string(),
+            Cursor {
+                value: c.clone(),
+                run_id: record.run_id.clone(),
+            },
+        );
+    }
+    if changes.is_empty() && cursors.is_empty() {
+        record.outcome = Outcome::Succeeded;
+        record.ended_at = Some(warehouse::now_rfc3339());
+        record.manifest_version = Some(base.version);
+        wh.write_run(&record)?;
+        return Ok(record);
+    }
+    let committed = wh.commit(&guard, &base, changes, cursors, record.clone())?;
+    record.outcome = Outcome::Succeeded;
+    record.manifest_version = Some(committed.version);
+    record.ended_at = Some(warehouse::now_rfc3339());
+    Ok(record)
+}
+
+/// The `Format` name, for messages.
+pub fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Json => "json",
+        Format::Ndjson => "ndjson",
+        Format::Csv => "csv",
+    }
+}

@@ -1,0 +1,393 @@
+//! Partition: valid rows into per-quarter Arrow batches, rejected records
+//! into quarantine rows; both spilled to the run's staging directory as
+//! Arrow IPC files so memory stays bounded whatever the feed's size.
+
+use crate::config::schema::{ColumnType, TableSchema};
+use crate::domain::Quarter;
+use crate::validate::Value;
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder,
+    RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Rows buffered per quarter before spilling.
+const SPILL_ROWS: usize = 32 * 1024;
+/// Rows buffered across all quarters before spilling everything.
+const SPILL_TOTAL_ROWS: usize = 128 * 1024;
+/// Longest raw record text kept in the quarantine.
+pub const MAX_RAW_BYTES: usize = 64 * 1024;
+
+/// Errors while buffering or spilling.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {message}")]
+pub struct PartitionError {
+    /// What was being done.
+    pub context: String,
+    /// The underlying error.
+    pub message: String,
+}
+
+fn perr(context: impl Into<String>) -> impl FnOnce(String) -> PartitionError {
+    let context = context.into();
+    move |message| PartitionError { context, message }
+}
+
+enum ColBuilder {
+    Utf8(StringBuilder),
+    Bool(BooleanBuilder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    Date(Date32Builder),
+    Dec(Decimal128Builder, u8, u8),
+}
+
+impl ColBuilder {
+    fn new(t: ColumnType) -> ColBuilder {
+        match t {
+            ColumnType::Utf8 => ColBuilder::Utf8(StringBuilder::new()),
+            ColumnType::Boolean => ColBuilder::Bool(BooleanBuilder::new()),
+            ColumnType::Int32 => ColBuilder::I32(Int32Builder::new()),
+            ColumnType::Int64 => ColBuilder::I64(Int64Builder::new()),
+            ColumnType::Date32 => ColBuilder::Date(Date32Builder::new()),
+            ColumnType::Decimal128 { precision, scale } => {
+                ColBuilder::Dec(Decimal128Builder::new(), precision, scale)
+            }
+        }
+    }
+
+    fn push(&mut self, v: &Value) {
+        match (self, v) {
+            (ColBuilder::Utf8(b), Value::Str(s)) => b.append_value(s),
+            (ColBuilder::Utf8(b), _) => b.append_null(),
+            (ColBuilder::Bool(b), Value::Bool(x)) => b.append_value(*x),
+            (ColBuilder::Bool(b), _) => b.append_null(),
+            (ColBuilder::I32(b), Value::I32(x)) => b.append_value(*x),
+            (ColBuilder::I32(b), _) => b.append_null(),
+            (ColBuilder::I64(b), Value::I64(x)) => b.append_value(*x),
+            (ColBuilder::I64(b), _) => b.append_null(),
+            (ColBuilder::Date(b), Value::Date(x)) => b.append_value(*x),
+            (ColBuilder::Date(b), _) => b.append_null(),
+            (ColBuilder::Dec(b, _, _), Value::Dec(x)) => b.append_value(*x),
+            (ColBuilder::Dec(b, _, _), _) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColBuilder::Utf8(b) => Arc::new(b.finish()),
+            ColBuilder::Bool(b) => Arc::new(b.finish()),
+            ColBuilder::I32(b) => Arc::new(b.finish()),
+            ColBuilder::I64(b) => Arc::new(b.finish()),
+            ColBuilder::Date(b) => Arc::new(b.finish()),
+            ColBuilder::Dec(b, p, s) => Arc::new(
+                b.finish()
+                    .with_precision_and_scale(*p, *s as i8)
+                    .expect("schema precision and scale are valid"),
+            ),
+        }
+    }
+}
+
+struct RowBuffer {
+    cols: Vec<ColBuilder>,
+    rows: usize,
+}
+
+impl RowBuffer {
+    fn new(schema: &TableSchema) -> RowBuffer {
+        RowBuffer {
+            cols: schema
+                .columns
+                .iter()
+                .map(|c| ColBuilder::new(c.data_type))
+                .collect(),
+            rows: 0,
+        }
+    }
+
+    fn push(&mut self, values: &[Value]) {
+        for (b, v) in self.cols.iter_mut().zip(values) {
+            b.push(v);
+        }
+        self.rows += 1;
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> RecordBatch {
+        let cols = self.cols.iter_mut().map(ColBuilder::finish).collect();
+        self.rows = 0;
+        RecordBatch::try_new(schema.clone(), cols).expect("builders match the schema")
+    }
+}
+
+/// The schema of quarantine files.
+pub fn quarantine_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("fingerprint", DataType::Utf8, false),
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("pipeline", DataType::Utf8, false),
+        Field::new(
+            "received_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("record_no", DataType::Int64, false),
+        Field::new("field", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, false),
+    ]))
+}
+
+/// One rejected record.
+#[derive(Debug, Clone)]
+pub struct QuarantineRow {
+    /// Request URL of the page (secrets redacted).
+    pub source: String,
+    /// Position in the page.
+    pub record_no: u64,
+    /// Field concerned.
+    pub field: Option<String>,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The record as sent (truncated past [`MAX_RAW_BYTES`]).
+    pub raw: String,
+}
+
+fn fnv(seed: u64, parts: &[&str]) -> u64 {
+    let mut h = 0xCBF2_9CE4_8422_2325u64 ^ seed;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0xFF)) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x1000_0000_01B3);
+        }
+    }
+    crate::feedsim::rng::mix(h)
+}
+
+/// A stable fingerprint of a rejected record: same raw text, field and reason, same fingerprint.
+pub fn fingerprint(raw: &str, field: Option<&str>, reason: &str) -> String {
+    let parts = [raw, field.unwrap_or(""), reason];
+    format!("{:016x}{:016x}", fnv(1, &parts), fnv(2, &parts))
+}
+
+struct QuarantineBuffer {
+    fingerprint: StringBuilder,
+    source: StringBuilder,
+    record_no: Int64Builder,
+    field: StringBuilder,
+    reason: StringBuilder,
+    raw: StringBuilder,
+    rows: usize,
+}
+
+impl QuarantineBuffer {
+    fn new() -> Self {
+        QuarantineBuffer {
+            fingerprint: StringBuilder::new(),
+            source: StringBuilder::new(),
+            record_no: Int64Builder::new(),
+            field: StringBuilder::new(),
+            reason: StringBuilder::new(),
+            raw: StringBuilder::new(),
+            rows: 0,
+        }
+    }
+
+    fn finish(&mut self, run_id: &str, pipeline: &str, received_at: i64) -> RecordBatch {
+        let n = self.rows;
+        self.rows = 0;
+        let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut run = StringBuilder::new();
+        let mut pipe = StringBuilder::new();
+        for _ in 0..n {
+            ts.append_value(received_at);
+            run.append_value(run_id);
+            pipe.append_value(pipeline);
+        }
+        RecordBatch::try_new(
+            quarantine_schema(),
+            vec![
+                Arc::new(self.fingerprint.finish()),
+                Arc::new(run.finish()),
+                Arc::new(pipe.finish()),
+                Arc::new(ts.finish()),
+                Arc::new(self.source.finish()),
+                Arc::new(self.record_no.finish()),
+                Arc::new(self.field.finish()),
+                Arc::new(self.reason.finish()),
+                Arc::new(self.raw.finish()),
+            ],
+        )
+        .expect("quarantine builders match the schema")
+    }
+}
+
+/// Partition key of quarantined records whose period could not be read.
+pub const UNKNOWN_QUARTER: &str = "unknown";
+
+/// Buffers a run's rows by quarter and spills them to staging.
+pub struct Partitioner {
+    table: TableSchema,
+    schema: SchemaRef,
+    dir: PathBuf,
+    run_id: String,
+    pipeline: String,
+    received_at: i64,
+    buffers: BTreeMap<Quarter, RowBuffer>,
+    buffered: usize,
+    spills: BTreeMap<Quarter, Vec<PathBuf>>,
+    quarantine: BTreeMap<String, QuarantineBuffer>,
+    quarantine_spills: BTreeMap<String, Vec<PathBuf>>,
+    seq: usize,
+}
+
+impl Partitioner {
+    /// A partitioner spilling into `dir`.
+    pub fn new(table: &TableSchema, dir: &Path, run_id: &str, pipeline: &str) -> Partitioner {
+        Partitioner {
+            table: table.clone(),
+            schema: table.arrow_schema(),
+            dir: dir.to_path_buf(),
+            run_id: run_id.to_string(),
+            pipeline: pipeline.to_string(),
+            received_at: chrono::Utc::now().timestamp_micros(),
+            buffers: BTreeMap::new(),
+            buffered: 0,
+            spills: BTreeMap::new(),
+            quarantine: BTreeMap::new(),
+            quarantine_spills: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    /// Adds a valid row.
+    pub fn push(&mut self, quarter: Quarter, values: &[Value]) -> Result<(), PartitionError> {
+        let buf = self
+            .buffers
+            .entry(quarter)
+            .or_insert_with(|| RowBuffer::new(&self.table));
+        buf.push(values);
+        self.buffered += 1;
+        if buf.rows >= SPILL_ROWS {
+            self.spill_quarter(quarter)?;
+        } else if self.buffered >= SPILL_TOTAL_ROWS {
+            self.spill_all()?;
+        }
+        Ok(())
+    }
+
+    /// Adds a rejected record.
+    pub fn reject(&mut self, quarter: Option<Quarter>, row: QuarantineRow) {
+        let key = quarter.map_or_else(|| UNKNOWN_QUARTER.to_string(), |q| q.to_string());
+        let b = self
+            .quarantine
+            .entry(key)
+            .or_insert_with(QuarantineBuffer::new);
+        let mut raw = row.raw;
+        if raw.len() > MAX_RAW_BYTES {
+            let mut cut = MAX_RAW_BYTES;
+            while !raw.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let total = raw.len();
+            raw.truncate(cut);
+            raw.push_str(&format!("…[truncated: {total} bytes in all]"));
+        }
+        b.fingerprint
+            .append_value(fingerprint(&raw, row.field.as_deref(), &row.reason));
+        b.source.append_value(&row.source);
+        b.record_no.append_value(row.record_no as i64);
+        b.field.append_option(row.field.as_deref());
+        b.reason.append_value(&row.reason);
+        b.raw.append_value(&raw);
+        b.rows += 1;
+    }
+
+    fn spill_path(&mut self, what: &str) -> PathBuf {
+        self.seq += 1;
+        self.dir.join(format!("{what}-{:06}.arrow", self.seq))
+    }
+
+    fn spill_quarter(&mut self, q: Quarter) -> Result<(), PartitionError> {
+        let Some(buf) = self.buffers.get_mut(&q) else {
+            return Ok(());
+        };
+        if buf.rows == 0 {
+            return Ok(());
+        }
+        self.buffered -= buf.rows;
+        let batch = buf.finish(&self.schema);
+        let path = self.spill_path(&format!("rows-{q}"));
+        write_ipc(&path, &batch)?;
+        self.spills.entry(q).or_default().push(path);
+        Ok(())
+    }
+
+    fn spill_all(&mut self) -> Result<(), PartitionError> {
+        let quarters: Vec<Quarter> = self.buffers.keys().copied().collect();
+        for q in quarters {
+            self.spill_quarter(q)?;
+        }
+        Ok(())
+    }
+
+    /// Spills everything and returns the spill files: rows by quarter, quarantine by partition.
+    pub fn finish(mut self) -> Result<Spilled, PartitionError> {
+        self.spill_all()?;
+        let keys: Vec<String> = self.quarantine.keys().cloned().collect();
+        for k in keys {
+            let batch = {
+                let b = self.quarantine.get_mut(&k).expect("key exists");
+                if b.rows == 0 {
+                    continue;
+                }
+                b.finish(&self.run_id, &self.pipeline, self.received_at)
+            };
+            let path = self.spill_path(&format!("quarantine-{k}"));
+            write_ipc(&path, &batch)?;
+            self.quarantine_spills.entry(k).or_default().push(path);
+        }
+        Ok(Spilled {
+            rows: self.spills,
+            quarantine: self.quarantine_spills,
+        })
+    }
+}
+
+/// A run's spilled data.
+#[derive(Debug, Default)]
+pub struct Spilled {
+    /// Valid rows by quarter, in delivery order.
+    pub rows: BTreeMap<Quarter, Vec<PathBuf>>,
+    /// Quarantined records by partition value.
+    pub quarantine: BTreeMap<String, Vec<PathBuf>>,
+}
+
+fn write_ipc(path: &Path, batch: &RecordBatch) -> Result<(), PartitionError> {
+    let ctx = format!("spilling to {}", path.display());
+    let file = std::fs::File::create(path).map_err(|e| perr(ctx.clone())(e.to_string()))?;
+    let mut w =
+        FileWriter::try_new(file, &batch.schema()).map_err(|e| perr(ctx.clone())(e.to_string()))?;
+    w.write(batch)
+        .map_err(|e| perr(ctx.clone())(e.to_string()))?;
+    w.finish().map_err(|e| perr(ctx)(e.to_string()))
+}
+
+/// Reads spill files back, in order.
+pub fn read_spills(paths: &[PathBuf]) -> Result<Vec<RecordBatch>, PartitionError> {
+    let mut out = Vec::new();
+    for p in paths {
+        let ctx = format!("reading spill {}", p.display());
+        let file = std::fs::File::open(p).map_err(|e| perr(ctx.clone())(e.to_string()))?;
+        let r = FileReader::try_new(file, None).map_err(|e| perr(ctx.clone())(e.to_string()))?;
+        for b in r {
+            out.push(b.map_err(|e| perr(ctx.clone())(e.to_string()))?);
+        }
+    }
+    Ok(out)
+}

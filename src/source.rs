@@ -1,0 +1,485 @@
+//! Source: HTTP requests to a partner feed — authentication, timeouts,
+//! retries with exponential backoff and jitter, `Retry-After`, and a hard
+//! limit on body size. Pagination is driven by the ingest loop, which needs
+//! each decoded page to know the next one.
+
+use crate::config::pipeline::{Auth, HttpSource, Pipeline, RetryPolicy, SecretRef};
+use bytes::{Bytes, BytesMut};
+use reqwest::StatusCode;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Why a request failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A secret could not be read.
+    #[error("pipeline {pipeline}: {what}")]
+    Secret {
+        /// Pipeline.
+        pipeline: String,
+        /// What is missing.
+        what: String,
+    },
+    /// The URL template could not be resolved.
+    #[error("pipeline {pipeline}: {message}")]
+    Url {
+        /// Pipeline.
+        pipeline: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The partner refused the credentials.
+    #[error(
+        "GET {url}: the feed answered {status}: the credentials were refused; check the pipeline's auth settings and secret"
+    )]
+    Unauthorized {
+        /// Request URL (redacted).
+        url: String,
+        /// Status code.
+        status: u16,
+    },
+    /// The partner answered with a client error that retrying cannot fix.
+    #[error("GET {url}: the feed answered {status}: {body}")]
+    Client {
+        /// Request URL (redacted).
+        url: String,
+        /// Status code.
+        status: u16,
+        /// Start of the response body.
+        body: String,
+    },
+    /// The body is larger than the pipeline allows.
+    #[error(
+        "GET {url}: the response body exceeds max_body_bytes ({limit} bytes); the feed may be broken or hostile"
+    )]
+    TooLarge {
+        /// Request URL (redacted).
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// Every attempt failed.
+    #[error("GET {url}: failed after {attempts} attempts; last error: {last}")]
+    Exhausted {
+        /// Request URL (redacted).
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
+}
+
+/// Counters of one source.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FetchStats {
+    /// Requests sent, retries included.
+    pub requests: u64,
+    /// Retries.
+    pub retries: u64,
+    /// Body bytes received.
+    pub bytes: u64,
+}
+
+/// One fetched page.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The body.
+    pub body: Bytes,
+    /// The `Link: rel="next"` target, if any.
+    pub next_link: Option<String>,
+}
+
+/// Builds the shared HTTP client.
+pub fn client(connect_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent(concat!("ironlake/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the HTTP client builds")
+}
+
+#[derive(Clone)]
+enum ResolvedAuth {
+    None,
+    Bearer(String),
+    Header(String, String),
+    Basic(String, String),
+}
+
+/// The HTTP side of one pipeline, with its secrets resolved.
+pub struct Source {
+    client: reqwest::Client,
+    spec: HttpSource,
+    auth: ResolvedAuth,
+    secrets: Vec<String>,
+}
+
+fn read_secret(pipeline: &str, what: &str, r: &SecretRef) -> Result<String, SourceError> {
+    let err = |w: String| SourceError::Secret {
+        pipeline: pipeline.to_string(),
+        what: w,
+    };
+    match r {
+        SecretRef::Env(name) => match std::env::var(name) {
+            Ok(v) if !v.is_empty() => Ok(v),
+            _ => Err(err(format!(
+                "environment variable {name} (the {what}) is not set"
+            ))),
+        },
+        SecretRef::File(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| {
+                err(format!(
+                    "cannot read the {what} from {}: {e}",
+                    path.display()
+                ))
+            }),
+    }
+}
+
+impl Source {
+    /// Resolves the pipeline's secrets; fails naming the missing variable or file (never the value).
+    pub fn new(pipeline: &Pipeline, client: reqwest::Client) -> Result<Source, SourceError> {
+        let name = &pipeline.name;
+        let auth = match &pipeline.source.auth {
+            Auth::None => ResolvedAuth::None,
+            Auth::Bearer { token } => {
+                ResolvedAuth::Bearer(read_secret(name, "bearer token", token)?)
+            }
+            Auth::ApiKey { header, key } => {
+                ResolvedAuth::Header(header.clone(), read_secret(name, "API key", key)?)
+            }
+            Auth::Basic { username, password } => ResolvedAuth::Basic(
+                username.clone(),
+                read_secret(name, "basic-auth password", password)?,
+            ),
+        };
+        let secrets = match &auth {
+            ResolvedAuth::None => Vec::new(),
+            ResolvedAuth::Bearer(t) | ResolvedAuth::Header(_, t) | ResolvedAuth::Basic(_, t) => {
+                vec![t.clone()]
+            }
+        };
+        Ok(Source {
+            client,
+            spec: pipeline.source.clone(),
+            auth,
+            secrets,
+        })
+    }
+
+    /// The URL for a window (`quarter` for `{quarter}`/`{as_of}` placeholders).
+    pub fn base_url(
+        &self,
+        pipeline: &str,
+        quarter: Option<crate::domain::Quarter>,
+    ) -> Result<String, SourceError> {
+        self.spec
+            .url
+            .resolve(|v| std::env::var(v).ok(), quarter)
+            .map_err(|e| SourceError::Url {
+                pipeline: pipeline.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// `url` with secrets and sensitive query parameters masked, for logs and records.
+    pub fn redact(&self, url: &str) -> String {
+        let mut out = url.to_string();
+        for s in &self.secrets {
+            if s.len() >= 4 {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        redact_query(&out)
+    }
+
+    /// GETs `url` with retries; returns the body, at most `max_body_bytes` long.
+    pub async fn fetch(&self, url: &str, stats: &mut FetchStats) -> Result<Fetched, SourceError> {
+        let policy: &RetryPolicy = &self.spec.retry;
+        let shown = self.redact(url);
+        let mut last = String::new();
+        for attempt in 1..=policy.attempts {
+            if attempt > 1 {
+                stats.retries += 1;
+            }
+            stats.requests += 1;
+            let wait = match self.try_once(url, &shown, stats).await {
+                Ok(f) => return Ok(f),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry {
+                    reason,
+                    retry_after,
+                }) => {
+                    last = reason;
+                    let backoff = backoff(policy, attempt);
+                    match retry_after {
+                        Some(ra) if ra > policy.max_retry_after => {
+                            tracing::warn!(url = %shown, retry_after_secs = ra.as_secs(), cap_secs = policy.max_retry_after.as_secs(), "Retry-After is past the cap; waiting the cap.");
+                            policy.max_retry_after
+                        }
+                        Some(ra) => ra,
+                        None => backoff,
+                    }
+                }
+            };
+            if attempt < policy.attempts {
+                tracing::debug!(url = %shown, attempt, wait_ms = wait.as_millis() as u64, error = %last, "Retrying request.");
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Err(SourceError::Exhausted {
+            url: shown,
+            attempts: policy.attempts,
+            last,
+        })
+    }
+
+    async fn try_once(
+        &self,
+        url: &str,
+        shown: &str,
+        stats: &mut FetchStats,
+    ) -> Result<Fetched, Attempt> {
+        let mut req = self.client.get(url).timeout(self.spec.timeout);
+        req = match &self.auth {
+            ResolvedAuth::None => req,
+            ResolvedAuth::Bearer(t) => req.bearer_auth(t),
+            ResolvedAuth::Header(h, v) => req.header(h.as_str(), v.as_str()),
+            ResolvedAuth::Basic(u, p) => req.basic_auth(u, Some(p)),
+        };
+        let resp = req.send().await.map_err(|e| Attempt::Retry {
+            reason: describe(&e),
+            retry_after: None,
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            if status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::REQUEST_TIMEOUT
+                || status.is_server_error()
+            {
+                return Err(Attempt::Retry {
+                    reason: format!("HTTP {status}"),
+                    retry_after,
+                });
+            }
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Err(Attempt::Fatal(SourceError::Unauthorized {
+                    url: shown.to_string(),
+                    status: status.as_u16(),
+                }));
+            }
+            let body = resp.text().await.unwrap_or_default();
+            let body: String = body.chars().take(300).collect();
+            return Err(Attempt::Fatal(SourceError::Client {
+                url: shown.to_string(),
+                status: status.as_u16(),
+                body: self.redact(&body),
+            }));
+        }
+        let limit = self.spec.max_body_bytes;
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(Attempt::Fatal(SourceError::TooLarge {
+                url: shown.to_string(),
+                limit,
+            }));
+        }
+        let next_link = resp
+            .headers()
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(next_link);
+        let mut resp = resp;
+        let mut body = BytesMut::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    stats.bytes += chunk.len() as u64;
+                    if (body.len() + chunk.len()) as u64 > limit {
+                        return Err(Attempt::Fatal(SourceError::TooLarge {
+                            url: shown.to_string(),
+                            limit,
+                        }));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(Attempt::Retry {
+                        reason: format!(
+                            "the body was cut off after {} bytes: {}",
+                            body.len(),
+                            describe(&e)
+                        ),
+                        retry_after: None,
+                    });
+                }
+            }
+        }
+        Ok(Fetched {
+            body: body.freeze(),
+            next_link,
+        })
+    }
+}
+
+enum Attempt {
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    Fatal(SourceError),
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "could not connect".to_string()
+    } else if e.is_body() || e.is_decode() {
+        "error reading the body".to_string()
+    } else {
+        "request error".to_string()
+    };
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Exponential backoff with jitter for attempt `n` (1-based): base·2ⁿ⁻¹, capped, times 0.5–1.0.
+pub fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let exp = policy
+        .base_backoff
+        .saturating_mul(1u32 << (attempt - 1).min(20));
+    let capped = exp.min(policy.max_backoff);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let jitter = 0.5
+        + (crate::feedsim::rng::mix(u64::from(nanos) ^ u64::from(attempt)) % 1000) as f64 / 2000.0;
+    capped.mul_f64(jitter)
+}
+
+/// Parses `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The `rel="next"` target of a `Link` header value.
+pub fn next_link(header: &str) -> Option<String> {
+    for part in header.split(',') {
+        let part = part.trim();
+        let (url, params) = part.split_once(';')?;
+        let url = url.trim().strip_prefix('<')?.strip_suffix('>')?;
+        if params.split(';').any(|p| {
+            p.trim()
+                .replace(' ', "")
+                .eq_ignore_ascii_case("rel=\"next\"")
+                || p.trim().eq_ignore_ascii_case("rel=next")
+        }) {
+            return Some(url.to_string());
+        }
+    }
+    None
+}
+
+/// Masks the values of query parameters whose names suggest secrets.
+pub fn redact_query(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _))
+                if ["token", "key", "secret", "password", "sig", "signature"]
+                    .iter()
+                    .any(|s| k.to_ascii_lowercase().contains(s)) =>
+            {
+                format!("{k}=***")
+            }
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", parts.join("&"))
+}
+
+/// When the next attempt may start, for progress reporting.
+pub fn elapsed_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers_and_retry_after_parse() {
+        assert_eq!(
+            next_link(r#"<http://h/x?after=1>; rel="next", <http://h/x>; rel="first""#).as_deref(),
+            Some("http://h/x?after=1")
+        );
+        assert_eq!(next_link(r#"<http://h/x>; rel="prev""#), None);
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let d = parse_retry_after(&soon).unwrap();
+        assert!(
+            d <= Duration::from_secs(30) && d >= Duration::from_secs(28),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            attempts: 5,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            max_retry_after: Duration::from_secs(5),
+        };
+        let b1 = backoff(&p, 1);
+        assert!(
+            b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100),
+            "{b1:?}"
+        );
+        let b10 = backoff(&p, 10);
+        assert!(
+            b10 >= Duration::from_millis(500) && b10 <= Duration::from_millis(1000),
+            "{b10:?}"
+        );
+    }
+
+    #[test]
+    fn secrets_in_query_strings_are_masked() {
+        assert_eq!(
+            redact_query("http://h/x?quarter=2019Q3&api_key=abc"),
+            "http://h/x?quarter=2019Q3&api_key=***"
+        );
+        assert_eq!(redact_query("http://h/x"), "http://h/x");
+    }
+}

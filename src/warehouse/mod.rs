@@ -1,0 +1,796 @@
+//! The warehouse on disk, and the commit protocol that makes every run
+//! all-or-nothing and crash-safe.
+//!
+//! ```text
+//! warehouse/
+//!   tables/<table>            -> symlink to _ironlake/gen/tables.<table>/<generation>
+//!   quarantine/<table>        -> symlink to _ironlake/gen/quarantine.<table>/<generation>
+//!   published/<aggregate>     -> symlink (published aggregates)
+//!   _ironlake/
+//!     gen/<dir>/<generation>/quarter=2019Q3/part-….parquet   immutable generations
+//!     manifests/m-<version>.json   the commit log; the highest version is current
+//!     journal/<run>.json           commit intent: written before any link moves
+//!     runs/<run>.json              run history (system.runs)
+//!     staging/<run>/               a run's spill files until it commits
+//!     lock                         held while committing, recovering or collecting garbage
+//! ```
+//!
+//! A generation is a complete, immutable copy of one directory (a table's
+//! partitions, its quarantine, a published aggregate): files of untouched
+//! partitions are hard links to the previous generation's, changed ones are
+//! new files. A commit (1) writes and fsyncs the new generations, (2) writes
+//! the journal holding the new manifest — from here the commit rolls
+//! forward — (3) swings each symlink atomically to its new generation, (4)
+//! writes the new manifest with a no-replace rename (the commit point for
+//! ironlake's own catalog; on an object store, a conditional put), (5)
+//! removes the journal. Startup recovery rolls any journal forward and
+//! removes files no retained manifest references. Directory readers
+//! (DuckDB, pyarrow) always see one whole generation of a directory;
+//! ironlake's catalog reads the manifest, so it sees every table at one
+//! version.
+
+pub mod fsutil;
+pub mod merge;
+
+use fsutil::FileLock;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Manifests kept on disk (their generations stay readable for queries in flight).
+pub const RETAINED_MANIFESTS: usize = 3;
+
+/// Errors of the warehouse layer.
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    /// A filesystem operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A manifest, journal or run record could not be parsed: the warehouse is damaged.
+    #[error("damaged warehouse file {}: {message}", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Another process committed the same manifest version first.
+    #[error(
+        "concurrent commit: manifest version {0} already exists (another ironlake process committed first)"
+    )]
+    Conflict(u64),
+    /// Reading or writing Parquet or Arrow failed.
+    #[error("{context}: {message}")]
+    Data {
+        /// What was being read or written.
+        context: String,
+        /// The underlying error.
+        message: String,
+    },
+}
+
+/// Result of warehouse operations.
+pub type Result<T> = std::result::Result<T, WarehouseError>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WarehouseError + 'a {
+    move |source| WarehouseError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One data file of a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// File name inside the partition directory.
+    pub name: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// One partition (`quarter=2019Q3`) of a directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Its files.
+    pub files: Vec<FileEntry>,
+    /// Total rows.
+    pub rows: u64,
+    /// Run that last wrote it.
+    pub written_by: String,
+}
+
+/// The committed state of one directory (`tables/bank_loans`, `quarantine/bank_loans`, …).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirState {
+    /// Generation directory, relative to the warehouse root.
+    pub generation: String,
+    /// Partitions by value (`2019Q3`).
+    pub partitions: BTreeMap<String, PartitionState>,
+}
+
+impl DirState {
+    /// Total rows in all partitions.
+    pub fn rows(&self) -> u64 {
+        self.partitions.values().map(|p| p.rows).sum()
+    }
+}
+
+/// A pipeline's stored cursor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Cursor value: a date or timestamp for incremental feeds, a quarter for quarter windows.
+    pub value: String,
+    /// Run that advanced it.
+    pub run_id: String,
+}
+
+/// One committed version of the warehouse.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Monotonic version; 0 is the empty warehouse.
+    pub version: u64,
+    /// When it was committed (RFC 3339, UTC).
+    pub committed_at: String,
+    /// Run that committed it.
+    pub run_id: Option<String>,
+    /// Every directory's committed state, by key (`tables/bank_loans`).
+    pub dirs: BTreeMap<String, DirState>,
+    /// Pipeline cursors, by pipeline name.
+    pub cursors: BTreeMap<String, Cursor>,
+}
+
+impl Manifest {
+    /// Absolute path of a committed file.
+    pub fn file_path(
+        &self,
+        root: &Path,
+        dir: &str,
+        partition: &str,
+        file: &str,
+    ) -> Option<PathBuf> {
+        let d = self.dirs.get(dir)?;
+        Some(
+            root.join(&d.generation)
+                .join(format!("quarter={partition}"))
+                .join(file),
+        )
+    }
+}
+
+/// Outcome of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// In progress (or its process died; recovery marks it aborted).
+    Running,
+    /// Committed.
+    Succeeded,
+    /// Failed cleanly: nothing committed.
+    Failed,
+    /// The process died before committing; nothing committed.
+    Aborted,
+}
+
+/// The record of one run (`system.runs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Unique run id.
+    pub run_id: String,
+    /// Pipeline (or `refresh`).
+    pub pipeline: String,
+    /// What kind of run: `ingest`, `backfill`, `refresh`.
+    pub kind: String,
+    /// Target table.
+    pub table: String,
+    /// Start time (RFC 3339, UTC).
+    pub started_at: String,
+    /// End time.
+    pub ended_at: Option<String>,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// HTTP requests made, retries included.
+    pub requests: u64,
+    /// Retried requests.
+    pub retries: u64,
+    /// Pages decoded.
+    pub pages: u64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// Records received.
+    pub rows_in: u64,
+    /// Records that passed validation.
+    pub rows_valid: u64,
+    /// Records quarantined.
+    pub rows_rejected: u64,
+    /// Rows new or changed in the warehouse by this run.
+    pub rows_changed: u64,
+    /// Rows in the partition files this run wrote.
+    pub rows_written: u64,
+    /// Partitions rewritten.
+    pub partitions_touched: Vec<String>,
+    /// Fields the feed sent that the schema does not declare, with counts.
+    pub unknown_fields: BTreeMap<String, u64>,
+    /// Cursor before the run.
+    pub cursor_before: Option<String>,
+    /// Cursor after the run.
+    pub cursor_after: Option<String>,
+    /// Manifest version the run committed.
+    pub manifest_version: Option<u64>,
+}
+
+impl RunRecord {
+    /// A new record in state `running`.
+    pub fn start(run_id: &str, pipeline: &str, kind: &str, table: &str) -> RunRecord {
+        RunRecord {
+            run_id: run_id.into(),
+            pipeline: pipeline.into(),
+            kind: kind.into(),
+            table: table.into(),
+            started_at: now_rfc3339(),
+            ended_at: None,
+            outcome: Outcome::Running,
+            error: None,
+            requests: 0,
+            retries: 0,
+            pages: 0,
+            bytes: 0,
+            rows_in: 0,
+            rows_valid: 0,
+            rows_rejected: 0,
+            rows_changed: 0,
+            rows_written: 0,
+            partitions_touched: Vec::new(),
+            unknown_fields: BTreeMap::new(),
+            cursor_before: None,
+            cursor_after: None,
+            manifest_version: None,
+        }
+    }
+}
+
+/// The current time as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// A unique run id: `20191001T020000Z-bank_loans-1a2b3c`.
+pub fn new_run_id(name: &str) -> String {
+    let now = chrono::Utc::now();
+    let salt = crate::feedsim::rng::mix(
+        now.timestamp_nanos_opt().unwrap_or_default() as u64
+            ^ (u64::from(std::process::id()) << 32),
+    );
+    format!(
+        "{}-{name}-{:06x}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        salt & 0xFF_FFFF
+    )
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    manifest: Manifest,
+    links: Vec<(String, String)>,
+    run: Option<RunRecord>,
+}
+
+/// A warehouse directory, opened (and recovered).
+#[derive(Debug, Clone)]
+pub struct Warehouse {
+    root: PathBuf,
+}
+
+/// Proof that the warehouse lock is held.
+#[derive(Debug)]
+pub struct CommitGuard {
+    _lock: FileLock,
+}
+
+/// A generation being built for one directory.
+#[derive(Debug)]
+pub struct GenBuilder {
+    key: String,
+    generation: String,
+    dir: PathBuf,
+    base: DirState,
+    partitions: BTreeMap<String, PartitionState>,
+    replaced: BTreeSet<String>,
+    run_id: String,
+}
+
+impl GenBuilder {
+    /// The directory a new partition's files go into (created on demand).
+    pub fn partition_dir(&self, partition: &str) -> Result<PathBuf> {
+        let d = self.dir.join(format!("quarter={partition}"));
+        std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+        Ok(d)
+    }
+
+    /// A fresh file name for a partition's data.
+    pub fn file_name(&self, n: usize) -> String {
+        let id = self
+            .generation
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.generation);
+        format!("part-{id}-{n}.parquet")
+    }
+
+    /// Records that `partition` now consists of `files` (already written and fsynced in `partition_dir`).
+    pub fn set_partition(&mut self, partition: &str, files: Vec<FileEntry>) {
+        let rows = files.iter().map(|f| f.rows).sum();
+        self.replaced.insert(partition.to_string());
+        if files.is_empty() {
+            self.partitions.remove(partition);
+        } else {
+            self.partitions.insert(
+                partition.to_string(),
+                PartitionState {
+                    files,
+                    rows,
+                    written_by: self.run_id.clone(),
+                },
+            );
+        }
+    }
+
+    /// Adds new files to a partition, keeping its existing files (append-only directories such as quarantine).
+    pub fn add_files(&mut self, partition: &str, files: Vec<FileEntry>) {
+        let entry = self.partitions.entry(partition.to_string()).or_default();
+        entry.rows += files.iter().map(|f| f.rows).sum::<u64>();
+        entry.files.extend(files);
+        entry.written_by = self.run_id.clone();
+    }
+
+    /// The state this generation started from.
+    pub fn base(&self) -> &DirState {
+        &self.base
+    }
+
+    /// Partitions replaced so far.
+    pub fn replaced(&self) -> &BTreeSet<String> {
+        &self.replaced
+    }
+}
+
+/// A new generation ready to commit.
+#[derive(Debug)]
+pub struct DirChange {
+    key: String,
+    state: DirState,
+}
+
+impl Warehouse {
+    /// Opens (creating if needed) the warehouse at `root` and recovers any interrupted commit.
+    pub fn open(root: &Path) -> Result<Warehouse> {
+        let wh = Warehouse {
+            root: root.to_path_buf(),
+        };
+        for d in [
+            "_ironlake/gen",
+            "_ironlake/manifests",
+            "_ironlake/journal",
+            "_ironlake/runs",
+            "_ironlake/staging",
+            "_ironlake/locks",
+            "tables",
+            "quarantine",
+            "published",
+        ] {
+            let p = root.join(d);
+            fsutil::create_dir_durable(&p).map_err(io_err("create", &p))?;
+        }
+        let guard = wh.lock()?;
+        wh.recover(&guard)?;
+        Ok(wh)
+    }
+
+    /// The warehouse root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn meta(&self, rel: &str) -> PathBuf {
+        self.root.join("_ironlake").join(rel)
+    }
+
+    /// Takes the warehouse lock (blocking).
+    pub fn lock(&self) -> Result<CommitGuard> {
+        let p = self.meta("lock");
+        Ok(CommitGuard {
+            _lock: FileLock::acquire(&p).map_err(io_err("lock", &p))?,
+        })
+    }
+
+    /// Takes a pipeline's run lock, or `None` if a run of it is in flight.
+    pub fn try_lock_pipeline(&self, pipeline: &str) -> Result<Option<FileLock>> {
+        let p = self.meta(&format!("locks/{pipeline}.lock"));
+        FileLock::try_acquire(&p).map_err(io_err("lock", &p))
+    }
+
+    /// A staging directory for a run (spill files); removed when the run ends or by recovery.
+    pub fn staging_dir(&self, run_id: &str) -> Result<(PathBuf, FileLock)> {
+        let d = self.meta(&format!("staging/{run_id}"));
+        std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+        let lock_path = d.join(".owner");
+        let lock = FileLock::try_acquire(&lock_path)
+            .map_err(io_err("lock", &lock_path))?
+            .ok_or_else(|| WarehouseError::Io {
+                op: "lock",
+                path: lock_path.clone(),
+                source: io::Error::other("staging directory is owned by another process"),
+            })?;
+        Ok((d, lock))
+    }
+
+    fn manifest_path(&self, version: u64) -> PathBuf {
+        self.meta(&format!("manifests/m-{version:020}.json"))
+    }
+
+    fn manifest_versions(&self) -> Result<Vec<u64>> {
+        let dir = self.meta("manifests");
+        let mut v: Vec<u64> = std::fs::read_dir(&dir)
+            .map_err(io_err("read", &dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_prefix("m-")?.strip_suffix(".json")?.parse().ok()
+            })
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+        let text = std::fs::read(path).map_err(io_err("read", path))?;
+        serde_json::from_slice(&text).map_err(|e| WarehouseError::Damaged {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The current committed manifest (version 0, empty, for a new warehouse).
+    pub fn manifest(&self) -> Result<Manifest> {
+        match self.manifest_versions()?.last() {
+            None => Ok(Manifest::default()),
+            Some(&v) => Self::read_json(&self.manifest_path(v)),
+        }
+    }
+
+    /// Starts a new generation of directory `key` (e.g. `tables/bank_loans`).
+    pub fn begin_generation(
+        &self,
+        _guard: &CommitGuard,
+        base: &Manifest,
+        key: &str,
+        run_id: &str,
+    ) -> Result<GenBuilder> {
+        let generation = format!(
+            "v{:010}-{}",
+            base.version + 1,
+            run_id.rsplit('-').next().unwrap_or(run_id)
+        );
+        let rel = format!("_ironlake/gen/{}/{generation}", key.replace('/', "."));
+        let dir = self.root.join(&rel);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let base_state = base.dirs.get(key).cloned().unwrap_or_default();
+        Ok(GenBuilder {
+            key: key.to_string(),
+            generation: rel,
+            dir,
+            partitions: base_state.partitions.clone(),
+            base: base_state,
+            replaced: BTreeSet::new(),
+            run_id: run_id.to_string(),
+        })
+    }
+
+    /// Completes a generation: hard-links untouched partitions and fsyncs it.
+    pub fn finish_generation(&self, g: GenBuilder) -> Result<DirChange> {
+        for (part, state) in &g.partitions {
+            if g.replaced.contains(part) {
+                continue;
+            }
+            let dst_dir = g.dir.join(format!("quarter={part}"));
+            std::fs::create_dir_all(&dst_dir).map_err(io_err("create", &dst_dir))?;
+            let base_files = g
+                .base
+                .partitions
+                .get(part)
+                .map(|p| p.files.as_slice())
+                .unwrap_or(&[]);
+            for f in state.files.iter().filter(|f| base_files.contains(f)) {
+                let src = self
+                    .root
+                    .join(&g.base.generation)
+                    .join(format!("quarter={part}"))
+                    .join(&f.name);
+                let dst = dst_dir.join(&f.name);
+                std::fs::hard_link(&src, &dst).map_err(io_err("link", &src))?;
+            }
+        }
+        // fsync every partition directory, then the generation directory and its parent.
+        for part in g.partitions.keys() {
+            let d = g.dir.join(format!("quarter={part}"));
+            fsutil::fsync_dir(&d).map_err(io_err("fsync", &d))?;
+        }
+        fsutil::fsync_dir(&g.dir).map_err(io_err("fsync", &g.dir))?;
+        if let Some(parent) = g.dir.parent() {
+            fsutil::fsync_dir(parent).map_err(io_err("fsync", parent))?;
+        }
+        Ok(DirChange {
+            key: g.key,
+            state: DirState {
+                generation: g.generation,
+                partitions: g.partitions,
+            },
+        })
+    }
+
+    /// Drops a generation that turned out not to be needed.
+    pub fn abandon_generation(&self, g: GenBuilder) -> Result<()> {
+        std::fs::remove_dir_all(&g.dir).map_err(io_err("remove", &g.dir))
+    }
+
+    /// Commits new generations, cursors and the run record as one new manifest version.
+    pub fn commit(
+        &self,
+        guard: &CommitGuard,
+        base: &Manifest,
+        changes: Vec<DirChange>,
+        cursors: BTreeMap<String, Cursor>,
+        mut run: RunRecord,
+    ) -> Result<Manifest> {
+        let mut next = base.clone();
+        next.version = base.version + 1;
+        next.committed_at = now_rfc3339();
+        next.run_id = Some(run.run_id.clone());
+        let mut links = Vec::new();
+        for c in changes {
+            links.push((c.key.clone(), c.state.generation.clone()));
+            next.dirs.insert(c.key, c.state);
+        }
+        next.cursors.extend(cursors);
+        run.manifest_version = Some(next.version);
+        run.outcome = Outcome::Succeeded;
+        run.ended_at = Some(now_rfc3339());
+        let journal = Journal {
+            manifest: next.clone(),
+            links,
+            run: Some(run),
+        };
+        let jpath = self.meta(&format!("journal/{:020}.json", next.version));
+        let data = serde_json::to_vec_pretty(&journal).expect("journal serialises");
+        fsutil::write_atomic(&jpath, &data).map_err(io_err("write", &jpath))?;
+        crate::failpoint("commit.after_journal");
+        self.roll_forward(guard, &jpath, journal)?;
+        Ok(next)
+    }
+
+    fn roll_forward(&self, guard: &CommitGuard, jpath: &Path, journal: Journal) -> Result<()> {
+        for (key, generation) in &journal.links {
+            let link = self.root.join(key);
+            if let Some(parent) = link.parent() {
+                fsutil::create_dir_durable(parent).map_err(io_err("create", parent))?;
+            }
+            let ups = key.matches('/').count();
+            let target = PathBuf::from("../".repeat(ups)).join(generation);
+            fsutil::replace_symlink(&link, &target).map_err(io_err("link", &link))?;
+            crate::failpoint("commit.after_link");
+        }
+        let mpath = self.manifest_path(journal.manifest.version);
+        if !mpath.exists() {
+            let tmp = self.meta(&format!("manifests/.tmp-{}", journal.manifest.version));
+            let data = serde_json::to_vec_pretty(&journal.manifest).expect("manifest serialises");
+            {
+                use std::io::Write as _;
+                let mut f = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+                f.write_all(&data).map_err(io_err("write", &tmp))?;
+                f.sync_all().map_err(io_err("fsync", &tmp))?;
+            }
+            match fsutil::rename_noreplace(&tmp, &mpath) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(WarehouseError::Conflict(journal.manifest.version));
+                }
+                Err(e) => return Err(io_err("rename", &mpath)(e)),
+            }
+            let mdir = self.meta("manifests");
+            fsutil::fsync_dir(&mdir).map_err(io_err("fsync", &mdir))?;
+        }
+        crate::failpoint("commit.after_manifest");
+        if let Some(run) = &journal.run {
+            self.write_run(run)?;
+        }
+        std::fs::remove_file(jpath).map_err(io_err("remove", jpath))?;
+        let jdir = self.meta("journal");
+        fsutil::fsync_dir(&jdir).map_err(io_err("fsync", &jdir))?;
+        self.collect_garbage(guard)?;
+        Ok(())
+    }
+
+    /// Writes (or replaces) a run record.
+    pub fn write_run(&self, run: &RunRecord) -> Result<()> {
+        let p = self.meta(&format!("runs/{}.json", run.run_id));
+        let data = serde_json::to_vec_pretty(run).expect("run serialises");
+        fsutil::write_atomic(&p, &data).map_err(io_err("write", &p))
+    }
+
+    /// All run records, newest first.
+    pub fn runs(&self) -> Result<Vec<RunRecord>> {
+        let dir = self.meta("runs");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir)
+            .map_err(io_err("read", &dir))?
+            .filter_map(|e| e.ok())
+        {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                match Self::read_json::<RunRecord>(&p) {
+                    Ok(r) => out.push(r),
+                    Err(e) => tracing::warn!(error = %e, "Skipping unreadable run record."),
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            b.started_at
+                .cmp(&a.started_at)
+                .then(b.run_id.cmp(&a.run_id))
+        });
+        Ok(out)
+    }
+
+    /// Finishes interrupted commits, marks dead runs aborted, removes orphans.
+    pub fn recover(&self, guard: &CommitGuard) -> Result<()> {
+        let jdir = self.meta("journal");
+        let mut journals: Vec<PathBuf> = std::fs::read_dir(&jdir)
+            .map_err(io_err("read", &jdir))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
+        journals.sort();
+        for j in journals {
+            let name = j
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.starts_with(".tmp-") {
+                let _ = std::fs::remove_file(&j);
+                continue;
+            }
+            let journal: Journal = Self::read_json(&j)?;
+            let current = self.manifest_versions()?.last().copied().unwrap_or(0);
+            if journal.manifest.version <= current
+                && !self.manifest_path(journal.manifest.version).exists()
+            {
+                // A newer commit superseded it without it: impossible under the lock; drop it.
+                tracing::error!(journal = %j.display(), "Dropping a journal older than the current manifest.");
+                std::fs::remove_file(&j).map_err(io_err("remove", &j))?;
+                continue;
+            }
+            tracing::warn!(
+                version = journal.manifest.version,
+                "Rolling an interrupted commit forward."
+            );
+            self.roll_forward(guard, &j, journal)?;
+        }
+        // Staging directories of dead runs; runs left `running` by dead processes.
+        let sdir = self.meta("staging");
+        for e in std::fs::read_dir(&sdir)
+            .map_err(io_err("read", &sdir))?
+            .filter_map(|e| e.ok())
+        {
+            let d = e.path();
+            let lock_path = d.join(".owner");
+            let dead = match FileLock::try_acquire(&lock_path) {
+                Ok(Some(_l)) => true,
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            if dead {
+                std::fs::remove_dir_all(&d).map_err(io_err("remove", &d))?;
+            }
+        }
+        for mut run in self.runs()? {
+            if run.outcome == Outcome::Running {
+                let lock = self.meta(&format!("locks/{}.lock", run.pipeline));
+                if let Ok(Some(_l)) = FileLock::try_acquire(&lock) {
+                    run.outcome = Outcome::Aborted;
+                    run.ended_at = Some(now_rfc3339());
+                    run.error = Some(
+                        "the process running it stopped before it committed; nothing was committed"
+                            .into(),
+                    );
+                    self.write_run(&run)?;
+                }
+            }
+        }
+        self.collect_garbage(guard)
+    }
+
+    /// Removes generations no retained manifest references, old manifests and temp files.
+    pub fn collect_garbage(&self, _guard: &CommitGuard) -> Result<()> {
+        let versions = self.manifest_versions()?;
+        let keep_from = versions.len().saturating_sub(RETAINED_MANIFESTS);
+        let mut referenced: BTreeSet<PathBuf> = BTreeSet::new();
+        for &v in &versions[keep_from..] {
+            let m: Manifest = Self::read_json(&self.manifest_path(v))?;
+            for d in m.dirs.values() {
+                referenced.insert(self.root.join(&d.generation));
+            }
+        }
+        for &v in &versions[..keep_from] {
+            let p = self.manifest_path(v);
+            std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
+        }
+        let gen_root = self.meta("gen");
+        for dir in std::fs::read_dir(&gen_root)
+            .map_err(io_err("read", &gen_root))?
+            .filter_map(|e| e.ok())
+        {
+            let dir = dir.path();
+            for g in std::fs::read_dir(&dir)
+                .map_err(io_err("read", &dir))?
+                .filter_map(|e| e.ok())
+            {
+                let g = g.path();
+                if !referenced.contains(&g) {
+                    std::fs::remove_dir_all(&g).map_err(io_err("remove", &g))?;
+                }
+            }
+        }
+        for sub in ["_ironlake/manifests", "tables", "quarantine", "published"] {
+            let d = self.root.join(sub);
+            for e in std::fs::read_dir(&d)
+                .map_err(io_err("read", &d))?
+                .filter_map(|e| e.ok())
+            {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every file under the generations directory, relative to the root (for orphan checks).
+    pub fn generation_files(&self) -> Result<Vec<PathBuf>> {
+        fn walk(d: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+            for e in std::fs::read_dir(d)? {
+                let p = e?.path();
+                if p.is_dir() {
+                    walk(&p, out)?;
+                } else {
+                    out.push(p);
+                }
+            }
+            Ok(())
+        }
+        let mut out = Vec::new();
+        let g = self.meta("gen");
+        walk(&g, &mut out).map_err(io_err("read", &g))?;
+        Ok(out
+            .into_iter()
+            .filter_map(|p| p.strip_prefix(&self.root).ok().map(Path::to_path_buf))
+            .collect())
+    }
+}
