@@ -82,7 +82,7 @@ pub enum IngestError {
         source: DecodeError,
     },
     /// The feed's pagination went round in a circle.
-    #[error("pagination loop: {url} {what}; stopping so as not to read the same data forever")]
+    #[error("pagination loop: GET {url} {what}; stopping so as not to read the same data forever")]
     PaginationLoop {
         /// Request URL (redacted).
         url: String,

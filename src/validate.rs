@@ -154,7 +154,7 @@ impl Validator {
             };
             let v = match rec.cells.get(i).and_then(Option::as_ref) {
                 None => Value::Null,
-                Some(Cell::Text(t)) => self.from_text(col.data_type, t).map_err(reject)?,
+                Some(Cell::Text(t)) => self.parse_text(col.data_type, t).map_err(reject)?,
                 Some(Cell::Json(raw)) => match classify(raw.get()).map_err(reject)? {
                     Json::Null => Value::Null,
                     Json::Str(s) => match col.data_type {
@@ -164,7 +164,7 @@ impl Validator {
                                 shown(&s)
                             )));
                         }
-                        _ => self.from_text(col.data_type, &s).map_err(reject)?,
+                        _ => self.parse_text(col.data_type, &s).map_err(reject)?,
                     },
                     Json::Num(n) => match col.data_type {
                         ColumnType::Utf8 => {
@@ -186,7 +186,7 @@ impl Validator {
                             )));
                         }
                         _ => self
-                            .from_text(col.data_type, &Cow::Borrowed(n))
+                            .parse_text(col.data_type, &Cow::Borrowed(n))
                             .map_err(reject)?,
                     },
                     Json::Bool(b) => match col.data_type {
@@ -250,7 +250,7 @@ impl Validator {
         Ok(ValidRow { values, quarter })
     }
 
-    fn from_text<'a>(&self, t: ColumnType, s: &Cow<'a, str>) -> Result<Value<'a>, String> {
+    fn parse_text<'a>(&self, t: ColumnType, s: &Cow<'a, str>) -> Result<Value<'a>, String> {
         match t {
             ColumnType::Utf8 => Ok(Value::Str(s.clone())),
             ColumnType::Boolean => match s.to_ascii_lowercase().as_str() {

@@ -84,6 +84,9 @@ pub struct SimOptions {
     /// Share of pages with a hostile fault (hostile only).
     #[arg(long, default_value_t = 0.05)]
     pub hostile_rate: f64,
+    /// Which hostile faults to inject (hostile only).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Hostile::ALL)]
+    pub hostile_kinds: Vec<Hostile>,
     /// Delay of a slow response, milliseconds.
     #[arg(long, default_value_t = 1500)]
     pub slow_ms: u64,
@@ -104,6 +107,7 @@ impl SimOptions {
             malformed_rate: 0.01,
             duplicate_rate: 0.01,
             hostile_rate: 0.05,
+            hostile_kinds: Hostile::ALL.to_vec(),
             slow_ms: 1500,
         }
     }
@@ -730,12 +734,26 @@ enum Transient {
 }
 
 /// A persistent hostile fault of a page.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Hostile {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hostile {
+    /// A body of gigabytes.
     HugeBody,
+    /// The next page link or cursor points back at the current page.
     PaginationLoop,
+    /// Bytes that are not UTF-8 inside a record.
     InvalidUtf8,
+    /// JSON nested 100,000 levels deep.
     DeepNesting,
+}
+
+impl Hostile {
+    /// Every hostile fault.
+    pub const ALL: [Hostile; 4] = [
+        Hostile::HugeBody,
+        Hostile::PaginationLoop,
+        Hostile::InvalidUtf8,
+        Hostile::DeepNesting,
+    ];
 }
 
 impl Sim {
@@ -780,14 +798,11 @@ impl Sim {
             return None;
         }
         let mut r = Rng::new(self.opts.seed, "hostile", &[rng::tag(url)]);
-        r.chance(self.opts.hostile_rate).then(|| {
-            *r.pick(&[
-                Hostile::HugeBody,
-                Hostile::PaginationLoop,
-                Hostile::InvalidUtf8,
-                Hostile::DeepNesting,
-            ])
-        })
+        if self.opts.hostile_kinds.is_empty() {
+            return None;
+        }
+        r.chance(self.opts.hostile_rate)
+            .then(|| *r.pick(&self.opts.hostile_kinds))
     }
 }
 
@@ -875,16 +890,15 @@ fn deep_nesting() -> Vec<u8> {
 }
 
 fn invalid_utf8(mut body: Vec<u8>) -> Vec<u8> {
-    // Corrupt the first name/uscc value: bytes that are not UTF-8.
-    if let Some(i) = body
-        .windows(6)
-        .position(|w| w == b"\"uscc\"" || w == b"91500")
-    {
-        let at = (i + 8).min(body.len());
-        body.splice(at..at, [0xFF, 0xFE, 0xC3]);
-    } else if body.len() > 2 {
-        body.splice(1..1, [0xFF, 0xFE]);
-    }
+    // Corrupt the first record: bytes that are not UTF-8 inside a value.
+    let at = if let Some(i) = body.windows(8).position(|w| w == b"\"uscc\":\"") {
+        i + 10
+    } else if let Some(i) = body.iter().position(|&b| b == b'\n') {
+        (i + 4).min(body.len())
+    } else {
+        1.min(body.len())
+    };
+    body.splice(at..at, [0xFF, 0xFE, 0xC3]);
     body
 }
 

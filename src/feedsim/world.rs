@@ -266,6 +266,9 @@ const DIVISIONS: &[(u8, u32)] = &[
     (65, 8),
 ];
 
+/// Quarters over which enterprises enter the registry and listings are planned.
+const HORIZON_QUARTERS: i32 = 12;
+
 /// Banks lending in Chongqing: CNAPS-style institution codes.
 pub const BANKS: &[(&str, &str)] = &[
     ("102653000013", "中国工商银行重庆市分行"),
@@ -383,10 +386,9 @@ impl World {
         let growth_enterprise =
             !key_enterprise && matches!(size, Size::Medium | Size::Small) && r.chance(0.02);
         let specialized_sme = matches!(size, Size::Medium | Size::Small) && r.chance(0.05);
-        let span = (self.to.first_day() - self.from.first_day())
-            .num_days()
-            .max(1)
-            / 91;
+        // Fixed horizons keep the city the same whatever `to` is: a later
+        // "today" only reveals more of it.
+        let span = HORIZON_QUARTERS as i64 - 1;
         let listing_from = (r.chance(0.025) && size != Size::Micro)
             .then(|| self.from.plus(r.range(0, span) as i32));
         let established_on = (!r.chance(0.02)).then(|| {
@@ -397,7 +399,7 @@ impl World {
         // 85% are in the registry from the start; the rest enter progressively.
         let n = self.enterprises.max(1);
         let settled = n * 85 / 100;
-        let total_q = self.from.through(self.to).count() as i32;
+        let total_q = HORIZON_QUARTERS;
         let entry = if index < settled {
             self.from
         } else {
@@ -519,82 +521,106 @@ impl World {
         })
     }
 
-    /// How many loan contracts enterprise `ent` has over the whole window.
-    fn loan_count(&self, ent: &Enterprise) -> u32 {
-        let mut r = Rng::new(self.seed, "loan-count", &[ent.index as u64]);
+    /// Expected new loan contracts of an enterprise per quarter.
+    fn loan_rate(ent: &Enterprise) -> f64 {
         match ent.size {
-            Size::Large => r.range(20, 40) as u32,
-            Size::Medium => r.range(8, 16) as u32,
-            Size::Small => r.range(3, 8) as u32,
-            Size::Micro => r.range(1, 3) as u32,
+            Size::Large => 1.5,
+            Size::Medium => 0.6,
+            Size::Small => 0.28,
+            Size::Micro => 0.1,
         }
     }
 
     /// Loan positions of enterprise `ent` at the end of `q`, in contract order.
+    ///
+    /// Loans are drawn per origination quarter (up to 20 quarters back), so
+    /// a quarter's report never depends on the simulated range's end.
     pub fn loans(&self, ent: &Enterprise, q: Quarter, out: &mut Vec<Loan>) {
         if !self.in_range(q) || q < ent.entry {
             return;
         }
-        let window = self.from.through(self.to).count() as i64 + 8;
-        for j in 0..self.loan_count(ent) {
-            let mut r = Rng::new(self.seed, "loan", &[ent.index as u64, u64::from(j)]);
-            let origin = self.from.plus(r.range(-8, window - 9) as i32);
-            let medium_long = r.chance(0.45);
-            let term_q = if medium_long {
-                r.range(4, 20)
-            } else {
-                r.range(1, 4)
-            } as i32;
-            let age = (q.year() - origin.year()) * 4 + i32::from(q.q()) - i32::from(origin.q());
-            if age < 0 || age >= term_q {
-                continue;
+        let rate = Self::loan_rate(ent);
+        for back in (0..20).rev() {
+            let origin = q.plus(-back);
+            let mut n_rng = Rng::new(
+                self.seed,
+                "loan-count",
+                &[
+                    ent.index as u64,
+                    origin.year() as u64,
+                    u64::from(origin.q()),
+                ],
+            );
+            // Poisson-like draw: whole part plus a chance for the fraction.
+            let n = rate.floor() as u32 + u32::from(n_rng.chance(rate.fract()));
+            for j in 0..n {
+                let mut r = Rng::new(
+                    self.seed,
+                    "loan",
+                    &[
+                        ent.index as u64,
+                        origin.year() as u64,
+                        u64::from(origin.q()),
+                        u64::from(j),
+                    ],
+                );
+                let medium_long = r.chance(0.45);
+                let term_q = if medium_long {
+                    r.range(4, 20)
+                } else {
+                    r.range(1, 4)
+                } as i32;
+                let age = back;
+                if age >= term_q {
+                    continue;
+                }
+                let bank = BANKS[r.weighted(&[14, 12, 10, 14, 6, 5, 9, 11, 3, 3, 3, 4, 3, 3, 4])].0;
+                let amount = round_to(ent.base_revenue * 4.0 * r.uniform(0.015, 0.12), 10_000.0);
+                let balance = if medium_long {
+                    amount * i128::from(term_q - age) / i128::from(term_q)
+                } else {
+                    amount
+                };
+                let (one_year, five_year) = base_rates(origin);
+                let base = if medium_long { five_year } else { one_year };
+                let rate_pct = if origin < Quarter::new(2019, 3).expect("valid") {
+                    // Benchmark × a floating multiple in 5% steps.
+                    base * i128::from(r.range(18, 26) as i32) / 20
+                } else {
+                    // LPR + a spread in 5 bp steps.
+                    base + 500 * i128::from(r.range(-4, 30) as i32)
+                };
+                let guarantee = [
+                    "credit",
+                    "guaranteed",
+                    "mortgage",
+                    "pledge_receivables",
+                    "pledge_ip",
+                    "pledge_other",
+                ][r.weighted(&[25, 30, 30, 8, 3, 4])];
+                let product = [
+                    "ordinary",
+                    "syndicated",
+                    "supply_chain",
+                    "trade_finance",
+                    "cross_border",
+                ][r.weighted(&[70, if ent.size == Size::Large { 12 } else { 1 }, 12, 8, 4])];
+                let guarantee_fee =
+                    (guarantee == "guaranteed").then(|| 1000 * i128::from(r.range(10, 25) as i32));
+                out.push(Loan {
+                    bank_code: bank,
+                    loan_id: format!("{}{}{:07}{:02}", &bank[..3], origin, ent.index, j),
+                    quarter: q,
+                    enterprise: ent.index,
+                    balance,
+                    disbursed: if age == 0 { amount } else { 0 },
+                    rate: rate_pct,
+                    term: if medium_long { "medium_long" } else { "short" },
+                    guarantee,
+                    product,
+                    guarantee_fee,
+                });
             }
-            let bank = BANKS[r.weighted(&[14, 12, 10, 14, 6, 5, 9, 11, 3, 3, 3, 4, 3, 3, 4])].0;
-            let amount = round_to(ent.base_revenue * 4.0 * r.uniform(0.015, 0.12), 10_000.0);
-            let balance = if medium_long {
-                amount * i128::from(term_q - age) / i128::from(term_q)
-            } else {
-                amount
-            };
-            let (one_year, five_year) = base_rates(origin);
-            let base = if medium_long { five_year } else { one_year };
-            let rate = if origin < Quarter::new(2019, 3).expect("valid") {
-                // Benchmark × a floating multiple in 5% steps.
-                base * i128::from(r.range(18, 26) as i32) / 20
-            } else {
-                // LPR + a spread in 5 bp steps.
-                base + 500 * i128::from(r.range(-4, 30) as i32)
-            };
-            let guarantee = [
-                "credit",
-                "guaranteed",
-                "mortgage",
-                "pledge_receivables",
-                "pledge_ip",
-                "pledge_other",
-            ][r.weighted(&[25, 30, 30, 8, 3, 4])];
-            let product = [
-                "ordinary",
-                "syndicated",
-                "supply_chain",
-                "trade_finance",
-                "cross_border",
-            ][r.weighted(&[70, if ent.size == Size::Large { 12 } else { 1 }, 12, 8, 4])];
-            let guarantee_fee =
-                (guarantee == "guaranteed").then(|| 1000 * i128::from(r.range(10, 25) as i32));
-            out.push(Loan {
-                bank_code: bank,
-                loan_id: format!("{}{}{:07}{:02}", &bank[..3], origin, ent.index, j),
-                quarter: q,
-                enterprise: ent.index,
-                balance,
-                disbursed: if age == 0 { amount } else { 0 },
-                rate,
-                term: if medium_long { "medium_long" } else { "short" },
-                guarantee,
-                product,
-                guarantee_fee,
-            });
         }
     }
 
@@ -770,24 +796,30 @@ impl World {
         }
     }
 
-    /// Bond and equity issues of enterprise `ent` inside the simulated range.
+    /// Bond and equity issues of enterprise `ent` inside the simulated range,
+    /// drawn quarter by quarter.
     pub fn issues(&self, ent: &Enterprise) -> Vec<Issue> {
-        let mut r = Rng::new(self.seed, "issues", &[ent.index as u64]);
         let p = match ent.size {
-            Size::Large => 0.4,
-            Size::Medium => 0.12,
-            Size::Small => 0.02,
-            Size::Micro => 0.005,
-        } + if ent.listing_from.is_some() { 0.3 } else { 0.0 };
-        if !r.chance(p) {
-            return Vec::new();
-        }
-        let n = r.range(1, 3);
-        let total_q = self.from.through(self.to).count() as i64;
+            Size::Large => 0.06,
+            Size::Medium => 0.015,
+            Size::Small => 0.002,
+            Size::Micro => 0.0005,
+        } + if ent.listing_from.is_some() {
+            0.03
+        } else {
+            0.0
+        };
         let mut out = Vec::new();
-        for k in 0..n {
-            let q = self.from.plus(r.range(0, total_q - 1) as i32);
+        for q in self.quarters() {
             if q < ent.entry {
+                continue;
+            }
+            let mut r = Rng::new(
+                self.seed,
+                "issues",
+                &[ent.index as u64, q.year() as u64, u64::from(q.q())],
+            );
+            if !r.chance(p) {
                 continue;
             }
             let issued_on = date_in(q, &mut r);
@@ -824,7 +856,7 @@ impl World {
                 )
             };
             out.push(Issue {
-                record_id: format!("DF{:07}{k}", ent.index),
+                record_id: format!("DF{q}{:07}", ent.index),
                 enterprise: ent.index,
                 instrument,
                 amount,

@@ -48,3 +48,68 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// The Python interpreter with DuckDB and pyarrow (installed by `ops/test.sh`).
+pub fn python() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("IRONLAKE_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the interop tests need DuckDB and pyarrow: run ./ops/test.sh (it creates {}), or set IRONLAKE_TEST_PYTHON",
+        venv.display()
+    );
+    venv
+}
+
+/// Runs a helper script from `tests/py/` and parses its JSON output.
+pub fn py_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = std::process::Command::new(python())
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The repository root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A command running the real `ironlake` binary on the bundled config, a
+/// given warehouse and a given feed.
+pub fn ironlake(warehouse: &std::path::Path, feed_url: &str, token: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ironlake"));
+    c.arg("--config")
+        .arg(repo().join("ironlake.toml"))
+        .arg("--warehouse")
+        .arg(warehouse)
+        .env("IRONLAKE_FEED_URL", feed_url)
+        .env("IRONLAKE_FEED_TOKEN", token)
+        .env("IRONLAKE_LOG", "warn")
+        .env_remove("IRONLAKE_FAILPOINT");
+    c
+}
+
+/// Output of a finished command as text.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "command failed ({:?}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

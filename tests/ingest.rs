@@ -1,0 +1,281 @@
+//! Ingestion end to end: the real binary against the real simulator on
+//! 127.0.0.1, read back by DuckDB and pyarrow.
+
+mod common;
+
+use common::{ironlake, py_json, run_ok, start_sim};
+use ironlake::feedsim::{FaultMode, SimOptions};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const TOKEN: &str = "ingest-test-token";
+const TABLES: [&str; 5] = [
+    "enterprises",
+    "operations",
+    "bank_loans",
+    "financing_demands",
+    "direct_financing",
+];
+
+fn sim_opts(seed: u64, enterprises: usize) -> SimOptions {
+    let mut o = SimOptions::new(seed, enterprises);
+    o.token = Some(TOKEN.into());
+    o
+}
+
+async fn truth(base: &str) -> serde_json::Value {
+    reqwest::get(format!("{base}/truth"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Asserts the warehouse holds exactly what `/truth` says, read by DuckDB.
+fn assert_matches_truth(summary: &serde_json::Value, truth: &serde_json::Value) {
+    for table in TABLES {
+        let s = &summary["tables"][table];
+        let t = &truth["tables"][table];
+        assert_eq!(s["rows"], t["rows"], "{table}: rows");
+        assert_eq!(s["rows"], s["distinct_keys"], "{table}: duplicate keys");
+        let sq = s["quarters"].as_object().unwrap();
+        let tq = t["quarters"].as_object().unwrap();
+        assert_eq!(sq.len(), tq.len(), "{table}: quarters");
+        for (q, v) in tq {
+            assert_eq!(sq[q]["rows"], v["rows"], "{table} {q}: rows");
+            assert_eq!(sq[q]["sum"], v["sum"], "{table} {q}: exact sum");
+        }
+    }
+}
+
+fn ingest_all(wh: &Path, url: &str) -> String {
+    run_ok(ironlake(wh, url, TOKEN).args(["ingest", "--all"]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_crawl_matches_truth_and_files_are_right_for_duckdb() {
+    let sim = start_sim(sim_opts(21, 300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let out = ingest_all(&wh, &sim.url());
+    assert_eq!(out.matches("committed run").count(), 5, "{out}");
+    let summary = py_json("summarize.py", &[wh.to_str().unwrap()]);
+    assert_matches_truth(&summary, &truth(&sim.url()).await);
+    // Types as declared: exact decimals, dates, plain strings.
+    let types = &summary["tables"]["bank_loans"]["types"];
+    assert_eq!(types["balance"], "DECIMAL(18,2)");
+    assert_eq!(types["rate_pct"], "DECIMAL(9,4)");
+    assert_eq!(types["period_end"], "DATE");
+    assert_eq!(types["uscc"], "VARCHAR");
+    assert_eq!(
+        summary["tables"]["enterprises"]["types"]["above_scale"],
+        "BOOLEAN"
+    );
+    assert_eq!(
+        summary["tables"]["operations"]["types"]["employees"],
+        "INTEGER"
+    );
+    assert!(summary["quarantine"].as_object().unwrap().is_empty());
+    // zstd, page statistics and page index, plain Utf8 strings.
+    let meta = py_json(
+        "file_meta.py",
+        &[wh.join("tables/bank_loans").to_str().unwrap()],
+    );
+    assert_eq!(meta["compression"], "ZSTD");
+    assert_eq!(meta["has_page_index"], true);
+    assert_eq!(meta["uscc_type"], "string");
+    assert_eq!(meta["has_min_max"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_the_same_ingest_twice_changes_no_file() {
+    let sim = start_sim(sim_opts(22, 200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    ingest_all(&wh, &sim.url());
+    let before = file_digests(&wh);
+    let manifest_before = latest_manifest(&wh);
+    let out = ingest_all(&wh, &sim.url());
+    assert_eq!(
+        out.matches("0 rows new or changed in 0 partitions").count(),
+        5,
+        "{out}"
+    );
+    assert_eq!(
+        file_digests(&wh),
+        before,
+        "a file changed on the second run"
+    );
+    assert_eq!(
+        latest_manifest(&wh),
+        manifest_before,
+        "the second run committed a new version"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restated_demand_replaces_its_old_row() {
+    // The same city seen at the end of 2018 and again at the end of 2019:
+    // demands in flight at the first pull have moved on by the second.
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let mut early = sim_opts(23, 400);
+    early.to = "2018Q4".parse().unwrap();
+    let sim = start_sim(early).await;
+    run_ok(ironlake(&wh, &sim.url(), TOKEN).args(["ingest", "financing_demands"]));
+    let first = py_json("summarize.py", &[wh.to_str().unwrap()]);
+    let first_statuses = py_json("statuses.py", &[wh.to_str().unwrap()]);
+    drop(sim);
+    let sim = start_sim(sim_opts(23, 400)).await;
+    run_ok(ironlake(&wh, &sim.url(), TOKEN).args(["ingest", "financing_demands"]));
+    let second = py_json("summarize.py", &[wh.to_str().unwrap()]);
+    let t = truth(&sim.url()).await;
+    let s = &second["tables"]["financing_demands"];
+    assert_eq!(s["rows"], t["tables"]["financing_demands"]["rows"]);
+    assert_eq!(s["rows"], s["distinct_keys"]);
+    // 2018Q4 submissions existed before; some changed status since.
+    assert_eq!(
+        first["tables"]["financing_demands"]["quarters"]["2018Q4"]["rows"],
+        s["quarters"]["2018Q4"]["rows"],
+        "no demand was added to or lost from 2018Q4"
+    );
+    let statuses = py_json("statuses.py", &[wh.to_str().unwrap()]);
+    let open = |v: &serde_json::Value| -> u64 {
+        [
+            "submitted",
+            "screened",
+            "recommended",
+            "accepted",
+            "credit_granted",
+        ]
+        .iter()
+        .map(|s| v["2018Q4"][s].as_u64().unwrap_or(0))
+        .sum()
+    };
+    assert!(open(&first_statuses) > 0, "{first_statuses}");
+    assert!(
+        open(&statuses) < open(&first_statuses),
+        "open 2018Q4 demands should have moved on: before {first_statuses}, after {statuses}"
+    );
+    assert_ne!(
+        first["tables"]["financing_demands"]["digest"], s["digest"],
+        "restatements replaced rows"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_feed_lands_every_valid_record_once_and_quarantines_the_rest() {
+    let mut o = sim_opts(24, 300);
+    o.faults = FaultMode::Flaky;
+    o.fault_rate = 0.1;
+    o.malformed_rate = 0.02;
+    o.duplicate_rate = 0.02;
+    o.slow_ms = 100;
+    let sim = start_sim(o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let out = ingest_all(&wh, &sim.url());
+    assert_eq!(out.matches("committed run").count(), 5, "{out}");
+    let retries: u64 = out
+        .lines()
+        .filter_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" retries)")))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
+    assert!(retries > 0, "the flaky feed caused no retry: {out}");
+    let summary = py_json("summarize.py", &[wh.to_str().unwrap()]);
+    let t = truth(&sim.url()).await;
+    assert_matches_truth(&summary, &t);
+    let malformed: serde_json::Value = reqwest::get(format!("{}/truth/malformed", sim.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut expected: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for m in malformed["records"].as_array().unwrap() {
+        *expected
+            .entry((
+                m["table"].as_str().unwrap().into(),
+                m["field"].as_str().unwrap().into(),
+            ))
+            .or_default() += 1;
+    }
+    let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (table, rows) in summary["quarantine"].as_object().unwrap() {
+        for r in rows.as_array().unwrap() {
+            let field = r["field"].as_str().unwrap_or("<none>").to_string();
+            let reason = r["reason"].as_str().unwrap();
+            let ok = match field.as_str() {
+                "uscc" => {
+                    reason.contains("check character")
+                        || reason.contains("required field is missing")
+                }
+                "district_code" => reason.contains("not one of Chongqing's 38"),
+                "as_of" | "period_end" | "submitted_on" | "issued_on" => {
+                    reason.contains("never read as a date")
+                        || reason.contains("expected a date YYYY-MM-DD")
+                }
+                "revenue" | "balance" | "amount" => {
+                    reason.contains("decimal places, more than")
+                        || reason.contains("required field is missing")
+                        || reason.contains("got the boolean true")
+                }
+                "name" => reason.contains("required field is missing"),
+                "above_scale" => reason.contains("expected true or false"),
+                "employees" | "term_months" => reason.contains("expected a whole number"),
+                "rate_pct" => reason.contains("is not a decimal number"),
+                "size_class" | "guarantee" | "status" | "instrument" => {
+                    reason.contains("is not one of the allowed values")
+                }
+                _ => false,
+            };
+            assert!(
+                ok,
+                "{table}.{field}: unexpected reason {reason:?} for {}",
+                r["raw"]
+            );
+            assert!(!r["raw"].as_str().unwrap().is_empty());
+            *got.entry((table.clone(), field)).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        got, expected,
+        "quarantine by table and field vs injected malformed records"
+    );
+    assert!(
+        expected.values().sum::<u64>() >= 20,
+        "too few malformed records to mean anything: {expected:?}"
+    );
+}
+
+fn file_digests(wh: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for sub in ["tables", "quarantine"] {
+        let d = wh.join(sub);
+        for t in std::fs::read_dir(&d).unwrap() {
+            let t = t.unwrap().path();
+            for part in std::fs::read_dir(&t).unwrap() {
+                let part = part.unwrap().path();
+                for f in std::fs::read_dir(&part).unwrap() {
+                    let f = f.unwrap().path();
+                    out.insert(
+                        f.strip_prefix(wh).unwrap().display().to_string(),
+                        std::fs::read(&f).unwrap(),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+fn latest_manifest(wh: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(wh.join("_ironlake/manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("m-"))
+        .collect();
+    names.sort();
+    names.pop().unwrap()
+}
