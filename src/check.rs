@@ -16,9 +16,36 @@ pub struct CheckOutcome {
     pub exit_code: i32,
 }
 
-/// Loads the project and renders the report.
-pub fn run(opts: &LoadOptions) -> CheckOutcome {
-    render(&config::load(opts))
+/// Loads the project, plans every aggregate, and renders the report.
+pub async fn run(opts: &LoadOptions) -> CheckOutcome {
+    let mut report = config::load(opts);
+    if let Some(project) = &report.project {
+        let diags = crate::models::check(project).await;
+        let (aggs, _) = crate::models::load(project);
+        for a in &aggs {
+            let lags = a.lags.as_ref().map_or("recomputed whole".to_string(), |l| {
+                format!(
+                    "lags {}",
+                    l.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            });
+            report.summaries.push((
+                a.file.name.clone(),
+                format!("published.{}, partitioned by quarter, {lags}", a.name),
+            ));
+        }
+        let failed = diags.iter().any(|d| d.is_error());
+        for d in diags {
+            report.diagnostics.push(d);
+        }
+        if failed {
+            report.project = None;
+        }
+    }
+    render(&report)
 }
 
 /// Renders a load report as `ironlake check` prints it.

@@ -802,3 +802,94 @@ pub fn format_name(f: Format) -> &'static str {
         Format::Csv => "csv",
     }
 }
+
+/// Loads a local file into `table` through the same decode, validation,
+/// quarantine and commit as a feed (`ironlake import`).
+pub fn import(
+    project: &Project,
+    wh: &Warehouse,
+    table: &str,
+    format: Format,
+    source_name: &str,
+    body: &[u8],
+) -> Result<RunRecord, IngestError> {
+    let t = project.table(table).ok_or_else(|| {
+        IngestError::UnknownPipeline(
+            table.to_string(),
+            format!(
+                "(import takes a table) tables: {}",
+                project
+                    .tables
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })?;
+    let name = format!("import-{table}");
+    let run_id = warehouse::new_run_id(&name);
+    let mut record = RunRecord::start(&run_id, &name, "import", table);
+    wh.write_run(&record)?;
+    let result = (|| -> Result<RunRecord, IngestError> {
+        let (staging, _lock) = wh.staging_dir(&run_id)?;
+        let columns = Columns::new(t.columns.iter().map(|c| c.name.as_str()));
+        let validator = Validator::new(t);
+        let mut part = Partitioner::new(t, &staging, &run_id, &name);
+        let page = decode::decode(format, None, None, &columns, body).map_err(|e| {
+            IngestError::Decode {
+                url: source_name.to_string(),
+                source: e,
+            }
+        })?;
+        record.pages = 1;
+        record.bytes = body.len() as u64;
+        record.rows_in = page.items;
+        record.unknown_fields = page.unknown_fields.clone();
+        for bad in &page.bad {
+            record.rows_rejected += 1;
+            part.reject(
+                None,
+                QuarantineRow {
+                    source: source_name.to_string(),
+                    record_no: bad.no,
+                    field: None,
+                    reason: bad.reason.clone(),
+                    raw: bad.raw.clone(),
+                },
+            );
+        }
+        for rec in &page.records {
+            match validator.validate(rec) {
+                Ok(row) => {
+                    record.rows_valid += 1;
+                    part.push(row.quarter, &row.values)?;
+                }
+                Err(rej) => {
+                    record.rows_rejected += 1;
+                    part.reject(
+                        validator.quarter_of(rec),
+                        QuarantineRow {
+                            source: source_name.to_string(),
+                            record_no: rec.no,
+                            field: rej.field,
+                            reason: rej.reason,
+                            raw: rec.raw.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+        let spilled = part.finish()?;
+        let done = commit_run(wh, t, &name, spilled, None, record.clone())?;
+        let _ = std::fs::remove_dir_all(&staging);
+        Ok(done)
+    })();
+    if let Err(e) = &result {
+        record.outcome = Outcome::Failed;
+        record.error = Some(e.to_string());
+        record.ended_at = Some(warehouse::now_rfc3339());
+        let _ = wh.write_run(&record);
+    }
+    result
+}

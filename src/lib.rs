@@ -20,13 +20,19 @@
 //! cursor) → decode → validate → partition → commit → catalog → models →
 //! publish → serve.
 
+pub mod catalog;
 pub mod check;
 pub mod config;
+pub mod daemon;
 pub mod decode;
 pub mod domain;
 pub mod feedsim;
 pub mod ingest;
+pub mod metrics;
+pub mod models;
 pub mod partition;
+pub mod query;
+pub mod serve;
 pub mod source;
 pub mod validate;
 pub mod warehouse;

@@ -7,7 +7,9 @@ use ironlake::config::LoadOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod commands;
 mod progress;
+mod repl;
 
 /// ironlake — the industrial operating-data warehouse daemon.
 #[derive(Debug, Parser)]
@@ -32,6 +34,16 @@ enum LogFormat {
     Pretty,
     /// One JSON object per line.
     Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ImportFormat {
+    /// A JSON array of records.
+    Json,
+    /// One JSON record per line.
+    Ndjson,
+    /// CSV with a header row.
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,16 +75,46 @@ enum Command {
     Sql {
         /// The query.
         query: Option<String>,
+        /// Result format.
+        #[arg(long, value_enum, default_value_t = ironlake::query::OutputFormat::Table)]
+        format: ironlake::query::OutputFormat,
+        /// Write results to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
-    /// Recompute published aggregates.
+    /// Recompute published aggregates (incrementally unless --full).
     Refresh {
-        /// Aggregates to refresh (all when empty).
+        /// Aggregates to refresh (all when empty), with what they read.
         aggregates: Vec<String>,
+        /// Rebuild from scratch instead of recomputing changed quarters.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Load a local file into a table through the same validation and commit as a feed.
+    Import {
+        /// Target table.
+        table: String,
+        /// The file.
+        file: PathBuf,
+        /// Its format.
+        #[arg(long, value_enum)]
+        format: ImportFormat,
     },
     /// The daemon: schedules, HTTP API, metrics.
-    Run,
+    Run {
+        /// Address of the HTTP API [default: the config's api.listen]; port 0 picks a free one.
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Simulator + daemon on the embedded default, one command.
-    Demo,
+    Demo {
+        /// Address of the HTTP API [default: the config's api.listen, else a free port].
+        #[arg(long)]
+        listen: Option<String>,
+        /// Enterprises in the simulated city.
+        #[arg(long, default_value_t = 7000)]
+        enterprises: usize,
+    },
     /// Recent runs and the freshness of each table.
     Status,
 }
@@ -89,16 +131,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn not_built(what: &str, issue: u32) -> Result<ExitCode> {
-    eprintln!(
-        "ironlake {what} is not built yet (tracked in issue {issue}); \
-         today `ironlake check` validates the configuration."
-    );
-    Ok(ExitCode::from(2))
-}
-
 /// Resolves when SIGINT or SIGTERM arrives.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -119,7 +153,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
@@ -140,8 +174,135 @@ fn feed_sim(opts: ironlake::feedsim::SimOptions) -> Result<ExitCode> {
     })
 }
 
+fn catalog(project: ironlake::config::Project) -> Result<ironlake::catalog::Catalog> {
+    let wh = ironlake::warehouse::Warehouse::open(&project.settings.warehouse_dir)
+        .context("cannot open the warehouse")?;
+    Ok(ironlake::catalog::Catalog::new(
+        std::sync::Arc::new(project),
+        wh,
+    )?)
+}
+
+async fn sql(
+    project: ironlake::config::Project,
+    query: Option<String>,
+    format: ironlake::query::OutputFormat,
+    output: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let catalog = catalog(project)?;
+    let Some(query) = query else {
+        return repl::run(&catalog, format).await;
+    };
+    if format == ironlake::query::OutputFormat::Parquet && output.is_none() {
+        anyhow::bail!("--format parquet writes a file: add --output FILE");
+    }
+    let snapshot = catalog.snapshot().await?;
+    let df = match ironlake::query::sql(&snapshot, &query).await {
+        Ok(df) => df,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let out: Box<dyn std::io::Write + Send> = match &output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    };
+    match ironlake::query::write_results(df, format, out).await {
+        Ok(rows) => {
+            if let Some(p) = output {
+                eprintln!("{rows} rows written to {}", p.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn refresh(
+    project: ironlake::config::Project,
+    names: Vec<String>,
+    full: bool,
+) -> Result<ExitCode> {
+    let catalog = catalog(project)?;
+    match ironlake::models::refresh(&catalog, &names, full).await {
+        Ok(report) => {
+            for r in report {
+                let quarters = if r.quarters.is_empty() {
+                    String::new()
+                } else if r.quarters.len() <= 6 {
+                    format!(" [{}]", r.quarters.join(", "))
+                } else {
+                    format!(
+                        " [{} … {}, {} quarters]",
+                        r.quarters[0],
+                        r.quarters[r.quarters.len() - 1],
+                        r.quarters.len()
+                    )
+                };
+                println!(
+                    "{}: {}{quarters}, {} rows, version {}",
+                    r.name, r.mode, r.rows, r.version
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("refresh failed, nothing published: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn import(
+    project: &ironlake::config::Project,
+    table: &str,
+    file: &std::path::Path,
+    format: ImportFormat,
+) -> Result<ExitCode> {
+    use ironlake::config::pipeline::Format;
+    let wh = ironlake::warehouse::Warehouse::open(&project.settings.warehouse_dir)
+        .context("cannot open the warehouse")?;
+    let format = match format {
+        ImportFormat::Json => Format::Json,
+        ImportFormat::Ndjson => Format::Ndjson,
+        ImportFormat::Csv => Format::Csv,
+    };
+    let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    match ironlake::ingest::import(
+        project,
+        &wh,
+        table,
+        format,
+        &file.display().to_string(),
+        &body,
+    ) {
+        Ok(r) => {
+            println!(
+                "{table}: committed run {} — {} records in, {} valid, {} rejected, {} rows new or changed in {} partitions",
+                r.run_id,
+                r.rows_in,
+                r.rows_valid,
+                r.rows_rejected,
+                r.rows_changed,
+                r.partitions_touched.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{table}: import failed, nothing committed: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 /// Loads the project or fails with every problem listed.
-fn load_project(opts: &LoadOptions) -> Result<ironlake::config::Project> {
+pub(crate) fn load_project(opts: &LoadOptions) -> Result<ironlake::config::Project> {
     let report = ironlake::config::load(opts);
     match report.project {
         Some(p) => Ok(p),
@@ -213,7 +374,7 @@ fn main() -> Result<ExitCode> {
     };
     match cli.command {
         Command::Check => {
-            let outcome = ironlake::check::run(&opts);
+            let outcome = runtime()?.block_on(ironlake::check::run(&opts));
             print!("{}", outcome.stdout);
             eprint!("{}", outcome.stderr);
             Ok(ExitCode::from(outcome.exit_code as u8))
@@ -241,7 +402,37 @@ fn main() -> Result<ExitCode> {
                 ironlake::ingest::RunKind::Backfill { from, to },
             )
         }
-        Command::Sql { .. } | Command::Refresh { .. } => not_built("sql/refresh", 5),
-        Command::Run | Command::Demo | Command::Status => not_built("run/demo/status", 6),
+        Command::Sql {
+            query,
+            format,
+            output,
+        } => {
+            let project = load_project(&opts)?;
+            runtime()?.block_on(sql(project, query, format, output))
+        }
+        Command::Refresh { aggregates, full } => {
+            let project = load_project(&opts)?;
+            runtime()?.block_on(refresh(project, aggregates, full))
+        }
+        Command::Import {
+            table,
+            file,
+            format,
+        } => {
+            let project = load_project(&opts)?;
+            import(&project, &table, &file, format)
+        }
+        Command::Run { listen } => {
+            let project = load_project(&opts)?;
+            runtime()?.block_on(commands::run(opts, project, listen))
+        }
+        Command::Demo {
+            listen,
+            enterprises,
+        } => commands::demo(opts, listen, enterprises),
+        Command::Status => {
+            let project = load_project(&opts)?;
+            commands::status(&project)
+        }
     }
 }

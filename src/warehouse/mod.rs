@@ -148,6 +148,37 @@ pub struct Manifest {
     pub dirs: BTreeMap<String, DirState>,
     /// Pipeline cursors, by pipeline name.
     pub cursors: BTreeMap<String, Cursor>,
+    /// Published aggregates: versions and the input state they were computed from.
+    #[serde(default)]
+    pub published: BTreeMap<String, PublishedMeta>,
+}
+
+/// One published version of an aggregate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedVersion {
+    /// Version id: the manifest version that published it.
+    pub version: u64,
+    /// Its generation directory, relative to the warehouse root.
+    pub generation: String,
+    /// When it was published (RFC 3339, UTC).
+    pub published_at: String,
+    /// Rows in it.
+    pub rows: u64,
+    /// `full` or `incremental`.
+    pub mode: String,
+    /// Output quarters recomputed for it.
+    pub quarters: Vec<String>,
+}
+
+/// What ironlake knows about a published aggregate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedMeta {
+    /// Output columns in the SQL's order (the partition column included).
+    pub columns: Vec<String>,
+    /// Versions kept on disk, newest last.
+    pub versions: Vec<PublishedVersion>,
+    /// For each input (`tables/x`, `published/y`): a token per partition, to find what changed.
+    pub inputs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Manifest {
@@ -362,6 +393,16 @@ impl GenBuilder {
         &self.base
     }
 
+    /// The generation directory (absolute).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The partitions the generation will hold, as of now.
+    pub fn partitions(&self) -> &BTreeMap<String, PartitionState> {
+        &self.partitions
+    }
+
     /// Partitions replaced so far.
     pub fn replaced(&self) -> &BTreeSet<String> {
         &self.replaced
@@ -373,6 +414,13 @@ impl GenBuilder {
 pub struct DirChange {
     key: String,
     state: DirState,
+}
+
+impl DirChange {
+    /// The directory's state in the new generation.
+    pub fn state(&self) -> &DirState {
+        &self.state
+    }
 }
 
 impl Warehouse {
@@ -475,10 +523,23 @@ impl Warehouse {
     /// Starts a new generation of directory `key` (e.g. `tables/bank_loans`).
     pub fn begin_generation(
         &self,
+        guard: &CommitGuard,
+        base: &Manifest,
+        key: &str,
+        run_id: &str,
+    ) -> Result<GenBuilder> {
+        let base_state = base.dirs.get(key).cloned().unwrap_or_default();
+        self.begin_generation_from(guard, base, key, run_id, base_state)
+    }
+
+    /// Starts a new generation of `key` from a given state (an empty one for a full rewrite).
+    pub fn begin_generation_from(
+        &self,
         _guard: &CommitGuard,
         base: &Manifest,
         key: &str,
         run_id: &str,
+        base_state: DirState,
     ) -> Result<GenBuilder> {
         let generation = format!(
             "v{:010}-{}",
@@ -491,7 +552,6 @@ impl Warehouse {
             std::fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
         }
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let base_state = base.dirs.get(key).cloned().unwrap_or_default();
         Ok(GenBuilder {
             key: key.to_string(),
             generation: rel,
@@ -557,6 +617,19 @@ impl Warehouse {
         base: &Manifest,
         changes: Vec<DirChange>,
         cursors: BTreeMap<String, Cursor>,
+        run: RunRecord,
+    ) -> Result<Manifest> {
+        self.commit_with(guard, base, changes, cursors, |_| {}, run)
+    }
+
+    /// Like [`Warehouse::commit`], letting `edit` change the new manifest (published metadata).
+    pub fn commit_with(
+        &self,
+        guard: &CommitGuard,
+        base: &Manifest,
+        changes: Vec<DirChange>,
+        cursors: BTreeMap<String, Cursor>,
+        edit: impl FnOnce(&mut Manifest),
         mut run: RunRecord,
     ) -> Result<Manifest> {
         let mut next = base.clone();
@@ -569,6 +642,7 @@ impl Warehouse {
             next.dirs.insert(c.key, c.state);
         }
         next.cursors.extend(cursors);
+        edit(&mut next);
         run.manifest_version = Some(next.version);
         run.outcome = Outcome::Succeeded;
         run.ended_at = Some(now_rfc3339());
@@ -736,6 +810,11 @@ impl Warehouse {
             let m: Manifest = Self::read_json(&self.manifest_path(v))?;
             for d in m.dirs.values() {
                 referenced.insert(self.root.join(&d.generation));
+            }
+            for p in m.published.values() {
+                for v in &p.versions {
+                    referenced.insert(self.root.join(&v.generation));
+                }
             }
         }
         for &v in &versions[..keep_from] {

@@ -1,0 +1,46 @@
+-- 融资成本: financing cost of industrial enterprises (divisions 06–46) per
+-- quarter and district, plus district 'ALL' for the whole city.
+--   fin_expense_ratio_pct      = Σ financial_expenses ÷ Σ main_business_cost × 100
+--   avg_loan_rate_pct          = balance-weighted mean rate_pct of loans with balance > 0
+--   avg_comprehensive_cost_pct = same weights over rate_pct + coalesce(guarantee_fee_pct, 0)
+-- Sums are exact; each ratio is computed in double precision and rounded
+-- half away from zero (2 places for the ratio, 4 for rates).
+-- ironlake: partition_by = quarter
+-- ironlake: lags = 0
+WITH ent AS (
+  SELECT uscc, quarter, district_code
+  FROM enterprises
+  WHERE CAST(substr(industry_code, 1, 2) AS INT) BETWEEN 6 AND 46
+),
+ops_d AS (
+  SELECT o.quarter, e.district_code, SUM(o.financial_expenses) AS fin, SUM(o.main_business_cost) AS cost
+  FROM operations o JOIN ent e ON e.uscc = o.uscc AND e.quarter = o.quarter
+  GROUP BY o.quarter, e.district_code
+),
+ops AS (
+  SELECT quarter, district_code, fin, cost FROM ops_d
+  UNION ALL
+  SELECT quarter, 'ALL' AS district_code, SUM(fin) AS fin, SUM(cost) AS cost FROM ops_d GROUP BY quarter
+),
+loans_d AS (
+  SELECT l.quarter, e.district_code,
+         SUM(l.balance) AS w,
+         SUM(l.balance * l.rate_pct) AS wr,
+         SUM(l.balance * (l.rate_pct + COALESCE(l.guarantee_fee_pct, 0))) AS wc
+  FROM bank_loans l JOIN ent e ON e.uscc = l.uscc AND e.quarter = l.quarter
+  WHERE l.balance > 0
+  GROUP BY l.quarter, e.district_code
+),
+loans AS (
+  SELECT quarter, district_code, w, wr, wc FROM loans_d
+  UNION ALL
+  SELECT quarter, 'ALL' AS district_code, SUM(w) AS w, SUM(wr) AS wr, SUM(wc) AS wc FROM loans_d GROUP BY quarter
+)
+SELECT
+  COALESCE(o.quarter, l.quarter) AS quarter,
+  COALESCE(o.district_code, l.district_code) AS district_code,
+  CAST(ROUND(CAST(o.fin AS DOUBLE) / CAST(NULLIF(o.cost, 0) AS DOUBLE) * 100, 2) AS DECIMAL(10, 2)) AS fin_expense_ratio_pct,
+  CAST(ROUND(CAST(l.wr AS DOUBLE) / CAST(NULLIF(l.w, 0) AS DOUBLE), 4) AS DECIMAL(10, 4)) AS avg_loan_rate_pct,
+  CAST(ROUND(CAST(l.wc AS DOUBLE) / CAST(NULLIF(l.w, 0) AS DOUBLE), 4) AS DECIMAL(10, 4)) AS avg_comprehensive_cost_pct
+FROM ops o
+FULL OUTER JOIN loans l ON o.quarter = l.quarter AND o.district_code = l.district_code

@@ -1,0 +1,34 @@
+-- 贴息: interest subsidy on new loans (drawn in the quarter) to enterprises in
+-- the strategic divisions named in ironlake.toml [policy]. Per quarter and
+-- enterprise: first-year interest = Σ disbursed × rate_pct ÷ 100, rounded to
+-- the fen; subsidy = that interest × interest_subsidy_share_pct ÷ 100,
+-- rounded to the fen, capped at interest_subsidy_cap_yuan.
+-- {{...}} placeholders are filled from [policy] before planning.
+-- ironlake: partition_by = quarter
+-- ironlake: lags = 0
+SELECT
+  quarter, uscc, name, district_code, division, new_loans, first_year_interest,
+  CAST({{interest_subsidy_share_pct}} AS DECIMAL(5, 2)) AS subsidy_share_pct,
+  CASE WHEN uncapped > CAST({{interest_subsidy_cap_yuan}} AS DECIMAL(18, 2))
+       THEN CAST({{interest_subsidy_cap_yuan}} AS DECIMAL(18, 2)) ELSE uncapped END AS subsidy,
+  uncapped > CAST({{interest_subsidy_cap_yuan}} AS DECIMAL(18, 2)) AS capped
+FROM (
+  SELECT
+    quarter, uscc, name, district_code, division, new_loans, first_year_interest,
+    CAST(first_year_interest * CAST({{interest_subsidy_share_pct}} AS DECIMAL(5, 2)) / CAST(100 AS DECIMAL(5, 2)) AS DECIMAL(18, 2)) AS uncapped
+  FROM (
+    SELECT
+      l.quarter,
+      l.uscc,
+      e.name,
+      e.district_code,
+      substr(e.industry_code, 1, 2) AS division,
+      CAST(SUM(l.disbursed) AS DECIMAL(18, 2)) AS new_loans,
+      CAST(SUM(l.disbursed * l.rate_pct) / CAST(100 AS DECIMAL(5, 2)) AS DECIMAL(18, 2)) AS first_year_interest
+    FROM bank_loans l
+    JOIN enterprises e ON e.uscc = l.uscc AND e.quarter = l.quarter
+    WHERE l.disbursed > 0
+      AND substr(e.industry_code, 1, 2) IN ({{strategic_divisions}})
+    GROUP BY l.quarter, l.uscc, e.name, e.district_code, substr(e.industry_code, 1, 2)
+  ) base
+) s

@@ -1,0 +1,59 @@
+-- 银企对接清单: the bank–enterprise matching list. Open demands (submitted,
+-- screened, recommended) with the applicant's latest registry entry, ranked
+-- for banks: priority = 3·双百重点 + 2·双百成长 + 2·专精特新 + 1·上市后备
+-- + 2·(a 五类项目 category) + 1·(already recommended); ties go to the older
+-- demand, then the demand id. days_open counts to the latest status date in
+-- the feed (the data's "today"). quarter is the submission quarter.
+-- ironlake: partition_by = quarter
+WITH latest AS (
+  SELECT uscc, MAX(as_of) AS as_of FROM enterprises GROUP BY uscc
+),
+ent AS (
+  SELECT e.* FROM enterprises e JOIN latest l ON e.uscc = l.uscc AND e.as_of = l.as_of
+),
+data_date AS (
+  SELECT MAX(status_on) AS today FROM financing_demands
+),
+open_demands AS (
+  SELECT
+    d.*,
+    e.name, e.district_code, e.industry_code, e.size_class,
+    COALESCE(e.key_enterprise, false) AS key_enterprise,
+    COALESCE(e.growth_enterprise, false) AS growth_enterprise,
+    COALESCE(e.specialized_sme, false) AS specialized_sme,
+    COALESCE(e.listing_reserve, false) AS listing_reserve,
+    3 * CAST(COALESCE(e.key_enterprise, false) AS INT)
+      + 2 * CAST(COALESCE(e.growth_enterprise, false) AS INT)
+      + 2 * CAST(COALESCE(e.specialized_sme, false) AS INT)
+      + CAST(COALESCE(e.listing_reserve, false) AS INT)
+      + CASE WHEN d.project_category <> 'none' THEN 2 ELSE 0 END
+      + CASE WHEN d.status = 'recommended' THEN 1 ELSE 0 END AS priority
+  FROM financing_demands d
+  LEFT JOIN ent e ON e.uscc = d.uscc
+  WHERE d.status IN ('submitted', 'screened', 'recommended')
+)
+SELECT
+  o.quarter,
+  ROW_NUMBER() OVER (ORDER BY o.priority DESC, o.submitted_on, o.demand_id) AS rank,
+  o.priority,
+  o.demand_id,
+  o.uscc,
+  o.name,
+  o.district_code,
+  o.industry_code,
+  o.size_class,
+  o.key_enterprise,
+  o.growth_enterprise,
+  o.specialized_sme,
+  o.listing_reserve,
+  o.project_category,
+  o.purpose,
+  o.instrument,
+  o.amount,
+  o.term_months,
+  o.status,
+  o.status_on,
+  o.submitted_on,
+  o.bank_code,
+  CAST(dd.today AS INT) - CAST(o.submitted_on AS INT) AS days_open
+FROM open_demands o CROSS JOIN data_date dd

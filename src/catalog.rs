@@ -1,0 +1,509 @@
+//! Catalog: the warehouse as DataFusion tables, at one committed version.
+//!
+//! Every query gets a [`Snapshot`]: a session whose tables are registered
+//! over the generation directories named by one manifest. Generations never
+//! change once committed, so a commit during a query cannot mix old and new
+//! files into it, and the next snapshot sees the new commit. DataFusion's
+//! list-files cache is disabled all the same.
+//!
+//! Tables: the warehouse tables (`bank_loans`, …, with a Utf8 `quarter`
+//! partition column), `quarantine.<table>`, `published.<aggregate>`,
+//! `system.runs`, `system.partitions`, `ref_districts`, `ref_industries`.
+
+use crate::config::{Project, TableSchema};
+use crate::domain::reference;
+use crate::partition::quarantine_schema;
+use crate::warehouse::{Manifest, Warehouse, WarehouseError};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Errors while building a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// Reading the manifest or run records failed.
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    /// DataFusion refused a registration (a bug or a damaged generation).
+    #[error("registering {table}: {source}")]
+    Register {
+        /// Table name.
+        table: String,
+        /// The error.
+        source: DataFusionError,
+    },
+    /// The engine could not be set up.
+    #[error("setting up the SQL engine: {0}")]
+    Setup(String),
+}
+
+/// Schemas besides the default one.
+pub const SCHEMAS: [&str; 3] = ["quarantine", "published", "system"];
+
+/// The SQL engine of one warehouse: shared memory pool and spill directory.
+#[derive(Clone)]
+pub struct Catalog {
+    project: Arc<Project>,
+    wh: Warehouse,
+    runtime: Arc<RuntimeEnv>,
+}
+
+/// One consistent view of the warehouse.
+pub struct Snapshot {
+    /// The session with every table registered.
+    pub ctx: SessionContext,
+    /// The manifest it reflects.
+    pub manifest: Manifest,
+}
+
+/// Session settings every ironlake session uses.
+pub fn session_config(target_partitions: usize) -> SessionConfig {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(target_partitions)
+        .with_information_schema(true)
+        .set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        )
+        .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false)
+        .set_bool("datafusion.sql_parser.parse_float_as_decimal", true)
+        .set_bool("datafusion.execution.parquet.pushdown_filters", false);
+    config.options_mut().execution.parquet.enable_page_index = true;
+    config
+}
+
+fn register(
+    ctx: &SessionContext,
+    name: &str,
+    provider: Arc<dyn datafusion::catalog::TableProvider>,
+) -> Result<(), CatalogError> {
+    ctx.register_table(name, provider)
+        .map_err(|e| CatalogError::Register {
+            table: name.to_string(),
+            source: e,
+        })?;
+    Ok(())
+}
+
+/// A table provider over a generation directory: Parquet files in `quarter=…/` subdirectories.
+pub fn listing_table(
+    ctx: &SessionContext,
+    dir: &Path,
+    file_schema: SchemaRef,
+) -> Result<Arc<ListingTable>, DataFusionError> {
+    let fmt = ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
+    let opts = ListingOptions::new(Arc::new(fmt))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![("quarter".to_string(), DataType::Utf8)]);
+    let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+    let cfg = ListingTableConfig::new(url)
+        .with_listing_options(opts)
+        .with_schema(file_schema);
+    Ok(Arc::new(ListingTable::try_new(cfg)?))
+}
+
+/// An empty table with the file schema plus the `quarter` column.
+pub fn empty_table(file_schema: &SchemaRef) -> Result<Arc<MemTable>, DataFusionError> {
+    let mut fields: Vec<Field> = file_schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("quarter", DataType::Utf8, false));
+    let schema = Arc::new(Schema::new(fields));
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
+}
+
+impl Catalog {
+    /// The engine for a project's warehouse, with its memory limit and spill directory.
+    pub fn new(project: Arc<Project>, wh: Warehouse) -> Result<Catalog, CatalogError> {
+        let sql = &project.settings.sql;
+        std::fs::create_dir_all(&sql.spill_dir).map_err(|e| {
+            CatalogError::Setup(format!(
+                "cannot create the spill directory {}: {e}",
+                sql.spill_dir.display()
+            ))
+        })?;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(
+                (sql.memory_limit_mb as usize) << 20,
+            )))
+            .with_temp_file_path(&sql.spill_dir)
+            .with_object_list_cache_limit(0)
+            .build_arc()
+            .map_err(|e| CatalogError::Setup(e.to_string()))?;
+        Ok(Catalog {
+            project,
+            wh,
+            runtime,
+        })
+    }
+
+    /// The project.
+    pub fn project(&self) -> &Arc<Project> {
+        &self.project
+    }
+
+    /// The warehouse.
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.wh
+    }
+
+    /// A fresh session sharing the engine's memory pool, with no tables.
+    pub fn session(&self) -> SessionContext {
+        let ctx = SessionContext::new_with_config_rt(
+            session_config(self.project.settings.sql.target_partitions),
+            self.runtime.clone(),
+        );
+        if let Some(cat) = ctx.catalog("datafusion") {
+            for s in SCHEMAS {
+                let _ = cat.register_schema(s, Arc::new(MemorySchemaProvider::new()));
+            }
+        }
+        ctx
+    }
+
+    /// A snapshot at the current committed version.
+    pub async fn snapshot(&self) -> Result<Snapshot, CatalogError> {
+        let manifest = self.wh.manifest()?;
+        self.snapshot_at(manifest).await
+    }
+
+    /// A snapshot at a given manifest.
+    pub async fn snapshot_at(&self, manifest: Manifest) -> Result<Snapshot, CatalogError> {
+        let ctx = self.session();
+        let root = self.wh.root().to_path_buf();
+        for t in &self.project.tables {
+            register_dir(
+                &ctx,
+                &root,
+                &manifest,
+                &format!("tables/{}", t.name),
+                &t.name,
+                t.arrow_schema(),
+            )?;
+            register_dir(
+                &ctx,
+                &root,
+                &manifest,
+                &format!("quarantine/{}", t.name),
+                &format!("quarantine.{}", t.name),
+                quarantine_schema(),
+            )?;
+        }
+        for (name, meta) in &manifest.published {
+            let key = format!("published/{name}");
+            let Some(dir) = manifest.dirs.get(&key) else {
+                continue;
+            };
+            let path = root.join(&dir.generation);
+            register_published(&ctx, name, &path, &meta.columns).await?;
+        }
+        register(&ctx, "system.runs", runs_table(&self.wh)?)?;
+        register(&ctx, "system.partitions", partitions_table(&manifest)?)?;
+        register(&ctx, "ref_districts", districts_table()?)?;
+        register(&ctx, "ref_industries", industries_table()?)?;
+        Ok(Snapshot { ctx, manifest })
+    }
+}
+
+fn register_dir(
+    ctx: &SessionContext,
+    root: &Path,
+    manifest: &Manifest,
+    key: &str,
+    name: &str,
+    schema: SchemaRef,
+) -> Result<(), CatalogError> {
+    let err = |e| CatalogError::Register {
+        table: name.to_string(),
+        source: e,
+    };
+    let provider: Arc<dyn datafusion::catalog::TableProvider> = match manifest.dirs.get(key) {
+        Some(d) if !d.partitions.is_empty() => {
+            listing_table(ctx, &root.join(&d.generation), schema).map_err(err)?
+        }
+        _ => empty_table(&schema).map_err(err)?,
+    };
+    register(ctx, name, provider)
+}
+
+/// Registers `published.<name>` over a generation directory, columns in the SQL's order.
+pub async fn register_published(
+    ctx: &SessionContext,
+    name: &str,
+    dir: &Path,
+    columns: &[String],
+) -> Result<(), CatalogError> {
+    let err = |e| CatalogError::Register {
+        table: format!("published.{name}"),
+        source: e,
+    };
+    let fmt = ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
+    let opts = ListingOptions::new(Arc::new(fmt))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![("quarter".to_string(), DataType::Utf8)]);
+    let url = ListingTableUrl::parse(format!("{}/", dir.display())).map_err(err)?;
+    let has_files = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    let raw_name = format!("published.\"__{name}_files\"");
+    let provider: Arc<dyn datafusion::catalog::TableProvider> = if has_files {
+        let cfg = ListingTableConfig::new(url)
+            .with_listing_options(opts)
+            .infer_schema(&ctx.state())
+            .await
+            .map_err(err)?;
+        Arc::new(ListingTable::try_new(cfg).map_err(err)?)
+    } else {
+        Arc::new(
+            MemTable::try_new(
+                Arc::new(Schema::new(vec![Field::new(
+                    "quarter",
+                    DataType::Utf8,
+                    false,
+                )])),
+                vec![vec![]],
+            )
+            .map_err(err)?,
+        )
+    };
+    register(ctx, &raw_name, provider)?;
+    let df = ctx.table(raw_name.as_str()).await.map_err(err)?;
+    let available: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let cols: Vec<&str> = columns
+        .iter()
+        .map(String::as_str)
+        .filter(|c| available.iter().any(|a| a == c))
+        .collect();
+    let df = if cols.is_empty() {
+        df
+    } else {
+        df.select_columns(&cols).map_err(err)?
+    };
+    ctx.deregister_table(raw_name.as_str()).map_err(err)?;
+    register(ctx, &format!("published.{name}"), df.into_view())
+}
+
+fn runs_table(wh: &Warehouse) -> Result<Arc<MemTable>, CatalogError> {
+    let runs = wh.runs()?;
+    let s = |f: &dyn Fn(&crate::warehouse::RunRecord) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(runs.iter().map(f).collect::<Vec<_>>()))
+    };
+    let u = |f: &dyn Fn(&crate::warehouse::RunRecord) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from(runs.iter().map(f).collect::<Vec<_>>()))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("pipeline", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("started_at", DataType::Utf8, false),
+        Field::new("ended_at", DataType::Utf8, true),
+        Field::new("outcome", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("requests", DataType::UInt64, false),
+        Field::new("retries", DataType::UInt64, false),
+        Field::new("pages", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("rows_in", DataType::UInt64, false),
+        Field::new("rows_valid", DataType::UInt64, false),
+        Field::new("rows_rejected", DataType::UInt64, false),
+        Field::new("rows_changed", DataType::UInt64, false),
+        Field::new("rows_written", DataType::UInt64, false),
+        Field::new("partitions_touched", DataType::Utf8, false),
+        Field::new("cursor_before", DataType::Utf8, true),
+        Field::new("cursor_after", DataType::Utf8, true),
+        Field::new("manifest_version", DataType::UInt64, true),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        s(&|r| Some(r.run_id.clone())),
+        s(&|r| Some(r.pipeline.clone())),
+        s(&|r| Some(r.kind.clone())),
+        s(&|r| Some(r.table.clone())),
+        s(&|r| Some(r.started_at.clone())),
+        s(&|r| r.ended_at.clone()),
+        s(&|r| Some(serde_json::to_value(r.outcome).ok()?.as_str()?.to_string())),
+        s(&|r| r.error.clone()),
+        u(&|r| r.requests),
+        u(&|r| r.retries),
+        u(&|r| r.pages),
+        u(&|r| r.bytes),
+        u(&|r| r.rows_in),
+        u(&|r| r.rows_valid),
+        u(&|r| r.rows_rejected),
+        u(&|r| r.rows_changed),
+        u(&|r| r.rows_written),
+        s(&|r| Some(r.partitions_touched.join(","))),
+        s(&|r| r.cursor_before.clone()),
+        s(&|r| r.cursor_after.clone()),
+        Arc::new(UInt64Array::from(
+            runs.iter().map(|r| r.manifest_version).collect::<Vec<_>>(),
+        )),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols)
+        .map_err(|e| CatalogError::Setup(e.to_string()))?;
+    MemTable::try_new(schema, vec![vec![batch]])
+        .map(Arc::new)
+        .map_err(|e| CatalogError::Setup(e.to_string()))
+}
+
+fn partitions_table(m: &Manifest) -> Result<Arc<MemTable>, CatalogError> {
+    let (mut dir, mut part, mut rows, mut files, mut bytes, mut by) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (k, d) in &m.dirs {
+        for (p, s) in &d.partitions {
+            dir.push(k.clone());
+            part.push(p.clone());
+            rows.push(s.rows);
+            files.push(s.files.len() as u64);
+            bytes.push(s.files.iter().map(|f| f.bytes).sum::<u64>());
+            by.push(s.written_by.clone());
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("directory", DataType::Utf8, false),
+        Field::new("quarter", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("files", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("written_by", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(dir)),
+            Arc::new(StringArray::from(part)),
+            Arc::new(UInt64Array::from(rows)),
+            Arc::new(UInt64Array::from(files)),
+            Arc::new(UInt64Array::from(bytes)),
+            Arc::new(StringArray::from(by)),
+        ],
+    )
+    .map_err(|e| CatalogError::Setup(e.to_string()))?;
+    MemTable::try_new(schema, vec![vec![batch]])
+        .map(Arc::new)
+        .map_err(|e| CatalogError::Setup(e.to_string()))
+}
+
+fn districts_table() -> Result<Arc<MemTable>, CatalogError> {
+    let d = reference::districts();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("code", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                d.iter().map(|x| x.code.clone()).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                d.iter().map(|x| x.name.clone()).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                d.iter().map(|x| x.kind.clone()).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .map_err(|e| CatalogError::Setup(e.to_string()))?;
+    MemTable::try_new(schema, vec![vec![batch]])
+        .map(Arc::new)
+        .map_err(|e| CatalogError::Setup(e.to_string()))
+}
+
+fn industries_table() -> Result<Arc<MemTable>, CatalogError> {
+    let d = reference::industrial_divisions();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("division", DataType::Utf8, false),
+        Field::new("section", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("manufacturing", DataType::Boolean, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                d.iter().map(|x| x.code.clone()).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                d.iter().map(|x| x.section.to_string()).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                d.iter().map(|x| x.name.clone()).collect::<Vec<_>>(),
+            )),
+            Arc::new(BooleanArray::from(
+                d.iter().map(|x| x.section == 'C').collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .map_err(|e| CatalogError::Setup(e.to_string()))?;
+    MemTable::try_new(schema, vec![vec![batch]])
+        .map(Arc::new)
+        .map_err(|e| CatalogError::Setup(e.to_string()))
+}
+
+/// The table schema's columns (for `\d` in the REPL).
+pub fn describe_table(t: &TableSchema) -> Vec<(String, String, bool, String)> {
+    t.columns
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.data_type.to_string(),
+                c.nullable,
+                c.description.clone(),
+            )
+        })
+        .collect()
+}
+
+/// A session with every table registered empty, for planning aggregates in `ironlake check`.
+pub fn empty_session(project: &Project) -> Result<SessionContext, CatalogError> {
+    let ctx = SessionContext::new_with_config(session_config(1));
+    if let Some(cat) = ctx.catalog("datafusion") {
+        for s in SCHEMAS {
+            let _ = cat.register_schema(s, Arc::new(MemorySchemaProvider::new()));
+        }
+    }
+    let err = |t: &str| {
+        let t = t.to_string();
+        move |e| CatalogError::Register {
+            table: t,
+            source: e,
+        }
+    };
+    for t in &project.tables {
+        register(
+            &ctx,
+            &t.name,
+            empty_table(&t.arrow_schema()).map_err(err(&t.name))?,
+        )?;
+        let q = format!("quarantine.{}", t.name);
+        register(
+            &ctx,
+            &q,
+            empty_table(&quarantine_schema()).map_err(err(&q))?,
+        )?;
+    }
+    register(&ctx, "ref_districts", districts_table()?)?;
+    register(&ctx, "ref_industries", industries_table()?)?;
+    Ok(ctx)
+}

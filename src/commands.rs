@@ -1,0 +1,301 @@
+//! `ironlake run`, `ironlake demo` and `ironlake status`: the binary's side
+//! of the daemon (listeners, signals, printing); the daemon itself is
+//! `ironlake::daemon`.
+
+use anyhow::{Context as _, Result};
+use ironlake::config::{LoadOptions, Project};
+use ironlake::daemon::{Daemon, SystemClock};
+use ironlake::domain::Quarter;
+use ironlake::ingest::RunKind;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long in-flight runs get to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(30);
+
+async fn serve_until_signal(
+    daemon: Arc<Daemon>,
+    listener: tokio::net::TcpListener,
+) -> Result<ExitCode> {
+    let token = daemon.shutdown_token();
+    let app = ironlake::serve::router(daemon.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    });
+    #[cfg(unix)]
+    {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration.");
+                let _ = d.reload();
+            }
+        });
+    }
+    crate::shutdown_signal().await;
+    tracing::info!(
+        drain_secs = DRAIN.as_secs(),
+        "Shutting down: no new runs; waiting for runs in flight."
+    );
+    daemon.shutdown(DRAIN).await;
+    server.await.context("server task")?.context("server")?;
+    tracing::info!("Stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ironlake run`.
+pub async fn run(opts: LoadOptions, project: Project, listen: Option<String>) -> Result<ExitCode> {
+    let addr = listen.unwrap_or_else(|| project.settings.api.listen.to_string());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    println!("api listening on http://{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    let daemon =
+        tokio::task::spawn_blocking(move || Daemon::new(opts, project, Arc::new(SystemClock)))
+            .await??;
+    daemon.start_schedules();
+    serve_until_signal(daemon, listener).await
+}
+
+fn random_hex(n: usize) -> String {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7)
+        ^ (u64::from(std::process::id()) << 20);
+    let mut out = String::new();
+    while out.len() < n {
+        seed = ironlake::feedsim::rng::mix(seed);
+        out.push_str(&format!("{seed:016x}"));
+    }
+    out.truncate(n);
+    out
+}
+
+/// `ironlake demo`: the simulator and the daemon, a backfill of the plan's period, the indicators.
+pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Result<ExitCode> {
+    // Bind the simulator and set the feed's environment before any thread starts.
+    let sim_listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the simulator")?;
+    let sim_addr = sim_listener.local_addr()?;
+    let feed_token = format!("demo-feed-{}", random_hex(16));
+    let mut api_tokens = Vec::new();
+    // SAFETY: no other thread exists yet.
+    unsafe {
+        std::env::set_var("IRONLAKE_FEED_URL", format!("http://{sim_addr}"));
+        std::env::set_var("IRONLAKE_FEED_TOKEN", &feed_token);
+        for (env, role) in [
+            ("IRONLAKE_TOKEN_ADMIN", "admin"),
+            ("IRONLAKE_TOKEN_ANALYST", "analyst"),
+            ("IRONLAKE_TOKEN_VIEWER", "viewer"),
+        ] {
+            let v = match std::env::var(env) {
+                Ok(v) if !v.is_empty() => v,
+                _ => {
+                    let v = format!("demo-{role}-{}", random_hex(12));
+                    std::env::set_var(env, &v);
+                    v
+                }
+            };
+            api_tokens.push((role, v));
+        }
+    }
+    let project = crate::load_project(&opts)?;
+    crate::runtime()?.block_on(async move {
+        let api_addr = listen.unwrap_or_else(|| project.settings.api.listen.to_string());
+        let listener = match tokio::net::TcpListener::bind(&api_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("note: {api_addr} is not free ({e}); using a free port instead");
+                tokio::net::TcpListener::bind("127.0.0.1:0").await?
+            }
+        };
+        let api = listener.local_addr()?;
+        println!("api listening on http://{api}");
+        std::io::stdout().flush()?;
+
+        sim_listener.set_nonblocking(true)?;
+        let sim_listener = tokio::net::TcpListener::from_std(sim_listener)?;
+        let mut sim = ironlake::feedsim::SimOptions::new(2019, enterprises);
+        sim.token = Some(feed_token.clone());
+        let sim_stop = tokio_util::sync::CancellationToken::new();
+        let stop = sim_stop.clone();
+        tokio::spawn(ironlake::feedsim::serve(sim, sim_listener, async move { stop.cancelled().await }));
+
+        let warehouse = project.settings.warehouse_dir.clone();
+        let p2 = project.clone();
+        let o2 = opts.clone();
+        let daemon = tokio::task::spawn_blocking(move || Daemon::new(o2, p2, Arc::new(SystemClock))).await??;
+        println!();
+        println!("ironlake demo — Chongqing industry–finance cooperation data platform (产融合作)");
+        println!("  partner feeds: simulator on http://{sim_addr} ({enterprises} enterprises, 2017Q1–2019Q4)");
+        println!("  warehouse:     {}", warehouse.display());
+        println!();
+        println!("Backfilling the plan's period, 2017Q1–2019Q4:");
+        let from: Quarter = "2017Q1".parse().expect("valid");
+        let to: Quarter = "2019Q4".parse().expect("valid");
+        let client = ironlake::source::client(Duration::from_secs(10));
+        use std::io::IsTerminal as _;
+        let progress = crate::progress::reporter(std::io::stderr().is_terminal());
+        let project_arc = daemon.project();
+        for p in &project_arc.pipelines {
+            match ironlake::ingest::run(&project_arc, daemon.warehouse(), &p.name, RunKind::Backfill { from, to }, client.clone(), Some(progress.clone())).await {
+                Ok(r) => {
+                    crate::progress::clear();
+                    println!(
+                        "  {:<18} {:>8} records in, {:>8} valid, {:>5} rejected, {:>8} rows new or changed ({} requests)",
+                        p.name, r.rows_in, r.rows_valid, r.rows_rejected, r.rows_changed, r.requests
+                    );
+                }
+                Err(e) => {
+                    crate::progress::clear();
+                    println!("  {:<18} failed: {e}", p.name);
+                }
+            }
+        }
+        println!();
+        println!("Refreshing the programme's indicators:");
+        if let Some(report) = daemon.refresh(&[], false).await {
+            for r in report {
+                println!("  published.{:<28} {:>11}, {:>6} rows, version {}", r.name, r.mode, r.rows, r.version);
+            }
+        }
+        let catalog = daemon.catalog();
+        let snapshot = catalog.snapshot().await?;
+        let show = |title: &'static str, sql: &'static str| {
+            let snapshot = &snapshot;
+            async move {
+                println!();
+                println!("{title}");
+                match ironlake::query::sql(snapshot, sql).await {
+                    Ok(df) => match df.collect().await {
+                        Ok(b) => println!("{}", arrow::util::pretty::pretty_format_batches(&b).map(|t| t.to_string()).unwrap_or_default()),
+                        Err(e) => println!("  ({e})"),
+                    },
+                    Err(e) => println!("  ({e})"),
+                }
+            }
+        };
+        show(
+            "Rows per table:",
+            "SELECT 'enterprises' AS table_name, count(*) AS rows FROM enterprises UNION ALL SELECT 'operations', count(*) FROM operations \
+             UNION ALL SELECT 'bank_loans', count(*) FROM bank_loans UNION ALL SELECT 'financing_demands', count(*) FROM financing_demands \
+             UNION ALL SELECT 'direct_financing', count(*) FROM direct_financing",
+        )
+        .await;
+        show("loan_growth — industrial vs manufacturing loans (工业/制造业贷款增长):", "SELECT * FROM published.loan_growth ORDER BY quarter").await;
+        show(
+            "financing_cost — city-wide (融资成本, district ALL):",
+            "SELECT quarter, fin_expense_ratio_pct, avg_loan_rate_pct, avg_comprehensive_cost_pct FROM published.financing_cost WHERE district_code = 'ALL' ORDER BY quarter",
+        )
+        .await;
+        let token = |role: &str| api_tokens.iter().find(|(r, _)| *r == role).map(|(_, t)| t.clone()).unwrap_or_default();
+        println!();
+        println!("The daemon is serving on http://{api} (Ctrl-C stops it). Try:");
+        println!("  cargo run --release -- sql \"SELECT quarter, count(*), sum(balance) FROM bank_loans GROUP BY quarter ORDER BY quarter\"");
+        println!("  cargo run --release -- sql          # the interactive shell: \\dt lists tables, \\d bank_loans describes one");
+        println!("  curl -H 'Authorization: Bearer {}' http://{api}/api/v1/aggregates/loan_growth?format=csv", token("viewer"));
+        println!("  curl -H 'Authorization: Bearer {}' -d 'SELECT * FROM published.demand_funnel LIMIT 5' http://{api}/api/v1/sql", token("analyst"));
+        println!("  curl -X POST -H 'Authorization: Bearer {}' http://{api}/api/v1/pipelines/bank_loans/runs", token("admin"));
+        println!("  curl http://{api}/metrics");
+        println!("  cargo run --release -- status");
+        std::io::stdout().flush()?;
+        daemon.start_schedules();
+        let code = serve_until_signal(daemon, listener).await;
+        sim_stop.cancel();
+        code
+    })
+}
+
+/// `ironlake status`: recent runs and the freshness of each table.
+pub fn status(project: &Project) -> Result<ExitCode> {
+    let wh = ironlake::warehouse::Warehouse::open(&project.settings.warehouse_dir)
+        .context("cannot open the warehouse")?;
+    let manifest = wh.manifest()?;
+    let runs = wh.runs()?;
+    let now = chrono::Utc::now();
+    println!(
+        "warehouse {} — manifest version {} ({})",
+        wh.root().display(),
+        manifest.version,
+        if manifest.committed_at.is_empty() {
+            "empty"
+        } else {
+            &manifest.committed_at
+        }
+    );
+    println!();
+    println!(
+        "{:<18} {:>10} {:>9} {:<10} {:<22} {}",
+        "table", "rows", "quarters", "latest", "last success", "age"
+    );
+    for t in &project.tables {
+        let state = manifest.dirs.get(&format!("tables/{}", t.name));
+        let rows = state.map_or(0, |s| s.rows());
+        let quarters = state.map_or(0, |s| s.partitions.len());
+        let latest = state
+            .and_then(|s| s.partitions.keys().next_back().cloned())
+            .unwrap_or_else(|| "-".into());
+        let last = runs
+            .iter()
+            .find(|r| r.table == t.name && r.outcome == ironlake::warehouse::Outcome::Succeeded);
+        let (when, age) = match last
+            .and_then(|r| r.ended_at.as_deref())
+            .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+        {
+            Some(t) => {
+                let secs = (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+                let age = if secs < 120 {
+                    format!("{secs}s")
+                } else if secs < 7200 {
+                    format!("{}m", secs / 60)
+                } else if secs < 172_800 {
+                    format!("{}h", secs / 3600)
+                } else {
+                    format!("{}d", secs / 86_400)
+                };
+                (t.format("%Y-%m-%d %H:%M:%S").to_string(), age)
+            }
+            None => ("never".into(), "-".into()),
+        };
+        println!(
+            "{:<18} {:>10} {:>9} {:<10} {:<22} {}",
+            t.name, rows, quarters, latest, when, age
+        );
+    }
+    println!();
+    println!("recent runs:");
+    for r in runs.iter().take(10) {
+        let outcome = serde_json::to_value(r.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let error = r
+            .error
+            .as_deref()
+            .map(|e| format!(" — {}", e.chars().take(120).collect::<String>()))
+            .unwrap_or_default();
+        println!(
+            "  {} {:<18} {:<9} {:<9} in {:>7} valid {:>7} rejected {:>5} changed {:>7}{error}",
+            r.started_at,
+            r.pipeline,
+            r.kind,
+            outcome,
+            r.rows_in,
+            r.rows_valid,
+            r.rows_rejected,
+            r.rows_changed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

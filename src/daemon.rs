@@ -1,0 +1,660 @@
+//! The daemon: schedules each pipeline by its cron expression and time zone,
+//! never runs a pipeline twice at once, catches up after downtime by the
+//! pipeline's policy, refreshes the aggregates that read what an ingest
+//! changed, holds a global concurrency limit, reloads on SIGHUP, and shuts
+//! down gracefully.
+
+use crate::catalog::Catalog;
+use crate::config::pipeline::{CatchUp, Schedule};
+use crate::config::{self, LoadOptions, Project};
+use crate::ingest::{self, RunKind};
+use crate::metrics::Metrics;
+use crate::models;
+use crate::warehouse::{Outcome, Warehouse};
+use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A source of the current time (a paused-time clock in tests).
+pub trait Clock: Send + Sync {
+    /// Now, in UTC.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that follows tokio's (possibly paused) time from a fixed start.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    base: DateTime<Utc>,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `base` now.
+    pub fn new(base: DateTime<Utc>) -> TokioClock {
+        TokioClock {
+            base,
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.base + chrono::Duration::from_std(self.start.elapsed()).unwrap_or_default()
+    }
+}
+
+/// The next time a schedule fires strictly after `after`.
+pub fn next_fire(s: &Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    s.cron
+        .after(&after.with_timezone(&s.time_zone))
+        .next()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Whether a run falls due at startup: a fire time was missed since the last
+/// run and the policy is `run_once` (never-run pipelines count as missed).
+pub fn catch_up_due(s: &Schedule, last_run: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    if s.catch_up == CatchUp::Skip {
+        return false;
+    }
+    match last_run {
+        None => true,
+        Some(last) => next_fire(s, last).is_some_and(|n| n <= now),
+    }
+}
+
+/// What happened when a run fell due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fire {
+    /// A run started.
+    Started,
+    /// The previous run is still in flight; this one was skipped.
+    SkippedRunning,
+    /// The daemon is shutting down.
+    Stopped,
+}
+
+/// Runs `on_fire` at every fire time of `s` until `cancel`; returns the number of fires.
+pub async fn schedule_loop(
+    s: Schedule,
+    clock: Arc<dyn Clock>,
+    cancel: CancellationToken,
+    mut on_fire: impl FnMut(DateTime<Utc>) -> Fire + Send,
+) -> u64 {
+    let mut fires = 0;
+    let mut after = clock.now();
+    loop {
+        let Some(next) = next_fire(&s, after) else {
+            return fires;
+        };
+        let wait = (next - clock.now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = cancel.cancelled() => return fires,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        fires += 1;
+        if on_fire(next) == Fire::Stopped {
+            return fires;
+        }
+        after = next;
+    }
+}
+
+/// Why a run could not be started.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TriggerError {
+    /// No such pipeline.
+    #[error("no pipeline named {0:?}")]
+    Unknown(String),
+    /// A run of it is in flight.
+    #[error("pipeline {0} is already running")]
+    Running(String),
+    /// The daemon is shutting down.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
+/// API bearer tokens by role.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    /// Admin token: trigger runs, reload.
+    pub admin: Option<String>,
+    /// Analyst token: SQL.
+    pub analyst: Option<String>,
+    /// Viewer token: aggregates.
+    pub viewer: Option<String>,
+}
+
+impl Tokens {
+    /// Tokens from the environment (`IRONLAKE_TOKEN_*`) or the files the config names.
+    pub fn load(project: &Project) -> Tokens {
+        let read = |env: &str, file: &Option<std::path::PathBuf>| -> Option<String> {
+            if let Ok(v) = std::env::var(env)
+                && !v.is_empty()
+            {
+                return Some(v);
+            }
+            file.as_ref()
+                .and_then(|f| std::fs::read_to_string(f).ok())
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        let api = &project.settings.api;
+        Tokens {
+            admin: read("IRONLAKE_TOKEN_ADMIN", &api.admin_token_file),
+            analyst: read("IRONLAKE_TOKEN_ANALYST", &api.analyst_token_file),
+            viewer: read("IRONLAKE_TOKEN_VIEWER", &api.viewer_token_file),
+        }
+    }
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    opts: LoadOptions,
+    project: RwLock<Arc<Project>>,
+    catalog: RwLock<Catalog>,
+    wh: Warehouse,
+    client: reqwest::Client,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    running: Mutex<HashSet<String>>,
+    permits: Arc<tokio::sync::Semaphore>,
+    refresh_lock: tokio::sync::Mutex<()>,
+    ready: AtomicBool,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    clock: Arc<dyn Clock>,
+    tokens: RwLock<Tokens>,
+    schedules: Mutex<CancellationToken>,
+}
+
+fn describe_metrics(m: &Metrics) {
+    m.describe(
+        "ironlake_pipeline_runs_total",
+        "counter",
+        "Pipeline runs by outcome.",
+    );
+    m.describe(
+        "ironlake_pipeline_runs_skipped_total",
+        "counter",
+        "Scheduled runs skipped because the previous run was still in flight.",
+    );
+    m.describe(
+        "ironlake_pipeline_rows_total",
+        "counter",
+        "Records received, valid and rejected, by pipeline.",
+    );
+    m.describe(
+        "ironlake_pipeline_bytes_total",
+        "counter",
+        "Bytes received by pipeline.",
+    );
+    m.describe(
+        "ironlake_pipeline_retries_total",
+        "counter",
+        "HTTP retries by pipeline.",
+    );
+    m.describe(
+        "ironlake_pipeline_run_duration_seconds",
+        "histogram",
+        "Duration of pipeline runs.",
+    );
+    m.describe(
+        "ironlake_pipeline_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful run.",
+    );
+    m.describe(
+        "ironlake_aggregate_refresh_duration_seconds",
+        "gauge",
+        "Duration of the last refresh that recomputed the aggregate.",
+    );
+    m.describe(
+        "ironlake_aggregate_published_version",
+        "gauge",
+        "Version id of the published aggregate.",
+    );
+    m.describe(
+        "ironlake_http_requests_total",
+        "counter",
+        "HTTP requests by route and status.",
+    );
+}
+
+impl Daemon {
+    /// Opens the warehouse (recovering it) and builds the daemon.
+    pub fn new(
+        opts: LoadOptions,
+        project: Project,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Arc<Daemon>> {
+        let wh = Warehouse::open(&project.settings.warehouse_dir)?;
+        let project = Arc::new(project);
+        let catalog = Catalog::new(project.clone(), wh.clone())?;
+        let metrics = Arc::new(Metrics::new());
+        describe_metrics(&metrics);
+        let tokens = Tokens::load(&project);
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            project.settings.ingest.max_concurrent_runs as usize,
+        ));
+        let d = Arc::new(Daemon {
+            opts,
+            project: RwLock::new(project),
+            catalog: RwLock::new(catalog),
+            wh,
+            client: crate::source::client(Duration::from_secs(10)),
+            metrics,
+            running: Mutex::new(HashSet::new()),
+            permits,
+            refresh_lock: tokio::sync::Mutex::new(()),
+            ready: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            clock,
+            tokens: RwLock::new(tokens),
+            schedules: Mutex::new(CancellationToken::new()),
+        });
+        for p in d.project().pipelines.iter() {
+            d.metrics.inc(
+                "ironlake_pipeline_runs_total",
+                &[("pipeline", &p.name), ("outcome", "succeeded")],
+                0.0,
+            );
+            d.metrics.inc(
+                "ironlake_pipeline_runs_total",
+                &[("pipeline", &p.name), ("outcome", "failed")],
+                0.0,
+            );
+        }
+        Ok(d)
+    }
+
+    /// The current project.
+    pub fn project(&self) -> Arc<Project> {
+        self.project.read().expect("project lock").clone()
+    }
+
+    /// The current catalog.
+    pub fn catalog(&self) -> Catalog {
+        self.catalog.read().expect("catalog lock").clone()
+    }
+
+    /// The warehouse.
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.wh
+    }
+
+    /// API tokens.
+    pub fn tokens(&self) -> Tokens {
+        self.tokens.read().expect("tokens lock").clone()
+    }
+
+    /// Whether the warehouse is recovered and schedules are loaded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Pipelines with a run in flight.
+    pub fn running(&self) -> HashSet<String> {
+        self.running.lock().expect("running lock").clone()
+    }
+
+    /// The daemon's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Starts a run of `pipeline` now, unless one is in flight.
+    pub fn trigger(self: &Arc<Self>, pipeline: &str, kind: RunKind) -> Result<(), TriggerError> {
+        if self.shutdown.is_cancelled() {
+            return Err(TriggerError::ShuttingDown);
+        }
+        let project = self.project();
+        if project.pipeline(pipeline).is_none() {
+            return Err(TriggerError::Unknown(pipeline.to_string()));
+        }
+        if !self
+            .running
+            .lock()
+            .expect("running lock")
+            .insert(pipeline.to_string())
+        {
+            return Err(TriggerError::Running(pipeline.to_string()));
+        }
+        let me = self.clone();
+        let name = pipeline.to_string();
+        self.tracker.spawn(async move {
+            let permit = tokio::select! {
+                p = me.permits.clone().acquire_owned() => p.ok(),
+                _ = me.shutdown.cancelled() => None,
+            };
+            if permit.is_some() {
+                me.run_pipeline(&project, &name, kind).await;
+            }
+            me.running.lock().expect("running lock").remove(&name);
+        });
+        Ok(())
+    }
+
+    async fn run_pipeline(self: &Arc<Self>, project: &Arc<Project>, name: &str, kind: RunKind) {
+        let started = std::time::Instant::now();
+        let result = ingest::run(project, &self.wh, name, kind, self.client.clone(), None).await;
+        let secs = started.elapsed().as_secs_f64();
+        let m = &self.metrics;
+        m.observe(
+            "ironlake_pipeline_run_duration_seconds",
+            &[("pipeline", name)],
+            secs,
+        );
+        match result {
+            Ok(r) => {
+                m.inc(
+                    "ironlake_pipeline_runs_total",
+                    &[("pipeline", name), ("outcome", "succeeded")],
+                    1.0,
+                );
+                m.inc(
+                    "ironlake_pipeline_rows_total",
+                    &[("pipeline", name), ("kind", "in")],
+                    r.rows_in as f64,
+                );
+                m.inc(
+                    "ironlake_pipeline_rows_total",
+                    &[("pipeline", name), ("kind", "valid")],
+                    r.rows_valid as f64,
+                );
+                m.inc(
+                    "ironlake_pipeline_rows_total",
+                    &[("pipeline", name), ("kind", "rejected")],
+                    r.rows_rejected as f64,
+                );
+                m.inc(
+                    "ironlake_pipeline_bytes_total",
+                    &[("pipeline", name)],
+                    r.bytes as f64,
+                );
+                m.inc(
+                    "ironlake_pipeline_retries_total",
+                    &[("pipeline", name)],
+                    r.retries as f64,
+                );
+                m.set(
+                    "ironlake_pipeline_last_success_timestamp_seconds",
+                    &[("pipeline", name)],
+                    Utc::now().timestamp() as f64,
+                );
+                if !r.partitions_touched.is_empty() {
+                    self.refresh_for_table(&r.table).await;
+                }
+            }
+            Err(ingest::IngestError::AlreadyRunning(_)) => {
+                m.inc(
+                    "ironlake_pipeline_runs_skipped_total",
+                    &[("pipeline", name)],
+                    1.0,
+                );
+            }
+            Err(e) => {
+                m.inc(
+                    "ironlake_pipeline_runs_total",
+                    &[("pipeline", name), ("outcome", "failed")],
+                    1.0,
+                );
+                tracing::warn!(pipeline = name, error = %e, "Run failed.");
+            }
+        }
+    }
+
+    /// Refreshes the aggregates that read `table`, and those that read them.
+    pub async fn refresh_for_table(&self, table: &str) {
+        let project = self.project();
+        let (aggs, _) = models::load(&project);
+        let refs: Vec<(String, std::collections::BTreeSet<String>)> = aggs
+            .iter()
+            .map(|a| {
+                let r =
+                    models::references(&models::render_sql(&a.file.text, &project.settings.policy))
+                        .unwrap_or_default();
+                (a.name.clone(), r)
+            })
+            .collect();
+        let key = format!("tables/{table}");
+        let mut names: Vec<String> = refs
+            .iter()
+            .filter(|(_, r)| r.contains(&key))
+            .map(|(n, _)| n.clone())
+            .collect();
+        loop {
+            let before = names.len();
+            for (n, r) in &refs {
+                if !names.contains(n) && names.iter().any(|x| r.contains(&format!("published/{x}")))
+                {
+                    names.push(n.clone());
+                }
+            }
+            if names.len() == before {
+                break;
+            }
+        }
+        if !names.is_empty() {
+            self.refresh(&names, false).await;
+        }
+    }
+
+    /// Refreshes aggregates (one refresh at a time), recording metrics.
+    pub async fn refresh(&self, names: &[String], full: bool) -> Option<Vec<models::Refreshed>> {
+        let _one = self.refresh_lock.lock().await;
+        let started = std::time::Instant::now();
+        let catalog = self.catalog();
+        match models::refresh(&catalog, names, full).await {
+            Ok(report) => {
+                let secs = started.elapsed().as_secs_f64();
+                for r in &report {
+                    if r.mode != "unchanged" {
+                        self.metrics.set(
+                            "ironlake_aggregate_refresh_duration_seconds",
+                            &[("aggregate", &r.name)],
+                            secs,
+                        );
+                    }
+                    self.metrics.set(
+                        "ironlake_aggregate_published_version",
+                        &[("aggregate", &r.name)],
+                        r.version as f64,
+                    );
+                }
+                tracing::info!(aggregates = report.len(), secs, "Refreshed aggregates.");
+                Some(report)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Refresh failed; the previous versions stay published.");
+                None
+            }
+        }
+    }
+
+    /// Starts (or restarts) one scheduling task per pipeline, with catch-up.
+    pub fn start_schedules(self: &Arc<Self>) {
+        let cancel = {
+            let mut s = self.schedules.lock().expect("schedules lock");
+            s.cancel();
+            *s = self.shutdown.child_token();
+            s.clone()
+        };
+        let project = self.project();
+        let runs = self.wh.runs().unwrap_or_default();
+        let now = self.clock.now();
+        for p in &project.pipelines {
+            let last = runs
+                .iter()
+                .filter(|r| r.pipeline == p.name && r.outcome != Outcome::Running)
+                .filter_map(|r| DateTime::parse_from_rfc3339(&r.started_at).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .max();
+            let missed = last.is_none_or(|l| next_fire(&p.schedule, l).is_some_and(|n| n <= now));
+            if catch_up_due(&p.schedule, last, now) {
+                tracing::info!(pipeline = %p.name, "Runs were missed while the daemon was down; running once now (catch_up = run_once).");
+                let _ = self.trigger(&p.name, RunKind::Ingest);
+            } else if missed && last.is_some() {
+                tracing::info!(pipeline = %p.name, "Runs were missed while the daemon was down; skipping them (catch_up = skip).");
+            }
+            let me = self.clone();
+            let name = p.name.clone();
+            let schedule = p.schedule.clone();
+            let clock = self.clock.clone();
+            let cancel = cancel.clone();
+            self.tracker.spawn(async move {
+                schedule_loop(schedule, clock, cancel, |at| match me.trigger(&name, RunKind::Ingest) {
+                    Ok(()) => {
+                        tracing::info!(pipeline = %name, due = %at, "Scheduled run started.");
+                        Fire::Started
+                    }
+                    Err(TriggerError::Running(_)) => {
+                        me.metrics.inc("ironlake_pipeline_runs_skipped_total", &[("pipeline", &name)], 1.0);
+                        tracing::warn!(pipeline = %name, due = %at, "Skipped a scheduled run: the previous run is still in flight.");
+                        Fire::SkippedRunning
+                    }
+                    Err(_) => Fire::Stopped,
+                })
+                .await;
+            });
+        }
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Reloads configuration and pipelines; invalid files leave the old ones running.
+    pub fn reload(self: &Arc<Self>) -> Result<usize, String> {
+        let report = config::load(&self.opts);
+        let Some(project) = report.project else {
+            let errors: Vec<String> = report
+                .diagnostics
+                .all()
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.to_string())
+                .collect();
+            tracing::error!(errors = %errors.join("\n"), "Reload refused: the configuration has errors; the previous pipelines keep running.");
+            return Err(errors.join("\n"));
+        };
+        let project = Arc::new(project);
+        let catalog = Catalog::new(project.clone(), self.wh.clone()).map_err(|e| e.to_string())?;
+        let n = project.pipelines.len();
+        *self.tokens.write().expect("tokens lock") = Tokens::load(&project);
+        *self.catalog.write().expect("catalog lock") = catalog;
+        *self.project.write().expect("project lock") = project;
+        self.start_schedules();
+        tracing::info!(pipelines = n, "Reloaded the configuration.");
+        Ok(n)
+    }
+
+    /// Stops scheduling, lets runs finish within `deadline`; returns whether all finished.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let finished = tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_ok();
+        if !finished {
+            tracing::warn!(
+                deadline_secs = deadline.as_secs(),
+                "Runs still in flight at the shutdown deadline were abandoned; nothing of them is committed unless their commit had begun, and the next start recovers."
+            );
+        }
+        finished
+    }
+
+    /// The shutdown token (cancelled when the daemon stops).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn schedule(expr: &str, tz: chrono_tz::Tz, catch_up: CatchUp) -> Schedule {
+        Schedule {
+            expression: expr.into(),
+            cron: cron::Schedule::from_str(expr).unwrap(),
+            time_zone: tz,
+            catch_up,
+        }
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn time_zones_shift_fire_times() {
+        let s = schedule("0 0 2 * * *", chrono_tz::Asia::Shanghai, CatchUp::Skip);
+        // 02:00 in Shanghai is 18:00 UTC the day before.
+        assert_eq!(
+            next_fire(&s, t("2019-10-01T00:00:00Z")),
+            Some(t("2019-10-01T18:00:00Z"))
+        );
+        let u = schedule("0 0 2 * * *", chrono_tz::UTC, CatchUp::Skip);
+        assert_eq!(
+            next_fire(&u, t("2019-10-01T00:00:00Z")),
+            Some(t("2019-10-01T02:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn catch_up_policies() {
+        let once = schedule("0 0 2 * * *", chrono_tz::UTC, CatchUp::RunOnce);
+        let skip = schedule("0 0 2 * * *", chrono_tz::UTC, CatchUp::Skip);
+        let last = Some(t("2019-10-01T02:00:05Z"));
+        // Down over the next 02:00: run_once runs, skip does not.
+        assert!(catch_up_due(&once, last, t("2019-10-02T09:00:00Z")));
+        assert!(!catch_up_due(&skip, last, t("2019-10-02T09:00:00Z")));
+        // Nothing missed yet.
+        assert!(!catch_up_due(&once, last, t("2019-10-01T23:00:00Z")));
+        // Never ran: run_once runs.
+        assert!(catch_up_due(&once, None, t("2019-10-01T23:00:00Z")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_fires_at_each_due_time_and_skips_overlaps() {
+        let s = schedule("0 * * * * *", chrono_tz::UTC, CatchUp::Skip);
+        let clock = Arc::new(TokioClock::new(t("2019-01-01T00:00:30Z")));
+        let cancel = CancellationToken::new();
+        let fired = Arc::new(Mutex::new(Vec::new()));
+        let f2 = fired.clone();
+        let task = tokio::spawn(schedule_loop(s, clock.clone(), cancel.clone(), move |at| {
+            let mut f = f2.lock().unwrap();
+            f.push(at);
+            // Every second fire finds the previous run still in flight.
+            if f.len() % 2 == 0 {
+                Fire::SkippedRunning
+            } else {
+                Fire::Started
+            }
+        }));
+        tokio::time::sleep(Duration::from_secs(5 * 60 + 1)).await;
+        cancel.cancel();
+        let n = task.await.unwrap();
+        let fired = fired.lock().unwrap().clone();
+        assert_eq!(n, 5);
+        assert_eq!(fired[0], t("2019-01-01T00:01:00Z"));
+        assert_eq!(fired[4], t("2019-01-01T00:05:00Z"));
+        assert!(clock.now() >= t("2019-01-01T00:05:31Z"));
+    }
+}

@@ -1,0 +1,779 @@
+//! Models: the published aggregates, one SELECT per `pipelines/aggregates/<name>.sql`.
+//!
+//! A header comment declares how an aggregate is partitioned and which
+//! input quarters each output quarter reads:
+//!
+//! ```sql
+//! -- ironlake: partition_by = quarter
+//! -- ironlake: lags = 0, 4      -- output quarter q reads input quarters q and q-4
+//! ```
+//!
+//! The order between aggregates follows from their table references
+//! (`published.loan_balances` before `loan_growth`). A refresh compares each
+//! input partition with the state the last version was computed from, and
+//! recomputes only the output quarters that read a changed one (q + lag for
+//! every changed q), from just the input quarters those need. An aggregate
+//! without `lags` is recomputed whole when any input changed.
+
+use crate::catalog::{self, Catalog, CatalogError};
+use crate::config::diag::{Diagnostic, SourceFile};
+use crate::config::{Project, settings::Policy};
+use crate::domain::decimal::format_decimal;
+use crate::warehouse::{
+    self, DirState, FileEntry, Manifest, PublishedMeta, PublishedVersion, RunRecord,
+    WarehouseError, merge,
+};
+use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::prelude::{SessionContext, col, lit};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One aggregate definition.
+#[derive(Debug, Clone)]
+pub struct Aggregate {
+    /// Name (the file stem); published as `published.<name>`.
+    pub name: String,
+    /// The file it was loaded from.
+    pub file: SourceFile,
+    /// Whether the output is partitioned by its `quarter` column.
+    pub partition_by_quarter: bool,
+    /// Input quarters each output quarter reads (q − lag), if declared.
+    pub lags: Option<Vec<i32>>,
+}
+
+/// Why a refresh failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The aggregate files have problems.
+    #[error("aggregate definitions have errors:\n{0}")]
+    Definitions(String),
+    /// No such aggregate.
+    #[error("no aggregate named {0:?}; aggregates: {1}")]
+    Unknown(String, String),
+    /// SQL failed.
+    #[error("aggregate {name}: {message}")]
+    Sql {
+        /// Aggregate.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The warehouse failed.
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+}
+
+/// Fills `{{placeholder}}`s from the policy.
+pub fn render_sql(text: &str, policy: &Policy) -> String {
+    let divisions = policy
+        .strategic_divisions
+        .iter()
+        .map(|d| format!("'{d}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    text.replace("{{strategic_divisions}}", &divisions)
+        .replace(
+            "{{interest_subsidy_share_pct}}",
+            &format_decimal(policy.interest_subsidy_share_pct, 2),
+        )
+        .replace(
+            "{{interest_subsidy_cap_yuan}}",
+            &format_decimal(policy.interest_subsidy_cap_yuan, 2),
+        )
+}
+
+/// Loads every `*.sql` file in `<pipelines_dir>/aggregates`, with header diagnostics.
+pub fn load(project: &Project) -> (Vec<Aggregate>, Vec<Diagnostic>) {
+    let dir = project.settings.pipelines_dir.join("aggregates");
+    let mut out = Vec::new();
+    let mut diags = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return (out, diags);
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let shown = path
+            .strip_prefix(
+                project
+                    .settings
+                    .pipelines_dir
+                    .parent()
+                    .unwrap_or(&project.settings.pipelines_dir),
+            )
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                diags.push(SourceFile::new(shown, "").error(None, "", format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        let file = SourceFile::new(shown, text.clone());
+        let mut partition_by_quarter = false;
+        let mut lags = None;
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            let start = offset;
+            offset += line.len();
+            let Some(directive) = line.trim().strip_prefix("-- ironlake:") else {
+                continue;
+            };
+            let Some((k, v)) = directive.split_once('=') else {
+                diags.push(file.error(
+                    Some(start..offset),
+                    "",
+                    "an `-- ironlake:` directive reads `key = value`; keys: partition_by, lags",
+                ));
+                continue;
+            };
+            match k.trim() {
+                "partition_by" if v.trim() == "quarter" => partition_by_quarter = true,
+                "partition_by" => diags.push(file.error(
+                    Some(start..offset),
+                    "partition_by",
+                    format!(
+                        "{:?}: aggregates can only be partitioned by quarter",
+                        v.trim()
+                    ),
+                )),
+                "lags" => {
+                    let parsed: Result<Vec<i32>, _> = v
+                        .split(|c| c == ',' || c == ' ')
+                        .filter(|s| !s.is_empty())
+                        .map(str::parse::<i32>)
+                        .collect();
+                    match parsed {
+                        Ok(l) if !l.is_empty() && l.iter().all(|&x| (0..=40).contains(&x)) => lags = Some(l),
+                        _ => diags.push(file.error(Some(start..offset), "lags", "lags are quarter offsets 0..40 separated by commas, e.g. `lags = 0, 4`")),
+                    }
+                }
+                other => diags.push(file.error(
+                    Some(start..offset),
+                    other,
+                    "unknown directive; valid: partition_by, lags",
+                )),
+            }
+        }
+        if lags.is_some() && !partition_by_quarter {
+            diags.push(file.error(None, "lags", "lags need `partition_by = quarter`"));
+        }
+        if !partition_by_quarter {
+            diags.push(file.error(None, "partition_by", "declare `-- ironlake: partition_by = quarter`: published aggregates are partitioned by their quarter column"));
+        }
+        out.push(Aggregate {
+            name,
+            file,
+            partition_by_quarter,
+            lags,
+        });
+    }
+    (out, diags)
+}
+
+/// The warehouse directories a query reads: `tables/x`, `published/y`, `quarantine/x`, `system`, `ref`.
+pub fn references(sql: &str) -> Result<BTreeSet<String>, String> {
+    let stmts = datafusion::sql::parser::DFParser::parse_sql(sql).map_err(|e| e.to_string())?;
+    let mut out = BTreeSet::new();
+    for s in &stmts {
+        let (tables, _) = datafusion::sql::resolve::resolve_table_references(s, true)
+            .map_err(|e| e.to_string())?;
+        for t in tables {
+            let key = match t.schema() {
+                None | Some("public") if t.table().starts_with("ref_") => "ref".to_string(),
+                None | Some("public") => format!("tables/{}", t.table()),
+                Some("published") => format!("published/{}", t.table()),
+                Some("quarantine") => format!("quarantine/{}", t.table()),
+                Some(other) => other.to_string(),
+            };
+            out.insert(key);
+        }
+    }
+    Ok(out)
+}
+
+/// Aggregates in dependency order; an error names a cycle or a missing aggregate.
+pub fn order(aggs: &[Aggregate], policy: &Policy) -> Result<Vec<usize>, String> {
+    let index: HashMap<&str, usize> = aggs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.name.as_str(), i))
+        .collect();
+    let mut deps: Vec<Vec<usize>> = Vec::new();
+    for a in aggs {
+        let refs = references(&render_sql(&a.file.text, policy))
+            .map_err(|e| format!("{}: {e}", a.file.name))?;
+        let mut d = Vec::new();
+        for r in refs {
+            if let Some(p) = r.strip_prefix("published/") {
+                match index.get(p) {
+                    Some(&i) => d.push(i),
+                    None => {
+                        return Err(format!(
+                            "{}: reads published.{p}, but there is no aggregate {p}",
+                            a.file.name
+                        ));
+                    }
+                }
+            }
+        }
+        deps.push(d);
+    }
+    let mut state = vec![0u8; aggs.len()];
+    let mut out = Vec::new();
+    fn visit(
+        i: usize,
+        deps: &[Vec<usize>],
+        state: &mut [u8],
+        out: &mut Vec<usize>,
+        aggs: &[Aggregate],
+    ) -> Result<(), String> {
+        match state[i] {
+            2 => return Ok(()),
+            1 => {
+                return Err(format!(
+                    "aggregates depend on each other in a cycle through {}",
+                    aggs[i].name
+                ));
+            }
+            _ => {}
+        }
+        state[i] = 1;
+        for &d in &deps[i] {
+            visit(d, deps, state, out, aggs)?;
+        }
+        state[i] = 2;
+        out.push(i);
+        Ok(())
+    }
+    for i in 0..aggs.len() {
+        visit(i, &deps, &mut state, &mut out, aggs)?;
+    }
+    Ok(out)
+}
+
+/// The 1-based (line, column) a planning error points at, if it says.
+fn error_position(message: &str, sql: &str) -> Option<(usize, usize)> {
+    if let Some(i) = message.find("Line: ") {
+        let rest = &message[i + 6..];
+        let line: usize = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?;
+        let col = rest
+            .find("Column: ")
+            .and_then(|j| {
+                rest[j + 8..]
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(1);
+        return Some((line, col));
+    }
+    // Otherwise point at the first quoted identifier the message names.
+    for quote in ['\'', '"', '`'] {
+        let mut parts = message.split(quote);
+        parts.next();
+        while let Some(ident) = parts.next() {
+            let last = ident.rsplit('.').next().unwrap_or(ident);
+            if !last.is_empty()
+                && let Some(pos) = sql.find(last)
+            {
+                let before = &sql[..pos];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+                return Some((line, col));
+            }
+            parts.next();
+        }
+    }
+    None
+}
+
+/// Plans every aggregate against empty tables; returns diagnostics (for `ironlake check`).
+pub async fn check(project: &Project) -> Vec<Diagnostic> {
+    let (aggs, mut diags) = load(project);
+    let order = match order(&aggs, &project.settings.policy) {
+        Ok(o) => o,
+        Err(e) => {
+            diags.push(SourceFile::new("pipelines/aggregates", "").error(None, "", e));
+            return diags;
+        }
+    };
+    let ctx = match catalog::empty_session(project) {
+        Ok(c) => c,
+        Err(e) => {
+            diags.push(SourceFile::new("pipelines/aggregates", "").error(None, "", e.to_string()));
+            return diags;
+        }
+    };
+    for i in order {
+        let a = &aggs[i];
+        let sql = render_sql(&a.file.text, &project.settings.policy);
+        let planned = async {
+            crate::query::check_read_only(&sql).map_err(|e| e.to_string())?;
+            let df = ctx
+                .sql_with_options(&sql, crate::query::read_only_options())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(df)
+        }
+        .await;
+        match planned {
+            Ok(df) => {
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                if a.partition_by_quarter && schema.field_with_name("quarter").is_err() {
+                    diags.push(a.file.error(None, "partition_by", "the aggregate is partitioned by quarter but its SELECT has no `quarter` column"));
+                }
+                if let Ok(t) = datafusion::datasource::MemTable::try_new(schema, vec![vec![]]) {
+                    let _ =
+                        ctx.register_table(format!("published.{}", a.name).as_str(), Arc::new(t));
+                }
+            }
+            Err(message) => {
+                let message = message.replace('\n', " ");
+                let d = match error_position(&message, &sql) {
+                    Some((line, column)) => {
+                        let offset = a
+                            .file
+                            .text
+                            .split_inclusive('\n')
+                            .take(line - 1)
+                            .map(str::len)
+                            .sum::<usize>()
+                            + column
+                            - 1;
+                        a.file
+                            .error(Some(offset..offset + 1), "", format!("SQL: {message}"))
+                    }
+                    None => a.file.error(None, "", format!("SQL: {message}")),
+                };
+                diags.push(d);
+            }
+        }
+    }
+    diags
+}
+
+/// What one refresh did to one aggregate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refreshed {
+    /// Aggregate.
+    pub name: String,
+    /// `full`, `incremental` or `unchanged`.
+    pub mode: String,
+    /// Output quarters recomputed.
+    pub quarters: Vec<String>,
+    /// Rows in the published version.
+    pub rows: u64,
+    /// Version id (manifest version) now published.
+    pub version: u64,
+}
+
+fn tokens(state: Option<&DirState>) -> BTreeMap<String, String> {
+    state
+        .map(|s| {
+            s.partitions
+                .iter()
+                .map(|(q, p)| {
+                    (
+                        q.clone(),
+                        p.files
+                            .iter()
+                            .map(|f| f.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join("+"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn shift(q: &str, n: i32) -> Option<String> {
+    q.parse::<crate::domain::Quarter>()
+        .ok()
+        .map(|q| q.plus(n).to_string())
+}
+
+fn sql_err(name: &str) -> impl Fn(datafusion::error::DataFusionError) -> ModelError + '_ {
+    move |e| ModelError::Sql {
+        name: name.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Splits an aggregate's output by its `quarter` column (dropped from the data).
+fn split_by_quarter(
+    name: &str,
+    batches: &[RecordBatch],
+    schema: &SchemaRef,
+) -> Result<(SchemaRef, BTreeMap<String, RecordBatch>), ModelError> {
+    let qi = schema.index_of("quarter").map_err(|_| ModelError::Sql {
+        name: name.to_string(),
+        message: "the output has no `quarter` column".into(),
+    })?;
+    let data_fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != qi)
+        .map(|(_, f)| f.as_ref().clone())
+        .collect();
+    let data_schema = Arc::new(Schema::new(data_fields));
+    let all = arrow::compute::concat_batches(schema, batches).map_err(|e| ModelError::Sql {
+        name: name.to_string(),
+        message: e.to_string(),
+    })?;
+    let qcol =
+        arrow::compute::cast(all.column(qi), &arrow::datatypes::DataType::Utf8).map_err(|e| {
+            ModelError::Sql {
+                name: name.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+    let qcol = qcol
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("cast to Utf8");
+    let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for i in 0..qcol.len() {
+        if qcol.is_null(i) {
+            return Err(ModelError::Sql {
+                name: name.to_string(),
+                message: "a row has a null quarter".into(),
+            });
+        }
+        groups
+            .entry(qcol.value(i).to_string())
+            .or_default()
+            .push(i as u32);
+    }
+    let mut out = BTreeMap::new();
+    for (q, idx) in groups {
+        let b = arrow::compute::take_record_batch(&all, &UInt32Array::from(idx)).map_err(|e| {
+            ModelError::Sql {
+                name: name.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        let cols = b
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != qi)
+            .map(|(_, c)| c.clone())
+            .collect();
+        out.insert(
+            q,
+            RecordBatch::try_new(data_schema.clone(), cols).map_err(|e| ModelError::Sql {
+                name: name.to_string(),
+                message: e.to_string(),
+            })?,
+        );
+    }
+    Ok((data_schema, out))
+}
+
+/// Refreshes aggregates (all when `names` is empty, plus what they read); `full` forces full rebuilds.
+pub async fn refresh(
+    catalog: &Catalog,
+    names: &[String],
+    full: bool,
+) -> Result<Vec<Refreshed>, ModelError> {
+    let project = catalog.project().clone();
+    let wh = catalog.warehouse().clone();
+    let policy = &project.settings.policy;
+    let (aggs, diags) = load(&project);
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(ModelError::Definitions(
+            diags
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ));
+    }
+    let ordered = order(&aggs, policy).map_err(ModelError::Definitions)?;
+    // The selection and everything it reads.
+    let mut wanted: BTreeSet<String> = BTreeSet::new();
+    if names.is_empty() {
+        wanted.extend(aggs.iter().map(|a| a.name.clone()));
+    } else {
+        for n in names {
+            if !aggs.iter().any(|a| &a.name == n) {
+                return Err(ModelError::Unknown(
+                    n.clone(),
+                    aggs.iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ));
+            }
+            wanted.insert(n.clone());
+        }
+        for &i in ordered.iter().rev() {
+            if wanted.contains(&aggs[i].name) {
+                for r in references(&render_sql(&aggs[i].file.text, policy)).unwrap_or_default() {
+                    if let Some(p) = r.strip_prefix("published/") {
+                        wanted.insert(p.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let guard = wh.lock()?;
+    let base = wh.manifest()?;
+    let snapshot = catalog.snapshot_at(base.clone()).await?;
+    let ctx = &snapshot.ctx;
+    let run_id = warehouse::new_run_id("refresh");
+    let next_version = base.version + 1;
+    let mut changes = Vec::new();
+    let mut metas: BTreeMap<String, PublishedMeta> = BTreeMap::new();
+    let mut pending: BTreeMap<String, DirState> = BTreeMap::new();
+    let mut report = Vec::new();
+    for &i in &ordered {
+        let a = &aggs[i];
+        if !wanted.contains(&a.name) {
+            continue;
+        }
+        let sql = render_sql(&a.file.text, policy);
+        let inputs = references(&sql).map_err(|m| ModelError::Sql {
+            name: a.name.clone(),
+            message: m,
+        })?;
+        let key = format!("published/{}", a.name);
+        let mut current: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut always_full = full || a.lags.is_none();
+        for input in &inputs {
+            if input.starts_with("tables/") {
+                current.insert(input.clone(), tokens(base.dirs.get(input)));
+            } else if let Some(p) = input.strip_prefix("published/") {
+                let state = pending.get(p).or_else(|| base.dirs.get(input));
+                current.insert(input.clone(), tokens(state));
+            } else if input != "ref" {
+                always_full = true; // system and quarantine inputs are not partition-tracked
+            }
+        }
+        let prev = base.published.get(&a.name);
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        for (input, parts) in &current {
+            let before = prev.and_then(|p| p.inputs.get(input));
+            for (q, t) in parts {
+                if before.and_then(|b| b.get(q)) != Some(t) {
+                    changed.insert(q.clone());
+                }
+            }
+            if let Some(b) = before {
+                for q in b.keys() {
+                    if !parts.contains_key(q) {
+                        changed.insert(q.clone());
+                    }
+                }
+            }
+        }
+        let exists = prev.is_some() && base.dirs.contains_key(&key);
+        if exists && changed.is_empty() && !full {
+            let rows = base.dirs.get(&key).map_or(0, DirState::rows);
+            report.push(Refreshed {
+                name: a.name.clone(),
+                mode: "unchanged".into(),
+                quarters: vec![],
+                rows,
+                version: prev
+                    .and_then(|p| p.versions.last())
+                    .map_or(base.version, |v| v.version),
+            });
+            continue;
+        }
+        let incremental = exists && !always_full;
+        let (outputs, needed): (BTreeSet<String>, BTreeSet<String>) = if incremental {
+            let lags = a.lags.clone().unwrap_or_else(|| vec![0]);
+            let outs: BTreeSet<String> = changed
+                .iter()
+                .flat_map(|c| lags.iter().filter_map(move |&l| shift(c, l)))
+                .collect();
+            let ins: BTreeSet<String> = outs
+                .iter()
+                .flat_map(|o| lags.iter().filter_map(move |&l| shift(o, -l)))
+                .collect();
+            (outs, ins)
+        } else {
+            (BTreeSet::new(), BTreeSet::new())
+        };
+        // The session to run in: the snapshot, with inputs narrowed to the quarters needed.
+        let run_ctx: SessionContext = if incremental {
+            let c = catalog.snapshot_at(base.clone()).await?.ctx;
+            for (name, dir) in &pending {
+                let meta = metas.get(name).expect("pending has meta");
+                let _ = c.deregister_table(format!("published.{name}").as_str());
+                catalog::register_published(
+                    &c,
+                    name,
+                    &wh.root().join(&dir.generation),
+                    &meta.columns,
+                )
+                .await?;
+            }
+            let quarters: Vec<_> = needed.iter().map(|q| lit(q.clone())).collect();
+            for input in &inputs {
+                let table = if let Some(t) = input.strip_prefix("tables/") {
+                    t.to_string()
+                } else if let Some(p) = input.strip_prefix("published/") {
+                    format!("published.{p}")
+                } else {
+                    continue;
+                };
+                let df = c.table(table.as_str()).await.map_err(sql_err(&a.name))?;
+                let df = df
+                    .filter(col("quarter").in_list(quarters.clone(), false))
+                    .map_err(sql_err(&a.name))?;
+                c.deregister_table(table.as_str())
+                    .map_err(sql_err(&a.name))?;
+                c.register_table(table.as_str(), df.into_view())
+                    .map_err(sql_err(&a.name))?;
+            }
+            c
+        } else {
+            ctx.clone()
+        };
+        let df = run_ctx
+            .sql_with_options(&sql, crate::query::read_only_options())
+            .await
+            .map_err(sql_err(&a.name))?;
+        let df = if incremental {
+            let outs: Vec<_> = outputs.iter().map(|q| lit(q.clone())).collect();
+            df.filter(col("quarter").in_list(outs, false))
+                .map_err(sql_err(&a.name))?
+        } else {
+            df
+        };
+        let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let columns: Vec<String> = out_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let batches = df.collect().await.map_err(sql_err(&a.name))?;
+        let (data_schema, parts) = split_by_quarter(&a.name, &batches, &out_schema)?;
+        let mut g = if incremental {
+            wh.begin_generation(&guard, &base, &key, &run_id)?
+        } else {
+            wh.begin_generation_from(&guard, &base, &key, &run_id, DirState::default())?
+        };
+        let mut recomputed: Vec<String> = Vec::new();
+        let targets: BTreeSet<String> = if incremental {
+            outputs.clone()
+        } else {
+            parts.keys().cloned().collect()
+        };
+        for q in &targets {
+            match parts.get(q) {
+                Some(b) if b.num_rows() > 0 => {
+                    let path = g.partition_dir(q)?.join(g.file_name(0));
+                    let entry: FileEntry = merge::write_parquet(&path, b)?;
+                    g.set_partition(q, vec![entry]);
+                }
+                _ => g.set_partition(q, Vec::new()),
+            }
+            recomputed.push(q.clone());
+        }
+        let _ = data_schema;
+        let change = wh.finish_generation(g)?;
+        let state = change_state(&change);
+        let rows = state.rows();
+        let mut meta = prev.cloned().unwrap_or_default();
+        meta.columns = columns.clone();
+        meta.inputs = current;
+        meta.versions.push(PublishedVersion {
+            version: next_version,
+            generation: state.generation.clone(),
+            published_at: warehouse::now_rfc3339(),
+            rows,
+            mode: if incremental {
+                "incremental".into()
+            } else {
+                "full".into()
+            },
+            quarters: recomputed.clone(),
+        });
+        let keep = project.settings.publish.retention_versions as usize;
+        if meta.versions.len() > keep {
+            let drop = meta.versions.len() - keep;
+            meta.versions.drain(..drop);
+        }
+        // Later aggregates read the new version.
+        let _ = ctx.deregister_table(format!("published.{}", a.name).as_str());
+        catalog::register_published(ctx, &a.name, &wh.root().join(&state.generation), &columns)
+            .await?;
+        pending.insert(a.name.clone(), state);
+        metas.insert(a.name.clone(), meta);
+        changes.push(change);
+        report.push(Refreshed {
+            name: a.name.clone(),
+            mode: if incremental {
+                "incremental".into()
+            } else {
+                "full".into()
+            },
+            quarters: recomputed,
+            rows,
+            version: next_version,
+        });
+    }
+    if changes.is_empty() {
+        return Ok(report);
+    }
+    let mut run = RunRecord::start(
+        &run_id,
+        "refresh",
+        "refresh",
+        &report
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    run.partitions_touched = report
+        .iter()
+        .flat_map(|r| r.quarters.iter().map(move |q| format!("{}:{q}", r.name)))
+        .collect();
+    run.rows_written = report
+        .iter()
+        .filter(|r| r.mode != "unchanged")
+        .map(|r| r.rows)
+        .sum();
+    let metas2 = metas.clone();
+    wh.commit_with(
+        &guard,
+        &base,
+        changes,
+        BTreeMap::new(),
+        move |m: &mut Manifest| m.published.extend(metas2),
+        run,
+    )?;
+    Ok(report)
+}
+
+fn change_state(c: &warehouse::DirChange) -> DirState {
+    c.state().clone()
+}

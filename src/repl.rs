@@ -1,0 +1,147 @@
+//! The interactive SQL shell of `ironlake sql` (no query given): history,
+//! multi-line input ending at `;`, `\dt` to list tables, `\d NAME` to
+//! describe one, `\format FMT`, `\q` to quit.
+
+use anyhow::Result;
+use ironlake::catalog::Catalog;
+use ironlake::query::{self, OutputFormat};
+use std::process::ExitCode;
+
+const HELP: &str = "\
+Enter SQL ending with ';' (it may span lines). Commands:
+  \\dt            list tables (also .tables)
+  \\d NAME        describe a table (also .describe NAME)
+  \\format FMT    table, csv or json
+  \\q             quit (also .quit, exit, Ctrl-D)
+  \\?             this help";
+
+async fn run_query(catalog: &Catalog, sql: &str, format: OutputFormat) {
+    let snapshot = match catalog.snapshot().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return;
+        }
+    };
+    let started = std::time::Instant::now();
+    match query::sql(&snapshot, sql).await {
+        Ok(df) => match query::write_results(df, format, Box::new(std::io::stdout())).await {
+            Ok(_) => eprintln!("({:.3}s)", started.elapsed().as_secs_f64()),
+            Err(e) => eprintln!("error: {e}"),
+        },
+        Err(e) => eprintln!("error: {e}"),
+    }
+}
+
+async fn list_tables(catalog: &Catalog) {
+    run_query(
+        catalog,
+        "SELECT table_schema, table_name, table_type FROM information_schema.tables \
+         WHERE table_schema <> 'information_schema' AND table_name NOT LIKE '\\_\\_%' ESCAPE '\\' ORDER BY 1, 2",
+        OutputFormat::Table,
+    )
+    .await;
+}
+
+async fn describe(catalog: &Catalog, name: &str) {
+    if let Some(t) = catalog.project().table(name) {
+        println!("{} — {}", t.name, t.description);
+        println!(
+            "key ({}), partitioned by quarter of {}",
+            t.primary_key_names().join(", "),
+            t.period().name
+        );
+        for c in &t.columns {
+            let unit = c
+                .unit
+                .as_deref()
+                .map(|u| format!(" [{u}]"))
+                .unwrap_or_default();
+            let null = if c.nullable { "" } else { " not null" };
+            let allowed = c
+                .allowed
+                .as_ref()
+                .map(|a| format!(" ∈ {{{}}}", a.join(", ")))
+                .unwrap_or_default();
+            println!(
+                "  {:<20} {}{null}{unit}{allowed}  — {}",
+                c.name, c.data_type, c.description
+            );
+        }
+        println!("  {:<20} Utf8 not null  — partition (YYYYQn)", "quarter");
+        return;
+    }
+    run_query(catalog, &format!("DESCRIBE {name}"), OutputFormat::Table).await;
+}
+
+/// Runs the shell until the user quits.
+pub async fn run(catalog: &Catalog, mut format: OutputFormat) -> Result<ExitCode> {
+    let mut rl = rustyline::DefaultEditor::new()?;
+    let history =
+        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".ironlake_history"));
+    if let Some(h) = &history {
+        let _ = rl.load_history(h);
+    }
+    if format == OutputFormat::Parquet {
+        format = OutputFormat::Table;
+    }
+    println!(
+        "ironlake SQL (read-only) on {} — \\? for help",
+        catalog.warehouse().root().display()
+    );
+    let mut buf = String::new();
+    loop {
+        let prompt = if buf.is_empty() {
+            "ironlake> "
+        } else {
+            "     ...> "
+        };
+        let line = match rl.readline(prompt) {
+            Ok(l) => l,
+            Err(rustyline::error::ReadlineError::Interrupted) => {
+                buf.clear();
+                continue;
+            }
+            Err(_) => break,
+        };
+        let trimmed = line.trim();
+        if buf.is_empty()
+            && (trimmed.starts_with('\\')
+                || trimmed.starts_with('.')
+                || trimmed == "exit"
+                || trimmed == "quit")
+        {
+            let _ = rl.add_history_entry(trimmed);
+            let mut parts = trimmed.split_whitespace();
+            match (parts.next().unwrap_or(""), parts.next()) {
+                ("\\q" | ".quit" | "exit" | "quit", _) => break,
+                ("\\dt" | ".tables", _) => list_tables(catalog).await,
+                ("\\d" | ".describe", Some(name)) => describe(catalog, name).await,
+                ("\\d" | ".describe", None) => list_tables(catalog).await,
+                ("\\format", Some(f)) => match f {
+                    "table" => format = OutputFormat::Table,
+                    "csv" => format = OutputFormat::Csv,
+                    "json" => format = OutputFormat::Json,
+                    other => eprintln!("unknown format {other:?}; use table, csv or json"),
+                },
+                _ => println!("{HELP}"),
+            }
+            continue;
+        }
+        if trimmed.is_empty() && buf.is_empty() {
+            continue;
+        }
+        buf.push_str(&line);
+        buf.push('\n');
+        if trimmed.ends_with(';') {
+            let sql = buf.trim().trim_end_matches(';').to_string();
+            let _ = rl.add_history_entry(buf.trim());
+            buf.clear();
+            run_query(catalog, &sql, format).await;
+        }
+    }
+    if let Some(h) = &history {
+        let _ = rl.save_history(h);
+    }
+    Ok(ExitCode::SUCCESS)
+}
