@@ -155,7 +155,7 @@ pub fn load(project: &Project) -> (Vec<Aggregate>, Vec<Diagnostic>) {
                 )),
                 "lags" => {
                     let parsed: Result<Vec<i32>, _> = v
-                        .split(|c| c == ',' || c == ' ')
+                        .split([',', ' '])
                         .filter(|s| !s.is_empty())
                         .map(str::parse::<i32>)
                         .collect();
