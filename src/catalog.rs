@@ -13,7 +13,7 @@
 use crate::config::{Project, TableSchema};
 use crate::domain::reference;
 use crate::partition::quarantine_schema;
-use crate::warehouse::{Manifest, Warehouse, WarehouseError};
+use crate::warehouse::{Manifest, PublishedMeta, Warehouse, WarehouseError};
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::MemorySchemaProvider;
@@ -208,7 +208,7 @@ impl Catalog {
                 continue;
             };
             let path = root.join(&dir.generation);
-            register_published(&ctx, name, &path, &meta.columns).await?;
+            register_published(&ctx, name, &path, meta).await?;
         }
         register(&ctx, "system.runs", runs_table(&self.wh)?)?;
         register(&ctx, "system.partitions", partitions_table(&manifest)?)?;
@@ -239,45 +239,40 @@ fn register_dir(
     register(ctx, name, provider)
 }
 
+/// The stored (file) schema of a published aggregate.
+pub fn published_file_schema(meta: &PublishedMeta) -> Result<SchemaRef, CatalogError> {
+    let mut fields = Vec::new();
+    for (name, ty, nullable) in &meta.schema {
+        let dt: DataType = ty.parse().map_err(|e| {
+            CatalogError::Setup(format!(
+                "published column {name} has an unreadable type {ty:?}: {e}"
+            ))
+        })?;
+        fields.push(Field::new(name, dt, *nullable));
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
 /// Registers `published.<name>` over a generation directory, columns in the SQL's order.
 pub async fn register_published(
     ctx: &SessionContext,
     name: &str,
     dir: &Path,
-    columns: &[String],
+    meta: &PublishedMeta,
 ) -> Result<(), CatalogError> {
     let err = |e| CatalogError::Register {
         table: format!("published.{name}"),
         source: e,
     };
-    let fmt = ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
-    let opts = ListingOptions::new(Arc::new(fmt))
-        .with_file_extension(".parquet")
-        .with_table_partition_cols(vec![("quarter".to_string(), DataType::Utf8)]);
-    let url = ListingTableUrl::parse(format!("{}/", dir.display())).map_err(err)?;
+    let file_schema = published_file_schema(meta)?;
     let has_files = std::fs::read_dir(dir)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     let raw_name = format!("published.\"__{name}_files\"");
     let provider: Arc<dyn datafusion::catalog::TableProvider> = if has_files {
-        let cfg = ListingTableConfig::new(url)
-            .with_listing_options(opts)
-            .infer_schema(&ctx.state())
-            .await
-            .map_err(err)?;
-        Arc::new(ListingTable::try_new(cfg).map_err(err)?)
+        listing_table(ctx, dir, file_schema).map_err(err)?
     } else {
-        Arc::new(
-            MemTable::try_new(
-                Arc::new(Schema::new(vec![Field::new(
-                    "quarter",
-                    DataType::Utf8,
-                    false,
-                )])),
-                vec![vec![]],
-            )
-            .map_err(err)?,
-        )
+        empty_table(&file_schema).map_err(err)?
     };
     register(ctx, &raw_name, provider)?;
     let df = ctx.table(raw_name.as_str()).await.map_err(err)?;
@@ -287,7 +282,8 @@ pub async fn register_published(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let cols: Vec<&str> = columns
+    let cols: Vec<&str> = meta
+        .columns
         .iter()
         .map(String::as_str)
         .filter(|c| available.iter().any(|a| a == c))

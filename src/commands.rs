@@ -235,7 +235,10 @@ pub fn status(project: &Project) -> Result<ExitCode> {
         }
     );
     println!();
-    println!("{:<18} {:>10} {:>9} {:<10} {:<22} age", "table", "rows", "quarters", "latest", "last success");
+    println!(
+        "{:<18} {:>10} {:>9} {:<10} {:<22} age",
+        "table", "rows", "quarters", "latest", "last success"
+    );
     for t in &project.tables {
         let state = manifest.dirs.get(&format!("tables/{}", t.name));
         let rows = state.map_or(0, |s| s.rows());

@@ -626,13 +626,8 @@ pub async fn refresh(
             for (name, dir) in &pending {
                 let meta = metas.get(name).expect("pending has meta");
                 let _ = c.deregister_table(format!("published.{name}").as_str());
-                catalog::register_published(
-                    &c,
-                    name,
-                    &wh.root().join(&dir.generation),
-                    &meta.columns,
-                )
-                .await?;
+                catalog::register_published(&c, name, &wh.root().join(&dir.generation), meta)
+                    .await?;
             }
             let quarters: Vec<_> = needed.iter().map(|q| lit(q.clone())).collect();
             for input in &inputs {
@@ -697,12 +692,16 @@ pub async fn refresh(
             }
             recomputed.push(q.clone());
         }
-        let _ = data_schema;
         let change = wh.finish_generation(g)?;
         let state = change_state(&change);
         let rows = state.rows();
         let mut meta = prev.cloned().unwrap_or_default();
         meta.columns = columns.clone();
+        meta.schema = data_schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().to_string(), f.is_nullable()))
+            .collect();
         meta.inputs = current;
         meta.versions.push(PublishedVersion {
             version: next_version,
@@ -723,7 +722,7 @@ pub async fn refresh(
         }
         // Later aggregates read the new version.
         let _ = ctx.deregister_table(format!("published.{}", a.name).as_str());
-        catalog::register_published(ctx, &a.name, &wh.root().join(&state.generation), &columns)
+        catalog::register_published(ctx, &a.name, &wh.root().join(&state.generation), &meta)
             .await?;
         pending.insert(a.name.clone(), state);
         metas.insert(a.name.clone(), meta);

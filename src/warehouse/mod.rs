@@ -175,6 +175,9 @@ pub struct PublishedVersion {
 pub struct PublishedMeta {
     /// Output columns in the SQL's order (the partition column included).
     pub columns: Vec<String>,
+    /// The stored columns (all but `quarter`): name, Arrow type, nullable.
+    #[serde(default)]
+    pub schema: Vec<(String, String, bool)>,
     /// Versions kept on disk, newest last.
     pub versions: Vec<PublishedVersion>,
     /// For each input (`tables/x`, `published/y`): a token per partition, to find what changed.

@@ -1,0 +1,506 @@
+//! The programme's indicators: hand-worked values on a small fixture, an
+//! independent DuckDB computation on a simulated city, and incremental
+//! refreshes that equal a full rebuild.
+
+mod common;
+
+use common::{ironlake, py_json, repo, run_ok, start_sim};
+use ironlake::feedsim::SimOptions;
+use ironlake::feedsim::rng::Rng;
+use std::path::{Path, PathBuf};
+
+const TOKEN: &str = "aggregates-test-token";
+
+/// A copy of the bundled project whose config is edited by `edit`.
+fn project_dir(edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = std::fs::read_to_string(repo().join("ironlake.toml")).unwrap();
+    std::fs::write(dir.path().join("ironlake.toml"), edit(cfg)).unwrap();
+    for sub in [
+        "schemas",
+        "schemas/reference",
+        "pipelines",
+        "pipelines/aggregates",
+    ] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for e in std::fs::read_dir(repo().join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, dir.path().join(sub).join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+fn cmd(project: &Path, wh: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ironlake"));
+    c.arg("--config")
+        .arg(project.join("ironlake.toml"))
+        .arg("--warehouse")
+        .arg(wh)
+        .env("IRONLAKE_LOG", "warn");
+    c
+}
+
+/// Query results as JSON objects built from CSV text, so decimals stay exact
+/// strings: every value is text but true/false (booleans) and empty cells (null).
+fn query(project: &Path, wh: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let out = run_ok(cmd(project, wh).args(["sql", sql, "--format", "csv"]));
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .map(|l| {
+            let m: serde_json::Map<String, serde_json::Value> = header
+                .iter()
+                .zip(l.split(','))
+                .map(|(h, v)| {
+                    let v = if v.is_empty() {
+                        serde_json::Value::Null
+                    } else if v == "true" || v == "false" {
+                        serde_json::Value::Bool(v == "true")
+                    } else {
+                        serde_json::Value::String(v.to_string())
+                    };
+                    (h.to_string(), v)
+                })
+                .collect();
+            serde_json::Value::Object(m)
+        })
+        .collect()
+}
+
+#[test]
+fn hand_worked_indicators_on_a_small_fixture() {
+    // Policy for this test: subsidise 50% of first-year interest, at most 7,000.00 yuan per enterprise and quarter.
+    let p = project_dir(|c| {
+        c.replace(
+            "interest_subsidy_cap_yuan = \"2000000.00\"",
+            "interest_subsidy_cap_yuan = \"7000.00\"",
+        )
+    });
+    let wh = p.path().join("wh");
+    let fx = repo().join("tests/fixtures/aggregates");
+    for (table, file, format) in [
+        ("enterprises", "enterprises.ndjson", "ndjson"),
+        ("operations", "operations.ndjson", "ndjson"),
+        ("bank_loans", "bank_loans.csv", "csv"),
+        ("financing_demands", "financing_demands.ndjson", "ndjson"),
+        ("direct_financing", "direct_financing.ndjson", "ndjson"),
+    ] {
+        let out = run_ok(
+            cmd(p.path(), &wh)
+                .args(["import", table])
+                .arg(fx.join(file))
+                .args(["--format", format]),
+        );
+        assert!(out.contains(" 0 rejected"), "{out}");
+    }
+    run_ok(cmd(p.path(), &wh).arg("refresh"));
+
+    // loan_growth. Industry = divisions 06–46, manufacturing = 13–43, by the borrower's snapshot of the same quarter.
+    // 2018Q3: L1 E1(36) 1,000,000 + L2 E5(06, mining) 500,000 + L4 E2(39) 200,000; L3 E7(51, wholesale) is not industry.
+    //   industry 1,700,000.00; manufacturing 1,000,000 + 200,000 = 1,200,000.00
+    // 2019Q3: L1 1,100,000 + L2 450,000 + L5 E2 400,000 + L6 E3 0 + L7 E9 250,000 = 2,200,000.00 industry;
+    //   manufacturing 1,100,000 + 400,000 + 0 + 250,000 = 1,750,000.00
+    //   industry yoy = (2,200,000 / 1,700,000 − 1) × 100 = 29.4118 → 29.41
+    //   manufacturing yoy = (1,750,000 / 1,200,000 − 1) × 100 = 45.8333 → 45.83; gap = 45.83 − 29.41 = 16.42
+    let lg = query(
+        p.path(),
+        &wh,
+        "SELECT * FROM published.loan_growth ORDER BY quarter",
+    );
+    assert_eq!(lg.len(), 2);
+    assert_eq!(lg[0]["quarter"], "2018Q3");
+    assert_eq!(lg[0]["industry_balance"], "1700000.00");
+    assert_eq!(lg[0]["manufacturing_balance"], "1200000.00");
+    assert!(
+        lg[0]["industry_yoy_pct"].is_null(),
+        "no prior year: {}",
+        lg[0]
+    );
+    assert_eq!(lg[1]["industry_balance"], "2200000.00");
+    assert_eq!(lg[1]["manufacturing_balance"], "1750000.00");
+    assert_eq!(lg[1]["industry_yoy_pct"], "29.41");
+    assert_eq!(lg[1]["manufacturing_yoy_pct"], "45.83");
+    assert_eq!(lg[1]["gap_pp"], "16.42");
+
+    // financing_cost 2019Q3, industrial enterprises only (E7 wholesale excluded).
+    // ALL: Σ financial_expenses = 50,000 (E1) + 20,000 (E5) − 5,000 (E2) = 65,000; Σ cost = 2,000,000 + 1,000,000 + 500,000 = 3,500,000
+    //   ratio = 65,000 / 3,500,000 × 100 = 1.857 → 1.86
+    // loans with balance > 0: L1 1,100,000 @4.35, L2 450,000 @4.785, L5 400,000 @4.20 (+1.50 fee), L7 250,000 @5.10; L6 has balance 0.
+    //   Σ w = 2,200,000; Σ w·r = 4,785,000 + 2,153,250 + 1,680,000 + 1,275,000 = 9,893,250 → 4.496932 → 4.4969
+    //   comprehensive: 9,893,250 + 400,000 × 1.50 = 10,493,250 → 4.769659 → 4.7697
+    // District 500112 (E1, E2): ratio 45,000 / 2,500,000 × 100 = 1.80; rate (4,785,000 + 1,680,000) / 1,500,000 = 4.3100;
+    //   comprehensive (6,465,000 + 600,000) / 1,500,000 = 4.7100
+    let fc = query(
+        p.path(),
+        &wh,
+        "SELECT * FROM published.financing_cost WHERE quarter = '2019Q3' AND district_code IN ('ALL', '500112') ORDER BY district_code",
+    );
+    assert_eq!(fc.len(), 2, "{fc:?}");
+    assert_eq!(fc[0]["district_code"], "500112");
+    assert_eq!(fc[0]["fin_expense_ratio_pct"], "1.80");
+    assert_eq!(fc[0]["avg_loan_rate_pct"], "4.3100");
+    assert_eq!(fc[0]["avg_comprehensive_cost_pct"], "4.7100");
+    assert_eq!(fc[1]["district_code"], "ALL");
+    assert_eq!(fc[1]["fin_expense_ratio_pct"], "1.86");
+    assert_eq!(fc[1]["avg_loan_rate_pct"], "4.4969");
+    assert_eq!(fc[1]["avg_comprehensive_cost_pct"], "4.7697");
+
+    // interest_subsidy: new loans to strategic divisions (27, 34, 35, 36, 38, 39).
+    // 2018Q3: E2 (39) L4 200,000 @4.35 → interest 8,700.00, subsidy 50% = 4,350.00.
+    // 2019Q3: E2 (39) L5 400,000 @4.20 → interest 16,800.00 → 8,400.00, capped at 7,000.00;
+    //         E9 (34) L7 250,000 @5.10 → interest 12,750.00 → 6,375.00. E1 (36) drew nothing new.
+    let is = query(
+        p.path(),
+        &wh,
+        "SELECT quarter, division, new_loans, first_year_interest, subsidy_share_pct, subsidy, capped FROM published.interest_subsidy ORDER BY quarter, division",
+    );
+    assert_eq!(is.len(), 3, "{is:?}");
+    assert_eq!(
+        (
+            is[0]["quarter"].as_str(),
+            is[0]["first_year_interest"].as_str(),
+            is[0]["subsidy"].as_str()
+        ),
+        (Some("2018Q3"), Some("8700.00"), Some("4350.00"))
+    );
+    assert_eq!(
+        (
+            is[1]["division"].as_str(),
+            is[1]["new_loans"].as_str(),
+            is[1]["first_year_interest"].as_str()
+        ),
+        (Some("34"), Some("250000.00"), Some("12750.00"))
+    );
+    assert_eq!(
+        (is[1]["subsidy"].as_str(), is[1]["capped"].as_bool()),
+        (Some("6375.00"), Some(false))
+    );
+    assert_eq!(
+        (
+            is[2]["division"].as_str(),
+            is[2]["first_year_interest"].as_str()
+        ),
+        (Some("39"), Some("16800.00"))
+    );
+    assert_eq!(
+        (is[2]["subsidy"].as_str(), is[2]["capped"].as_bool()),
+        (Some("7000.00"), Some(true))
+    );
+    assert_eq!(is[2]["subsidy_share_pct"], "50.00");
+
+    // demand_funnel 2019Q3, district 500112, category mic2025: D1 (funded 800,000 after 45 days),
+    // D2 (funded 2,000,000 after 60 days), D4 (rejected): 3 demands, 6,000,000 asked,
+    // match rate 2/3 = 66.67%, funded 2,800,000, median days (45 + 60) / 2 = 52.5.
+    // District 500107, category none: D3 (screened) and D6 (recommended): 1,700,000 open, 0% matched, no median.
+    let f = query(
+        p.path(),
+        &wh,
+        "SELECT * FROM published.demand_funnel ORDER BY district_code, project_category",
+    );
+    let by = |d: &str, c: &str| {
+        f.iter()
+            .find(|r| r["district_code"] == d && r["project_category"] == c)
+            .unwrap()
+            .clone()
+    };
+    let a = by("500112", "mic2025");
+    assert_eq!(
+        (
+            a["demands"].as_str().and_then(|x| x.parse::<i64>().ok()),
+            a["amount"].as_str()
+        ),
+        (Some(3), Some("6000000.00"))
+    );
+    assert_eq!(
+        (
+            a["n_funded"].as_str().and_then(|x| x.parse::<i64>().ok()),
+            a["n_rejected"].as_str().and_then(|x| x.parse::<i64>().ok())
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        (a["funded_amount"].as_str(), a["match_rate_pct"].as_str()),
+        (Some("2800000.00"), Some("66.67"))
+    );
+    assert_eq!(a["median_days_to_funding"], "52.5");
+    let b = by("500107", "none");
+    assert_eq!(
+        (
+            b["demands"].as_str().and_then(|x| x.parse::<i64>().ok()),
+            b["amount_open"].as_str(),
+            b["match_rate_pct"].as_str()
+        ),
+        (Some(2), Some("1700000.00"), Some("0.00"))
+    );
+    assert!(b["median_days_to_funding"].is_null());
+    assert_eq!(by("500154", "transformation")["n_submitted"], "1");
+
+    // matching_list: open demands D3 (E9 growth +2 = 2), D5 (category transformation +2 = 2),
+    // D6 (E4 专精特新 +2, recommended +1 = 3). Rank: D6; then D3 (submitted 08-01) before D5 (09-20).
+    // days_open to the feed's latest status date 2019-09-20: D6 19, D3 50, D5 0.
+    let m = query(
+        p.path(),
+        &wh,
+        "SELECT rank, demand_id, priority, days_open FROM published.matching_list ORDER BY rank",
+    );
+    let got: Vec<(i64, &str, i64, i64)> = m
+        .iter()
+        .map(|r| {
+            (
+                r["rank"].as_str().unwrap().parse::<i64>().unwrap(),
+                r["demand_id"].as_str().unwrap(),
+                r["priority"]
+                    .as_str()
+                    .and_then(|x| x.parse::<i64>().ok())
+                    .unwrap(),
+                r["days_open"]
+                    .as_str()
+                    .and_then(|x| x.parse::<i64>().ok())
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(1, "D6", 3, 19), (2, "D3", 2, 50), (3, "D5", 2, 0)]
+    );
+
+    // direct_financing_growth: 2018Q3 E1 bond 80,000,000; 2019Q3 E1 bond 100,000,000 (+25.00%),
+    // E4 NEEQ equity 20,000,000 (no prior year → null); E7's bond (wholesale) does not count.
+    let d = query(
+        p.path(),
+        &wh,
+        "SELECT * FROM published.direct_financing_growth ORDER BY quarter",
+    );
+    assert_eq!(d.len(), 2);
+    assert_eq!(
+        (d[1]["bond_amount"].as_str(), d[1]["equity_amount"].as_str()),
+        (Some("100000000.00"), Some("20000000.00"))
+    );
+    assert_eq!(d[1]["bond_yoy_pct"], "25.00");
+    assert!(d[1]["equity_yoy_pct"].is_null());
+    assert_eq!(
+        (
+            d[1]["bond_issuers"]
+                .as_str()
+                .and_then(|x| x.parse::<i64>().ok()),
+            d[1]["equity_issuers"]
+                .as_str()
+                .and_then(|x| x.parse::<i64>().ok())
+        ),
+        (Some(1), Some(1))
+    );
+}
+
+fn published_digests(wh: &Path) -> serde_json::Value {
+    py_json("published.py", &[wh.to_str().unwrap()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_computes_the_same_indicators_independently() {
+    let mut o = SimOptions::new(61, 400);
+    o.token = Some(TOKEN.into());
+    let sim = start_sim(o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let (url, w) = (sim.url(), wh.clone());
+    tokio::task::spawn_blocking(move || {
+        run_ok(ironlake(&w, &url, TOKEN).args(["ingest", "--all"]));
+        run_ok(ironlake(&w, &url, TOKEN).arg("refresh"));
+    })
+    .await
+    .unwrap();
+    let policy = ironlake::config::load(&ironlake::config::LoadOptions {
+        config: Some(repo().join("ironlake.toml")),
+        warehouse: None,
+    })
+    .project
+    .unwrap()
+    .settings
+    .policy;
+    let divisions = policy.strategic_divisions.join(",");
+    let share = ironlake::domain::decimal::format_decimal(policy.interest_subsidy_share_pct, 2);
+    let cap = ironlake::domain::decimal::format_decimal(policy.interest_subsidy_cap_yuan, 2);
+    let r = py_json(
+        "crosscheck.py",
+        &[wh.to_str().unwrap(), &divisions, &share, &cap],
+    );
+    for (name, v) in r.as_object().unwrap() {
+        assert!(
+            v["rows"].as_u64().unwrap() > 0,
+            "{name}: no rows to compare"
+        );
+        assert_eq!(v["mismatches"].as_array().unwrap().len(), 0, "{name}: {v}");
+    }
+    assert_eq!(r.as_object().unwrap().len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_refreshes_equal_a_full_rebuild_over_random_ingest_orders() {
+    let mut early = SimOptions::new(71, 300);
+    early.token = Some(TOKEN.into());
+    early.to = "2018Q4".parse().unwrap();
+    let mut late = early.clone();
+    late.to = "2019Q4".parse().unwrap();
+    let (early, late) = (start_sim(early).await, start_sim(late).await);
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let copy = dir.path().join("copy");
+    let (eu, lu) = (early.url(), late.url());
+    let (w, c) = (wh.clone(), copy.clone());
+    let (incremental_runs, steps) = tokio::task::spawn_blocking(move || {
+        let mut rng = Rng::new(7, "refresh-order", &[]);
+        let pipelines = [
+            "enterprises",
+            "operations",
+            "bank_loans",
+            "financing_demands",
+            "direct_financing",
+        ];
+        let mut incremental = 0;
+        let mut steps = Vec::new();
+        // Random backfills, first of the early city then of the later one (restating demands and adding quarters).
+        for (url, n) in [(&eu, 6), (&lu, 8)] {
+            for _ in 0..n {
+                let p = pipelines[rng.range(0, 4) as usize];
+                let from = rng.range(0, 11) as i32;
+                let to = (from + rng.range(0, 4) as i32).min(11);
+                let q = |i: i32| {
+                    "2017Q1"
+                        .parse::<ironlake::domain::Quarter>()
+                        .unwrap()
+                        .plus(i)
+                        .to_string()
+                };
+                run_ok(ironlake(&w, url, TOKEN).args([
+                    "backfill",
+                    p,
+                    "--from",
+                    &q(from),
+                    "--to",
+                    &q(to),
+                ]));
+                let out = run_ok(ironlake(&w, url, TOKEN).arg("refresh"));
+                incremental += out.matches(": incremental").count();
+                steps.push(format!("{p} {}..{}", q(from), q(to)));
+            }
+        }
+        // Finish with everything from the later city.
+        run_ok(ironlake(&w, &lu, TOKEN).args(["ingest", "--all"]));
+        let out = run_ok(ironlake(&w, &lu, TOKEN).arg("refresh"));
+        incremental += out.matches(": incremental").count();
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&w)
+            .arg(&c)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        run_ok(ironlake(&c, &lu, TOKEN).args(["refresh", "--full"]));
+        (incremental, steps)
+    })
+    .await
+    .unwrap();
+    assert!(
+        incremental_runs >= 10,
+        "only {incremental_runs} incremental refreshes in {steps:?}"
+    );
+    let inc = published_digests(&wh);
+    let full = published_digests(&copy);
+    assert_eq!(inc.as_object().unwrap().len(), 8);
+    for (name, v) in full.as_object().unwrap() {
+        assert!(v["rows"].as_u64().unwrap() > 0, "{name} is empty");
+        assert_eq!(
+            &inc[name], v,
+            "{name}: incremental differs from a full rebuild after {steps:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_kept_readable_then_pruned_by_retention() {
+    let p = project_dir(|c| c.replace("retention_versions = 3", "retention_versions = 2"));
+    let mut o = SimOptions::new(81, 120);
+    o.token = Some(TOKEN.into());
+    o.to = "2018Q2".parse().unwrap();
+    let early = start_sim(o.clone()).await;
+    o.to = "2019Q4".parse().unwrap();
+    let late = start_sim(o).await;
+    let wh = p.path().join("wh");
+    let pdir: PathBuf = p.path().to_path_buf();
+    let (eu, lu) = (early.url(), late.url());
+    let generations = tokio::task::spawn_blocking(move || {
+        let run = |url: &str, args: &[&str]| {
+            run_ok(
+                cmd(&pdir, &wh)
+                    .env("IRONLAKE_FEED_URL", url)
+                    .env("IRONLAKE_FEED_TOKEN", TOKEN)
+                    .args(args),
+            )
+        };
+        let mut gens = Vec::new();
+        for (url, to) in [(&eu, "2018Q2"), (&lu, "2018Q4"), (&lu, "2019Q4")] {
+            run(
+                url,
+                &["backfill", "bank_loans", "--from", "2017Q1", "--to", to],
+            );
+            run(
+                url,
+                &["backfill", "enterprises", "--from", "2017Q1", "--to", to],
+            );
+            run(url, &["refresh", "loan_growth"]);
+            let m = latest_manifest(&wh);
+            let v = m["published"]["loan_growth"]["versions"]
+                .as_array()
+                .unwrap()
+                .clone();
+            gens.push(v);
+        }
+        (gens, wh)
+    })
+    .await
+    .unwrap();
+    let (gens, wh) = generations;
+    assert_eq!(gens[0].len(), 1);
+    assert_eq!(gens[1].len(), 2, "the previous version is kept");
+    assert_eq!(gens[2].len(), 2, "pruned to retention_versions = 2");
+    let oldest = gens[1][0]["generation"].as_str().unwrap().to_string();
+    assert!(
+        gens[2].iter().all(|v| v["generation"] != oldest.as_str()),
+        "the oldest version was pruned"
+    );
+    for v in &gens[2] {
+        assert!(
+            wh.join(v["generation"].as_str().unwrap()).exists(),
+            "a retained version is readable"
+        );
+        assert!(v["rows"].as_u64().unwrap() > 0);
+    }
+    assert!(gens[2][1]["version"].as_u64() > gens[2][0]["version"].as_u64());
+    // Once no retained manifest names it any more, its files are collected.
+    let p2: PathBuf = p.path().to_path_buf();
+    let w2 = wh.clone();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..3 {
+            run_ok(cmd(&p2, &w2).args(["refresh", "--full", "loan_growth"]));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        !wh.join(&oldest).exists(),
+        "the pruned version's files are still on disk"
+    );
+}
+
+fn latest_manifest(wh: &Path) -> serde_json::Value {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(wh.join("_ironlake/manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    serde_json::from_slice(&std::fs::read(names.last().unwrap()).unwrap()).unwrap()
+}
