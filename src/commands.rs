@@ -18,6 +18,7 @@ const DRAIN: Duration = Duration::from_secs(30);
 async fn serve_until_signal(
     daemon: Arc<Daemon>,
     listener: tokio::net::TcpListener,
+    drain: Duration,
 ) -> Result<ExitCode> {
     let token = daemon.shutdown_token();
     let app = ironlake::serve::router(daemon.clone());
@@ -43,17 +44,22 @@ async fn serve_until_signal(
     }
     crate::shutdown_signal().await;
     tracing::info!(
-        drain_secs = DRAIN.as_secs(),
+        drain_secs = drain.as_secs(),
         "Shutting down: no new runs; waiting for runs in flight."
     );
-    daemon.shutdown(DRAIN).await;
+    daemon.shutdown(drain).await;
     server.await.context("server task")?.context("server")?;
     tracing::info!("Stopped.");
     Ok(ExitCode::SUCCESS)
 }
 
 /// `ironlake run`.
-pub async fn run(opts: LoadOptions, project: Project, listen: Option<String>) -> Result<ExitCode> {
+pub async fn run(
+    opts: LoadOptions,
+    project: Project,
+    listen: Option<String>,
+    drain_secs: u64,
+) -> Result<ExitCode> {
     let addr = listen.unwrap_or_else(|| project.settings.api.listen.to_string());
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -64,7 +70,7 @@ pub async fn run(opts: LoadOptions, project: Project, listen: Option<String>) ->
         tokio::task::spawn_blocking(move || Daemon::new(opts, project, Arc::new(SystemClock)))
             .await??;
     daemon.start_schedules();
-    serve_until_signal(daemon, listener).await
+    serve_until_signal(daemon, listener, Duration::from_secs(drain_secs)).await
 }
 
 fn random_hex(n: usize) -> String {
@@ -211,7 +217,7 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
         println!("  cargo run --release -- status");
         std::io::stdout().flush()?;
         daemon.start_schedules();
-        let code = serve_until_signal(daemon, listener).await;
+        let code = serve_until_signal(daemon, listener, DRAIN).await;
         sim_stop.cancel();
         code
     })

@@ -66,8 +66,9 @@ pub fn next_fire(s: &Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Whether a run falls due at startup: a fire time was missed since the last
-/// run and the policy is `run_once` (never-run pipelines count as missed).
+/// Whether a run falls due at startup: a fire time passed since the last
+/// successful run and the policy is `run_once` (a pipeline that never
+/// succeeded counts as missed).
 pub fn catch_up_due(s: &Schedule, last_run: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
     if s.catch_up == CatchUp::Skip {
         return false;
@@ -502,7 +503,7 @@ impl Daemon {
         for p in &project.pipelines {
             let last = runs
                 .iter()
-                .filter(|r| r.pipeline == p.name && r.outcome != Outcome::Running)
+                .filter(|r| r.pipeline == p.name && r.outcome == Outcome::Succeeded)
                 .filter_map(|r| DateTime::parse_from_rfc3339(&r.started_at).ok())
                 .map(|t| t.with_timezone(&Utc))
                 .max();

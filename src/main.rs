@@ -105,6 +105,9 @@ enum Command {
         /// Address of the HTTP API [default: the config's api.listen]; port 0 picks a free one.
         #[arg(long)]
         listen: Option<String>,
+        /// Seconds runs in flight get to finish after SIGTERM/SIGINT before they are abandoned.
+        #[arg(long, default_value_t = 30)]
+        drain_secs: u64,
     },
     /// Simulator + daemon on the embedded default, one command.
     Demo {
@@ -422,9 +425,9 @@ fn main() -> Result<ExitCode> {
             let project = load_project(&opts)?;
             import(&project, &table, &file, format)
         }
-        Command::Run { listen } => {
+        Command::Run { listen, drain_secs } => {
             let project = load_project(&opts)?;
-            runtime()?.block_on(commands::run(opts, project, listen))
+            runtime()?.block_on(commands::run(opts, project, listen, drain_secs))
         }
         Command::Demo {
             listen,
