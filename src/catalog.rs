@@ -297,6 +297,15 @@ pub async fn register_published(
     register(ctx, &format!("published.{name}"), df.into_view())
 }
 
+/// A one-batch in-memory table.
+fn mem_table(schema: SchemaRef, cols: Vec<ArrayRef>) -> Result<Arc<MemTable>, CatalogError> {
+    let batch = RecordBatch::try_new(schema.clone(), cols)
+        .map_err(|e| CatalogError::Setup(e.to_string()))?;
+    MemTable::try_new(schema, vec![vec![batch]])
+        .map(Arc::new)
+        .map_err(|e| CatalogError::Setup(e.to_string()))
+}
+
 fn runs_table(wh: &Warehouse) -> Result<Arc<MemTable>, CatalogError> {
     let runs = wh.runs()?;
     let s = |f: &dyn Fn(&crate::warehouse::RunRecord) -> Option<String>| -> ArrayRef {
@@ -353,11 +362,7 @@ fn runs_table(wh: &Warehouse) -> Result<Arc<MemTable>, CatalogError> {
             runs.iter().map(|r| r.manifest_version).collect::<Vec<_>>(),
         )),
     ];
-    let batch = RecordBatch::try_new(schema.clone(), cols)
-        .map_err(|e| CatalogError::Setup(e.to_string()))?;
-    MemTable::try_new(schema, vec![vec![batch]])
-        .map(Arc::new)
-        .map_err(|e| CatalogError::Setup(e.to_string()))
+    mem_table(schema, cols)
 }
 
 fn partitions_table(m: &Manifest) -> Result<Arc<MemTable>, CatalogError> {
@@ -381,8 +386,8 @@ fn partitions_table(m: &Manifest) -> Result<Arc<MemTable>, CatalogError> {
         Field::new("bytes", DataType::UInt64, false),
         Field::new("written_by", DataType::Utf8, false),
     ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
+    mem_table(
+        schema,
         vec![
             Arc::new(StringArray::from(dir)),
             Arc::new(StringArray::from(part)),
@@ -392,10 +397,6 @@ fn partitions_table(m: &Manifest) -> Result<Arc<MemTable>, CatalogError> {
             Arc::new(StringArray::from(by)),
         ],
     )
-    .map_err(|e| CatalogError::Setup(e.to_string()))?;
-    MemTable::try_new(schema, vec![vec![batch]])
-        .map(Arc::new)
-        .map_err(|e| CatalogError::Setup(e.to_string()))
 }
 
 fn districts_table() -> Result<Arc<MemTable>, CatalogError> {
@@ -405,8 +406,8 @@ fn districts_table() -> Result<Arc<MemTable>, CatalogError> {
         Field::new("name", DataType::Utf8, false),
         Field::new("kind", DataType::Utf8, false),
     ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
+    mem_table(
+        schema,
         vec![
             Arc::new(StringArray::from(
                 d.iter().map(|x| x.code.clone()).collect::<Vec<_>>(),
@@ -419,10 +420,6 @@ fn districts_table() -> Result<Arc<MemTable>, CatalogError> {
             )),
         ],
     )
-    .map_err(|e| CatalogError::Setup(e.to_string()))?;
-    MemTable::try_new(schema, vec![vec![batch]])
-        .map(Arc::new)
-        .map_err(|e| CatalogError::Setup(e.to_string()))
 }
 
 fn industries_table() -> Result<Arc<MemTable>, CatalogError> {
@@ -433,8 +430,8 @@ fn industries_table() -> Result<Arc<MemTable>, CatalogError> {
         Field::new("name", DataType::Utf8, false),
         Field::new("manufacturing", DataType::Boolean, false),
     ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
+    mem_table(
+        schema,
         vec![
             Arc::new(StringArray::from(
                 d.iter().map(|x| x.code.clone()).collect::<Vec<_>>(),
@@ -450,10 +447,6 @@ fn industries_table() -> Result<Arc<MemTable>, CatalogError> {
             )),
         ],
     )
-    .map_err(|e| CatalogError::Setup(e.to_string()))?;
-    MemTable::try_new(schema, vec![vec![batch]])
-        .map(Arc::new)
-        .map_err(|e| CatalogError::Setup(e.to_string()))
 }
 
 /// The table schema's columns (for `\d` in the REPL).

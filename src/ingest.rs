@@ -333,6 +333,61 @@ struct Counters {
     unknown: BTreeMap<String, u64>,
 }
 
+/// Validates a decoded page into the partitioner: valid rows by quarter,
+/// everything else to the quarantine with its field and reason. Tracks the
+/// largest value of the cursor column. Returns (valid, rejected).
+fn absorb(
+    page: &decode::DecodedPage,
+    validator: &Validator,
+    part: &mut Partitioner,
+    source: &str,
+    cursor_col: Option<usize>,
+    max_cursor: &mut Option<String>,
+) -> Result<(u64, u64), PartitionError> {
+    let (mut valid, mut rejected) = (0, 0);
+    for bad in &page.bad {
+        rejected += 1;
+        part.reject(
+            None,
+            QuarantineRow {
+                source: source.to_string(),
+                record_no: bad.no,
+                field: None,
+                reason: bad.reason.clone(),
+                raw: bad.raw.clone(),
+            },
+        );
+    }
+    for rec in &page.records {
+        match validator.validate(rec) {
+            Ok(row) => {
+                valid += 1;
+                if let Some(ci) = cursor_col
+                    && let Some(v) = cursor_value(&row.values[ci])
+                    && max_cursor.as_ref().is_none_or(|m| &v > m)
+                {
+                    *max_cursor = Some(v);
+                }
+                part.push(row.quarter, &row.values)?;
+            }
+            Err(rej) => {
+                rejected += 1;
+                part.reject(
+                    validator.quarter_of(rec),
+                    QuarantineRow {
+                        source: source.to_string(),
+                        record_no: rec.no,
+                        field: rej.field,
+                        reason: rej.reason,
+                        raw: rec.raw.to_string(),
+                    },
+                );
+            }
+        }
+    }
+    Ok((valid, rejected))
+}
+
 /// Runs one pipeline once. The run is recorded whatever its outcome.
 pub async fn run(
     project: &Project,
@@ -513,46 +568,16 @@ async fn execute(
                 for (k, n) in &page.unknown_fields {
                     *c.unknown.entry(k.clone()).or_default() += n;
                 }
-                for bad in &page.bad {
-                    c.rejected += 1;
-                    part.reject(
-                        None,
-                        QuarantineRow {
-                            source: shown.clone(),
-                            record_no: bad.no,
-                            field: None,
-                            reason: bad.reason.clone(),
-                            raw: bad.raw.clone(),
-                        },
-                    );
-                }
-                for rec in &page.records {
-                    match validator.validate(rec) {
-                        Ok(row) => {
-                            c.rows_valid += 1;
-                            if let Some(ci) = cursor_col
-                                && let Some(v) = cursor_value(&row.values[ci])
-                                && max_cursor.as_ref().is_none_or(|m| &v > m)
-                            {
-                                max_cursor = Some(v);
-                            }
-                            part.push(row.quarter, &row.values)?;
-                        }
-                        Err(rej) => {
-                            c.rejected += 1;
-                            part.reject(
-                                validator.quarter_of(rec),
-                                QuarantineRow {
-                                    source: shown.clone(),
-                                    record_no: rec.no,
-                                    field: rej.field,
-                                    reason: rej.reason,
-                                    raw: rec.raw.to_string(),
-                                },
-                            );
-                        }
-                    }
-                }
+                let (valid, rejected) = absorb(
+                    &page,
+                    &validator,
+                    &mut part,
+                    &shown,
+                    cursor_col,
+                    &mut max_cursor,
+                )?;
+                c.rows_valid += valid;
+                c.rejected += rejected;
                 let items = page.items;
                 let next_cursor = page.next_cursor.clone();
                 drop(page);
@@ -846,40 +871,9 @@ pub fn import(
         record.bytes = body.len() as u64;
         record.rows_in = page.items;
         record.unknown_fields = page.unknown_fields.clone();
-        for bad in &page.bad {
-            record.rows_rejected += 1;
-            part.reject(
-                None,
-                QuarantineRow {
-                    source: source_name.to_string(),
-                    record_no: bad.no,
-                    field: None,
-                    reason: bad.reason.clone(),
-                    raw: bad.raw.clone(),
-                },
-            );
-        }
-        for rec in &page.records {
-            match validator.validate(rec) {
-                Ok(row) => {
-                    record.rows_valid += 1;
-                    part.push(row.quarter, &row.values)?;
-                }
-                Err(rej) => {
-                    record.rows_rejected += 1;
-                    part.reject(
-                        validator.quarter_of(rec),
-                        QuarantineRow {
-                            source: source_name.to_string(),
-                            record_no: rec.no,
-                            field: rej.field,
-                            reason: rej.reason,
-                            raw: rec.raw.to_string(),
-                        },
-                    );
-                }
-            }
-        }
+        let (valid, rejected) = absorb(&page, &validator, &mut part, source_name, None, &mut None)?;
+        record.rows_valid = valid;
+        record.rows_rejected = rejected;
         let spilled = part.finish()?;
         let done = commit_run(wh, t, &name, spilled, None, record.clone())?;
         let _ = std::fs::remove_dir_all(&staging);

@@ -81,6 +81,9 @@ enum Command {
         /// Write results to this file instead of stdout.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Print the time taken (planning and execution) to stderr.
+        #[arg(long)]
+        timing: bool,
     },
     /// Recompute published aggregates (incrementally unless --full).
     Refresh {
@@ -191,8 +194,10 @@ async fn sql(
     query: Option<String>,
     format: ironlake::query::OutputFormat,
     output: Option<PathBuf>,
+    timing: bool,
 ) -> Result<ExitCode> {
     let catalog = catalog(project)?;
+    let started = std::time::Instant::now();
     let Some(query) = query else {
         return repl::run(&catalog, format).await;
     };
@@ -217,6 +222,9 @@ async fn sql(
         Ok(rows) => {
             if let Some(p) = output {
                 eprintln!("{rows} rows written to {}", p.display());
+            }
+            if timing {
+                eprintln!("Time: {:.3} s", started.elapsed().as_secs_f64());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -409,9 +417,10 @@ fn main() -> Result<ExitCode> {
             query,
             format,
             output,
+            timing,
         } => {
             let project = load_project(&opts)?;
-            runtime()?.block_on(sql(project, query, format, output))
+            runtime()?.block_on(sql(project, query, format, output, timing))
         }
         Command::Refresh { aggregates, full } => {
             let project = load_project(&opts)?;

@@ -289,6 +289,30 @@ fn error_position(message: &str, sql: &str) -> Option<(usize, usize)> {
             .unwrap_or(1);
         return Some((line, col));
     }
+    // "No field named x" / "table 'y' not found": point at the name.
+    for marker in ["No field named ", "field named ", "column "] {
+        if let Some(i) = message.find(marker) {
+            let rest = message[i + marker.len()..].trim_start_matches(['"', '\'', '`']);
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+                .collect();
+            let name = name
+                .trim_end_matches('.')
+                .rsplit('.')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            if !name.is_empty()
+                && let Some(pos) = sql.find(&name)
+            {
+                let before = &sql[..pos];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+                return Some((line, col));
+            }
+        }
+    }
     // Otherwise point at the first quoted identifier the message names.
     for quote in ['\'', '"', '`'] {
         let mut parts = message.split(quote);

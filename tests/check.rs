@@ -8,7 +8,7 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A copy of the bundled config, schemas and pipelines in a temp dir.
+/// A copy of the bundled config, schemas, pipelines and aggregates in a temp dir.
 fn project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
@@ -16,11 +16,11 @@ fn project() -> tempfile::TempDir {
         dir.path().join("ironlake.toml"),
     )
     .unwrap();
-    for sub in ["schemas", "pipelines"] {
+    for sub in ["schemas", "pipelines", "pipelines/aggregates"] {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         for entry in std::fs::read_dir(repo().join(sub)).unwrap() {
             let p = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "toml") {
+            if p.extension().is_some_and(|e| e == "toml" || e == "sql") {
                 std::fs::copy(&p, dir.path().join(sub).join(p.file_name().unwrap())).unwrap();
             }
         }
@@ -81,8 +81,9 @@ fn bundled_project_passes_with_one_line_per_file() {
     let out = check(dir.path());
     assert_eq!(out.code, 0, "{}", out.stderr);
     let ok_lines = out.stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    // ironlake.toml + 5 schemas + 5 pipelines.
-    assert_eq!(ok_lines, 11, "{}", out.stdout);
+    // ironlake.toml + 5 schemas + 5 pipelines + 8 aggregates.+ 8 aggregates.
+    assert_eq!(ok_lines, 19, "{}", out.stdout);
+    assert!(out.stdout.contains("ok pipelines/aggregates/loan_growth.sql: published.loan_growth, partitioned by quarter, lags 0,4"), "{}", out.stdout);
     assert!(out.stdout.contains("ok schemas/bank_loans.toml: table bank_loans, 11 columns, key (bank_code, loan_id, period_end)"));
     assert!(
         out.stdout.contains(
@@ -90,7 +91,7 @@ fn bundled_project_passes_with_one_line_per_file() {
         )
     );
     assert!(
-        out.stdout.contains("check passed: 11 files, 0 warnings"),
+        out.stdout.contains("check passed: 19 files, 0 warnings"),
         "{}",
         out.stdout
     );
@@ -197,7 +198,7 @@ fn unset_env_var_is_a_warning_not_an_error() {
     assert!(out.stderr.contains("pipelines/unset_env.toml:9:7: warning: `source.url`: environment variable IRONLAKE_TEST_UNSET_URL is not set"), "{}", out.stderr);
     assert!(out.stderr.contains("pipelines/unset_env.toml:14:13: warning: `source.auth.token_env`: environment variable IRONLAKE_TEST_UNSET_TOKEN is not set"), "{}", out.stderr);
     assert!(
-        out.stdout.contains("check passed: 12 files, 2 warnings"),
+        out.stdout.contains("check passed: 20 files, 2 warnings"),
         "{}",
         out.stdout
     );
@@ -330,5 +331,17 @@ fn errors_in_many_files_are_all_reported() {
         out.stdout.contains("ok pipelines/bank_loans.toml"),
         "{}",
         out.stdout
+    );
+}
+
+#[test]
+fn aggregate_sql_errors_point_at_the_file_and_position() {
+    assert_broken(
+        "bad_aggregate.sql",
+        "pipelines/aggregates",
+        &[
+            "pipelines/aggregates/bad_aggregate.sql:4:21: error: SQL: ",
+            "balanse",
+        ],
     );
 }

@@ -62,6 +62,19 @@ async fn a_clean_crawl_matches_truth_and_files_are_right_for_duckdb() {
     assert_eq!(out.matches("committed run").count(), 5, "{out}");
     let summary = py_json("summarize.py", &[wh.to_str().unwrap()]);
     assert_matches_truth(&summary, &truth(&sim.url()).await);
+    // `ironlake status` reports each table's freshness and the runs.
+    let status = run_ok(ironlake(&wh, &sim.url(), TOKEN).arg("status"));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("bank_loans") && l.contains("2019Q4")),
+        "{status}"
+    );
+    assert_eq!(
+        status.matches(" ingest    succeeded").count(),
+        5,
+        "{status}"
+    );
     // Types as declared: exact decimals, dates, plain strings.
     let types = &summary["tables"]["bank_loans"]["types"];
     assert_eq!(types["balance"], "DECIMAL(18,2)");

@@ -386,3 +386,48 @@ async fn a_query_past_the_memory_limit_spills_or_fails_cleanly_and_the_engine_su
         .unwrap();
     assert_eq!(b[0].num_rows(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_lists_describes_and_runs_multi_line_queries() {
+    use std::io::Write as _;
+    let (dir, _sim) = warehouse(56, 60).await;
+    let wh = dir.path().join("wh");
+    let mut child = ironlake(&wh, "http://127.0.0.1:9", TOKEN)
+        .arg("sql")
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"\\dt\n\\d bank_loans\nSELECT count(*) AS loans\n  FROM bank_loans\n WHERE quarter = '2019Q4';\nDROP TABLE bank_loans;\n\\q\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("| public       | bank_loans"),
+        "\\dt lists tables: {stdout}"
+    );
+    assert!(
+        stdout.contains("published") || stdout.contains("system"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("balance") && stdout.contains("余额"),
+        "\\d describes with the Chinese term: {stdout}"
+    );
+    assert!(
+        stdout.contains("| loans |"),
+        "the multi-line query ran: {stdout}"
+    );
+    assert!(
+        stderr.contains("read-only: DROP is not allowed"),
+        "{stderr}"
+    );
+}

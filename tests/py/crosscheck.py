@@ -7,19 +7,27 @@ import sys
 
 import duckdb
 
-root, divisions, share, cap = sys.argv[1], sys.argv[2].split(","), sys.argv[3], sys.argv[4]
-con = duckdb.connect()
-for t in ["enterprises", "operations", "bank_loans", "financing_demands", "direct_financing"]:
-    con.sql(f"create view {t} as select * from read_parquet('{root}/tables/{t}/*/*.parquet', hive_partitioning=true)")
-# Industry by the registry snapshot at the quarter's last day (joined on dates, not on the quarter label).
-con.sql("create view ind as select uscc, as_of, district_code, industry_code, name, cast(industry_code[1:2] as integer) as division from enterprises")
+
+def connect(root):
+    """A DuckDB connection with views over the warehouse's table files."""
+    con = duckdb.connect()
+    for t in ["enterprises", "operations", "bank_loans", "financing_demands", "direct_financing"]:
+        con.sql(f"create view {t} as select * from read_parquet('{root}/tables/{t}/*/*.parquet', hive_partitioning=true)")
+    # Industry by the registry snapshot at the quarter's last day (joined on dates, not on the quarter label).
+    con.sql("create view ind as select uscc, as_of, district_code, industry_code, name, cast(industry_code[1:2] as integer) as division from enterprises")
+    return con
+
+
 qend = "(date_trunc('quarter', {d}) + interval 3 month - interval 1 day)::date"
 prev_q = "(cast(substr({q}, 1, 4) as integer) - 1)::varchar || substr({q}, 5)"
 bonds = "('enterprise_bond','corporate_bond','mtn','cp','abs')"
 equity = "('ipo','follow_on','neeq','regional_equity')"
-div_list = ",".join(f"'{d}'" for d in divisions)
 
-EXPECTED = {
+
+def expected_sql(divisions, share, cap):
+  """The six indicators as independently written DuckDB SQL: name -> (key columns, SQL)."""
+  div_list = ",".join(f"'{d}'" for d in divisions)
+  return {
     "loan_growth": (["quarter"], f"""
         with b as (
           select l.period_end, strftime(l.period_end, '%Y') || 'Q' || quarter(l.period_end) as quarter,
@@ -122,7 +130,7 @@ EXPECTED = {
                (first_year_interest * {share} * 0.01)::decimal(18,2) > {cap}::decimal(18,2) as capped
         from b
     """),
-}
+  }
 
 
 def norm(v):
@@ -133,28 +141,34 @@ def norm(v):
     return str(v)
 
 
-out = {}
-for name, (key, sql) in EXPECTED.items():
-    expected = con.sql(sql)
-    cols = expected.columns
-    exp_rows = {tuple(norm(r[cols.index(k)]) for k in key): r for r in expected.fetchall()}
-    pub = con.sql(f"select * from read_parquet('{root}/published/{name}/*/*.parquet', hive_partitioning=true)")
-    pcols = pub.columns
-    pub_rows = {tuple(norm(r[pcols.index(k)]) for k in key): r for r in pub.fetchall()}
-    mismatches = []
-    for k in sorted(set(exp_rows) | set(pub_rows), key=str):
-        e, p = exp_rows.get(k), pub_rows.get(k)
-        if e is None or p is None:
-            mismatches.append({"key": k, "duckdb": e is not None, "ironlake": p is not None})
-            continue
-        for c in cols:
-            if c not in pcols:
-                mismatches.append({"key": k, "missing_column": c})
-                continue
-            ev, pv = norm(e[cols.index(c)]), norm(p[pcols.index(c)])
-            if ev != pv:
-                mismatches.append({"key": k, "column": c, "duckdb": ev, "ironlake": pv})
-        if len(mismatches) > 20:
-            break
-    out[name] = {"rows": len(exp_rows), "mismatches": mismatches[:20]}
-json.dump(out, sys.stdout, default=str)
+def main(root, divisions, share, cap):
+  con = connect(root)
+  out = {}
+  for name, (key, sql) in expected_sql(divisions, share, cap).items():
+      expected = con.sql(sql)
+      cols = expected.columns
+      exp_rows = {tuple(norm(r[cols.index(k)]) for k in key): r for r in expected.fetchall()}
+      pub = con.sql(f"select * from read_parquet('{root}/published/{name}/*/*.parquet', hive_partitioning=true)")
+      pcols = pub.columns
+      pub_rows = {tuple(norm(r[pcols.index(k)]) for k in key): r for r in pub.fetchall()}
+      mismatches = []
+      for k in sorted(set(exp_rows) | set(pub_rows), key=str):
+          e, p = exp_rows.get(k), pub_rows.get(k)
+          if e is None or p is None:
+              mismatches.append({"key": k, "duckdb": e is not None, "ironlake": p is not None})
+              continue
+          for c in cols:
+              if c not in pcols:
+                  mismatches.append({"key": k, "missing_column": c})
+                  continue
+              ev, pv = norm(e[cols.index(c)]), norm(p[pcols.index(c)])
+              if ev != pv:
+                  mismatches.append({"key": k, "column": c, "duckdb": ev, "ironlake": pv})
+          if len(mismatches) > 20:
+              break
+      out[name] = {"rows": len(exp_rows), "mismatches": mismatches[:20]}
+  json.dump(out, sys.stdout, default=str)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2].split(","), sys.argv[3], sys.argv[4])

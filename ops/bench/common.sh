@@ -1,0 +1,41 @@
+# Shared set-up of the benchmark scripts: a release build, a Python venv with
+# DuckDB and pyarrow, GNU time, and a feed simulator on 127.0.0.1.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BIN="$ROOT/target/release/ironlake"
+if [[ ! -x "$BIN" || "${IRONLAKE_BENCH_REBUILD:-0}" == 1 ]]; then
+    (cd "$ROOT" && cargo build --release)
+fi
+VENV="$ROOT/target/bench-venv"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/ops/requirements-test.txt"
+PY="$VENV/bin/python"
+if [[ ! -x /usr/bin/time ]]; then
+    apt-get update -qq && apt-get install -y -qq time >/dev/null
+fi
+WORK="${IRONLAKE_BENCH_DIR:-$(mktemp -d /tmp/ironlake-bench.XXXXXX)}"
+mkdir -p "$WORK"
+TOKEN=bench-token
+SIM_PIDS=()
+cleanup() { for p in "${SIM_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# start_sim NAME ARGS… : starts feed-sim, sets $URL
+start_sim() {
+    local name=$1; shift
+    "$BIN" feed-sim --listen 127.0.0.1:0 --token "$TOKEN" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    SIM_PIDS+=($!)
+    for _ in $(seq 100); do
+        if grep -q "listening on" "$WORK/$name.out" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    URL=$(sed -n 's/^listening on //p' "$WORK/$name.out")
+}
+
+# timed FILE CMD… : runs CMD, writes "seconds peak_kb" to FILE
+timed() {
+    local out=$1; shift
+    /usr/bin/time -f "%e %M" -o "$out" "$@"
+}

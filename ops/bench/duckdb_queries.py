@@ -1,0 +1,31 @@
+"""DuckDB's side of the query benchmark: the same ten queries over the same
+Parquet files, best of three, and the six indicators computed in full."""
+import json
+import sys
+import time
+
+import duckdb
+
+sys.path.insert(0, sys.argv[3])
+import crosscheck  # noqa: E402  (tests/py/crosscheck.py: the indicators in DuckDB SQL)
+
+root, queries_file = sys.argv[1], sys.argv[2]
+divisions, share, cap = sys.argv[4].split(","), sys.argv[5], sys.argv[6]
+con = crosscheck.connect(root)
+blocks = open(queries_file).read().split(";")
+queries = [" ".join(l for l in b.splitlines() if not l.strip().startswith("--")).strip() for b in blocks]
+queries = [q for q in queries if q]
+times = []
+for q in queries:
+    best = None
+    for _ in range(3):
+        t = time.time()
+        con.sql(q).fetchall()
+        el = time.time() - t
+        best = el if best is None else min(best, el)
+    times.append(best)
+t = time.time()
+for name, (_key, sql) in crosscheck.expected_sql(divisions, share, cap).items():
+    con.sql(sql).fetchall()
+indicators = time.time() - t
+json.dump({"queries": times, "indicators_full": indicators}, sys.stdout)
