@@ -323,6 +323,23 @@ struct Journal {
     run: Option<RunRecord>,
 }
 
+/// Whether a file is a temp file (`.tmp-<pid>-…` or `.tmp-link-<pid>-…`)
+/// whose writer process no longer exists. Manifest temp files
+/// (`.tmp-<version>`) are written under the warehouse lock and always stale here.
+fn is_stale_temp(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(".tmp-") else {
+        return false;
+    };
+    let rest = rest.strip_prefix("link-").unwrap_or(rest);
+    match rest.split_once('-') {
+        Some((pid, _)) => match pid.parse::<u32>() {
+            Ok(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
+            Err(_) => true,
+        },
+        None => true,
+    }
+}
+
 /// A warehouse directory, opened (and recovered).
 #[derive(Debug, Clone)]
 pub struct Warehouse {
@@ -840,13 +857,20 @@ impl Warehouse {
                 }
             }
         }
-        for sub in ["_ironlake/manifests", "tables", "quarantine", "published"] {
+        for sub in [
+            "_ironlake/manifests",
+            "_ironlake/runs",
+            "_ironlake/journal",
+            "tables",
+            "quarantine",
+            "published",
+        ] {
             let d = self.root.join(sub);
             for e in std::fs::read_dir(&d)
                 .map_err(io_err("read", &d))?
                 .filter_map(|e| e.ok())
             {
-                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                if is_stale_temp(&e.file_name().to_string_lossy()) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
