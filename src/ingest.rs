@@ -514,7 +514,60 @@ async fn execute(
             });
         }
     };
-    let result: Result<(), IngestError> = async {
+    // Link-header and single-page feeds know their next page without decoding:
+    // a producer fetches ahead (two pages) while this task decodes and validates.
+    let prefetch = matches!(p.source.pagination, Pagination::LinkHeader { .. } | Pagination::None);
+    let result: Result<(), IngestError> = if prefetch {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, String, crate::source::Fetched)>(2);
+        let mut fetch_stats = FetchStats::default();
+        let (plan_ref, source_ref, stats) = (&plan, &source, &mut fetch_stats);
+        let producer = async move {
+            for (wi, quarter) in plan_ref.quarters.iter().enumerate() {
+                let mut base = source_ref.base_url(&p.name, *quarter)?;
+                if let (Window::Incremental { param, .. }, Some(since)) = (&p.source.window, &plan_ref.since) {
+                    base = with_param(&base, param, since);
+                }
+                let mut pager = Pager::start(&p.source.pagination, base);
+                let mut visited: HashSet<String> = HashSet::new();
+                loop {
+                    let url = pager.url(&p.source.pagination);
+                    let shown = source_ref.redact(&url);
+                    if !visited.insert(url.clone()) {
+                        return Err(IngestError::PaginationLoop { url: shown, what: "was already fetched in this run" });
+                    }
+                    let fetched = source_ref.fetch(&url, stats).await?;
+                    let next_link = fetched.next_link.clone();
+                    if tx.send((wi, shown, fetched)).await.is_err() {
+                        return Ok(()); // the consumer stopped with an error of its own
+                    }
+                    if !pager.advance(&p.source.pagination, 0, None, next_link, &url) {
+                        break;
+                    }
+                }
+            }
+            Ok::<(), IngestError>(())
+        };
+        let consumer = async {
+            while let Some((wi, shown, fetched)) = rx.recv().await {
+                let page = decode::decode(p.source.format, records_field, cursor_field, &columns, &fetched.body)
+                    .map_err(|e| IngestError::Decode { url: shown.clone(), source: e })?;
+                c.pages += 1;
+                c.rows_in += page.items;
+                for (k, n) in &page.unknown_fields {
+                    *c.unknown.entry(k.clone()).or_default() += n;
+                }
+                let (valid, rejected) = absorb(&page, &validator, &mut part, &shown, cursor_col, &mut max_cursor)?;
+                c.rows_valid += valid;
+                c.rejected += rejected;
+                report(&c, wi, "fetching", record);
+            }
+            Ok::<(), IngestError>(())
+        };
+        let (produced, consumed) = tokio::join!(producer, consumer);
+        c.stats = fetch_stats;
+        consumed.and(produced)
+    } else {
+        async {
         for (wi, quarter) in plan.quarters.iter().enumerate() {
             let mut base = source.base_url(&p.name, *quarter)?;
             if let (Window::Incremental { param, .. }, Some(since)) =
@@ -595,7 +648,8 @@ async fn execute(
         }
         Ok(())
     }
-    .await;
+    .await
+    };
     record.requests = c.stats.requests;
     record.retries = c.stats.retries;
     record.bytes = c.stats.bytes;
@@ -687,17 +741,17 @@ pub fn commit_run(
     let schema = table.arrow_schema();
     let pk = &table.primary_key;
     let state = base.dirs.get(&key).cloned().unwrap_or_default();
-    let mut new_by_part: BTreeMap<String, Vec<arrow::array::RecordBatch>> = BTreeMap::new();
-    for (q, paths) in &spilled.rows {
-        new_by_part.insert(q.to_string(), partition::read_spills(paths)?);
-    }
+    // Spill files by partition; read one partition at a time to bound memory.
+    let new_by_part: BTreeMap<String, &Vec<std::path::PathBuf>> =
+        spilled.rows.iter().map(|(q, paths)| (q.to_string(), paths)).collect();
     // Keys whose period changed move partitions: drop them from their old one.
+    // (Only for tables whose key does not contain the period column.)
     let mut removals: BTreeMap<String, HashSet<Vec<u8>>> = BTreeMap::new();
     if !pk.contains(&table.period_column) && !new_by_part.is_empty() {
         let mut new_keys: HashMap<Vec<u8>, String> = HashMap::new();
-        for (q, batches) in &new_by_part {
-            for b in batches {
-                for k in merge::encode_keys(&schema, b, pk)? {
+        for (q, paths) in &new_by_part {
+            for b in partition::read_spills(paths)? {
+                for k in merge::encode_keys(&schema, &b, pk)? {
                     new_keys.insert(k, q.clone());
                 }
             }
@@ -722,16 +776,19 @@ pub fn commit_run(
         let empty = HashSet::new();
         for part in &affected {
             let existing = read_dir_state(wh, &state, part, &schema)?;
-            let new = new_by_part.get(part).map(Vec::as_slice).unwrap_or(&[]);
+            let new = match new_by_part.get(part) {
+                Some(paths) => partition::read_spills(paths)?,
+                None => Vec::new(),
+            };
             let remove = removals.get(part).unwrap_or(&empty);
-            if let Some(m) = merge::merge(&schema, existing, new, pk, remove)? {
+            if let Some(m) = merge::merge(&schema, existing, &new, pk, remove)? {
                 rows_changed += m.changed_rows;
                 touched.push(part.clone());
-                if m.batch.num_rows() == 0 {
+                if m.num_rows() == 0 {
                     g.set_partition(part, Vec::new());
                 } else {
                     let path = g.partition_dir(part)?.join(g.file_name(0));
-                    let entry = merge::write_parquet(&path, &m.batch)?;
+                    let entry = merge::write_parquet_rows(&path, &m.all, &m.order)?;
                     rows_written += entry.rows;
                     g.set_partition(part, vec![entry]);
                 }

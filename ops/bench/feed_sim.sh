@@ -15,8 +15,8 @@ crawl() {
     done
 }
 start=$(date +%s.%N)
-crawl 2017Q1 2017Q2 2017Q3 2017Q4 2018Q1 2018Q2 &
-crawl 2018Q3 2018Q4 2019Q1 2019Q2 2019Q3 2019Q4 &
-wait
+crawl 2017Q1 2017Q2 2017Q3 2017Q4 2018Q1 2018Q2 & A=$!
+crawl 2018Q3 2018Q4 2019Q1 2019Q2 2019Q3 2019Q4 & B=$!
+wait "$A" "$B"
 end=$(date +%s.%N)
 "$PY" -c "print(f'feed-sim served {$ROWS:,} bank_loans rows in {$end-$start:.1f}s: {$ROWS/($end-$start):,.0f} rows/s')"

@@ -88,8 +88,45 @@ pub fn check_character(body: &str) -> Option<char> {
     Some(ALPHABET[check as usize] as char)
 }
 
+/// The value of an ASCII byte in the USCC alphabet.
+const fn byte_value(b: u8) -> Option<u32> {
+    let mut i = 0;
+    while i < 31 {
+        if ALPHABET[i] == b {
+            return Some(i as u32);
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Validates a USCC: length, alphabet and check character.
 pub fn validate(code: &str) -> Result<(), UsccError> {
+    // Fast path, no allocation: 18 ASCII characters, all in the alphabet.
+    let b = code.as_bytes();
+    if b.len() == 18 {
+        let mut sum = 0u32;
+        let mut ok = true;
+        for (i, &c) in b[..17].iter().enumerate() {
+            match byte_value(c) {
+                Some(v) => sum += v * WEIGHTS[i],
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok && byte_value(b[17]).is_some() {
+            let expected = ALPHABET[((31 - sum % 31) % 31) as usize];
+            if b[17] == expected {
+                return Ok(());
+            }
+            return Err(UsccError::CheckCharacter {
+                found: b[17] as char,
+                expected: expected as char,
+            });
+        }
+    }
     let chars: Vec<char> = code.chars().collect();
     if chars.len() != 18 {
         return Err(UsccError::Length { found: chars.len() });

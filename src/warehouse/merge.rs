@@ -81,10 +81,64 @@ pub fn read_parquet(path: &Path, schema: &SchemaRef) -> Result<RecordBatch> {
 /// What a merge produced.
 #[derive(Debug)]
 pub struct Merged {
-    /// The partition's new content, sorted by key.
-    pub batch: RecordBatch,
+    /// Every row considered (existing then new); `order` picks the result.
+    pub all: RecordBatch,
+    /// Indexes into `all` of the partition's new content, sorted by key.
+    pub order: Vec<u32>,
     /// Rows whose key is new or whose values changed (plus rows removed).
     pub changed_rows: u64,
+}
+
+impl Merged {
+    /// Rows in the merged partition.
+    pub fn num_rows(&self) -> usize {
+        self.order.len()
+    }
+}
+
+/// How many (before, after) row pairs differ in any column (nulls equal),
+/// compared a chunk at a time so memory stays bounded.
+fn count_different(all: &RecordBatch, pairs: &[(u32, u32)]) -> Result<u64> {
+    let err = |e: arrow::error::ArrowError| data_err("comparing restated rows")(e.to_string());
+    let mut n = 0u64;
+    for chunk in pairs.chunks(64 * 1024) {
+        let a = UInt32Array::from(chunk.iter().map(|p| p.0).collect::<Vec<_>>());
+        let b = UInt32Array::from(chunk.iter().map(|p| p.1).collect::<Vec<_>>());
+        let mut same = vec![true; chunk.len()];
+        for col in all.columns() {
+            let x = arrow::compute::take(col.as_ref(), &a, None).map_err(err)?;
+            let y = arrow::compute::take(col.as_ref(), &b, None).map_err(err)?;
+            let eq = arrow::compute::kernels::cmp::not_distinct(&x, &y).map_err(err)?;
+            for (i, s) in same.iter_mut().enumerate() {
+                if !eq.value(i) {
+                    *s = false;
+                }
+            }
+        }
+        n += same.iter().filter(|s| !**s).count() as u64;
+    }
+    Ok(n)
+}
+
+/// Writes the rows of `all` picked by `order` to one Parquet file, a row group at a time.
+pub fn write_parquet_rows(path: &Path, all: &RecordBatch, order: &[u32]) -> Result<FileEntry> {
+    let ctx = format!("writing {}", path.display());
+    let file = std::fs::File::create(path).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    let mut w = ArrowWriter::try_new(file, all.schema(), Some(writer_properties()))
+        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    for chunk in order.chunks(ROW_GROUP_ROWS) {
+        let idx = UInt32Array::from(chunk.to_vec());
+        let b = take_record_batch(all, &idx).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        w.write(&b).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    }
+    let file = w.into_inner().map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    file.sync_all().map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok(FileEntry {
+        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        rows: order.len() as u64,
+        bytes,
+    })
 }
 
 /// Merges `new` rows (in delivery order) into `existing` rows by the key
@@ -112,17 +166,6 @@ pub fn merge(
     let keys = key_conv
         .convert_columns(&key_cols)
         .map_err(|e| data_err("merging partition")(e.to_string()))?;
-    let full_conv = RowConverter::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect(),
-    )
-    .map_err(|e| data_err("merging partition")(e.to_string()))?;
-    let full = full_conv
-        .convert_columns(all.columns())
-        .map_err(|e| data_err("merging partition")(e.to_string()))?;
 
     // Winner per key: the last delivered row.
     let mut winner: HashMap<&[u8], usize> = HashMap::with_capacity(all.num_rows());
@@ -136,6 +179,8 @@ pub fn merge(
     }
     let mut changed = 0u64;
     let mut kept: Vec<usize> = Vec::with_capacity(winner.len());
+    // Keys present before whose winner is a new delivery: compare values below.
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
     for (k, &w) in &winner {
         if remove.contains(*k) {
             if before.contains_key(k) {
@@ -144,20 +189,23 @@ pub fn merge(
             continue;
         }
         match before.get(k) {
-            Some(&b) if full.row(b) == full.row(w) => {}
-            _ => changed += 1,
+            Some(&b) if b == w => {}
+            Some(&b) => pairs.push((b as u32, w as u32)),
+            None => changed += 1,
         }
         kept.push(w);
     }
+    changed += count_different(&all, &pairs)?;
     if changed == 0 {
         return Ok(None);
     }
     kept.sort_by(|&a, &b| keys.row(a).cmp(&keys.row(b)));
-    let idx = UInt32Array::from(kept.iter().map(|&i| i as u32).collect::<Vec<_>>());
-    let batch =
-        take_record_batch(&all, &idx).map_err(|e| data_err("merging partition")(e.to_string()))?;
+    drop(winner);
+    drop(before);
+    drop(keys);
     Ok(Some(Merged {
-        batch,
+        all,
+        order: kept.iter().map(|&i| i as u32).collect(),
         changed_rows: changed,
     }))
 }
