@@ -516,7 +516,10 @@ async fn execute(
     };
     // Link-header and single-page feeds know their next page without decoding:
     // a producer fetches ahead (two pages) while this task decodes and validates.
-    let prefetch = matches!(p.source.pagination, Pagination::LinkHeader { .. } | Pagination::None);
+    let prefetch = matches!(
+        p.source.pagination,
+        Pagination::LinkHeader { .. } | Pagination::None
+    );
     let result: Result<(), IngestError> = if prefetch {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, String, crate::source::Fetched)>(2);
         let mut fetch_stats = FetchStats::default();
@@ -524,7 +527,9 @@ async fn execute(
         let producer = async move {
             for (wi, quarter) in plan_ref.quarters.iter().enumerate() {
                 let mut base = source_ref.base_url(&p.name, *quarter)?;
-                if let (Window::Incremental { param, .. }, Some(since)) = (&p.source.window, &plan_ref.since) {
+                if let (Window::Incremental { param, .. }, Some(since)) =
+                    (&p.source.window, &plan_ref.since)
+                {
                     base = with_param(&base, param, since);
                 }
                 let mut pager = Pager::start(&p.source.pagination, base);
@@ -533,7 +538,10 @@ async fn execute(
                     let url = pager.url(&p.source.pagination);
                     let shown = source_ref.redact(&url);
                     if !visited.insert(url.clone()) {
-                        return Err(IngestError::PaginationLoop { url: shown, what: "was already fetched in this run" });
+                        return Err(IngestError::PaginationLoop {
+                            url: shown,
+                            what: "was already fetched in this run",
+                        });
                     }
                     let fetched = source_ref.fetch(&url, stats).await?;
                     let next_link = fetched.next_link.clone();
@@ -549,45 +557,6 @@ async fn execute(
         };
         let consumer = async {
             while let Some((wi, shown, fetched)) = rx.recv().await {
-                let page = decode::decode(p.source.format, records_field, cursor_field, &columns, &fetched.body)
-                    .map_err(|e| IngestError::Decode { url: shown.clone(), source: e })?;
-                c.pages += 1;
-                c.rows_in += page.items;
-                for (k, n) in &page.unknown_fields {
-                    *c.unknown.entry(k.clone()).or_default() += n;
-                }
-                let (valid, rejected) = absorb(&page, &validator, &mut part, &shown, cursor_col, &mut max_cursor)?;
-                c.rows_valid += valid;
-                c.rejected += rejected;
-                report(&c, wi, "fetching", record);
-            }
-            Ok::<(), IngestError>(())
-        };
-        let (produced, consumed) = tokio::join!(producer, consumer);
-        c.stats = fetch_stats;
-        consumed.and(produced)
-    } else {
-        async {
-        for (wi, quarter) in plan.quarters.iter().enumerate() {
-            let mut base = source.base_url(&p.name, *quarter)?;
-            if let (Window::Incremental { param, .. }, Some(since)) =
-                (&p.source.window, &plan.since)
-            {
-                base = with_param(&base, param, since);
-            }
-            let mut pager = Pager::start(&p.source.pagination, base);
-            let mut visited: HashSet<String> = HashSet::new();
-            let mut last_body: Option<u64> = None;
-            loop {
-                let url = pager.url(&p.source.pagination);
-                let shown = source.redact(&url);
-                if !visited.insert(url.clone()) {
-                    return Err(IngestError::PaginationLoop {
-                        url: shown,
-                        what: "was already fetched in this run",
-                    });
-                }
-                let fetched = source.fetch(&url, &mut c.stats).await?;
                 let page = decode::decode(
                     p.source.format,
                     records_field,
@@ -599,23 +568,6 @@ async fn execute(
                     url: shown.clone(),
                     source: e,
                 })?;
-                if page.items > 0
-                    && matches!(
-                        p.source.pagination,
-                        Pagination::PageNumber { .. } | Pagination::OffsetLimit { .. }
-                    )
-                {
-                    let h =
-                        partition::fingerprint(&String::from_utf8_lossy(&fetched.body), None, "");
-                    let h = u64::from_str_radix(&h[..16], 16).unwrap_or(0);
-                    if last_body == Some(h) {
-                        return Err(IngestError::PaginationLoop {
-                            url: shown,
-                            what: "returned the same page as the request before it",
-                        });
-                    }
-                    last_body = Some(h);
-                }
                 c.pages += 1;
                 c.rows_in += page.items;
                 for (k, n) in &page.unknown_fields {
@@ -631,24 +583,99 @@ async fn execute(
                 )?;
                 c.rows_valid += valid;
                 c.rejected += rejected;
-                let items = page.items;
-                let next_cursor = page.next_cursor.clone();
-                drop(page);
                 report(&c, wi, "fetching", record);
-                if !pager.advance(
-                    &p.source.pagination,
-                    items,
-                    next_cursor,
-                    fetched.next_link,
-                    &url,
-                ) {
-                    break;
+            }
+            Ok::<(), IngestError>(())
+        };
+        let (produced, consumed) = tokio::join!(producer, consumer);
+        c.stats = fetch_stats;
+        consumed.and(produced)
+    } else {
+        async {
+            for (wi, quarter) in plan.quarters.iter().enumerate() {
+                let mut base = source.base_url(&p.name, *quarter)?;
+                if let (Window::Incremental { param, .. }, Some(since)) =
+                    (&p.source.window, &plan.since)
+                {
+                    base = with_param(&base, param, since);
+                }
+                let mut pager = Pager::start(&p.source.pagination, base);
+                let mut visited: HashSet<String> = HashSet::new();
+                let mut last_body: Option<u64> = None;
+                loop {
+                    let url = pager.url(&p.source.pagination);
+                    let shown = source.redact(&url);
+                    if !visited.insert(url.clone()) {
+                        return Err(IngestError::PaginationLoop {
+                            url: shown,
+                            what: "was already fetched in this run",
+                        });
+                    }
+                    let fetched = source.fetch(&url, &mut c.stats).await?;
+                    let page = decode::decode(
+                        p.source.format,
+                        records_field,
+                        cursor_field,
+                        &columns,
+                        &fetched.body,
+                    )
+                    .map_err(|e| IngestError::Decode {
+                        url: shown.clone(),
+                        source: e,
+                    })?;
+                    if page.items > 0
+                        && matches!(
+                            p.source.pagination,
+                            Pagination::PageNumber { .. } | Pagination::OffsetLimit { .. }
+                        )
+                    {
+                        let h = partition::fingerprint(
+                            &String::from_utf8_lossy(&fetched.body),
+                            None,
+                            "",
+                        );
+                        let h = u64::from_str_radix(&h[..16], 16).unwrap_or(0);
+                        if last_body == Some(h) {
+                            return Err(IngestError::PaginationLoop {
+                                url: shown,
+                                what: "returned the same page as the request before it",
+                            });
+                        }
+                        last_body = Some(h);
+                    }
+                    c.pages += 1;
+                    c.rows_in += page.items;
+                    for (k, n) in &page.unknown_fields {
+                        *c.unknown.entry(k.clone()).or_default() += n;
+                    }
+                    let (valid, rejected) = absorb(
+                        &page,
+                        &validator,
+                        &mut part,
+                        &shown,
+                        cursor_col,
+                        &mut max_cursor,
+                    )?;
+                    c.rows_valid += valid;
+                    c.rejected += rejected;
+                    let items = page.items;
+                    let next_cursor = page.next_cursor.clone();
+                    drop(page);
+                    report(&c, wi, "fetching", record);
+                    if !pager.advance(
+                        &p.source.pagination,
+                        items,
+                        next_cursor,
+                        fetched.next_link,
+                        &url,
+                    ) {
+                        break;
+                    }
                 }
             }
+            Ok(())
         }
-        Ok(())
-    }
-    .await
+        .await
     };
     record.requests = c.stats.requests;
     record.retries = c.stats.retries;
@@ -742,8 +769,11 @@ pub fn commit_run(
     let pk = &table.primary_key;
     let state = base.dirs.get(&key).cloned().unwrap_or_default();
     // Spill files by partition; read one partition at a time to bound memory.
-    let new_by_part: BTreeMap<String, &Vec<std::path::PathBuf>> =
-        spilled.rows.iter().map(|(q, paths)| (q.to_string(), paths)).collect();
+    let new_by_part: BTreeMap<String, &Vec<std::path::PathBuf>> = spilled
+        .rows
+        .iter()
+        .map(|(q, paths)| (q.to_string(), paths))
+        .collect();
     // Keys whose period changed move partitions: drop them from their old one.
     // (Only for tables whose key does not contain the period column.)
     let mut removals: BTreeMap<String, HashSet<Vec<u8>>> = BTreeMap::new();

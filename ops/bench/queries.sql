@@ -1,4 +1,4 @@
--- Ten analyst queries over the warehouse tables, one per line block, separated by ';'.
+-- Ten analyst queries over the warehouse tables, each ending with a semicolon.
 -- Q1 loan balance and count by quarter
 SELECT quarter, count(*) AS loans, sum(balance) AS balance FROM bank_loans GROUP BY quarter ORDER BY quarter;
 -- Q2 balance by bank at the end of 2019

@@ -37,7 +37,7 @@ cat "$WORK/inc.out" | sed 's/^/  /'
 "$PY" -c "
 import sys
 qs = [' '.join(l for l in q.splitlines() if not l.strip().startswith('--')).strip() for q in open('$ROOT/ops/bench/queries.sql').read().split(';')]
-open('$WORK/queries.txt', 'w').write('\n'.join(q for q in qs if q))
+open('$WORK/queries.txt', 'w').write(''.join(q + '\n' for q in qs if q))
 "
 while IFS= read -r q; do
     best=""

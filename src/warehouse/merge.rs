@@ -129,13 +129,20 @@ pub fn write_parquet_rows(path: &Path, all: &RecordBatch, order: &[u32]) -> Resu
     for chunk in order.chunks(ROW_GROUP_ROWS) {
         let idx = UInt32Array::from(chunk.to_vec());
         let b = take_record_batch(all, &idx).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
-        w.write(&b).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        w.write(&b)
+            .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
     }
-    let file = w.into_inner().map_err(|e| data_err(ctx.clone())(e.to_string()))?;
-    file.sync_all().map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    file.sync_all()
+        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
     let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     Ok(FileEntry {
-        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         rows: order.len() as u64,
         bytes,
     })
