@@ -9,16 +9,29 @@
 //!
 //! The stages, in the order data flows through them:
 //!
-//! - [`config`]: `ironlake.toml`, table schemas and pipelines, parsed and
-//!   validated into types that cannot be invalid; [`check`] reports on them.
-//! - [`domain`]: validators and facts every stage shares (USCC, district and
-//!   industry codes, exact decimals, quarters).
-//! - [`feedsim`]: the partner stand-in, `ironlake feed-sim`: deterministic,
-//!   realistic feeds for every table, with the faults real partners have.
+//! - [`source`]: HTTP requests to a partner feed — auth, timeouts, retries
+//!   with backoff and `Retry-After`, a body-size limit.
+//! - [`decode`]: a page's bytes (JSON, NDJSON, CSV) into raw records, one
+//!   cell per schema column, the partner's text kept exactly.
+//! - [`validate`]: each record against its schema into typed values, or a
+//!   rejection naming the field and the reason.
+//! - [`partition`]: valid rows by quarter and rejected ones for the
+//!   quarantine, spilled to the run's staging directory.
+//! - [`warehouse`]: the commit protocol — immutable generations, journal,
+//!   manifest, recovery — and partition merges by primary key.
+//! - [`catalog`]: the committed state as DataFusion tables, one consistent
+//!   snapshot per query.
+//! - [`query`]: read-only SQL and streaming result writers.
+//! - [`models`]: the published aggregates and their incremental refresh.
+//! - [`serve`]: the HTTP API for operators, analysts and dashboards.
 //!
-//! Still to come, each as its own module: source (HTTP pages, auth, retry,
-//! cursor) → decode → validate → partition → commit → catalog → models →
-//! publish → serve.
+//! Around them: [`config`] (declarative files, validated), [`check`]
+//! (`ironlake check`), [`domain`] (USCC, district, industry, decimal and
+//! quarter rules), [`ingest`] (one run of one pipeline, end to end),
+//! [`daemon`] (schedules, reload, shutdown), [`metrics`] (Prometheus) and
+//! [`feedsim`] (the partner stand-in, `ironlake feed-sim`).
+
+#![warn(missing_docs)]
 
 pub mod catalog;
 pub mod check;
