@@ -334,8 +334,8 @@ struct Counters {
 }
 
 /// Validates a decoded page into the partitioner: valid rows by quarter,
-/// everything else to the quarantine with its field and reason. Tracks the
-/// largest value of the cursor column. Returns (valid, rejected).
+/// everything else to the quarantine with its field and reason. Counts the
+/// page in `c` and tracks the largest value of the cursor column.
 fn absorb(
     page: &decode::DecodedPage,
     validator: &Validator,
@@ -343,7 +343,13 @@ fn absorb(
     source: &str,
     cursor_col: Option<usize>,
     max_cursor: &mut Option<String>,
-) -> Result<(u64, u64), PartitionError> {
+    c: &mut Counters,
+) -> Result<(), PartitionError> {
+    c.pages += 1;
+    c.rows_in += page.items;
+    for (k, n) in &page.unknown_fields {
+        *c.unknown.entry(k.clone()).or_default() += n;
+    }
     let (mut valid, mut rejected) = (0, 0);
     for bad in &page.bad {
         rejected += 1;
@@ -385,7 +391,9 @@ fn absorb(
             }
         }
     }
-    Ok((valid, rejected))
+    c.rows_valid += valid;
+    c.rejected += rejected;
+    Ok(())
 }
 
 /// Runs one pipeline once. The run is recorded whatever its outcome.
@@ -568,21 +576,15 @@ async fn execute(
                     url: shown.clone(),
                     source: e,
                 })?;
-                c.pages += 1;
-                c.rows_in += page.items;
-                for (k, n) in &page.unknown_fields {
-                    *c.unknown.entry(k.clone()).or_default() += n;
-                }
-                let (valid, rejected) = absorb(
+                absorb(
                     &page,
                     &validator,
                     &mut part,
                     &shown,
                     cursor_col,
                     &mut max_cursor,
+                    &mut c,
                 )?;
-                c.rows_valid += valid;
-                c.rejected += rejected;
                 report(&c, wi, "fetching", record);
             }
             Ok::<(), IngestError>(())
@@ -643,21 +645,15 @@ async fn execute(
                         }
                         last_body = Some(h);
                     }
-                    c.pages += 1;
-                    c.rows_in += page.items;
-                    for (k, n) in &page.unknown_fields {
-                        *c.unknown.entry(k.clone()).or_default() += n;
-                    }
-                    let (valid, rejected) = absorb(
+                    absorb(
                         &page,
                         &validator,
                         &mut part,
                         &shown,
                         cursor_col,
                         &mut max_cursor,
+                        &mut c,
                     )?;
-                    c.rows_valid += valid;
-                    c.rejected += rejected;
                     let items = page.items;
                     let next_cursor = page.next_cursor.clone();
                     drop(page);
@@ -954,13 +950,29 @@ pub fn import(
                 source: e,
             }
         })?;
-        record.pages = 1;
         record.bytes = body.len() as u64;
-        record.rows_in = page.items;
-        record.unknown_fields = page.unknown_fields.clone();
-        let (valid, rejected) = absorb(&page, &validator, &mut part, source_name, None, &mut None)?;
-        record.rows_valid = valid;
-        record.rows_rejected = rejected;
+        let mut c = Counters {
+            stats: FetchStats::default(),
+            pages: 0,
+            rows_in: 0,
+            rows_valid: 0,
+            rejected: 0,
+            unknown: BTreeMap::new(),
+        };
+        absorb(
+            &page,
+            &validator,
+            &mut part,
+            source_name,
+            None,
+            &mut None,
+            &mut c,
+        )?;
+        record.pages = c.pages;
+        record.rows_in = c.rows_in;
+        record.rows_valid = c.rows_valid;
+        record.rows_rejected = c.rejected;
+        record.unknown_fields = c.unknown;
         let spilled = part.finish()?;
         let done = commit_run(wh, t, &name, spilled, None, record.clone())?;
         let _ = std::fs::remove_dir_all(&staging);

@@ -950,6 +950,30 @@ async fn apply_transient(sim: &Sim, url: &str) -> Result<Option<Transient>, Resp
     }
 }
 
+/// Checks credentials and reads the query string and the URL of a feed request.
+fn begin(
+    sim: &Sim,
+    req: &Request,
+    auth: AuthKind,
+) -> Result<(HashMap<String, String>, String), Reject> {
+    authorize(sim, req.headers(), auth)?;
+    Ok((query(req), url_of(req)))
+}
+
+/// The page's hostile fault (a huge body is answered at once) and this
+/// request's transient fault (an error status is answered at once).
+async fn faults(
+    sim: &Sim,
+    url: &str,
+    content_type: &'static str,
+) -> Result<(Option<Hostile>, Option<Transient>), Response> {
+    let hostile = sim.hostile(url);
+    if hostile == Some(Hostile::HugeBody) {
+        return Err(huge_body(content_type));
+    }
+    Ok((hostile, apply_transient(sim, url).await?))
+}
+
 macro_rules! guard {
     ($e:expr) => {
         match $e {
@@ -987,9 +1011,7 @@ fn json_array(recs: &[Rec]) -> String {
 }
 
 async fn enterprises(State(sim): State<Arc<Sim>>, req: Request) -> Response {
-    guard!(authorize(&sim, req.headers(), AuthKind::Bearer));
-    let q = query(&req);
-    let url = url_of(&req);
+    let (q, url) = guard!(begin(&sim, &req, AuthKind::Bearer));
     let Some(as_of) = guard!(param_date(&q, "as_of")) else {
         return bad_request("parameter as_of (a quarter-end date, YYYY-MM-DD) is required")
             .into_response();
@@ -1007,11 +1029,7 @@ async fn enterprises(State(sim): State<Arc<Sim>>, req: Request) -> Response {
     if page == 0 {
         return bad_request("page numbers start at 1").into_response();
     }
-    let hostile = sim.hostile(&url);
-    if hostile == Some(Hostile::HugeBody) {
-        return huge_body("application/json");
-    }
-    let fault = match apply_transient(&sim, &url).await {
+    let (hostile, fault) = match faults(&sim, &url, "application/json").await {
         Ok(f) => f,
         Err(resp) => return resp,
     };
@@ -1046,9 +1064,7 @@ async fn enterprises(State(sim): State<Arc<Sim>>, req: Request) -> Response {
 }
 
 async fn operations(State(sim): State<Arc<Sim>>, req: Request) -> Response {
-    guard!(authorize(&sim, req.headers(), AuthKind::ApiKey));
-    let q = query(&req);
-    let url = url_of(&req);
+    let (q, url) = guard!(begin(&sim, &req, AuthKind::ApiKey));
     let since = guard!(param_date(&q, "since"));
     let limit = guard!(page_size(&q, "limit", 1000));
     let cursor = match q.get("cursor").filter(|c| !c.is_empty()) {
@@ -1061,11 +1077,7 @@ async fn operations(State(sim): State<Arc<Sim>>, req: Request) -> Response {
             }
         },
     };
-    let hostile = sim.hostile(&url);
-    if hostile == Some(Hostile::HugeBody) {
-        return huge_body("application/json");
-    }
-    let fault = match apply_transient(&sim, &url).await {
+    let (hostile, fault) = match faults(&sim, &url, "application/json").await {
         Ok(f) => f,
         Err(resp) => return resp,
     };
@@ -1123,9 +1135,7 @@ async fn operations(State(sim): State<Arc<Sim>>, req: Request) -> Response {
 }
 
 async fn bank_loans(State(sim): State<Arc<Sim>>, req: Request) -> Response {
-    guard!(authorize(&sim, req.headers(), AuthKind::Bearer));
-    let q = query(&req);
-    let url = url_of(&req);
+    let (q, url) = guard!(begin(&sim, &req, AuthKind::Bearer));
     let Some(quarter) = q.get("quarter") else {
         return bad_request("parameter quarter (YYYYQn) is required").into_response();
     };
@@ -1145,11 +1155,7 @@ async fn bank_loans(State(sim): State<Arc<Sim>>, req: Request) -> Response {
             }
         },
     };
-    let hostile = sim.hostile(&url);
-    if hostile == Some(Hostile::HugeBody) {
-        return huge_body("text/csv; charset=utf-8");
-    }
-    let fault = match apply_transient(&sim, &url).await {
+    let (hostile, fault) = match faults(&sim, &url, "text/csv; charset=utf-8").await {
         Ok(f) => f,
         Err(resp) => return resp,
     };
@@ -1219,20 +1225,14 @@ async fn bank_loans(State(sim): State<Arc<Sim>>, req: Request) -> Response {
 }
 
 async fn financing_demands(State(sim): State<Arc<Sim>>, req: Request) -> Response {
-    guard!(authorize(&sim, req.headers(), AuthKind::Basic));
-    let q = query(&req);
-    let url = url_of(&req);
+    let (q, url) = guard!(begin(&sim, &req, AuthKind::Basic));
     let since = guard!(param_date(&q, "updated_since"));
     let size = guard!(page_size(&q, "page_size", 500));
     let page = guard!(param_usize(&q, "page", 1));
     if page == 0 {
         return bad_request("page numbers start at 1").into_response();
     }
-    let hostile = sim.hostile(&url);
-    if hostile == Some(Hostile::HugeBody) {
-        return huge_body("application/x-ndjson");
-    }
-    let fault = match apply_transient(&sim, &url).await {
+    let (hostile, fault) = match faults(&sim, &url, "application/x-ndjson").await {
         Ok(f) => f,
         Err(resp) => return resp,
     };
@@ -1279,16 +1279,10 @@ async fn financing_demands(State(sim): State<Arc<Sim>>, req: Request) -> Respons
 }
 
 async fn direct_financing(State(sim): State<Arc<Sim>>, req: Request) -> Response {
-    guard!(authorize(&sim, req.headers(), AuthKind::Bearer));
-    let q = query(&req);
-    let url = url_of(&req);
+    let (q, url) = guard!(begin(&sim, &req, AuthKind::Bearer));
     let offset = guard!(param_usize(&q, "offset", 0));
     let limit = guard!(page_size(&q, "limit", 100));
-    let hostile = sim.hostile(&url);
-    if hostile == Some(Hostile::HugeBody) {
-        return huge_body("application/json");
-    }
-    let fault = match apply_transient(&sim, &url).await {
+    let (hostile, fault) = match faults(&sim, &url, "application/json").await {
         Ok(f) => f,
         Err(resp) => return resp,
     };
