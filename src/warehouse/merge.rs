@@ -36,26 +36,8 @@ pub fn writer_properties() -> WriterProperties {
 
 /// Writes `batch` to `path` as one Parquet file, fsynced; returns its entry.
 pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<FileEntry> {
-    let ctx = format!("writing {}", path.display());
-    let file = std::fs::File::create(path).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()))
-        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
-    w.write(batch)
-        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
-    let file = w
-        .into_inner()
-        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
-    file.sync_all()
-        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
-    let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    Ok(FileEntry {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        rows: batch.num_rows() as u64,
-        bytes,
-    })
+    let all: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    write_parquet_rows(path, batch, &all)
 }
 
 /// Reads a whole Parquet file as one batch with `schema`.
