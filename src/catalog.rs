@@ -10,7 +10,7 @@
 //! partition column), `quarantine.<table>`, `published.<aggregate>`,
 //! `system.runs`, `system.partitions`, `ref_districts`, `ref_industries`.
 
-use crate::config::{Project, TableSchema};
+use crate::config::Project;
 use crate::domain::reference;
 use crate::partition::quarantine_schema;
 use crate::warehouse::{Manifest, PublishedMeta, Warehouse, WarehouseError};
@@ -447,21 +447,6 @@ fn industries_table() -> Result<Arc<MemTable>, CatalogError> {
             )),
         ],
     )
-}
-
-/// The table schema's columns (for `\d` in the REPL).
-pub fn describe_table(t: &TableSchema) -> Vec<(String, String, bool, String)> {
-    t.columns
-        .iter()
-        .map(|c| {
-            (
-                c.name.clone(),
-                c.data_type.to_string(),
-                c.nullable,
-                c.description.clone(),
-            )
-        })
-        .collect()
 }
 
 /// A session with every table registered empty, for planning aggregates in `ironlake check`.

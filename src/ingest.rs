@@ -902,15 +902,6 @@ pub fn commit_run(
     Ok(record)
 }
 
-/// The `Format` name, for messages.
-pub fn format_name(f: Format) -> &'static str {
-    match f {
-        Format::Json => "json",
-        Format::Ndjson => "ndjson",
-        Format::Csv => "csv",
-    }
-}
-
 /// Loads a local file into `table` through the same decode, validation,
 /// quarantine and commit as a feed (`ironlake import`).
 pub fn import(

@@ -717,7 +717,7 @@ pub async fn refresh(
             recomputed.push(q.clone());
         }
         let change = wh.finish_generation(g)?;
-        let state = change_state(&change);
+        let state = change.state().clone();
         let rows = state.rows();
         let mut meta = prev.cloned().unwrap_or_default();
         meta.columns = columns.clone();
@@ -795,8 +795,4 @@ pub async fn refresh(
         run,
     )?;
     Ok(report)
-}
-
-fn change_state(c: &warehouse::DirChange) -> DirState {
-    c.state().clone()
 }

@@ -6,7 +6,7 @@
 use crate::config::pipeline::{Auth, HttpSource, Pipeline, RetryPolicy, SecretRef};
 use bytes::{Bytes, BytesMut};
 use reqwest::StatusCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// Why a request failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -422,11 +422,6 @@ pub fn redact_query(url: &str) -> String {
         })
         .collect();
     format!("{base}?{}", parts.join("&"))
-}
-
-/// When the next attempt may start, for progress reporting.
-pub fn elapsed_since(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64()
 }
 
 #[cfg(test)]

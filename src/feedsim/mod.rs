@@ -813,7 +813,7 @@ struct Page {
     link: Option<String>,
 }
 
-fn finish(sim: &Sim, url: &str, page: Result<Page, Reject>, fault: Option<Transient>) -> Response {
+fn finish(page: Result<Page, Reject>, fault: Option<Transient>) -> Response {
     let page = match page {
         Ok(p) => p,
         Err(r) => return r.into_response(),
@@ -852,10 +852,7 @@ fn finish(sim: &Sim, url: &str, page: Result<Page, Reject>, fault: Option<Transi
             ]);
             (StatusCode::OK, headers, Body::from_stream(stream)).into_response()
         }
-        _ => {
-            let _ = (sim, url);
-            (StatusCode::OK, headers, page.body).into_response()
-        }
+        _ => (StatusCode::OK, headers, page.body).into_response(),
     }
 }
 
@@ -1060,7 +1057,7 @@ async fn enterprises(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         })
     })
     .await;
-    finish(&sim, &url, result, fault)
+    finish(result, fault)
 }
 
 async fn operations(State(sim): State<Arc<Sim>>, req: Request) -> Response {
@@ -1131,7 +1128,7 @@ async fn operations(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         })
     })
     .await;
-    finish(&sim, &url, result, fault)
+    finish(result, fault)
 }
 
 async fn bank_loans(State(sim): State<Arc<Sim>>, req: Request) -> Response {
@@ -1221,7 +1218,7 @@ async fn bank_loans(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         })
     })
     .await;
-    finish(&sim, &url, result, fault)
+    finish(result, fault)
 }
 
 async fn financing_demands(State(sim): State<Arc<Sim>>, req: Request) -> Response {
@@ -1275,7 +1272,7 @@ async fn financing_demands(State(sim): State<Arc<Sim>>, req: Request) -> Respons
         })
     })
     .await;
-    finish(&sim, &url, result, fault)
+    finish(result, fault)
 }
 
 async fn direct_financing(State(sim): State<Arc<Sim>>, req: Request) -> Response {
@@ -1322,7 +1319,7 @@ async fn direct_financing(State(sim): State<Arc<Sim>>, req: Request) -> Response
         })
     })
     .await;
-    finish(&sim, &url, result, fault)
+    finish(result, fault)
 }
 
 async fn truth_cached(sim: &Arc<Sim>) -> Arc<Truth> {

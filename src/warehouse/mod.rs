@@ -877,26 +877,4 @@ impl Warehouse {
         }
         Ok(())
     }
-
-    /// Every file under the generations directory, relative to the root (for orphan checks).
-    pub fn generation_files(&self) -> Result<Vec<PathBuf>> {
-        fn walk(d: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
-            for e in std::fs::read_dir(d)? {
-                let p = e?.path();
-                if p.is_dir() {
-                    walk(&p, out)?;
-                } else {
-                    out.push(p);
-                }
-            }
-            Ok(())
-        }
-        let mut out = Vec::new();
-        let g = self.meta("gen");
-        walk(&g, &mut out).map_err(io_err("read", &g))?;
-        Ok(out
-            .into_iter()
-            .filter_map(|p| p.strip_prefix(&self.root).ok().map(Path::to_path_buf))
-            .collect())
-    }
 }
