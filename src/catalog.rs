@@ -57,6 +57,8 @@ pub struct Catalog {
     project: Arc<Project>,
     wh: Warehouse,
     runtime: Arc<RuntimeEnv>,
+    /// `system.runs`, rebuilt only when the runs directory changes.
+    runs_cache: Arc<std::sync::Mutex<Option<(std::time::SystemTime, Arc<MemTable>)>>>,
 }
 
 /// One consistent view of the warehouse.
@@ -147,6 +149,7 @@ impl Catalog {
             project,
             wh,
             runtime,
+            runs_cache: Arc::default(),
         })
     }
 
@@ -180,6 +183,23 @@ impl Catalog {
         self.snapshot_at(manifest).await
     }
 
+    /// `system.runs`: the run records, read again only when the runs directory changed.
+    fn runs_table(&self) -> Result<Arc<MemTable>, CatalogError> {
+        let dir = self.wh.root().join("_ironlake").join("runs");
+        let mtime = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+        let mut cache = self.runs_cache.lock().expect("runs cache lock");
+        if let (Some(t), Some((cached_t, table))) = (mtime, cache.as_ref())
+            && *cached_t == t
+        {
+            return Ok(table.clone());
+        }
+        let table = runs_table(&self.wh)?;
+        if let Some(t) = mtime {
+            *cache = Some((t, table.clone()));
+        }
+        Ok(table)
+    }
+
     /// A snapshot at a given manifest.
     pub async fn snapshot_at(&self, manifest: Manifest) -> Result<Snapshot, CatalogError> {
         let ctx = self.session();
@@ -210,7 +230,7 @@ impl Catalog {
             let path = root.join(&dir.generation);
             register_published(&ctx, name, &path, meta).await?;
         }
-        register(&ctx, "system.runs", runs_table(&self.wh)?)?;
+        register(&ctx, "system.runs", self.runs_table()?)?;
         register(&ctx, "system.partitions", partitions_table(&manifest)?)?;
         register(&ctx, "ref_districts", districts_table()?)?;
         register(&ctx, "ref_industries", industries_table()?)?;
