@@ -51,6 +51,9 @@ pub enum CatalogError {
 /// Schemas besides the default one.
 pub const SCHEMAS: [&str; 3] = ["quarantine", "published", "system"];
 
+/// The runs directory's modification time and the `system.runs` table built at it.
+type RunsCache = (std::time::SystemTime, Arc<MemTable>);
+
 /// The SQL engine of one warehouse: shared memory pool and spill directory.
 #[derive(Clone)]
 pub struct Catalog {
@@ -58,7 +61,7 @@ pub struct Catalog {
     wh: Warehouse,
     runtime: Arc<RuntimeEnv>,
     /// `system.runs`, rebuilt only when the runs directory changes.
-    runs_cache: Arc<std::sync::Mutex<Option<(std::time::SystemTime, Arc<MemTable>)>>>,
+    runs_cache: Arc<std::sync::Mutex<Option<RunsCache>>>,
 }
 
 /// One consistent view of the warehouse.
