@@ -631,12 +631,12 @@ async fn execute(
                             Pagination::PageNumber { .. } | Pagination::OffsetLimit { .. }
                         )
                     {
-                        let h = partition::fingerprint(
-                            &String::from_utf8_lossy(&fetched.body),
-                            None,
-                            "",
-                        );
-                        let h = u64::from_str_radix(&h[..16], 16).unwrap_or(0);
+                        let h = {
+                            use std::hash::{Hash, Hasher};
+                            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                            fetched.body.hash(&mut hasher);
+                            hasher.finish()
+                        };
                         if last_body == Some(h) {
                             return Err(IngestError::PaginationLoop {
                                 url: shown,
