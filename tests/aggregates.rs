@@ -13,24 +13,13 @@ const TOKEN: &str = "aggregates-test-token";
 
 /// A copy of the bundled project whose config is edited by `edit`.
 fn project_dir(edit: impl Fn(String) -> String) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = std::fs::read_to_string(repo().join("ironlake.toml")).unwrap();
-    std::fs::write(dir.path().join("ironlake.toml"), edit(cfg)).unwrap();
-    for sub in [
-        "schemas",
-        "schemas/reference",
-        "pipelines",
-        "pipelines/aggregates",
-    ] {
-        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        for e in std::fs::read_dir(repo().join(sub)).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_file() {
-                std::fs::copy(&p, dir.path().join(sub).join(p.file_name().unwrap())).unwrap();
-            }
+    common::project_copy(|path, text| {
+        if path == "ironlake.toml" {
+            edit(text)
+        } else {
+            text
         }
-    }
-    dir
+    })
 }
 
 fn cmd(project: &Path, wh: &Path) -> std::process::Command {

@@ -1,6 +1,8 @@
 //! `ironlake check` as a new user meets it: the real binary on real files,
 //! the bundled project plus one broken file at a time.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,22 +12,7 @@ fn repo() -> PathBuf {
 
 /// A copy of the bundled config, schemas, pipelines and aggregates in a temp dir.
 fn project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        repo().join("ironlake.toml"),
-        dir.path().join("ironlake.toml"),
-    )
-    .unwrap();
-    for sub in ["schemas", "pipelines", "pipelines/aggregates"] {
-        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        for entry in std::fs::read_dir(repo().join(sub)).unwrap() {
-            let p = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "toml" || e == "sql") {
-                std::fs::copy(&p, dir.path().join(sub).join(p.file_name().unwrap())).unwrap();
-            }
-        }
-    }
-    dir
+    common::project_copy(|_, text| text)
 }
 
 fn add_fixture(dir: &Path, fixture: &str, sub: &str) {

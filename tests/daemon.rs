@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{py_json, repo, start_sim};
+use common::{py_json, start_sim};
 use ironlake::feedsim::{FaultMode, SimOptions};
 use std::io::BufRead as _;
 use std::path::Path;
@@ -14,44 +14,20 @@ const ADMIN: &str = "daemon-test-admin";
 
 /// A copy of the bundled project; `cron` replaces every pipeline's schedule if given.
 fn project(cron: Option<&str>) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        repo().join("ironlake.toml"),
-        dir.path().join("ironlake.toml"),
-    )
-    .unwrap();
-    for sub in [
-        "schemas",
-        "schemas/reference",
-        "pipelines",
-        "pipelines/aggregates",
-    ] {
-        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        for e in std::fs::read_dir(repo().join(sub)).unwrap() {
-            let p = e.unwrap().path();
-            if !p.is_file() {
-                continue;
-            }
-            let mut text = std::fs::read_to_string(&p).unwrap();
-            if let Some(c) = cron
-                && sub == "pipelines"
-            {
-                text = text
-                    .lines()
-                    .map(|l| {
-                        if l.starts_with("cron = ") {
-                            format!("cron = \"{c}\"")
-                        } else {
-                            l.to_string()
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n");
-            }
-            std::fs::write(dir.path().join(sub).join(p.file_name().unwrap()), text).unwrap();
-        }
-    }
-    dir
+    common::project_copy(|path, text| match cron {
+        Some(c) if path.starts_with("pipelines/") && path.ends_with(".toml") => text
+            .lines()
+            .map(|l| {
+                if l.starts_with("cron = ") {
+                    format!("cron = \"{c}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => text,
+    })
 }
 
 struct Running {

@@ -113,3 +113,30 @@ pub fn run_ok(cmd: &mut std::process::Command) -> String {
     );
     stdout
 }
+
+/// A copy of the bundled project (config, schemas, reference data, pipelines,
+/// aggregates) in a temp dir; `edit(relative_path, text)` may change any file.
+pub fn project_copy(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = std::fs::read_to_string(repo().join("ironlake.toml")).unwrap();
+    std::fs::write(dir.path().join("ironlake.toml"), edit("ironlake.toml", cfg)).unwrap();
+    for sub in [
+        "schemas",
+        "schemas/reference",
+        "pipelines",
+        "pipelines/aggregates",
+    ] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for e in std::fs::read_dir(repo().join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            if !p.is_file() {
+                continue;
+            }
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&p).unwrap();
+            let text = edit(&format!("{sub}/{name}"), text);
+            std::fs::write(dir.path().join(sub).join(&name), text).unwrap();
+        }
+    }
+    dir
+}
