@@ -134,17 +134,21 @@ impl Catalog {
     /// The engine for a project's warehouse, with its memory limit and spill directory.
     pub fn new(project: Arc<Project>, wh: Warehouse) -> Result<Catalog, CatalogError> {
         let sql = &project.settings.sql;
-        std::fs::create_dir_all(&sql.spill_dir).map_err(|e| {
-            CatalogError::Setup(format!(
-                "cannot create the spill directory {}: {e}",
-                sql.spill_dir.display()
-            ))
-        })?;
+        // A reader without write permission on the warehouse spills to the
+        // system's temp directory instead.
+        let spill_dir = match std::fs::create_dir_all(&sql.spill_dir) {
+            Ok(()) => sql.spill_dir.clone(),
+            Err(e) => {
+                let fallback = std::env::temp_dir();
+                tracing::debug!(spill_dir = %sql.spill_dir.display(), error = %e, fallback = %fallback.display(), "Cannot create the spill directory; spilling to the temp directory.");
+                fallback
+            }
+        };
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(
                 (sql.memory_limit_mb as usize) << 20,
             )))
-            .with_temp_file_path(&sql.spill_dir)
+            .with_temp_file_path(&spill_dir)
             .with_object_list_cache_limit(0)
             .build_arc()
             .map_err(|e| CatalogError::Setup(e.to_string()))?;

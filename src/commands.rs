@@ -73,19 +73,9 @@ pub async fn run(
     serve_until_signal(daemon, listener, Duration::from_secs(drain_secs)).await
 }
 
-fn random_hex(n: usize) -> String {
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(7)
-        ^ (u64::from(std::process::id()) << 20);
-    let mut out = String::new();
-    while out.len() < n {
-        seed = ironlake::feedsim::rng::mix(seed);
-        out.push_str(&format!("{seed:016x}"));
-    }
-    out.truncate(n);
-    out
+/// A random token suffix from the OS's generator.
+fn random_hex(n: usize) -> Result<String> {
+    ironlake::primitives::random_hex(n).context("cannot read /dev/urandom for the demo's tokens")
 }
 
 /// `ironlake demo`: the simulator and the daemon, a backfill of the plan's period, the indicators.
@@ -94,7 +84,7 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
     let sim_listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the simulator")?;
     let sim_addr = sim_listener.local_addr()?;
-    let feed_token = format!("demo-feed-{}", random_hex(16));
+    let feed_token = format!("demo-feed-{}", random_hex(32)?);
     let mut api_tokens = Vec::new();
     // SAFETY: no other thread exists yet.
     unsafe {
@@ -108,7 +98,7 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
             let v = match std::env::var(env) {
                 Ok(v) if !v.is_empty() => v,
                 _ => {
-                    let v = format!("demo-{role}-{}", random_hex(12));
+                    let v = format!("demo-{role}-{}", random_hex(24)?);
                     std::env::set_var(env, &v);
                     v
                 }
@@ -150,12 +140,11 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
         println!("Backfilling the plan's period, 2017Q1–2019Q4:");
         let from: Quarter = "2017Q1".parse().expect("valid");
         let to: Quarter = "2019Q4".parse().expect("valid");
-        let client = ironlake::source::client(Duration::from_secs(10));
         use std::io::IsTerminal as _;
         let progress = crate::progress::reporter(std::io::stderr().is_terminal());
         let project_arc = daemon.project();
         for p in &project_arc.pipelines {
-            match ironlake::ingest::run(&project_arc, daemon.warehouse(), &p.name, RunKind::Backfill { from, to }, client.clone(), Some(progress.clone())).await {
+            match ironlake::ingest::run(&project_arc, daemon.warehouse(), &p.name, RunKind::Backfill { from, to }, Some(progress.clone())).await {
                 Ok(r) => {
                     crate::progress::clear();
                     println!(
@@ -225,7 +214,7 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
 
 /// `ironlake status`: recent runs and the freshness of each table.
 pub fn status(project: &Project) -> Result<ExitCode> {
-    let wh = ironlake::warehouse::Warehouse::open(&project.settings.warehouse_dir)
+    let wh = ironlake::warehouse::Warehouse::open_read_only(&project.settings.warehouse_dir)
         .context("cannot open the warehouse")?;
     let manifest = wh.manifest()?;
     let runs = wh.runs()?;

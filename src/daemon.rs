@@ -142,25 +142,68 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Tokens from the environment (`IRONLAKE_TOKEN_*`) or the files the config names.
-    pub fn load(project: &Project) -> Tokens {
-        let read = |env: &str, file: &Option<std::path::PathBuf>| -> Option<String> {
-            if let Ok(v) = std::env::var(env)
-                && !v.is_empty()
-            {
-                return Some(v);
-            }
-            file.as_ref()
-                .and_then(|f| std::fs::read_to_string(f).ok())
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        };
+    /// Tokens from the environment (`IRONLAKE_TOKEN_*`, surrounding
+    /// whitespace trimmed) or the files the config names. A named file that
+    /// cannot be read or is empty is an error (the role would silently be
+    /// locked out); a file others can read is refused too.
+    pub fn load(project: &Project) -> Result<Tokens, String> {
         let api = &project.settings.api;
-        Tokens {
-            admin: read("IRONLAKE_TOKEN_ADMIN", &api.admin_token_file),
-            analyst: read("IRONLAKE_TOKEN_ANALYST", &api.analyst_token_file),
-            viewer: read("IRONLAKE_TOKEN_VIEWER", &api.viewer_token_file),
+        Ok(Tokens {
+            admin: read_token("IRONLAKE_TOKEN_ADMIN", api.admin_token_file.as_deref())?,
+            analyst: read_token("IRONLAKE_TOKEN_ANALYST", api.analyst_token_file.as_deref())?,
+            viewer: read_token("IRONLAKE_TOKEN_VIEWER", api.viewer_token_file.as_deref())?,
+        })
+    }
+}
+
+/// One role's token: the environment first, then the configured file.
+fn read_token(env: &str, file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    if let Ok(v) = std::env::var(env)
+        && !v.trim().is_empty()
+    {
+        return Ok(Some(v.trim().to_string()));
+    }
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let meta = std::fs::metadata(file)
+        .map_err(|e| format!("cannot read the token file {}: {e}", file.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "the token file {} can be read by other users (mode {:o}); run `chmod 600 {}`",
+                file.display(),
+                mode & 0o777,
+                file.display()
+            ));
         }
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read the token file {}: {e}", file.display()))?;
+    match text.trim() {
+        "" => Err(format!("the token file {} is empty", file.display())),
+        t => Ok(Some(t.to_string())),
+    }
+}
+
+impl Tokens {}
+
+/// Marks a pipeline as running until dropped.
+struct RunningSlot {
+    daemon: Arc<Daemon>,
+    name: String,
+}
+
+impl Drop for RunningSlot {
+    fn drop(&mut self) {
+        self.daemon
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.name);
     }
 }
 
@@ -170,7 +213,6 @@ pub struct Daemon {
     project: RwLock<Arc<Project>>,
     catalog: RwLock<Catalog>,
     wh: Warehouse,
-    client: reqwest::Client,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     running: Mutex<HashSet<String>>,
@@ -182,6 +224,8 @@ pub struct Daemon {
     clock: Arc<dyn Clock>,
     tokens: RwLock<Tokens>,
     schedules: Mutex<CancellationToken>,
+    /// Held for the daemon's life: a second daemon on the warehouse refuses to start.
+    _daemon_lock: crate::warehouse::fsutil::FileLock,
 }
 
 fn describe_metrics(m: &Metrics) {
@@ -245,11 +289,16 @@ impl Daemon {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Arc<Daemon>> {
         let wh = Warehouse::open(&project.settings.warehouse_dir)?;
+        let daemon_lock = wh.lock_daemon(&format!(
+            "pid {}, started {}",
+            std::process::id(),
+            crate::warehouse::now_rfc3339()
+        ))?;
         let project = Arc::new(project);
         let catalog = Catalog::new(project.clone(), wh.clone())?;
         let metrics = Arc::new(Metrics::new());
         describe_metrics(&metrics);
-        let tokens = Tokens::load(&project);
+        let tokens = Tokens::load(&project).map_err(|e| anyhow::anyhow!(e))?;
         let permits = Arc::new(tokio::sync::Semaphore::new(
             project.settings.ingest.max_concurrent_runs as usize,
         ));
@@ -258,7 +307,6 @@ impl Daemon {
             project: RwLock::new(project),
             catalog: RwLock::new(catalog),
             wh,
-            client: crate::source::client(Duration::from_secs(10)),
             metrics,
             running: Mutex::new(HashSet::new()),
             permits,
@@ -269,6 +317,7 @@ impl Daemon {
             clock,
             tokens: RwLock::new(tokens),
             schedules: Mutex::new(CancellationToken::new()),
+            _daemon_lock: daemon_lock,
         });
         for p in d.project().pipelines.iter() {
             d.metrics.inc(
@@ -340,21 +389,32 @@ impl Daemon {
         let me = self.clone();
         let name = pipeline.to_string();
         self.tracker.spawn(async move {
+            // Frees the pipeline's slot however the task ends, a panic included.
+            let _slot = RunningSlot {
+                daemon: me.clone(),
+                name: name.clone(),
+            };
             let permit = tokio::select! {
                 p = me.permits.clone().acquire_owned() => p.ok(),
                 _ = me.shutdown.cancelled() => None,
             };
             if permit.is_some() {
-                me.run_pipeline(&project, &name, kind).await;
+                let run = std::panic::AssertUnwindSafe(me.run_pipeline(&project, &name, kind));
+                if let Err(payload) = futures::FutureExt::catch_unwind(run).await {
+                    tracing::error!(
+                        pipeline = %name,
+                        panic = %ingest::panic_message(payload.as_ref()),
+                        "A run panicked after it ended (a bug); the daemon keeps serving."
+                    );
+                }
             }
-            me.running.lock().expect("running lock").remove(&name);
         });
         Ok(())
     }
 
     async fn run_pipeline(self: &Arc<Self>, project: &Arc<Project>, name: &str, kind: RunKind) {
         let started = std::time::Instant::now();
-        let result = ingest::run(project, &self.wh, name, kind, self.client.clone(), None).await;
+        let result = ingest::run(project, &self.wh, name, kind, None).await;
         let secs = started.elapsed().as_secs_f64();
         let m = &self.metrics;
         m.observe(
@@ -555,7 +615,8 @@ impl Daemon {
         let project = Arc::new(project);
         let catalog = Catalog::new(project.clone(), self.wh.clone()).map_err(|e| e.to_string())?;
         let n = project.pipelines.len();
-        *self.tokens.write().expect("tokens lock") = Tokens::load(&project);
+        let tokens = Tokens::load(&project)?;
+        *self.tokens.write().expect("tokens lock") = tokens;
         *self.catalog.write().expect("catalog lock") = catalog;
         *self.project.write().expect("project lock") = project;
         self.start_schedules();

@@ -289,6 +289,8 @@ fn decode_ndjson<'a>(columns: &Columns, body: &'a [u8]) -> DecodedPage<'a> {
 struct CsvRecord<'a> {
     raw: &'a [u8],
     cells: Vec<Cow<'a, [u8]>>,
+    /// A quoted field was still open at the end of the page.
+    unterminated: bool,
 }
 
 fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
@@ -298,6 +300,7 @@ fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
     while i < n {
         let start = i;
         let mut cells: Vec<Cow<'_, [u8]>> = Vec::new();
+        let mut unterminated = false;
         loop {
             // One cell.
             if i < n && body[i] == b'"' {
@@ -306,6 +309,7 @@ fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
                 i += 1;
                 loop {
                     if i >= n {
+                        unterminated = true;
                         break;
                     }
                     if body[i] == b'"' {
@@ -326,7 +330,7 @@ fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
                     Some(b) => Cow::Owned(b),
                     None => Cow::Borrowed(&body[content_start..i.min(n)]),
                 };
-                i += 1; // closing quote
+                i = (i + 1).min(n); // closing quote (none at the end of an unterminated page)
                 // Anything up to the delimiter after a closing quote is kept verbatim.
                 let extra_start = i;
                 while i < n && body[i] != b',' && body[i] != b'\n' {
@@ -364,8 +368,12 @@ fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
             end -= 1;
         }
         let raw = &body[start..end];
-        if !(cells.len() == 1 && cells[0].is_empty()) {
-            out.push(CsvRecord { raw, cells });
+        if !(cells.len() == 1 && cells[0].is_empty()) || unterminated {
+            out.push(CsvRecord {
+                raw,
+                cells,
+                unterminated,
+            });
         }
     }
     out
@@ -379,6 +387,11 @@ fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, 
             "the body is empty; a CSV page starts with a header row".into(),
         ));
     };
+    if header.unterminated {
+        return Err(DecodeError::CsvHeader(
+            "a quoted field in the header row is never closed".into(),
+        ));
+    }
     let names: Vec<String> = header
         .cells
         .iter()
@@ -414,6 +427,14 @@ fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, 
                 continue;
             }
         };
+        if rec.unterminated {
+            page.bad.push(BadItem {
+                no,
+                raw: raw.to_string(),
+                reason: "a quoted field is never closed (the page ends inside quotes)".into(),
+            });
+            continue;
+        }
         if rec.cells.len() != names.len() {
             page.bad.push(BadItem {
                 no,
@@ -434,9 +455,14 @@ fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, 
             if cell.is_empty() {
                 continue;
             }
+            // Cells are slices of the row, which is valid UTF-8, cut at ASCII
+            // delimiters; checked anyway so no input can panic here.
             let text = match cell {
-                Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).expect("row is UTF-8")),
-                Cow::Owned(b) => Cow::Owned(String::from_utf8(b).expect("row is UTF-8")),
+                Cow::Borrowed(b) => std::str::from_utf8(b).ok().map(Cow::Borrowed),
+                Cow::Owned(b) => String::from_utf8(b).ok().map(Cow::Owned),
+            };
+            let Some(text) = text else {
+                continue;
             };
             cells[idx] = Some(Cell::Text(text));
         }
@@ -547,6 +573,31 @@ mod tests {
         assert_eq!(p.bad[0].no, 3);
         assert!(p.bad[0].reason.contains("not valid UTF-8"));
         assert_eq!(p.items, 4);
+    }
+
+    #[test]
+    fn csv_page_ending_inside_an_open_quote_is_a_bad_item_not_a_panic() {
+        let body = b"id,amount,day\na,1,2019-01-01\n\"x";
+        let p = decode(Format::Csv, None, None, &cols(), body).unwrap();
+        assert_eq!(p.records.len(), 1);
+        assert_eq!(p.bad.len(), 1);
+        assert_eq!(p.bad[0].no, 2);
+        assert_eq!(p.bad[0].raw, "\"x");
+        assert!(
+            p.bad[0].reason.contains("never closed"),
+            "{}",
+            p.bad[0].reason
+        );
+        for body in [
+            &b"\""[..],
+            b"id,\"am",
+            b"id\n\"",
+            b"id\n\"\"\"",
+            b"id\r\n\"a\r",
+        ] {
+            let _ = decode(Format::Csv, None, None, &cols(), body);
+        }
+        assert!(decode(Format::Csv, None, None, &cols(), b"\"id").is_err());
     }
 
     #[test]

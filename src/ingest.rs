@@ -98,6 +98,61 @@ pub enum IngestError {
     /// A worker thread died (a bug).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The run panicked (a bug of ours); it was stopped and recorded failed.
+    #[error("internal error: the run panicked: {0}; nothing was committed (please report this)")]
+    Panicked(String),
+    /// The run went on past its deadline.
+    #[error(
+        "the run took longer than source.max_run_secs ({0} s) and was stopped; nothing was committed"
+    )]
+    Deadline(u64),
+    /// The feed sent more pages than allowed.
+    #[error(
+        "GET {url}: more than source.max_pages ({limit}) pages in one window; stopping (raise max_pages if the feed is really this long)"
+    )]
+    TooManyPages {
+        /// Request URL (redacted) of the page past the limit.
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// The message of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with no message".to_string()
+    }
+}
+
+/// A run's staging directory, removed when the run ends however it ends.
+struct Staging {
+    path: std::path::PathBuf,
+    _lock: crate::warehouse::fsutil::FileLock,
+}
+
+impl Staging {
+    fn new(wh: &Warehouse, run_id: &str) -> Result<Staging, IngestError> {
+        let (path, lock) = wh.staging_dir(run_id)?;
+        Ok(Staging { path, _lock: lock })
+    }
+}
+
+impl std::ops::Deref for Staging {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 /// Where a cursor stands.
@@ -294,13 +349,15 @@ impl Pager {
                 *done = true;
                 false
             }
-            (Pager::PageNumber { page, .. }, Pagination::PageNumber { page_size, .. }) => {
+            // A short page is not proof of the end (a partner may cap a page
+            // below the size asked for): only an empty page ends the window.
+            (Pager::PageNumber { page, .. }, Pagination::PageNumber { .. }) => {
                 *page += 1;
-                items >= u64::from(*page_size)
+                items > 0
             }
-            (Pager::Offset { offset, .. }, Pagination::OffsetLimit { page_size, .. }) => {
+            (Pager::Offset { offset, .. }, Pagination::OffsetLimit { .. }) => {
                 *offset += items;
-                items >= u64::from(*page_size)
+                items > 0
             }
             (Pager::Cursor { cursor, .. }, _) => match next_cursor {
                 Some(c) => {
@@ -322,6 +379,35 @@ impl Pager {
             _ => false,
         }
     }
+}
+
+/// Checks the next request of a window before it is sent: on a trusted
+/// origin (a `Link` may point anywhere), not seen before in this window,
+/// and within the page cap. Returns the URL redacted for messages.
+fn next_request(
+    source: &Source,
+    visited: &mut HashSet<String>,
+    prev: Option<&str>,
+    url: &str,
+    max_pages: u64,
+) -> Result<String, IngestError> {
+    let shown = source.redact(url);
+    if let Some(prev) = prev {
+        source.check_origin(prev, url, "the Link header's next page")?;
+    }
+    if !visited.insert(url.to_string()) {
+        return Err(IngestError::PaginationLoop {
+            url: shown,
+            what: "was already fetched in this run",
+        });
+    }
+    if visited.len() as u64 > max_pages {
+        return Err(IngestError::TooManyPages {
+            url: shown,
+            limit: max_pages,
+        });
+    }
+    Ok(shown)
 }
 
 struct Counters {
@@ -402,7 +488,6 @@ pub async fn run(
     wh: &Warehouse,
     pipeline: &str,
     kind: RunKind,
-    client: reqwest::Client,
     progress: Option<ProgressFn>,
 ) -> Result<RunRecord, IngestError> {
     let p = project.pipeline(pipeline).ok_or_else(|| {
@@ -434,11 +519,18 @@ pub async fn run(
     wh.write_run(&record)?;
     let span = tracing::info_span!("run", pipeline = %p.name, run_id = %run_id);
     span.in_scope(|| tracing::info!(kind = kind_name, "Run started."));
-    let result = tracing::Instrument::instrument(
-        execute(p, table, wh, kind, client, progress, &mut record),
-        span.clone(),
-    )
-    .await;
+    // A panic anywhere in the run (a bug) fails this run only: it is recorded
+    // with its message and the pipeline's slot is released.
+    let work = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+        tracing::Instrument::instrument(
+            execute(p, table, wh, kind, progress, &mut record),
+            span.clone(),
+        ),
+    ));
+    let result = match work.await {
+        Ok(r) => r,
+        Err(payload) => Err(IngestError::Panicked(panic_message(payload.as_ref()))),
+    };
     let _enter = span.enter();
     match result {
         Ok(done) => {
@@ -470,7 +562,6 @@ async fn execute(
     table: &TableSchema,
     wh: &Warehouse,
     kind: RunKind,
-    client: reqwest::Client,
     progress: Option<ProgressFn>,
     record: &mut RunRecord,
 ) -> Result<RunRecord, IngestError> {
@@ -478,8 +569,8 @@ async fn execute(
     let manifest = wh.manifest()?;
     let cursor_before = manifest.cursors.get(&p.name).map(|c| c.value.clone());
     record.cursor_before = cursor_before.clone();
-    let (staging, staging_lock) = wh.staging_dir(&record.run_id)?;
-    let source = Source::new(p, client)?;
+    let staging = Staging::new(wh, &record.run_id)?;
+    let source = Source::new(p)?;
     let plan = plan(p, kind, cursor_before.as_deref());
     let columns = Columns::new(table.columns.iter().map(|c| c.name.as_str()));
     let validator = Validator::new(table);
@@ -528,72 +619,76 @@ async fn execute(
         p.source.pagination,
         Pagination::LinkHeader { .. } | Pagination::None
     );
-    let result: Result<(), IngestError> = if prefetch {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, String, crate::source::Fetched)>(2);
-        let mut fetch_stats = FetchStats::default();
-        let (plan_ref, source_ref, stats) = (&plan, &source, &mut fetch_stats);
-        let producer = async move {
-            for (wi, quarter) in plan_ref.quarters.iter().enumerate() {
-                let mut base = source_ref.base_url(&p.name, *quarter)?;
-                if let (Window::Incremental { param, .. }, Some(since)) =
-                    (&p.source.window, &plan_ref.since)
-                {
-                    base = with_param(&base, param, since);
+    let max_pages = p.source.max_pages;
+    let fetch_all = async {
+        if prefetch {
+            let (tx, mut rx) =
+                tokio::sync::mpsc::channel::<(usize, String, crate::source::Fetched)>(2);
+            let mut fetch_stats = FetchStats::default();
+            let (plan_ref, source_ref, stats) = (&plan, &source, &mut fetch_stats);
+            let producer = async move {
+                for (wi, quarter) in plan_ref.quarters.iter().enumerate() {
+                    let mut base = source_ref.base_url(&p.name, *quarter)?;
+                    if let (Window::Incremental { param, .. }, Some(since)) =
+                        (&p.source.window, &plan_ref.since)
+                    {
+                        base = with_param(&base, param, since);
+                    }
+                    let mut pager = Pager::start(&p.source.pagination, base);
+                    let mut visited: HashSet<String> = HashSet::new();
+                    let mut prev: Option<String> = None;
+                    loop {
+                        let url = pager.url(&p.source.pagination);
+                        let shown = next_request(
+                            source_ref,
+                            &mut visited,
+                            prev.as_deref(),
+                            &url,
+                            max_pages,
+                        )?;
+                        let fetched = source_ref.fetch(&url, stats).await?;
+                        let next_link = fetched.next_link.clone();
+                        if tx.send((wi, shown, fetched)).await.is_err() {
+                            return Ok(()); // the consumer stopped with an error of its own
+                        }
+                        if !pager.advance(&p.source.pagination, 0, None, next_link, &url) {
+                            break;
+                        }
+                        prev = Some(url);
+                    }
                 }
-                let mut pager = Pager::start(&p.source.pagination, base);
-                let mut visited: HashSet<String> = HashSet::new();
-                loop {
-                    let url = pager.url(&p.source.pagination);
-                    let shown = source_ref.redact(&url);
-                    if !visited.insert(url.clone()) {
-                        return Err(IngestError::PaginationLoop {
-                            url: shown,
-                            what: "was already fetched in this run",
-                        });
-                    }
-                    let fetched = source_ref.fetch(&url, stats).await?;
-                    let next_link = fetched.next_link.clone();
-                    if tx.send((wi, shown, fetched)).await.is_err() {
-                        return Ok(()); // the consumer stopped with an error of its own
-                    }
-                    if !pager.advance(&p.source.pagination, 0, None, next_link, &url) {
-                        break;
-                    }
+                Ok::<(), IngestError>(())
+            };
+            let consumer = async {
+                while let Some((wi, shown, fetched)) = rx.recv().await {
+                    let page = decode::decode(
+                        p.source.format,
+                        records_field,
+                        cursor_field,
+                        &columns,
+                        &fetched.body,
+                    )
+                    .map_err(|e| IngestError::Decode {
+                        url: shown.clone(),
+                        source: e,
+                    })?;
+                    absorb(
+                        &page,
+                        &validator,
+                        &mut part,
+                        &shown,
+                        cursor_col,
+                        &mut max_cursor,
+                        &mut c,
+                    )?;
+                    report(&c, wi, "fetching", record);
                 }
-            }
-            Ok::<(), IngestError>(())
-        };
-        let consumer = async {
-            while let Some((wi, shown, fetched)) = rx.recv().await {
-                let page = decode::decode(
-                    p.source.format,
-                    records_field,
-                    cursor_field,
-                    &columns,
-                    &fetched.body,
-                )
-                .map_err(|e| IngestError::Decode {
-                    url: shown.clone(),
-                    source: e,
-                })?;
-                absorb(
-                    &page,
-                    &validator,
-                    &mut part,
-                    &shown,
-                    cursor_col,
-                    &mut max_cursor,
-                    &mut c,
-                )?;
-                report(&c, wi, "fetching", record);
-            }
-            Ok::<(), IngestError>(())
-        };
-        let (produced, consumed) = tokio::join!(producer, consumer);
-        c.stats = fetch_stats;
-        consumed.and(produced)
-    } else {
-        async {
+                Ok::<(), IngestError>(())
+            };
+            let (produced, consumed) = tokio::join!(producer, consumer);
+            c.stats = fetch_stats;
+            consumed.and(produced)
+        } else {
             for (wi, quarter) in plan.quarters.iter().enumerate() {
                 let mut base = source.base_url(&p.name, *quarter)?;
                 if let (Window::Incremental { param, .. }, Some(since)) =
@@ -604,15 +699,11 @@ async fn execute(
                 let mut pager = Pager::start(&p.source.pagination, base);
                 let mut visited: HashSet<String> = HashSet::new();
                 let mut last_body: Option<u64> = None;
+                let mut prev: Option<String> = None;
                 loop {
                     let url = pager.url(&p.source.pagination);
-                    let shown = source.redact(&url);
-                    if !visited.insert(url.clone()) {
-                        return Err(IngestError::PaginationLoop {
-                            url: shown,
-                            what: "was already fetched in this run",
-                        });
-                    }
+                    let shown =
+                        next_request(&source, &mut visited, prev.as_deref(), &url, max_pages)?;
                     let fetched = source.fetch(&url, &mut c.stats).await?;
                     let page = decode::decode(
                         p.source.format,
@@ -667,11 +758,16 @@ async fn execute(
                     ) {
                         break;
                     }
+                    prev = Some(url);
                 }
             }
             Ok(())
         }
-        .await
+    };
+    // The fetch phase has a deadline; the commit, once started, is not cut short.
+    let result = match tokio::time::timeout(p.source.max_run, fetch_all).await {
+        Ok(r) => r,
+        Err(_) => Err(IngestError::Deadline(p.source.max_run.as_secs())),
     };
     record.requests = c.stats.requests;
     record.retries = c.stats.retries;
@@ -683,8 +779,7 @@ async fn execute(
     record.unknown_fields = c.unknown.clone();
     if let Err(e) = result {
         drop(part);
-        let _ = std::fs::remove_dir_all(&staging);
-        drop(staging_lock);
+        drop(staging);
         return Err(e);
     }
     for (field, n) in &c.unknown {
@@ -712,13 +807,18 @@ async fn execute(
     let table2 = table.clone();
     let pipeline = p.name.clone();
     let rec = record.clone();
+    // The staging directory lives until the commit is over, even if this
+    // future is dropped meanwhile.
     let done = tokio::task::spawn_blocking(move || {
-        commit_run(&wh2, &table2, &pipeline, spilled, cursor_after, rec)
+        let r = commit_run(&wh2, &table2, &pipeline, spilled, cursor_after, rec);
+        drop(staging);
+        r
     })
     .await
-    .map_err(|e| IngestError::Internal(format!("commit thread: {e}")))??;
-    let _ = std::fs::remove_dir_all(&staging);
-    drop(staging_lock);
+    .map_err(|e| match e.try_into_panic() {
+        Ok(payload) => IngestError::Panicked(panic_message(payload.as_ref())),
+        Err(e) => IngestError::Internal(format!("commit thread: {e}")),
+    })??;
     *record = done.clone();
     report(&c, plan.quarters.len(), "done", record);
     Ok(done)
@@ -930,45 +1030,48 @@ pub fn import(
     let run_id = warehouse::new_run_id(&name);
     let mut record = RunRecord::start(&run_id, &name, "import", table);
     wh.write_run(&record)?;
-    let result = (|| -> Result<RunRecord, IngestError> {
-        let (staging, _lock) = wh.staging_dir(&run_id)?;
-        let columns = Columns::new(t.columns.iter().map(|c| c.name.as_str()));
-        let validator = Validator::new(t);
-        let mut part = Partitioner::new(t, &staging, &run_id, &name);
-        let page = decode::decode(format, None, None, &columns, body).map_err(|e| {
-            IngestError::Decode {
-                url: source_name.to_string(),
-                source: e,
-            }
-        })?;
-        record.bytes = body.len() as u64;
-        let mut c = Counters {
-            stats: FetchStats::default(),
-            pages: 0,
-            rows_in: 0,
-            rows_valid: 0,
-            rejected: 0,
-            unknown: BTreeMap::new(),
-        };
-        absorb(
-            &page,
-            &validator,
-            &mut part,
-            source_name,
-            None,
-            &mut None,
-            &mut c,
-        )?;
-        record.pages = c.pages;
-        record.rows_in = c.rows_in;
-        record.rows_valid = c.rows_valid;
-        record.rows_rejected = c.rejected;
-        record.unknown_fields = c.unknown;
-        let spilled = part.finish()?;
-        let done = commit_run(wh, t, &name, spilled, None, record.clone())?;
-        let _ = std::fs::remove_dir_all(&staging);
-        Ok(done)
-    })();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+        || -> Result<RunRecord, IngestError> {
+            let staging = Staging::new(wh, &run_id)?;
+            let columns = Columns::new(t.columns.iter().map(|c| c.name.as_str()));
+            let validator = Validator::new(t);
+            let mut part = Partitioner::new(t, &staging, &run_id, &name);
+            let page = decode::decode(format, None, None, &columns, body).map_err(|e| {
+                IngestError::Decode {
+                    url: source_name.to_string(),
+                    source: e,
+                }
+            })?;
+            record.bytes = body.len() as u64;
+            let mut c = Counters {
+                stats: FetchStats::default(),
+                pages: 0,
+                rows_in: 0,
+                rows_valid: 0,
+                rejected: 0,
+                unknown: BTreeMap::new(),
+            };
+            absorb(
+                &page,
+                &validator,
+                &mut part,
+                source_name,
+                None,
+                &mut None,
+                &mut c,
+            )?;
+            record.pages = c.pages;
+            record.rows_in = c.rows_in;
+            record.rows_valid = c.rows_valid;
+            record.rows_rejected = c.rejected;
+            record.unknown_fields = c.unknown;
+            let spilled = part.finish()?;
+            let done = commit_run(wh, t, &name, spilled, None, record.clone())?;
+            drop(staging);
+            Ok(done)
+        },
+    ))
+    .unwrap_or_else(|payload| Err(IngestError::Panicked(panic_message(payload.as_ref()))));
     if let Err(e) = &result {
         record.outcome = Outcome::Failed;
         record.error = Some(e.to_string());

@@ -28,8 +28,10 @@
 //! Around them: [`config`] (declarative files, validated), [`check`]
 //! (`ironlake check`), [`domain`] (USCC, district, industry, decimal and
 //! quarter rules), [`ingest`] (one run of one pipeline, end to end),
-//! [`daemon`] (schedules, reload, shutdown), [`metrics`] (Prometheus) and
-//! [`feedsim`] (the partner stand-in, `ironlake feed-sim`).
+//! [`daemon`] (schedules, reload, shutdown), [`metrics`] (Prometheus),
+//! [`primitives`] (constant-time comparison, randomness, fingerprint hash)
+//! and [`feedsim`] (the partner stand-in, `ironlake feed-sim`; production
+//! code never depends on it).
 
 #![warn(missing_docs)]
 
@@ -44,6 +46,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod models;
 pub mod partition;
+pub mod primitives;
 pub mod query;
 pub mod serve;
 pub mod source;

@@ -180,9 +180,17 @@ fn feed_sim(opts: ironlake::feedsim::SimOptions) -> Result<ExitCode> {
     })
 }
 
-fn catalog(project: ironlake::config::Project) -> Result<ironlake::catalog::Catalog> {
-    let wh = ironlake::warehouse::Warehouse::open(&project.settings.warehouse_dir)
-        .context("cannot open the warehouse")?;
+fn catalog(
+    project: ironlake::config::Project,
+    read_only: bool,
+) -> Result<ironlake::catalog::Catalog> {
+    let dir = &project.settings.warehouse_dir;
+    let wh = if read_only {
+        ironlake::warehouse::Warehouse::open_read_only(dir)
+    } else {
+        ironlake::warehouse::Warehouse::open(dir)
+    }
+    .context("cannot open the warehouse")?;
     Ok(ironlake::catalog::Catalog::new(
         std::sync::Arc::new(project),
         wh,
@@ -196,7 +204,7 @@ async fn sql(
     output: Option<PathBuf>,
     timing: bool,
 ) -> Result<ExitCode> {
-    let catalog = catalog(project)?;
+    let catalog = catalog(project, true)?;
     let started = std::time::Instant::now();
     let Some(query) = query else {
         return repl::run(&catalog, format).await;
@@ -240,7 +248,7 @@ async fn refresh(
     names: Vec<String>,
     full: bool,
 ) -> Result<ExitCode> {
-    let catalog = catalog(project)?;
+    let catalog = catalog(project, false)?;
     match ironlake::models::refresh(&catalog, &names, full).await {
         Ok(report) => {
             for r in report {
@@ -342,11 +350,10 @@ fn ingest(
     let wh = ironlake::warehouse::Warehouse::open(&project.settings.warehouse_dir)
         .context("cannot open the warehouse")?;
     let progress = progress::reporter(std::io::stderr().is_terminal());
-    let client = ironlake::source::client(std::time::Duration::from_secs(10));
     let mut failed = 0;
     runtime()?.block_on(async {
         for name in &names {
-            match ironlake::ingest::run(project, &wh, name, kind, client.clone(), Some(progress.clone())).await {
+            match ironlake::ingest::run(project, &wh, name, kind, Some(progress.clone())).await {
                 Ok(r) => {
                     progress::clear();
                     println!(

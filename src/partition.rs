@@ -159,21 +159,7 @@ pub struct QuarantineRow {
     pub raw: String,
 }
 
-fn fnv(seed: u64, parts: &[&str]) -> u64 {
-    let mut h = 0xCBF2_9CE4_8422_2325u64 ^ seed;
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0xFF)) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x1000_0000_01B3);
-        }
-    }
-    crate::feedsim::rng::mix(h)
-}
-
-/// A stable fingerprint of a rejected record: same raw text, field and reason, same fingerprint.
-pub fn fingerprint(raw: &str, field: Option<&str>, reason: &str) -> String {
-    let parts = [raw, field.unwrap_or(""), reason];
-    format!("{:016x}{:016x}", fnv(1, &parts), fnv(2, &parts))
-}
+pub use crate::primitives::fingerprint;
 
 struct QuarantineBuffer {
     fingerprint: StringBuilder,

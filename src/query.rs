@@ -30,6 +30,9 @@ pub enum QueryError {
     /// More than one statement.
     #[error("one statement at a time, please ({0} given)")]
     Multiple(usize),
+    /// The statement is too long or its expressions nest too deeply to plan safely.
+    #[error("{0}")]
+    TooComplex(String),
     /// Parsing, planning or execution failed.
     #[error("{0}")]
     Sql(String),
@@ -77,8 +80,91 @@ fn check_statement(s: &Statement, sql: &str) -> Result<(), QueryError> {
     }
 }
 
+/// Longest statement accepted, in bytes.
+pub const MAX_STATEMENT_BYTES: usize = 256 * 1024;
+/// Deepest parenthesis nesting accepted.
+pub const MAX_PAREN_DEPTH: usize = 64;
+/// Most binary operators in one chain (`a + b + … `, `x OR y OR …`): each
+/// one is a level of the expression tree the planner walks recursively.
+pub const MAX_OPERATOR_CHAIN: usize = 1000;
+
+/// Refuses statements too long or too deeply nested to plan safely, before
+/// anything recursive (the parser, the planner, dropping the tree) sees them.
+/// Works on the flat token stream, so it cannot itself overflow the stack.
+pub fn check_complexity(sql: &str) -> Result<(), QueryError> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if sql.len() > MAX_STATEMENT_BYTES {
+        return Err(QueryError::TooComplex(format!(
+            "the statement is {} bytes long; the limit is {MAX_STATEMENT_BYTES} bytes",
+            sql.len()
+        )));
+    }
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map_err(|e| QueryError::Sql(format!("SQL syntax: {e}")))?;
+    // One operator count per open parenthesis level.
+    let mut chains: Vec<usize> = vec![0];
+    for t in &tokens {
+        let chain = chains.last_mut().expect("never empty");
+        match t {
+            Token::LParen => {
+                chains.push(0);
+                if chains.len() > MAX_PAREN_DEPTH + 1 {
+                    return Err(QueryError::TooComplex(format!(
+                        "parentheses nest more than {MAX_PAREN_DEPTH} levels deep; simplify the query"
+                    )));
+                }
+            }
+            Token::RParen => {
+                if chains.len() > 1 {
+                    chains.pop();
+                }
+            }
+            Token::Comma | Token::SemiColon => *chain = 0,
+            Token::Word(w) => match w.keyword {
+                Keyword::AND | Keyword::OR | Keyword::LIKE | Keyword::ILIKE => *chain += 1,
+                Keyword::NoKeyword
+                | Keyword::NOT
+                | Keyword::IS
+                | Keyword::NULL
+                | Keyword::TRUE
+                | Keyword::FALSE
+                | Keyword::IN
+                | Keyword::BETWEEN => {}
+                _ => *chain = 0,
+            },
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::StringConcat
+            | Token::Eq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Caret
+            | Token::Ampersand
+            | Token::Pipe
+            | Token::DoubleColon => *chain += 1,
+            _ => {}
+        }
+        if *chains.last().expect("never empty") > MAX_OPERATOR_CHAIN {
+            return Err(QueryError::TooComplex(format!(
+                "an expression chains more than {MAX_OPERATOR_CHAIN} operators; use IN (…), a CASE or an aggregate instead"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses anything that is not a read-only query over warehouse tables.
 pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    check_complexity(sql)?;
     let statements = DFParser::parse_sql(sql).map_err(df_err)?;
     if statements.len() != 1 {
         return Err(QueryError::Multiple(statements.len()));

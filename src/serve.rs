@@ -12,8 +12,8 @@
 //! time and never logged.
 
 use crate::daemon::{Daemon, TriggerError};
-use crate::feedsim::constant_time_eq;
 use crate::ingest::RunKind;
+use crate::primitives::constant_time_eq;
 use crate::query::{self, QueryError};
 use arrow::array::RecordBatch;
 use axum::Router;

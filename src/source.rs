@@ -57,6 +57,20 @@ pub enum SourceError {
         /// The limit.
         limit: u64,
     },
+    /// The feed pointed a request at an origin the pipeline does not trust.
+    #[error(
+        "GET {url}: {how} leads to {to}, but the pipeline's origin is {from}; credentials are only sent to the pipeline's own origin, so the run stops here (if {to} belongs to the partner, add it to source.allowed_origins)"
+    )]
+    ForeignOrigin {
+        /// The request URL (redacted) that pointed elsewhere.
+        url: String,
+        /// How: a `Link` header, a redirect.
+        how: &'static str,
+        /// The pipeline's origin.
+        from: String,
+        /// The foreign origin.
+        to: String,
+    },
     /// Every attempt failed.
     #[error("GET {url}: failed after {attempts} attempts; last error: {last}")]
     Exhausted {
@@ -89,15 +103,81 @@ pub struct Fetched {
     pub next_link: Option<String>,
 }
 
-/// Builds the shared HTTP client.
-pub fn client(connect_timeout: Duration) -> reqwest::Client {
+/// The origins (`scheme://host:port`) a pipeline may send requests, and
+/// its credentials, to: the origin of its own URL plus `source.allowed_origins`.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    inner: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+impl Origins {
+    fn add(&self, origin: String) {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(origin);
+    }
+
+    /// Whether `origin` is trusted.
+    pub fn contains(&self, origin: &str) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(origin)
+    }
+
+    /// The trusted origins, for messages.
+    pub fn describe(&self) -> String {
+        let set = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.iter().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The origin of a URL (`http://127.0.0.1:8080`), or the URL itself if it does not parse.
+pub fn origin_of(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => url.to_string(),
+    }
+}
+
+/// Builds the HTTP client of one pipeline: its connect timeout, and
+/// redirects followed only within `origins` (at most 10).
+pub fn client(connect_timeout: Duration, origins: &Origins) -> reqwest::Client {
+    let allowed = origins.clone();
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        let to = attempt.url().origin().ascii_serialization();
+        if attempt.previous().len() >= 10 {
+            attempt.error("more than 10 redirects")
+        } else if allowed.contains(&to) {
+            attempt.follow()
+        } else {
+            attempt.error(ForeignRedirect(to))
+        }
+    });
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(30))
+        .redirect(policy)
         .user_agent(concat!("ironlake/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("the HTTP client builds")
 }
+
+/// The error a redirect to an untrusted origin stops with.
+#[derive(Debug)]
+struct ForeignRedirect(String);
+
+impl std::fmt::Display for ForeignRedirect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redirect to the untrusted origin {}", self.0)
+    }
+}
+
+impl std::error::Error for ForeignRedirect {}
 
 #[derive(Clone)]
 enum ResolvedAuth {
@@ -113,6 +193,7 @@ pub struct Source {
     spec: HttpSource,
     auth: ResolvedAuth,
     secrets: Vec<String>,
+    origins: Origins,
 }
 
 fn read_secret(pipeline: &str, what: &str, r: &SecretRef) -> Result<String, SourceError> {
@@ -122,25 +203,25 @@ fn read_secret(pipeline: &str, what: &str, r: &SecretRef) -> Result<String, Sour
     };
     match r {
         SecretRef::Env(name) => match std::env::var(name) {
-            Ok(v) if !v.is_empty() => Ok(v),
+            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
             _ => Err(err(format!(
                 "environment variable {name} (the {what}) is not set"
             ))),
         },
-        SecretRef::File(path) => std::fs::read_to_string(path)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| {
-                err(format!(
-                    "cannot read the {what} from {}: {e}",
-                    path.display()
-                ))
-            }),
+        SecretRef::File(path) => match std::fs::read_to_string(path) {
+            Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Ok(_) => Err(err(format!("the {what} file {} is empty", path.display()))),
+            Err(e) => Err(err(format!(
+                "cannot read the {what} from {}: {e}",
+                path.display()
+            ))),
+        },
     }
 }
 
 impl Source {
     /// Resolves the pipeline's secrets; fails naming the missing variable or file (never the value).
-    pub fn new(pipeline: &Pipeline, client: reqwest::Client) -> Result<Source, SourceError> {
+    pub fn new(pipeline: &Pipeline) -> Result<Source, SourceError> {
         let name = &pipeline.name;
         let auth = match &pipeline.source.auth {
             Auth::None => ResolvedAuth::None,
@@ -161,12 +242,22 @@ impl Source {
                 vec![t.clone()]
             }
         };
+        let origins = Origins::default();
+        for o in &pipeline.source.allowed_origins {
+            origins.add(o.clone());
+        }
         Ok(Source {
-            client,
+            client: client(pipeline.source.connect_timeout, &origins),
             spec: pipeline.source.clone(),
             auth,
             secrets,
+            origins,
         })
+    }
+
+    /// The origins this source trusts so far.
+    pub fn origins(&self) -> &Origins {
+        &self.origins
     }
 
     /// The URL for a window (`quarter` for `{quarter}`/`{as_of}` placeholders).
@@ -175,13 +266,35 @@ impl Source {
         pipeline: &str,
         quarter: Option<crate::domain::Quarter>,
     ) -> Result<String, SourceError> {
-        self.spec
+        let url = self
+            .spec
             .url
             .resolve(|v| std::env::var(v).ok(), quarter)
             .map_err(|e| SourceError::Url {
                 pipeline: pipeline.to_string(),
                 message: e.to_string(),
-            })
+            })?;
+        self.origins.add(origin_of(&url));
+        Ok(url)
+    }
+
+    /// Fails unless `url` (a `Link` target, say) is on a trusted origin.
+    pub fn check_origin(
+        &self,
+        from_url: &str,
+        url: &str,
+        how: &'static str,
+    ) -> Result<(), SourceError> {
+        let to = origin_of(url);
+        if self.origins.contains(&to) {
+            return Ok(());
+        }
+        Err(SourceError::ForeignOrigin {
+            url: self.redact(from_url),
+            how,
+            from: self.origins.describe(),
+            to: self.redact(&to),
+        })
     }
 
     /// `url` with secrets and sensitive query parameters masked, for logs and records.
@@ -249,9 +362,29 @@ impl Source {
             ResolvedAuth::Header(h, v) => req.header(h.as_str(), v.as_str()),
             ResolvedAuth::Basic(u, p) => req.basic_auth(u, Some(p)),
         };
-        let resp = req.send().await.map_err(|e| Attempt::Retry {
-            reason: describe(&e),
-            retry_after: None,
+        let resp = req.send().await.map_err(|e| {
+            if e.is_redirect() {
+                let to = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<ForeignRedirect>())
+                    .map(|f| f.0.clone());
+                if let Some(to) = to {
+                    return Attempt::Fatal(SourceError::ForeignOrigin {
+                        url: shown.to_string(),
+                        how: "a redirect",
+                        from: self.origins.describe(),
+                        to: self.redact(&to),
+                    });
+                }
+                return Attempt::Fatal(SourceError::Client {
+                    url: shown.to_string(),
+                    status: 0,
+                    body: describe(&e),
+                });
+            }
+            Attempt::Retry {
+                reason: describe(&e),
+                retry_after: None,
+            }
         })?;
         let status = resp.status();
         if !status.is_success() {
@@ -275,7 +408,16 @@ impl Source {
                     status: status.as_u16(),
                 }));
             }
-            let body = resp.text().await.unwrap_or_default();
+            // Only the start of an error body is kept: read at most 4 KiB of it.
+            let mut resp = resp;
+            let mut head = Vec::new();
+            while head.len() < 4096 {
+                match resp.chunk().await {
+                    Ok(Some(c)) => head.extend_from_slice(&c[..c.len().min(4096 - head.len())]),
+                    _ => break,
+                }
+            }
+            let body = String::from_utf8_lossy(&head);
             let body: String = body.chars().take(300).collect();
             return Err(Attempt::Fatal(SourceError::Client {
                 url: shown.to_string(),
@@ -368,7 +510,7 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let jitter = 0.5
-        + (crate::feedsim::rng::mix(u64::from(nanos) ^ u64::from(attempt)) % 1000) as f64 / 2000.0;
+        + (crate::primitives::mix(u64::from(nanos) ^ u64::from(attempt)) % 1000) as f64 / 2000.0;
     capped.mul_f64(jitter)
 }
 
@@ -385,22 +527,55 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     )
 }
 
-/// The `rel="next"` target of a `Link` header value.
+/// The `rel="next"` target of a `Link` header value (RFC 8288). Entries
+/// are split on commas outside `<…>` and quotes, so a URL may hold commas;
+/// entries that do not parse are skipped rather than spoiling the rest;
+/// `rel` may list several relation types (`rel="next last"`).
 pub fn next_link(header: &str) -> Option<String> {
-    for part in header.split(',') {
-        let part = part.trim();
-        let (url, params) = part.split_once(';')?;
-        let url = url.trim().strip_prefix('<')?.strip_suffix('>')?;
-        if params.split(';').any(|p| {
-            p.trim()
-                .replace(' ', "")
-                .eq_ignore_ascii_case("rel=\"next\"")
-                || p.trim().eq_ignore_ascii_case("rel=next")
-        }) {
-            return Some(url.to_string());
+    let mut rest = header;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return None;
+        }
+        let (entry, after) = split_link_entry(rest);
+        rest = after;
+        if let Some(url) = link_entry_next(entry) {
+            return Some(url);
         }
     }
-    None
+}
+
+/// Splits off the first entry of a `Link` value at the first comma outside `<…>` and quotes.
+fn split_link_entry(s: &str) -> (&str, &str) {
+    let (mut in_url, mut in_quote) = (false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            '<' if !in_quote => in_url = true,
+            '>' if !in_quote => in_url = false,
+            '"' if !in_url => in_quote = !in_quote,
+            ',' if !in_url && !in_quote => return (&s[..i], &s[i + 1..]),
+            _ => {}
+        }
+    }
+    (s, "")
+}
+
+/// The URL of one `Link` entry if its `rel` includes `next`.
+fn link_entry_next(entry: &str) -> Option<String> {
+    let entry = entry.trim().strip_prefix('<')?;
+    let (url, params) = entry.split_once('>')?;
+    let is_next = params.split(';').any(|p| {
+        let Some((k, v)) = p.split_once('=') else {
+            return false;
+        };
+        k.trim().eq_ignore_ascii_case("rel")
+            && v.trim()
+                .trim_matches('"')
+                .split_ascii_whitespace()
+                .any(|r| r.eq_ignore_ascii_case("next"))
+    });
+    is_next.then(|| url.trim().to_string())
 }
 
 /// Masks the values of query parameters whose names suggest secrets.
@@ -435,6 +610,17 @@ mod tests {
             Some("http://h/x?after=1")
         );
         assert_eq!(next_link(r#"<http://h/x>; rel="prev""#), None);
+        // One entry without parameters, a URL with commas, several relation types.
+        assert_eq!(
+            next_link(r#"<http://h/a>, <http://h/x?ids=1,2>; rel="next last""#).as_deref(),
+            Some("http://h/x?ids=1,2")
+        );
+        assert_eq!(
+            next_link(r#"garbage, <http://h/y>; title="a, b"; rel=next"#).as_deref(),
+            Some("http://h/y")
+        );
+        assert_eq!(next_link(""), None);
+        assert_eq!(next_link("<"), None);
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
         let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
         let d = parse_retry_after(&soon).unwrap();

@@ -61,10 +61,22 @@ struct RawSource {
     incremental: Option<RawIncremental>,
     #[serde(default)]
     retry: Option<RawRetry>,
+    #[serde(default)]
+    allowed_origins: Vec<Spanned<String>>,
+    #[serde(default = "default_max_pages")]
+    max_pages: u64,
+    #[serde(default = "default_max_run_secs")]
+    max_run_secs: u64,
 }
 
 fn default_timeout_secs() -> u64 {
     60
+}
+fn default_max_pages() -> u64 {
+    100_000
+}
+fn default_max_run_secs() -> u64 {
+    6 * 3600
 }
 fn default_connect_timeout_secs() -> u64 {
     10
@@ -438,6 +450,13 @@ pub struct HttpSource {
     pub max_body_bytes: u64,
     /// Retry policy.
     pub retry: RetryPolicy,
+    /// Origins (`https://host:port`) besides the URL's own that `Link`
+    /// targets and redirects may lead to; credentials go to them too.
+    pub allowed_origins: Vec<String>,
+    /// Most pages fetched in one window before the run fails (`source.max_pages`).
+    pub max_pages: u64,
+    /// Longest the fetch phase of a run may take before it fails (`source.max_run_secs`).
+    pub max_run: Duration,
 }
 
 /// A validated pipeline.
@@ -936,6 +955,32 @@ pub fn load(file: &SourceFile, name: &str) -> Result<(Pipeline, Vec<Diagnostic>)
             "timeouts must be at least 1 second",
         ));
     }
+    let mut allowed_origins = Vec::new();
+    for o in &s.allowed_origins {
+        match reqwest::Url::parse(o.get_ref()) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.origin().ascii_serialization() == o.get_ref().trim_end_matches('/') =>
+            {
+                allowed_origins.push(u.origin().ascii_serialization());
+            }
+            _ => ctx.err(
+                o,
+                "source.allowed_origins",
+                format!(
+                    "{:?} is not an origin; expected scheme://host[:port] with nothing after it, e.g. \"https://files.partner.example\"",
+                    o.get_ref()
+                ),
+            ),
+        }
+    }
+    if s.max_pages == 0 || s.max_run_secs == 0 {
+        ctx.errors.push(file.error(
+            None,
+            "source.max_pages",
+            "source.max_pages and source.max_run_secs must be at least 1",
+        ));
+    }
     if s.max_body_bytes < 1024 {
         ctx.errors.push(file.error(
             None,
@@ -970,6 +1015,9 @@ pub fn load(file: &SourceFile, name: &str) -> Result<(Pipeline, Vec<Diagnostic>)
             connect_timeout: Duration::from_secs(s.connect_timeout_secs),
             max_body_bytes: s.max_body_bytes,
             retry,
+            allowed_origins,
+            max_pages: s.max_pages,
+            max_run: Duration::from_secs(s.max_run_secs),
         },
     };
     Ok((pipeline, ctx.warnings))

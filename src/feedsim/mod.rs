@@ -602,12 +602,7 @@ fn authorize(sim: &Sim, headers: &HeaderMap, kind: AuthKind) -> Result<(), Rejec
 }
 
 /// Compares two byte strings in time independent of where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use crate::primitives::constant_time_eq;
 
 /// Standard base64 decoding (for basic auth).
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {

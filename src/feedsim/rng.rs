@@ -2,13 +2,7 @@
 //! a pure function of the seed and a few integers naming what it is for, so
 //! responses do not depend on request order or page size.
 
-/// SplitMix64 finaliser: a good 64-bit mixing function.
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use crate::primitives::mix;
 
 /// Hashes a string tag into a stream selector.
 pub fn tag(s: &str) -> u64 {

@@ -95,11 +95,19 @@ impl FileLock {
         Ok(FileLock { _file: file })
     }
 
+    /// Replaces the lock file's content (who holds it, for messages to the next one).
+    pub fn write_owner(&self, text: &str) -> io::Result<()> {
+        self._file.set_len(0)?;
+        (&self._file).write_all(text.as_bytes())?;
+        self._file.sync_all()
+    }
+
     /// Takes the lock if free; `Ok(None)` if another process holds it.
     pub fn try_acquire(path: &Path) -> io::Result<Option<FileLock>> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(path)?;
         // SAFETY: flock on a valid open descriptor.

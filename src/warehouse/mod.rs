@@ -305,7 +305,7 @@ pub fn now_rfc3339() -> String {
 /// A unique run id: `20191001T020000Z-bank_loans-1a2b3c`.
 pub fn new_run_id(name: &str) -> String {
     let now = chrono::Utc::now();
-    let salt = crate::feedsim::rng::mix(
+    let salt = crate::primitives::mix(
         now.timestamp_nanos_opt().unwrap_or_default() as u64
             ^ (u64::from(std::process::id()) << 32),
     );
@@ -338,6 +338,32 @@ fn is_stale_temp(name: &str) -> bool {
         },
         None => true,
     }
+}
+
+/// Whether `name` is a journal file's name (`<20 digits>.json`).
+fn is_journal_name(name: &str) -> bool {
+    name.strip_suffix(".json")
+        .is_some_and(|v| v.len() == 20 && v.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The subdirectories of `dir`; anything else in it (a stray file someone
+/// left there) is skipped with a warning instead of failing the warehouse.
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)
+        .map_err(io_err("read", dir))?
+        .filter_map(|e| e.ok())
+    {
+        let path = e.path();
+        // file_type() does not follow symlinks: only real directories count.
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(path);
+        } else {
+            tracing::warn!(path = %path.display(), "Ignoring something that is not a directory where ironlake keeps directories; it was not written by ironlake.");
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// A warehouse directory, opened (and recovered).
@@ -468,6 +494,28 @@ impl Warehouse {
         Ok(wh)
     }
 
+    /// Opens the warehouse at `root` for reading only: no directory is
+    /// created, no lock taken, nothing recovered or collected, so it works
+    /// for a user without write permission and beside a running daemon.
+    /// Readers see committed manifests only, so an interrupted commit that
+    /// recovery has not finished yet is simply not visible.
+    pub fn open_read_only(root: &Path) -> Result<Warehouse> {
+        let meta = root.join("_ironlake");
+        match std::fs::metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(io_err("open", root)(io::Error::other("not a directory")));
+            }
+            Err(e) => return Err(io_err("open", root)(e)),
+        }
+        if !meta.is_dir() {
+            tracing::warn!(warehouse = %root.display(), "No _ironlake directory: the warehouse is empty (nothing was ever committed here).");
+        }
+        Ok(Warehouse {
+            root: root.to_path_buf(),
+        })
+    }
+
     /// The warehouse root.
     pub fn root(&self) -> &Path {
         &self.root
@@ -483,6 +531,33 @@ impl Warehouse {
         Ok(CommitGuard {
             _lock: FileLock::acquire(&p).map_err(io_err("lock", &p))?,
         })
+    }
+
+    /// Takes the daemon lock: one `ironlake run` per warehouse. Fails, naming
+    /// the holder, when another daemon serves this warehouse.
+    pub fn lock_daemon(&self, whoami: &str) -> Result<FileLock> {
+        let p = self.meta("daemon.lock");
+        match FileLock::try_acquire(&p).map_err(io_err("lock", &p))? {
+            Some(l) => {
+                l.write_owner(whoami).map_err(io_err("write", &p))?;
+                Ok(l)
+            }
+            None => {
+                let holder = std::fs::read_to_string(&p).unwrap_or_default();
+                Err(WarehouseError::Io {
+                    op: "lock",
+                    path: p,
+                    source: io::Error::other(format!(
+                        "another ironlake daemon already serves this warehouse ({}); stop it first, or point this one at another warehouse",
+                        if holder.trim().is_empty() {
+                            "pid unknown"
+                        } else {
+                            holder.trim()
+                        }
+                    )),
+                })
+            }
+        }
     }
 
     /// Takes a pipeline's run lock, or `None` if a run of it is in flight.
@@ -512,8 +587,13 @@ impl Warehouse {
 
     fn manifest_versions(&self) -> Result<Vec<u64>> {
         let dir = self.meta("manifests");
-        let mut v: Vec<u64> = std::fs::read_dir(&dir)
-            .map_err(io_err("read", &dir))?
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            // A warehouse opened read-only that was never written to.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("read", &dir)(e)),
+        };
+        let mut v: Vec<u64> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let n = e.file_name().to_string_lossy().into_owned();
@@ -733,10 +813,12 @@ impl Warehouse {
     pub fn runs(&self) -> Result<Vec<RunRecord>> {
         let dir = self.meta("runs");
         let mut out = Vec::new();
-        for e in std::fs::read_dir(&dir)
-            .map_err(io_err("read", &dir))?
-            .filter_map(|e| e.ok())
-        {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err("read", &dir)(e)),
+        };
+        for e in entries.filter_map(|e| e.ok()) {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "json") {
                 match Self::read_json::<RunRecord>(&p) {
@@ -771,6 +853,10 @@ impl Warehouse {
                 let _ = std::fs::remove_file(&j);
                 continue;
             }
+            if !is_journal_name(&name) || !j.is_file() {
+                tracing::warn!(path = %j.display(), "Ignoring a file that ironlake did not write in the journal directory.");
+                continue;
+            }
             let journal: Journal = Self::read_json(&j)?;
             let current = self.manifest_versions()?.last().copied().unwrap_or(0);
             if journal.manifest.version <= current
@@ -789,11 +875,7 @@ impl Warehouse {
         }
         // Staging directories of dead runs; runs left `running` by dead processes.
         let sdir = self.meta("staging");
-        for e in std::fs::read_dir(&sdir)
-            .map_err(io_err("read", &sdir))?
-            .filter_map(|e| e.ok())
-        {
-            let d = e.path();
+        for d in subdirs(&sdir)? {
             let lock_path = d.join(".owner");
             let dead = match FileLock::try_acquire(&lock_path) {
                 Ok(Some(_l)) => true,
@@ -842,16 +924,8 @@ impl Warehouse {
             std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
         }
         let gen_root = self.meta("gen");
-        for dir in std::fs::read_dir(&gen_root)
-            .map_err(io_err("read", &gen_root))?
-            .filter_map(|e| e.ok())
-        {
-            let dir = dir.path();
-            for g in std::fs::read_dir(&dir)
-                .map_err(io_err("read", &dir))?
-                .filter_map(|e| e.ok())
-            {
-                let g = g.path();
+        for dir in subdirs(&gen_root)? {
+            for g in subdirs(&dir)? {
                 if !referenced.contains(&g) {
                     std::fs::remove_dir_all(&g).map_err(io_err("remove", &g))?;
                 }
