@@ -165,6 +165,11 @@ impl Catalog {
         &self.project
     }
 
+    /// The engine's memory pool, shared by every query of this catalog.
+    pub fn memory_pool(&self) -> &Arc<dyn datafusion::execution::memory_pool::MemoryPool> {
+        &self.runtime.memory_pool
+    }
+
     /// The warehouse.
     pub fn warehouse(&self) -> &Warehouse {
         &self.wh

@@ -21,12 +21,7 @@ async fn serve_until_signal(
     drain: Duration,
 ) -> Result<ExitCode> {
     let token = daemon.shutdown_token();
-    let app = ironlake::serve::router(daemon.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-    });
+    let server = tokio::spawn(ironlake::serve::serve(daemon.clone(), listener, token));
     #[cfg(unix)]
     {
         let d = daemon.clone();
@@ -64,11 +59,13 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    println!("api listening on http://{}", listener.local_addr()?);
-    std::io::stdout().flush()?;
+    // The warehouse is opened (and the daemon lock taken) before the address
+    // is announced, so a second daemon on the same warehouse fails first.
     let daemon =
         tokio::task::spawn_blocking(move || Daemon::new(opts, project, Arc::new(SystemClock)))
             .await??;
+    println!("api listening on http://{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
     daemon.start_schedules();
     serve_until_signal(daemon, listener, Duration::from_secs(drain_secs)).await
 }

@@ -224,6 +224,8 @@ pub struct Daemon {
     clock: Arc<dyn Clock>,
     tokens: RwLock<Tokens>,
     schedules: Mutex<CancellationToken>,
+    /// Slots for API SQL queries (`api.sql_max_concurrent`, read at start).
+    sql_permits: Arc<tokio::sync::Semaphore>,
     /// Held for the daemon's life: a second daemon on the warehouse refuses to start.
     _daemon_lock: crate::warehouse::fsutil::FileLock,
 }
@@ -275,6 +277,11 @@ fn describe_metrics(m: &Metrics) {
         "Version id of the published aggregate.",
     );
     m.describe(
+        "ironlake_sql_queries_in_flight",
+        "gauge",
+        "API SQL queries running now.",
+    );
+    m.describe(
         "ironlake_http_requests_total",
         "counter",
         "HTTP requests by route and status.",
@@ -288,13 +295,17 @@ impl Daemon {
         project: Project,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Arc<Daemon>> {
-        let wh = Warehouse::open(&project.settings.warehouse_dir)?;
+        let wh = Warehouse::open_with(
+            &project.settings.warehouse_dir,
+            project.settings.superseded_retention,
+        )?;
         let daemon_lock = wh.lock_daemon(&format!(
             "pid {}, started {}",
             std::process::id(),
             crate::warehouse::now_rfc3339()
         ))?;
         let project = Arc::new(project);
+        let sql_slots = project.settings.api.sql_max_concurrent;
         let catalog = Catalog::new(project.clone(), wh.clone())?;
         let metrics = Arc::new(Metrics::new());
         describe_metrics(&metrics);
@@ -317,6 +328,7 @@ impl Daemon {
             clock,
             tokens: RwLock::new(tokens),
             schedules: Mutex::new(CancellationToken::new()),
+            sql_permits: Arc::new(tokio::sync::Semaphore::new(sql_slots)),
             _daemon_lock: daemon_lock,
         });
         for p in d.project().pipelines.iter() {
@@ -638,6 +650,11 @@ impl Daemon {
             );
         }
         finished
+    }
+
+    /// Slots for API SQL queries.
+    pub fn sql_permits(&self) -> Arc<tokio::sync::Semaphore> {
+        self.sql_permits.clone()
     }
 
     /// The shutdown token (cancelled when the daemon stops).

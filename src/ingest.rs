@@ -169,8 +169,27 @@ fn cursor_value(v: &Value) -> Option<String> {
 
 /// The quarter a pipeline's clock is in now.
 pub fn current_quarter(p: &Pipeline) -> Quarter {
-    let now = chrono::Utc::now().with_timezone(&p.schedule.time_zone);
-    Quarter::from_date(now.date_naive())
+    Quarter::from_date(today(p))
+}
+
+/// Today's date on a pipeline's clock.
+pub fn today(p: &Pipeline) -> chrono::NaiveDate {
+    chrono::Utc::now()
+        .with_timezone(&p.schedule.time_zone)
+        .date_naive()
+}
+
+/// A date cursor never runs ahead of today: one future-dated record
+/// (`9999-12-31`) would otherwise stop the feed from being asked for
+/// anything new for good. Other cursor values pass unchanged.
+fn clamp_cursor(value: String, today: chrono::NaiveDate) -> String {
+    match chrono::NaiveDate::parse_from_str(&value, "%Y-%m-%d") {
+        Ok(d) if d > today => {
+            tracing::warn!(cursor = %value, today = %today, "A record is dated in the future; the cursor stops at today.");
+            today.format("%Y-%m-%d").to_string()
+        }
+        _ => value,
+    }
 }
 
 fn encode(v: &str) -> String {
@@ -197,7 +216,7 @@ struct Plan {
     since: Option<String>,
 }
 
-fn plan(p: &Pipeline, kind: RunKind, cursor: Option<&str>) -> Plan {
+fn plan(p: &Pipeline, kind: RunKind, cursor: Option<&str>, today: chrono::NaiveDate) -> Plan {
     match (&p.source.window, kind) {
         (Window::Quarters, RunKind::Backfill { from, to }) => Plan {
             quarters: from.through(to).map(Some).collect(),
@@ -209,7 +228,7 @@ fn plan(p: &Pipeline, kind: RunKind, cursor: Option<&str>) -> Plan {
                 .and_then(|c| c.parse::<Quarter>().ok())
                 .map_or(p.start, |q| q.prev().max(p.start));
             Plan {
-                quarters: from.through(current_quarter(p)).map(Some).collect(),
+                quarters: from.through(Quarter::from_date(today)).map(Some).collect(),
                 since: None,
             }
         }
@@ -219,9 +238,10 @@ fn plan(p: &Pipeline, kind: RunKind, cursor: Option<&str>) -> Plan {
                 cursor.and_then(|c| chrono::NaiveDate::parse_from_str(c, "%Y-%m-%d").ok()),
             ) {
                 (RunKind::Backfill { from, .. }, _) => from.first_day(),
-                (RunKind::Ingest, Some(d)) => {
-                    (d - chrono::Duration::days(i64::from(*lookback_days))).max(p.start.first_day())
-                }
+                // A cursor stored in the future (by an older release) is healed here.
+                (RunKind::Ingest, Some(d)) => (d.min(today)
+                    - chrono::Duration::days(i64::from(*lookback_days)))
+                .max(p.start.first_day()),
                 (RunKind::Ingest, None) => p.start.first_day(),
             };
             Plan {
@@ -236,6 +256,17 @@ fn plan(p: &Pipeline, kind: RunKind, cursor: Option<&str>) -> Plan {
     }
 }
 
+/// Whether a page-number or offset window goes on after a page of `items`.
+/// An empty page ends it; so does a short page after a longer one (the
+/// usual last page). A short page that is as long as every page before it
+/// may be the partner capping the page size below what was asked: the next
+/// page is asked for, rather than committing part of the window as if whole.
+fn more_pages(seen: &mut (u64, u64), items: u64, page_size: u64) -> bool {
+    let most_before = seen.0;
+    *seen = (seen.0.max(items), items);
+    items > 0 && (items >= page_size || items >= most_before)
+}
+
 /// Pagination state of one window.
 enum Pager {
     Single {
@@ -245,10 +276,13 @@ enum Pager {
     PageNumber {
         base: String,
         page: u32,
+        /// Most items on one page so far, and the items on the last page.
+        seen: (u64, u64),
     },
     Offset {
         base: String,
         offset: u64,
+        seen: (u64, u64),
     },
     Cursor {
         base: String,
@@ -269,8 +303,13 @@ impl Pager {
             Pagination::PageNumber { first_page, .. } => Pager::PageNumber {
                 base,
                 page: *first_page,
+                seen: (0, 0),
             },
-            Pagination::OffsetLimit { .. } => Pager::Offset { base, offset: 0 },
+            Pagination::OffsetLimit { .. } => Pager::Offset {
+                base,
+                offset: 0,
+                seen: (0, 0),
+            },
             Pagination::Cursor { .. } => Pager::Cursor { base, cursor: None },
             Pagination::LinkHeader {
                 size_param,
@@ -288,7 +327,7 @@ impl Pager {
         match (self, p) {
             (Pager::Single { url, .. }, _) => url.clone(),
             (
-                Pager::PageNumber { base, page },
+                Pager::PageNumber { base, page, .. },
                 Pagination::PageNumber {
                     page_param,
                     size_param,
@@ -301,7 +340,7 @@ impl Pager {
                 &page_size.to_string(),
             ),
             (
-                Pager::Offset { base, offset },
+                Pager::Offset { base, offset, .. },
                 Pagination::OffsetLimit {
                     offset_param,
                     size_param,
@@ -335,6 +374,19 @@ impl Pager {
         }
     }
 
+    /// Whether the last page was shorter than the page size asked for.
+    fn last_was_short(&self, p: &Pagination) -> bool {
+        match (self, p) {
+            (Pager::PageNumber { seen, .. }, Pagination::PageNumber { page_size, .. }) => {
+                seen.1 < u64::from(*page_size)
+            }
+            (Pager::Offset { seen, .. }, Pagination::OffsetLimit { page_size, .. }) => {
+                seen.1 < u64::from(*page_size)
+            }
+            _ => false,
+        }
+    }
+
     /// Advances after a page of `items` items; false when the window is done.
     fn advance(
         &mut self,
@@ -349,15 +401,13 @@ impl Pager {
                 *done = true;
                 false
             }
-            // A short page is not proof of the end (a partner may cap a page
-            // below the size asked for): only an empty page ends the window.
-            (Pager::PageNumber { page, .. }, Pagination::PageNumber { .. }) => {
+            (Pager::PageNumber { page, seen, .. }, Pagination::PageNumber { page_size, .. }) => {
                 *page += 1;
-                items > 0
+                more_pages(seen, items, u64::from(*page_size))
             }
-            (Pager::Offset { offset, .. }, Pagination::OffsetLimit { .. }) => {
+            (Pager::Offset { offset, seen, .. }, Pagination::OffsetLimit { page_size, .. }) => {
                 *offset += items;
-                items > 0
+                more_pages(seen, items, u64::from(*page_size))
             }
             (Pager::Cursor { cursor, .. }, _) => match next_cursor {
                 Some(c) => {
@@ -448,7 +498,7 @@ fn absorb(
                 reason: bad.reason.clone(),
                 raw: bad.raw.clone(),
             },
-        );
+        )?;
     }
     for rec in &page.records {
         match validator.validate(rec) {
@@ -473,7 +523,7 @@ fn absorb(
                         reason: rej.reason,
                         raw: rec.raw.to_string(),
                     },
-                );
+                )?;
             }
         }
     }
@@ -570,8 +620,9 @@ async fn execute(
     let cursor_before = manifest.cursors.get(&p.name).map(|c| c.value.clone());
     record.cursor_before = cursor_before.clone();
     let staging = Staging::new(wh, &record.run_id)?;
+    crate::failpoint_panic("ingest.panic");
     let source = Source::new(p)?;
-    let plan = plan(p, kind, cursor_before.as_deref());
+    let plan = plan(p, kind, cursor_before.as_deref(), today(p));
     let columns = Columns::new(table.columns.iter().map(|c| c.name.as_str()));
     let validator = Validator::new(table);
     let mut part = Partitioner::new(table, &staging, &record.run_id, &p.name);
@@ -729,6 +780,11 @@ async fn execute(
                             hasher.finish()
                         };
                         if last_body == Some(h) {
+                            // After a short page, the same page again means the
+                            // feed ignores paging past its end: done, nothing new.
+                            if pager.last_was_short(&p.source.pagination) {
+                                break;
+                            }
                             return Err(IngestError::PaginationLoop {
                                 url: shown,
                                 what: "returned the same page as the request before it",
@@ -795,10 +851,14 @@ async fn execute(
                 .and_then(|c| c.parse::<Quarter>().ok());
             Some(before.map_or(to, |b| b.max(to)).to_string())
         }
-        (Window::Incremental { .. }, _) => match (&cursor_before, &max_cursor) {
-            (Some(b), Some(m)) => Some(if m > b { m.clone() } else { b.clone() }),
-            (b, m) => m.clone().or_else(|| b.clone()),
-        },
+        (Window::Incremental { .. }, _) => {
+            let max_cursor = max_cursor.map(|m| clamp_cursor(m, today(p)));
+            let cursor_before = cursor_before.clone().map(|b| clamp_cursor(b, today(p)));
+            match (&cursor_before, &max_cursor) {
+                (Some(b), Some(m)) => Some(if m > b { m.clone() } else { b.clone() }),
+                (b, m) => m.clone().or_else(|| b.clone()),
+            }
+        }
         (Window::Snapshot, _) => None,
     };
     record.cursor_after = cursor_after.clone();
@@ -934,35 +994,51 @@ pub fn commit_run(
         let mut added = false;
         for (part, paths) in &spilled.quarantine {
             let mut seen: HashSet<String> = HashSet::new();
-            if let Some(existing) = read_dir_state(wh, &qstate, part, &qschema)? {
-                let fp = existing
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<arrow::array::StringArray>()
-                    .expect("fingerprint is Utf8");
-                seen.extend(fp.iter().flatten().map(str::to_string));
+            if let Some(ps) = qstate.partitions.get(part) {
+                for f in &ps.files {
+                    let path = wh
+                        .root()
+                        .join(&qstate.generation)
+                        .join(format!("quarter={part}"))
+                        .join(&f.name);
+                    // Only the fingerprint column is read, not the raw records.
+                    merge::read_strings(&path, 0, |v| {
+                        seen.insert(v.to_string());
+                    })?;
+                }
             }
-            let batches = partition::read_spills(paths)?;
-            let all = arrow::compute::concat_batches(&qschema, &batches)
-                .map_err(|e| IngestError::Internal(e.to_string()))?;
-            let fp = all
-                .column(0)
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .expect("fingerprint is Utf8");
-            let keep: Vec<u32> = (0..all.num_rows())
-                .filter(|&i| seen.insert(fp.value(i).to_string()))
-                .map(|i| i as u32)
-                .collect();
-            if keep.is_empty() {
-                continue;
-            }
-            let batch =
-                arrow::compute::take_record_batch(&all, &arrow::array::UInt32Array::from(keep))
-                    .map_err(|e| IngestError::Internal(e.to_string()))?;
+            // A spill file at a time, so memory stays bounded however much was rejected.
             let n = qstate.partitions.get(part).map_or(0, |p| p.files.len());
             let path = g.partition_dir(part)?.join(g.file_name(n));
-            let entry = merge::write_parquet(&path, &batch)?;
+            let mut file = merge::ParquetFile::create(&path, qschema.clone())?;
+            for spill in paths {
+                for batch in partition::read_spills(std::slice::from_ref(spill))? {
+                    let fp = batch
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<arrow::array::StringArray>()
+                        .expect("fingerprint is Utf8");
+                    let keep: Vec<u32> = (0..batch.num_rows())
+                        .filter(|&i| seen.insert(fp.value(i).to_string()))
+                        .map(|i| i as u32)
+                        .collect();
+                    if keep.is_empty() {
+                        continue;
+                    }
+                    let batch = arrow::compute::take_record_batch(
+                        &batch,
+                        &arrow::array::UInt32Array::from(keep),
+                    )
+                    .map_err(|e| IngestError::Internal(e.to_string()))?;
+                    file.write(&batch)?;
+                }
+            }
+            if file.rows() == 0 {
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let entry = file.finish()?;
             g.add_files(part, vec![entry]);
             added = true;
         }
@@ -1079,4 +1155,162 @@ pub fn import(
         let _ = wh.write_run(&record);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project() -> Project {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        crate::config::load(&crate::config::LoadOptions {
+            config: Some(root.join("ironlake.toml")),
+            warehouse: Some(std::env::temp_dir().join("ironlake-unit-unused")),
+        })
+        .project
+        .expect("the bundled project loads")
+    }
+
+    fn day(s: &str) -> chrono::NaiveDate {
+        chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn a_future_dated_cursor_is_clamped_to_today_and_healed_when_planning() {
+        let today = day("2026-11-29");
+        assert_eq!(clamp_cursor("9999-12-31".into(), today), "2026-11-29");
+        assert_eq!(clamp_cursor("2026-11-01".into(), today), "2026-11-01");
+        assert_eq!(clamp_cursor("000000000042".into(), today), "000000000042");
+        let project = project();
+        let p = project.pipeline("financing_demands").unwrap();
+        // A cursor poisoned by an older release asks from today − lookback, not from year 9999.
+        let planned = plan(p, RunKind::Ingest, Some("9999-12-31"), today);
+        assert_eq!(planned.since.as_deref(), Some("2026-11-22"));
+        let planned = plan_for(p, Some("2019-03-10"), today);
+        assert_eq!(planned.since.as_deref(), Some("2019-03-03"));
+    }
+
+    fn plan_for(p: &Pipeline, cursor: Option<&str>, today: chrono::NaiveDate) -> Plan {
+        plan(p, RunKind::Ingest, cursor, today)
+    }
+
+    #[test]
+    fn quarter_windows_run_from_the_cursor_quarter_before_to_today() {
+        let project = project();
+        let p = project.pipeline("bank_loans").unwrap();
+        let planned = plan_for(p, Some("2019Q3"), day("2019-12-01"));
+        let qs: Vec<String> = planned
+            .quarters
+            .iter()
+            .map(|q| q.unwrap().to_string())
+            .collect();
+        assert_eq!(qs, ["2019Q2", "2019Q3", "2019Q4"]);
+        let backfill = plan(
+            p,
+            RunKind::Backfill {
+                from: "2018Q1".parse().unwrap(),
+                to: "2018Q2".parse().unwrap(),
+            },
+            None,
+            day("2019-12-01"),
+        );
+        assert_eq!(backfill.quarters.len(), 2);
+    }
+
+    #[test]
+    fn a_short_page_ends_a_window_only_after_a_longer_one() {
+        let pn = Pagination::PageNumber {
+            page_param: "page".into(),
+            size_param: "size".into(),
+            page_size: 100,
+            first_page: 1,
+        };
+        let mut pager = Pager::start(&pn, "http://h/x".into());
+        assert_eq!(pager.url(&pn), "http://h/x?page=1&size=100");
+        // A short first page (the partner may cap pages at 40) is not the end…
+        assert!(pager.advance(&pn, 40, None, None, "http://h/x?page=1&size=100"));
+        assert_eq!(pager.url(&pn), "http://h/x?page=2&size=100");
+        assert!(pager.last_was_short(&pn));
+        assert!(pager.advance(&pn, 40, None, None, ""));
+        // …but a page shorter than the ones before it is, and so is an empty one.
+        assert!(!pager.advance(&pn, 7, None, None, ""));
+        let mut pager = Pager::start(&pn, "http://h/x".into());
+        assert!(pager.advance(&pn, 100, None, None, ""));
+        assert!(!pager.advance(&pn, 0, None, None, ""));
+        let off = Pagination::OffsetLimit {
+            offset_param: "offset".into(),
+            size_param: "limit".into(),
+            page_size: 50,
+        };
+        let mut pager = Pager::start(&off, "http://h/x?a=1".into());
+        assert!(pager.advance(&off, 50, None, None, ""));
+        assert_eq!(pager.url(&off), "http://h/x?a=1&offset=50&limit=50");
+        assert!(
+            !pager.advance(&off, 20, None, None, ""),
+            "a short page after a full one ends"
+        );
+    }
+
+    #[test]
+    fn link_pages_resolve_relative_targets_and_foreign_origins_are_refused() {
+        let lh = Pagination::LinkHeader {
+            size_param: None,
+            page_size: None,
+        };
+        let mut pager = Pager::start(&lh, "http://127.0.0.1:9/v1/x".into());
+        assert!(pager.advance(
+            &lh,
+            1,
+            None,
+            Some("/v1/x?after=5".into()),
+            "http://127.0.0.1:9/v1/x"
+        ));
+        assert_eq!(pager.url(&lh), "http://127.0.0.1:9/v1/x?after=5");
+        let project = project();
+        let mut p = project.pipeline("bank_loans").unwrap().clone();
+        p.source.url.raw = "http://127.0.0.1:9/v1/x".into();
+        p.source.url.env.clear();
+        p.source.auth = crate::config::pipeline::Auth::None;
+        let source = Source::new(&p).unwrap();
+        let base = source.base_url("bank_loans", None).unwrap();
+        let mut visited = HashSet::new();
+        next_request(&source, &mut visited, None, &base, 10).unwrap();
+        next_request(
+            &source,
+            &mut visited,
+            Some(&base),
+            "http://127.0.0.1:9/v1/x?after=5",
+            10,
+        )
+        .unwrap();
+        let err = next_request(
+            &source,
+            &mut visited,
+            Some(&base),
+            "http://evil.example/steal",
+            10,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("http://evil.example") && err.contains("http://127.0.0.1:9"),
+            "{err}"
+        );
+        assert!(err.contains("allowed_origins"), "{err}");
+        // The same URL twice is a loop; past max_pages the run stops.
+        let err = next_request(&source, &mut visited, Some(&base), &base, 10).unwrap_err();
+        assert!(matches!(err, IngestError::PaginationLoop { .. }), "{err}");
+        let err = next_request(
+            &source,
+            &mut visited,
+            Some(&base),
+            "http://127.0.0.1:9/v1/x?after=6",
+            2,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, IngestError::TooManyPages { limit: 2, .. }),
+            "{err}"
+        );
+    }
 }

@@ -60,3 +60,22 @@ pub fn failpoint(name: &str) {
         std::process::abort();
     }
 }
+
+/// Test hook: an I/O error (as a full disk would give) when the environment
+/// variable `IRONLAKE_FAILPOINT` names this point. Used by the failure tests.
+pub fn failpoint_io(name: &str) -> std::io::Result<()> {
+    if std::env::var("IRONLAKE_FAILPOINT").is_ok_and(|v| v == name) {
+        return Err(std::io::Error::other(format!(
+            "injected failure at {name} (IRONLAKE_FAILPOINT)"
+        )));
+    }
+    Ok(())
+}
+
+/// Test hook: panics, as a bug would, when `IRONLAKE_FAILPOINT` names this
+/// point. Used to show that a panicking run never wedges the daemon.
+pub fn failpoint_panic(name: &str) {
+    if std::env::var("IRONLAKE_FAILPOINT").is_ok_and(|v| v == name) {
+        panic!("injected panic at {name} (IRONLAKE_FAILPOINT)");
+    }
+}

@@ -188,7 +188,7 @@ fn catalog(
     let wh = if read_only {
         ironlake::warehouse::Warehouse::open_read_only(dir)
     } else {
-        ironlake::warehouse::Warehouse::open(dir)
+        ironlake::warehouse::Warehouse::open_with(dir, project.settings.superseded_retention)
     }
     .context("cannot open the warehouse")?;
     Ok(ironlake::catalog::Catalog::new(
@@ -285,8 +285,11 @@ fn import(
     format: ImportFormat,
 ) -> Result<ExitCode> {
     use ironlake::config::pipeline::Format;
-    let wh = ironlake::warehouse::Warehouse::open(&project.settings.warehouse_dir)
-        .context("cannot open the warehouse")?;
+    let wh = ironlake::warehouse::Warehouse::open_with(
+        &project.settings.warehouse_dir,
+        project.settings.superseded_retention,
+    )
+    .context("cannot open the warehouse")?;
     let format = match format {
         ImportFormat::Json => Format::Json,
         ImportFormat::Ndjson => Format::Ndjson,
@@ -347,8 +350,11 @@ fn ingest(
     kind: ironlake::ingest::RunKind,
 ) -> Result<ExitCode> {
     use std::io::IsTerminal as _;
-    let wh = ironlake::warehouse::Warehouse::open(&project.settings.warehouse_dir)
-        .context("cannot open the warehouse")?;
+    let wh = ironlake::warehouse::Warehouse::open_with(
+        &project.settings.warehouse_dir,
+        project.settings.superseded_retention,
+    )
+    .context("cannot open the warehouse")?;
     let progress = progress::reporter(std::io::stderr().is_terminal());
     let mut failed = 0;
     runtime()?.block_on(async {
@@ -389,6 +395,9 @@ fn main() -> Result<ExitCode> {
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // Past a file-size limit (`ulimit -f`), a write should fail with
+        // EFBIG and the commit roll back, not kill the process.
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = Cli::parse();
     init_logging(cli.log_format);

@@ -66,6 +66,11 @@ pub enum ModelError {
     /// The warehouse failed.
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
+    /// Another process published the same aggregate while this refresh ran.
+    #[error(
+        "aggregate {0} was published by another refresh while this one ran; nothing was published by this one (run it again)"
+    )]
+    Conflict(String),
 }
 
 /// Fills `{{placeholder}}`s from the policy.
@@ -565,7 +570,8 @@ pub async fn refresh(
             }
         }
     }
-    let guard = wh.lock()?;
+    // The aggregates are computed without the warehouse lock, so ingest
+    // commits need not wait; the lock is taken only to commit at the end.
     let base = wh.manifest()?;
     let snapshot = catalog.snapshot_at(base.clone()).await?;
     let ctx = &snapshot.ctx;
@@ -694,11 +700,12 @@ pub async fn refresh(
             .collect();
         let batches = df.collect().await.map_err(sql_err(&a.name))?;
         let (data_schema, parts) = split_by_quarter(&a.name, &batches, &out_schema)?;
-        let mut g = if incremental {
-            wh.begin_generation(&guard, &base, &key, &run_id)?
+        let from = if incremental {
+            base.dirs.get(&key).cloned().unwrap_or_default()
         } else {
-            wh.begin_generation_from(&guard, &base, &key, &run_id, DirState::default())?
+            DirState::default()
         };
+        let mut g = wh.begin_generation_unlocked(&base, &key, &run_id, from)?;
         let mut recomputed: Vec<String> = Vec::new();
         let targets: BTreeSet<String> = if incremental {
             outputs.clone()
@@ -785,14 +792,39 @@ pub async fn refresh(
         .filter(|r| r.mode != "unchanged")
         .map(|r| r.rows)
         .sum();
+    let guard = wh.lock_async().await?;
+    // Ingest commits may have landed meanwhile: commit on top of them, unless
+    // another refresh published one of these aggregates (then nothing is published).
+    let current = wh.manifest()?;
+    for name in metas.keys() {
+        let key = format!("published/{name}");
+        if current.dirs.get(&key) != base.dirs.get(&key)
+            || current.published.get(name) != base.published.get(name)
+        {
+            return Err(ModelError::Conflict(name.clone()));
+        }
+    }
     let metas2 = metas.clone();
-    wh.commit_with(
+    let committed = wh.commit_with(
         &guard,
-        &base,
+        &current,
         changes,
         BTreeMap::new(),
-        move |m: &mut Manifest| m.published.extend(metas2),
+        move |m: &mut Manifest| {
+            let version = m.version;
+            for (name, mut meta) in metas2 {
+                if let Some(v) = meta.versions.last_mut() {
+                    v.version = version;
+                }
+                m.published.insert(name, meta);
+            }
+        },
         run,
     )?;
+    for r in &mut report {
+        if r.mode != "unchanged" {
+            r.version = committed.version;
+        }
+    }
     Ok(report)
 }

@@ -22,6 +22,9 @@ const SPILL_ROWS: usize = 32 * 1024;
 const SPILL_TOTAL_ROWS: usize = 128 * 1024;
 /// Longest raw record text kept in the quarantine.
 pub const MAX_RAW_BYTES: usize = 64 * 1024;
+/// Raw text buffered for one quarantine partition before it is spilled
+/// (also keeps each spilled batch far below Utf8's 2 GiB offset limit).
+const SPILL_QUARANTINE_BYTES: usize = 8 << 20;
 
 /// Errors while buffering or spilling.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +172,7 @@ struct QuarantineBuffer {
     reason: StringBuilder,
     raw: StringBuilder,
     rows: usize,
+    bytes: usize,
 }
 
 impl QuarantineBuffer {
@@ -181,12 +185,14 @@ impl QuarantineBuffer {
             reason: StringBuilder::new(),
             raw: StringBuilder::new(),
             rows: 0,
+            bytes: 0,
         }
     }
 
     fn finish(&mut self, run_id: &str, pipeline: &str, received_at: i64) -> RecordBatch {
         let n = self.rows;
         self.rows = 0;
+        self.bytes = 0;
         let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut run = StringBuilder::new();
         let mut pipe = StringBuilder::new();
@@ -267,12 +273,17 @@ impl Partitioner {
         Ok(())
     }
 
-    /// Adds a rejected record.
-    pub fn reject(&mut self, quarter: Option<Quarter>, row: QuarantineRow) {
+    /// Adds a rejected record; rejected records spill like valid rows, so a
+    /// feed of nothing but bad records cannot fill the memory.
+    pub fn reject(
+        &mut self,
+        quarter: Option<Quarter>,
+        row: QuarantineRow,
+    ) -> Result<(), PartitionError> {
         let key = quarter.map_or_else(|| UNKNOWN_QUARTER.to_string(), |q| q.to_string());
         let b = self
             .quarantine
-            .entry(key)
+            .entry(key.clone())
             .or_insert_with(QuarantineBuffer::new);
         let mut raw = row.raw;
         if raw.len() > MAX_RAW_BYTES {
@@ -292,6 +303,30 @@ impl Partitioner {
         b.reason.append_value(&row.reason);
         b.raw.append_value(&raw);
         b.rows += 1;
+        b.bytes += raw.len() + row.reason.len() + row.source.len();
+        if b.rows >= SPILL_ROWS || b.bytes >= SPILL_QUARANTINE_BYTES {
+            self.spill_quarantine(&key)?;
+        }
+        Ok(())
+    }
+
+    fn spill_quarantine(&mut self, key: &str) -> Result<(), PartitionError> {
+        let batch = {
+            let Some(b) = self.quarantine.get_mut(key) else {
+                return Ok(());
+            };
+            if b.rows == 0 {
+                return Ok(());
+            }
+            b.finish(&self.run_id, &self.pipeline, self.received_at)
+        };
+        let path = self.spill_path(&format!("quarantine-{key}"));
+        write_ipc(&path, &batch)?;
+        self.quarantine_spills
+            .entry(key.to_string())
+            .or_default()
+            .push(path);
+        Ok(())
     }
 
     fn spill_path(&mut self, what: &str) -> PathBuf {
@@ -327,16 +362,7 @@ impl Partitioner {
         self.spill_all()?;
         let keys: Vec<String> = self.quarantine.keys().cloned().collect();
         for k in keys {
-            let batch = {
-                let b = self.quarantine.get_mut(&k).expect("key exists");
-                if b.rows == 0 {
-                    continue;
-                }
-                b.finish(&self.run_id, &self.pipeline, self.received_at)
-            };
-            let path = self.spill_path(&format!("quarantine-{k}"));
-            write_ipc(&path, &batch)?;
-            self.quarantine_spills.entry(k).or_default().push(path);
+            self.spill_quarantine(&k)?;
         }
         Ok(Spilled {
             rows: self.spills,

@@ -210,7 +210,7 @@ pub async fn sql(snapshot: &Snapshot, sql: &str) -> Result<DataFrame, QueryError
 }
 
 /// Result formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum OutputFormat {
     /// An aligned text table.
     Table,
@@ -220,6 +220,224 @@ pub enum OutputFormat {
     Json,
     /// A Parquet file (needs --output).
     Parquet,
+    /// An Arrow IPC stream.
+    Arrow,
+}
+
+impl OutputFormat {
+    /// The HTTP content type of the format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Table => "text/plain; charset=utf-8",
+            OutputFormat::Csv => "text/csv; charset=utf-8",
+            OutputFormat::Json => "application/json",
+            OutputFormat::Parquet => "application/vnd.apache.parquet",
+            OutputFormat::Arrow => "application/vnd.apache.arrow.stream",
+        }
+    }
+
+    /// The format's short name (`csv`, `json`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Table => "table",
+            OutputFormat::Csv => "csv",
+            OutputFormat::Json => "json",
+            OutputFormat::Parquet => "parquet",
+            OutputFormat::Arrow => "arrow",
+        }
+    }
+}
+
+/// A writer that counts the bytes through it.
+struct Counting<W> {
+    inner: W,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Sink<W: Write + Send> {
+    Table {
+        out: Counting<W>,
+        pending: Vec<RecordBatch>,
+        pending_rows: usize,
+        printed_any: bool,
+    },
+    Csv(arrow::csv::Writer<Counting<W>>, bool),
+    Json(arrow::json::ArrayWriter<Counting<W>>),
+    Arrow(arrow::ipc::writer::StreamWriter<Counting<W>>),
+    Parquet(parquet::arrow::ArrowWriter<Counting<W>>),
+}
+
+/// Encodes result batches in one [`OutputFormat`], a batch at a time: the
+/// one encoder of the CLI, the HTTP API and anything later. Knows how many
+/// rows and bytes it has produced, so callers can cap either.
+pub struct Encoder<W: Write + Send> {
+    sink: Sink<W>,
+    schema: arrow::datatypes::SchemaRef,
+    rows: u64,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn out_err(e: impl std::fmt::Display) -> QueryError {
+    QueryError::Output(e.to_string())
+}
+
+impl<W: Write + Send> Encoder<W> {
+    /// An encoder writing `format` to `out`.
+    pub fn new(
+        format: OutputFormat,
+        schema: arrow::datatypes::SchemaRef,
+        out: W,
+    ) -> Result<Encoder<W>, QueryError> {
+        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let out = Counting {
+            inner: out,
+            bytes: bytes.clone(),
+        };
+        let sink = match format {
+            OutputFormat::Table => Sink::Table {
+                out,
+                pending: Vec::new(),
+                pending_rows: 0,
+                printed_any: false,
+            },
+            OutputFormat::Csv => Sink::Csv(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(out),
+                false,
+            ),
+            // Every row has every column: nulls are written as `null`, not left out.
+            OutputFormat::Json => Sink::Json(
+                arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow::json::writer::JsonArray>(out),
+            ),
+            OutputFormat::Arrow => Sink::Arrow(
+                arrow::ipc::writer::StreamWriter::try_new(out, &schema).map_err(out_err)?,
+            ),
+            OutputFormat::Parquet => Sink::Parquet(
+                parquet::arrow::ArrowWriter::try_new(
+                    out,
+                    schema.clone(),
+                    Some(crate::warehouse::merge::writer_properties()),
+                )
+                .map_err(out_err)?,
+            ),
+        };
+        Ok(Encoder {
+            sink,
+            schema,
+            rows: 0,
+            bytes,
+        })
+    }
+
+    /// Rows encoded so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Bytes produced so far, counting what a Parquet writer still buffers.
+    pub fn bytes(&self) -> u64 {
+        let written = self.bytes.load(std::sync::atomic::Ordering::Relaxed);
+        match &self.sink {
+            Sink::Parquet(w) => written + w.in_progress_size() as u64,
+            _ => written,
+        }
+    }
+
+    /// Encodes one batch.
+    pub fn write(&mut self, b: &RecordBatch) -> Result<(), QueryError> {
+        self.rows += b.num_rows() as u64;
+        match &mut self.sink {
+            Sink::Table {
+                out,
+                pending,
+                pending_rows,
+                printed_any,
+            } => {
+                *pending_rows += b.num_rows();
+                pending.push(b.clone());
+                if *pending_rows >= 10_000 {
+                    let t = arrow::util::pretty::pretty_format_batches(pending).map_err(out_err)?;
+                    writeln!(out, "{t}").map_err(out_err)?;
+                    pending.clear();
+                    *pending_rows = 0;
+                    *printed_any = true;
+                }
+            }
+            Sink::Csv(w, any) => {
+                w.write(b).map_err(out_err)?;
+                *any = true;
+            }
+            Sink::Json(w) => w.write(b).map_err(out_err)?,
+            Sink::Arrow(w) => w.write(b).map_err(out_err)?,
+            Sink::Parquet(w) => w.write(b).map_err(out_err)?,
+        }
+        Ok(())
+    }
+
+    /// Finishes the output (footer, closing bracket, row count) and returns the writer.
+    pub fn finish(self) -> Result<W, QueryError> {
+        let rows = self.rows;
+        let out = match self.sink {
+            Sink::Table {
+                mut out,
+                mut pending,
+                printed_any,
+                ..
+            } => {
+                if !pending.is_empty() || !printed_any {
+                    if pending.is_empty() {
+                        pending.push(RecordBatch::new_empty(self.schema.clone()));
+                    }
+                    let t =
+                        arrow::util::pretty::pretty_format_batches(&pending).map_err(out_err)?;
+                    writeln!(out, "{t}").map_err(out_err)?;
+                }
+                writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" })
+                    .map_err(out_err)?;
+                out
+            }
+            Sink::Csv(mut w, any) => {
+                if !any {
+                    w.write(&RecordBatch::new_empty(self.schema.clone()))
+                        .map_err(out_err)?;
+                }
+                w.into_inner()
+            }
+            Sink::Json(mut w) => {
+                w.finish().map_err(out_err)?;
+                let mut out = w.into_inner();
+                // Older arrow writers print nothing at all for no rows.
+                if out.bytes.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    out.write_all(b"[]").map_err(out_err)?;
+                }
+                out.write_all(b"\n").map_err(out_err)?;
+                out
+            }
+            Sink::Arrow(mut w) => {
+                w.finish().map_err(out_err)?;
+                w.into_inner().map_err(out_err)?
+            }
+            Sink::Parquet(w) => w.into_inner().map_err(out_err)?,
+        };
+        let mut inner = out.inner;
+        inner.flush().map_err(out_err)?;
+        Ok(inner)
+    }
 }
 
 /// Streams a query's results to `out`; returns the number of rows written.
@@ -230,83 +448,78 @@ pub async fn write_results(
 ) -> Result<u64, QueryError> {
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await.map_err(df_err)?;
-    let oerr = |e: &dyn std::fmt::Display| QueryError::Output(e.to_string());
-    let mut rows = 0u64;
-    match format {
-        OutputFormat::Table => {
-            let mut out = out;
-            let mut pending: Vec<RecordBatch> = Vec::new();
-            let mut pending_rows = 0;
-            let mut printed_any = false;
-            while let Some(b) = stream.next().await {
-                let b = b.map_err(df_err)?;
-                rows += b.num_rows() as u64;
-                pending_rows += b.num_rows();
-                pending.push(b);
-                if pending_rows >= 10_000 {
-                    let t = arrow::util::pretty::pretty_format_batches(&pending)
-                        .map_err(|e| oerr(&e))?;
-                    writeln!(out, "{t}").map_err(|e| oerr(&e))?;
-                    pending.clear();
-                    pending_rows = 0;
-                    printed_any = true;
-                }
-            }
-            if !pending.is_empty() || !printed_any {
-                if pending.is_empty() {
-                    pending.push(RecordBatch::new_empty(schema.clone()));
-                }
-                let t =
-                    arrow::util::pretty::pretty_format_batches(&pending).map_err(|e| oerr(&e))?;
-                writeln!(out, "{t}").map_err(|e| oerr(&e))?;
-            }
-            writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" })
-                .map_err(|e| oerr(&e))?;
-        }
-        OutputFormat::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(out);
-            let mut any = false;
-            while let Some(b) = stream.next().await {
-                let b = b.map_err(df_err)?;
-                rows += b.num_rows() as u64;
-                w.write(&b).map_err(|e| oerr(&e))?;
-                any = true;
-            }
-            if !any {
-                w.write(&RecordBatch::new_empty(schema.clone()))
-                    .map_err(|e| oerr(&e))?;
-            }
-        }
-        OutputFormat::Json => {
-            let mut w = arrow::json::ArrayWriter::new(out);
-            while let Some(b) = stream.next().await {
-                let b = b.map_err(df_err)?;
-                rows += b.num_rows() as u64;
-                w.write(&b).map_err(|e| oerr(&e))?;
-            }
-            w.finish().map_err(|e| oerr(&e))?;
-            let mut out = w.into_inner();
-            if rows == 0 {
-                out.write_all(b"[]").map_err(|e| oerr(&e))?;
-            }
-            out.write_all(b"\n").map_err(|e| oerr(&e))?;
-        }
-        OutputFormat::Parquet => {
-            let mut w = parquet::arrow::ArrowWriter::try_new(
-                out,
-                schema.clone(),
-                Some(crate::warehouse::merge::writer_properties()),
-            )
-            .map_err(|e| oerr(&e))?;
-            while let Some(b) = stream.next().await {
-                let b = b.map_err(df_err)?;
-                rows += b.num_rows() as u64;
-                w.write(&b).map_err(|e| oerr(&e))?;
-            }
-            w.close().map_err(|e| oerr(&e))?;
-        }
+    let mut enc = Encoder::new(format, schema, out)?;
+    while let Some(b) = stream.next().await {
+        enc.write(&b.map_err(df_err)?)?;
     }
+    let rows = enc.rows();
+    enc.finish()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_expressions_are_refused_before_parsing() {
+        let deep = format!("SELECT 1{}", "+1".repeat(20_000));
+        let err = check_read_only(&deep).unwrap_err();
+        assert!(err.to_string().contains("chains more than"), "{err}");
+        let parens = format!("SELECT {}1{}", "(".repeat(200), ")".repeat(200));
+        let err = check_read_only(&parens).unwrap_err();
+        assert!(err.to_string().contains("nest more than"), "{err}");
+        let long = format!("SELECT '{}'", "x".repeat(MAX_STATEMENT_BYTES));
+        assert!(matches!(
+            check_read_only(&long),
+            Err(QueryError::TooComplex(_))
+        ));
+        // Ordinary queries, long IN lists and many columns pass.
+        let list = (0..5000)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        check_read_only(&format!(
+            "SELECT a + b * 2 FROM t WHERE x IN ({list}) AND y = 1 OR z LIKE 'a%'"
+        ))
+        .unwrap();
+        let cols = (0..3000)
+            .map(|i| format!("c{i} + 1"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        check_read_only(&format!("SELECT {cols} FROM t")).unwrap();
+    }
+
+    #[test]
+    fn every_format_encodes_empty_and_nonempty_results() {
+        use arrow::array::Int32Array;
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("x", arrow::datatypes::DataType::Int32, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![std::sync::Arc::new(Int32Array::from(vec![Some(1), None]))],
+        )
+        .unwrap();
+        for f in [
+            OutputFormat::Table,
+            OutputFormat::Csv,
+            OutputFormat::Json,
+            OutputFormat::Arrow,
+            OutputFormat::Parquet,
+        ] {
+            let mut e = Encoder::new(f, schema.clone(), Vec::new()).unwrap();
+            e.write(&b).unwrap();
+            assert_eq!(e.rows(), 2);
+            let out = e.finish().unwrap();
+            assert!(!out.is_empty(), "{f:?}");
+            let empty = Encoder::new(f, schema.clone(), Vec::new())
+                .unwrap()
+                .finish()
+                .unwrap();
+            assert!(!empty.is_empty(), "{f:?}");
+        }
+        let json = Encoder::new(OutputFormat::Json, schema.clone(), Vec::new()).unwrap();
+        assert_eq!(json.finish().unwrap(), b"[]\n");
+    }
 }

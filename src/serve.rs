@@ -14,7 +14,7 @@
 use crate::daemon::{Daemon, TriggerError};
 use crate::ingest::RunKind;
 use crate::primitives::constant_time_eq;
-use crate::query::{self, QueryError};
+use crate::query::{self, Encoder, OutputFormat, QueryError};
 use arrow::array::RecordBatch;
 use axum::Router;
 use axum::body::Bytes;
@@ -57,6 +57,12 @@ pub enum ApiError {
     Timeout(u64),
     /// Not ready yet / shutting down.
     Unavailable(String),
+    /// Our own limits (concurrency, memory) are reached: retry shortly.
+    Busy(String),
+    /// The body is larger than allowed.
+    TooLarge(usize),
+    /// The client took too long to send the body.
+    BodyTimeout(u64),
     /// A bug or an I/O failure.
     Internal(String),
 }
@@ -80,6 +86,15 @@ impl IntoResponse for ApiError {
                 format!("the query ran past the {s}s limit and was stopped"),
             ),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::Busy(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::TooLarge(n) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {n} bytes"),
+            ),
+            ApiError::BodyTimeout(s) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {s} s"),
+            ),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "Internal error serving a request.");
                 (
@@ -89,6 +104,10 @@ impl IntoResponse for ApiError {
             }
         };
         let mut resp = (status, axum::Json(serde_json::json!({ "error": msg }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -250,89 +269,34 @@ async fn reload(State(d): S, headers: HeaderMap) -> Result<Response, ApiError> {
     }
 }
 
-/// Result encodings of the SQL and aggregate endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
-    Json,
-    Csv,
-    Arrow,
-    Parquet,
-}
-
-fn encoding_from_accept(headers: &HeaderMap) -> Encoding {
+fn encoding_from_accept(headers: &HeaderMap) -> OutputFormat {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if accept.contains("text/csv") {
-        Encoding::Csv
+        OutputFormat::Csv
     } else if accept.contains("application/vnd.apache.arrow.stream") {
-        Encoding::Arrow
+        OutputFormat::Arrow
     } else if accept.contains("application/vnd.apache.parquet") {
-        Encoding::Parquet
+        OutputFormat::Parquet
     } else {
-        Encoding::Json
+        OutputFormat::Json
     }
 }
 
+/// Encodes whole batches (a published aggregate: small and already bounded).
 fn encode(
     batches: &[RecordBatch],
     schema: &arrow::datatypes::SchemaRef,
-    enc: Encoding,
-) -> Result<(Vec<u8>, &'static str), ApiError> {
-    let ierr = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
-    let mut buf = Vec::new();
-    let ct = match enc {
-        Encoding::Json => {
-            let mut w = arrow::json::ArrayWriter::new(&mut buf);
-            for b in batches {
-                w.write(b).map_err(|e| ierr(&e))?;
-            }
-            w.finish().map_err(|e| ierr(&e))?;
-            if buf.is_empty() {
-                buf.extend_from_slice(b"[]");
-            }
-            "application/json"
-        }
-        Encoding::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut buf);
-            if batches.is_empty() {
-                w.write(&RecordBatch::new_empty(schema.clone()))
-                    .map_err(|e| ierr(&e))?;
-            }
-            for b in batches {
-                w.write(b).map_err(|e| ierr(&e))?;
-            }
-            drop(w);
-            "text/csv; charset=utf-8"
-        }
-        Encoding::Arrow => {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, schema)
-                .map_err(|e| ierr(&e))?;
-            for b in batches {
-                w.write(b).map_err(|e| ierr(&e))?;
-            }
-            w.finish().map_err(|e| ierr(&e))?;
-            drop(w);
-            "application/vnd.apache.arrow.stream"
-        }
-        Encoding::Parquet => {
-            let mut w = parquet::arrow::ArrowWriter::try_new(
-                &mut buf,
-                schema.clone(),
-                Some(crate::warehouse::merge::writer_properties()),
-            )
-            .map_err(|e| ierr(&e))?;
-            for b in batches {
-                w.write(b).map_err(|e| ierr(&e))?;
-            }
-            w.close().map_err(|e| ierr(&e))?;
-            "application/vnd.apache.parquet"
-        }
-    };
-    Ok((buf, ct))
+    format: OutputFormat,
+) -> Result<Vec<u8>, ApiError> {
+    let ierr = |e: QueryError| ApiError::Internal(e.to_string());
+    let mut enc = Encoder::new(format, schema.clone(), Vec::new()).map_err(ierr)?;
+    for b in batches {
+        enc.write(b).map_err(ierr)?;
+    }
+    enc.finish().map_err(ierr)
 }
 
 #[derive(Deserialize)]
@@ -340,63 +304,156 @@ struct SqlBody {
     sql: String,
 }
 
-async fn sql(State(d): S, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    require(&d, &headers, Role::Analyst)?;
-    let text = std::str::from_utf8(&body)
+/// Counts a query in flight for as long as it lives (dropped with the
+/// handler when the client goes away).
+struct InFlight(Arc<Daemon>);
+
+impl InFlight {
+    fn new(d: &Arc<Daemon>) -> InFlight {
+        d.metrics.inc("ironlake_sql_queries_in_flight", &[], 1.0);
+        InFlight(d.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .inc("ironlake_sql_queries_in_flight", &[], -1.0);
+    }
+}
+
+/// Reads a request body of at most `limit` bytes within the body timeout.
+async fn read_body(d: &Daemon, body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    let secs = d.project().settings.api.body_timeout_secs;
+    match tokio::time::timeout(Duration::from_secs(secs), axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::BodyTimeout(secs)),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(ApiError::TooLarge(limit)),
+    }
+}
+
+/// The statement of a SQL request: the body as text, or `{"sql": …}` for JSON.
+fn statement_of(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
+    let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
-    let sql = if headers
+    if headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.contains("json"))
     {
-        serde_json::from_str::<SqlBody>(text)
+        Ok(serde_json::from_str::<SqlBody>(text)
             .map_err(|e| ApiError::BadRequest(format!("expected {{\"sql\": \"…\"}}: {e}")))?
-            .sql
+            .sql)
     } else {
-        text.to_string()
-    };
-    let project = d.project();
-    let limit = project.settings.api.sql_max_rows;
-    let secs = project.settings.api.sql_timeout_secs;
-    let enc = encoding_from_accept(&headers);
+        Ok(text.to_string())
+    }
+}
+
+/// A result encoded within the row, byte and memory limits.
+struct Encoded {
+    bytes: Vec<u8>,
+    truncated: Option<&'static str>,
+}
+
+/// Plans, runs and encodes one analyst query. Rows and bytes are capped;
+/// the encoded bytes are reserved in the engine's memory pool as they grow.
+async fn run_sql(d: &Daemon, sql: &str, format: OutputFormat) -> Result<Encoded, ApiError> {
+    let api = d.project().settings.api.clone();
     let catalog = d.catalog();
-    let work = async {
-        let snapshot = catalog
-            .snapshot()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let df = query::sql(&snapshot, &sql).await.map_err(|e| match e {
-            QueryError::Output(m) => ApiError::Internal(m),
-            other => ApiError::BadRequest(other.to_string()),
-        })?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let mut stream = df
-            .execute_stream()
-            .await
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let mut batches = Vec::new();
-        let mut rows = 0usize;
-        let mut truncated = false;
-        while let Some(b) = stream.next().await {
-            let b = b.map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            if rows + b.num_rows() > limit {
-                batches.push(b.slice(0, limit - rows));
-                truncated = true;
-                break;
+    let snapshot = catalog
+        .snapshot()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let df = query::sql(&snapshot, sql).await.map_err(query_error)?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df.execute_stream().await.map_err(engine_error)?;
+    let reservation = datafusion::execution::memory_pool::MemoryConsumer::new("SQL API result")
+        .register(catalog.memory_pool());
+    let mut enc = Encoder::new(format, schema, Vec::new()).map_err(query_error)?;
+    let mut truncated = None;
+    'batches: while let Some(b) = stream.next().await {
+        let b = b.map_err(engine_error)?;
+        // Small slices, so a cap is overshot by little.
+        let mut offset = 0;
+        while offset < b.num_rows() {
+            let left = api.sql_max_rows as u64 - enc.rows();
+            if left == 0 {
+                truncated = Some("rows");
+                break 'batches;
             }
-            rows += b.num_rows();
-            batches.push(b);
+            let n = (b.num_rows() - offset).min(1024).min(left as usize);
+            enc.write(&b.slice(offset, n)).map_err(query_error)?;
+            offset += n;
+            let used = enc.bytes();
+            if used > reservation.size() as u64 {
+                reservation.try_resize(used as usize).map_err(|e| {
+                    ApiError::Busy(format!(
+                        "the result does not fit in the engine's memory now: {e}"
+                    ))
+                })?;
+            }
+            if used >= api.sql_max_bytes {
+                truncated = Some("bytes");
+                break 'batches;
+            }
         }
-        Ok::<_, ApiError>((schema, batches, truncated))
+    }
+    let bytes = enc.finish().map_err(query_error)?;
+    Ok(Encoded { bytes, truncated })
+}
+
+/// A query refused or failed: the analyst's mistake (400) or our limits (503).
+fn query_error(e: QueryError) -> ApiError {
+    match e {
+        QueryError::Output(m) => ApiError::Internal(m),
+        other => ApiError::BadRequest(other.to_string()),
+    }
+}
+
+/// An execution error: out of memory is our limit (503), the rest the query's.
+fn engine_error(e: datafusion::error::DataFusionError) -> ApiError {
+    let text = e.to_string();
+    if text.contains("Resources exhausted") || text.contains("ResourcesExhausted") {
+        ApiError::Busy(format!(
+            "the query needs more memory than the engine has free: {text}"
+        ))
+    } else {
+        ApiError::BadRequest(text)
+    }
+}
+
+async fn sql(State(d): S, req: Request) -> Result<Response, ApiError> {
+    // The token is checked before a byte of the body is read.
+    let (parts, body) = req.into_parts();
+    require(&d, &parts.headers, Role::Analyst)?;
+    let api = d.project().settings.api.clone();
+    let Ok(_permit) = d.sql_permits().try_acquire_owned() else {
+        return Err(ApiError::Busy(format!(
+            "{} SQL queries are already running; try again shortly",
+            api.sql_max_concurrent
+        )));
     };
-    let (schema, batches, truncated) = tokio::time::timeout(Duration::from_secs(secs), work)
+    let body = read_body(&d, body, query::MAX_STATEMENT_BYTES + 4096).await?;
+    let sql = statement_of(&parts.headers, &body)?;
+    let format = encoding_from_accept(&parts.headers);
+    let _in_flight = InFlight::new(&d);
+    // One deadline for planning, running and encoding.
+    let secs = api.sql_timeout_secs;
+    let out = tokio::time::timeout(Duration::from_secs(secs), run_sql(&d, &sql, format))
         .await
         .map_err(|_| ApiError::Timeout(secs))??;
-    let (bytes, ct) = encode(&batches, &schema, enc)?;
-    let mut resp = ([(header::CONTENT_TYPE, ct)], bytes).into_response();
-    if truncated {
-        resp.headers_mut()
-            .insert("x-ironlake-truncated", HeaderValue::from(limit));
+    let mut resp = ([(header::CONTENT_TYPE, format.content_type())], out.bytes).into_response();
+    if let Some(what) = out.truncated {
+        let limit = if what == "rows" {
+            api.sql_max_rows.to_string()
+        } else {
+            format!("{} bytes", api.sql_max_bytes)
+        };
+        resp.headers_mut().insert(
+            "x-ironlake-truncated",
+            HeaderValue::from_str(&limit).expect("ascii"),
+        );
     }
     Ok(resp)
 }
@@ -462,19 +519,11 @@ async fn aggregate(
         )));
     };
     let version = meta.versions.last().map_or(0, |v| v.version);
-    let etag = format!("\"v{version}\"");
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
-        let mut resp = StatusCode::NOT_MODIFIED.into_response();
-        resp.headers_mut()
-            .insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
-        return Ok(resp);
-    }
     let mut filters = Vec::new();
-    for (k, v) in &q {
+    // Parameters in a stable order, so equal requests get equal validators.
+    let mut params: Vec<(&String, &String)> = q.iter().collect();
+    params.sort();
+    for (k, v) in &params {
         match k.as_str() {
             "format" => {}
             "quarter" => {
@@ -497,18 +546,36 @@ async fn aggregate(
             }
         }
     }
-    let enc = match q.get("format").map(String::as_str) {
+    let format = match q.get("format").map(String::as_str) {
         None => encoding_from_accept(&headers),
-        Some("json") => Encoding::Json,
-        Some("csv") => Encoding::Csv,
-        Some("arrow") => Encoding::Arrow,
-        Some("parquet") => Encoding::Parquet,
+        Some("json") => OutputFormat::Json,
+        Some("csv") => OutputFormat::Csv,
+        Some("arrow") => OutputFormat::Arrow,
+        Some("parquet") => OutputFormat::Parquet,
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
                 "unknown format {other:?}; use json, csv, arrow or parquet"
             )));
         }
     };
+    // One validator per representation: version, format and filters.
+    let filter_tag = crate::primitives::fingerprint(&filters.join("&"), None, "");
+    let etag = format!("\"v{version}-{}-{}\"", format.name(), &filter_tag[..12]);
+    let cache_headers = |resp: &mut Response| {
+        let h = resp.headers_mut();
+        h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    };
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| if_none_match(v, &etag))
+    {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        cache_headers(&mut resp);
+        return Ok(resp);
+    }
     let order = if meta.columns.iter().any(|c| c == "rank") {
         "quarter, rank"
     } else {
@@ -530,13 +597,19 @@ async fn aggregate(
         .collect()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (bytes, ct) = encode(&batches, &schema, enc)?;
-    let mut resp = ([(header::CONTENT_TYPE, ct)], bytes).into_response();
-    resp.headers_mut()
-        .insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let bytes = encode(&batches, &schema, format)?;
+    let mut resp = ([(header::CONTENT_TYPE, format.content_type())], bytes).into_response();
+    cache_headers(&mut resp);
     Ok(resp)
+}
+
+/// `If-None-Match` by RFC 9110's weak comparison: `W/"x"` matches `"x"`; `*` matches anything.
+pub fn if_none_match(header: &str, etag: &str) -> bool {
+    let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let want = bare(etag);
+    header
+        .split(',')
+        .any(|t| t.trim() == "*" || bare(t) == want)
 }
 
 async fn record_metrics(State(d): S, req: Request, next: Next) -> Response {
@@ -551,6 +624,62 @@ async fn record_metrics(State(d): S, req: Request, next: Next) -> Response {
         1.0,
     );
     resp
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then lets
+/// requests in flight finish. Unlike a bare `axum::serve`, a client must
+/// send its headers within `api.header_timeout_secs`, and at most
+/// `api.max_connections` connections are open at once (more wait in the
+/// listen queue), so slow or idle clients cannot exhaust the daemon.
+pub async fn serve(
+    d: Arc<Daemon>,
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let api = d.project().settings.api.clone();
+    let app = router(d);
+    let slots = Arc::new(tokio::sync::Semaphore::new(api.max_connections));
+    let header_timeout = Duration::from_secs(api.header_timeout_secs);
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "Cannot accept a connection.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
 }
 
 /// The API router.

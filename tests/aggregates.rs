@@ -411,7 +411,14 @@ async fn incremental_refreshes_equal_a_full_rebuild_over_random_ingest_orders() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_are_kept_readable_then_pruned_by_retention() {
-    let p = project_dir(|c| c.replace("retention_versions = 3", "retention_versions = 2"));
+    // No time-based grace for superseded files, so pruning shows at once.
+    let p = project_dir(|c| {
+        c.replace("retention_versions = 3", "retention_versions = 2")
+            .replace(
+                "superseded_retention_secs = 3600",
+                "superseded_retention_secs = 0",
+            )
+    });
     let mut o = SimOptions::new(81, 120);
     o.token = Some(TOKEN.into());
     o.to = "2018Q2".parse().unwrap();

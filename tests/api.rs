@@ -43,7 +43,11 @@ async fn api(public_aggregates: bool, slow_ms: u64) -> Api {
         .unwrap();
     }
     for (f, t) in [("admin", ADMIN), ("analyst", ANALYST), ("viewer", VIEWER)] {
-        std::fs::write(dir.path().join(f), format!("{t}\n")).unwrap();
+        let path = dir.path().join(f);
+        std::fs::write(&path, format!("{t}\n")).unwrap();
+        // Token files others can read are refused.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let mut project = ironlake::config::load(&ironlake::config::LoadOptions {
         config: Some(repo().join("ironlake.toml")),
@@ -78,8 +82,11 @@ async fn api(public_aggregates: bool, slow_ms: u64) -> Api {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = ironlake::serve::router(daemon.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(ironlake::serve::serve(
+        daemon.clone(),
+        listener,
+        daemon.shutdown_token(),
+    ));
     Api {
         base,
         daemon,

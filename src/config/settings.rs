@@ -31,6 +31,12 @@ struct RawSettings {
 #[serde(deny_unknown_fields)]
 struct RawWarehouse {
     dir: String,
+    #[serde(default = "default_superseded_retention_secs")]
+    superseded_retention_secs: u64,
+}
+
+fn default_superseded_retention_secs() -> u64 {
+    3600
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +150,16 @@ struct RawApi {
     sql_max_rows: usize,
     #[serde(default = "default_sql_timeout_secs")]
     sql_timeout_secs: u64,
+    #[serde(default = "default_sql_max_bytes")]
+    sql_max_bytes: u64,
+    #[serde(default = "default_sql_max_concurrent")]
+    sql_max_concurrent: usize,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_header_timeout_secs")]
+    header_timeout_secs: u64,
+    #[serde(default = "default_body_timeout_secs")]
+    body_timeout_secs: u64,
 }
 
 impl Default for RawApi {
@@ -156,8 +172,29 @@ impl Default for RawApi {
             viewer_token_file: None,
             sql_max_rows: default_sql_max_rows(),
             sql_timeout_secs: default_sql_timeout_secs(),
+            sql_max_bytes: default_sql_max_bytes(),
+            sql_max_concurrent: default_sql_max_concurrent(),
+            max_connections: default_max_connections(),
+            header_timeout_secs: default_header_timeout_secs(),
+            body_timeout_secs: default_body_timeout_secs(),
         }
     }
+}
+
+fn default_sql_max_bytes() -> u64 {
+    64 << 20
+}
+fn default_sql_max_concurrent() -> usize {
+    4
+}
+fn default_max_connections() -> usize {
+    512
+}
+fn default_header_timeout_secs() -> u64 {
+    10
+}
+fn default_body_timeout_secs() -> u64 {
+    30
 }
 
 fn default_listen() -> Spanned<String> {
@@ -218,8 +255,18 @@ pub struct ApiSettings {
     pub viewer_token_file: Option<PathBuf>,
     /// Most rows one API SQL query returns.
     pub sql_max_rows: usize,
-    /// Longest one API SQL query may run.
+    /// Longest one API SQL query may run, encoding of the result included.
     pub sql_timeout_secs: u64,
+    /// Largest encoded result of one API SQL query, bytes; past it the result is cut short.
+    pub sql_max_bytes: u64,
+    /// Most API SQL queries running at once; more are answered 503 with `Retry-After`.
+    pub sql_max_concurrent: usize,
+    /// Most HTTP connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers, seconds.
+    pub header_timeout_secs: u64,
+    /// Longest a client may take to send a request's body, seconds.
+    pub body_timeout_secs: u64,
 }
 
 /// Policy parameters of the programme (the plan's percentages are parameters, not constants).
@@ -250,6 +297,9 @@ impl Default for Policy {
 pub struct Settings {
     /// Root of the warehouse (`tables/`, `quarantine/`, `published/`, `_ironlake/`).
     pub warehouse_dir: PathBuf,
+    /// How long files of a superseded version stay on disk for queries and
+    /// external scans that started on it (`warehouse.superseded_retention_secs`).
+    pub superseded_retention: std::time::Duration,
     /// Directory of table schemas.
     pub schemas_dir: PathBuf,
     /// Directory of pipeline files (aggregates under `aggregates/` inside it).
@@ -397,8 +447,16 @@ pub fn load(file: &SourceFile, base: &Path) -> Result<Settings, Vec<Diagnostic>>
             viewer_token_file: raw.api.viewer_token_file.map(|p| resolve(base, &p)),
             sql_max_rows: raw.api.sql_max_rows,
             sql_timeout_secs: raw.api.sql_timeout_secs,
+            sql_max_bytes: raw.api.sql_max_bytes,
+            sql_max_concurrent: raw.api.sql_max_concurrent.max(1),
+            max_connections: raw.api.max_connections.max(1),
+            header_timeout_secs: raw.api.header_timeout_secs.max(1),
+            body_timeout_secs: raw.api.body_timeout_secs.max(1),
         },
         policy,
         warehouse_dir,
+        superseded_retention: std::time::Duration::from_secs(
+            raw.warehouse.superseded_retention_secs,
+        ),
     })
 }

@@ -40,6 +40,88 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<FileEntry> {
     write_parquet_rows(path, batch, &all)
 }
 
+/// A Parquet file written a batch at a time (the warehouse way), fsynced on finish.
+pub struct ParquetFile {
+    path: std::path::PathBuf,
+    writer: ArrowWriter<std::fs::File>,
+    rows: u64,
+}
+
+impl ParquetFile {
+    /// Creates `path` for batches of `schema`.
+    pub fn create(path: &Path, schema: SchemaRef) -> Result<ParquetFile> {
+        let ctx = format!("writing {}", path.display());
+        let file = std::fs::File::create(path).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))
+            .map_err(|e| data_err(ctx)(e.to_string()))?;
+        Ok(ParquetFile {
+            path: path.to_path_buf(),
+            writer,
+            rows: 0,
+        })
+    }
+
+    /// Appends a batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .map_err(|e| data_err(format!("writing {}", self.path.display()))(e.to_string()))
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Closes and fsyncs the file; returns its entry.
+    pub fn finish(self) -> Result<FileEntry> {
+        let ctx = format!("writing {}", self.path.display());
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        file.sync_all()
+            .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(FileEntry {
+            name: self
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            rows: self.rows,
+            bytes,
+        })
+    }
+}
+
+/// Calls `f` with every non-null value of the Utf8 column at `index`,
+/// reading only that column.
+pub fn read_strings(path: &Path, index: usize, mut f: impl FnMut(&str)) -> Result<()> {
+    let ctx = format!("reading {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [index]);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    for b in reader {
+        let b = b.map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        let col = col
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .ok_or_else(|| data_err(ctx.clone())("column is not text".into()))?;
+        col.iter().flatten().for_each(&mut f);
+    }
+    Ok(())
+}
+
 /// Reads a whole Parquet file as one batch with `schema`.
 pub fn read_parquet(path: &Path, schema: &SchemaRef) -> Result<RecordBatch> {
     let ctx = format!("reading {}", path.display());

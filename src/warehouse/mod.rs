@@ -38,8 +38,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Manifests kept on disk (their generations stay readable for queries in flight).
+/// Manifests always kept on disk, the current one included.
 pub const RETAINED_MANIFESTS: usize = 3;
+/// How long a superseded manifest and its generations stay readable by
+/// default, so queries and external scans that started on it finish.
+pub const DEFAULT_SUPERSEDED_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Run records kept per pipeline; older ones are removed by garbage collection.
+pub const RUNS_KEPT_PER_PIPELINE: usize = 1000;
 
 /// Errors of the warehouse layer.
 #[derive(Debug, thiserror::Error)]
@@ -340,6 +345,12 @@ fn is_stale_temp(name: &str) -> bool {
     }
 }
 
+/// Whether a generation directory is being built by a live process.
+fn is_being_built(generation: &Path) -> bool {
+    let mark = generation.join(BUILDING);
+    mark.exists() && matches!(FileLock::try_acquire(&mark), Ok(None))
+}
+
 /// Whether `name` is a journal file's name (`<20 digits>.json`).
 fn is_journal_name(name: &str) -> bool {
     name.strip_suffix(".json")
@@ -370,7 +381,12 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
 #[derive(Debug, Clone)]
 pub struct Warehouse {
     root: PathBuf,
+    retention: std::time::Duration,
+    runs_cache: std::sync::Arc<std::sync::Mutex<Option<RunsCache>>>,
 }
+
+/// The runs directory's modification time and the run records read at it.
+type RunsCache = (std::time::SystemTime, std::sync::Arc<Vec<RunRecord>>);
 
 /// Proof that the warehouse lock is held.
 #[derive(Debug)]
@@ -388,7 +404,13 @@ pub struct GenBuilder {
     partitions: BTreeMap<String, PartitionState>,
     replaced: BTreeSet<String>,
     run_id: String,
+    /// Held while the generation is built without the warehouse lock: garbage
+    /// collection leaves the directory alone while this lock is held.
+    building: Option<FileLock>,
 }
+
+/// The file whose lock marks a generation as being built (see [`Warehouse::begin_generation_unlocked`]).
+const BUILDING: &str = ".building";
 
 impl GenBuilder {
     /// The directory a new partition's files go into (created on demand).
@@ -460,6 +482,7 @@ impl GenBuilder {
 pub struct DirChange {
     key: String,
     state: DirState,
+    building: Option<FileLock>,
 }
 
 impl DirChange {
@@ -470,10 +493,19 @@ impl DirChange {
 }
 
 impl Warehouse {
-    /// Opens (creating if needed) the warehouse at `root` and recovers any interrupted commit.
+    /// Opens (creating if needed) the warehouse at `root` and recovers any
+    /// interrupted commit, keeping superseded generations for the default time.
     pub fn open(root: &Path) -> Result<Warehouse> {
+        Self::open_with(root, DEFAULT_SUPERSEDED_RETENTION)
+    }
+
+    /// Like [`Warehouse::open`], keeping a superseded manifest and its
+    /// generations for `retention` after the next commit replaced it.
+    pub fn open_with(root: &Path, retention: std::time::Duration) -> Result<Warehouse> {
         let wh = Warehouse {
             root: root.to_path_buf(),
+            retention,
+            runs_cache: Default::default(),
         };
         for d in [
             "_ironlake/gen",
@@ -513,6 +545,8 @@ impl Warehouse {
         }
         Ok(Warehouse {
             root: root.to_path_buf(),
+            retention: DEFAULT_SUPERSEDED_RETENTION,
+            runs_cache: Default::default(),
         })
     }
 
@@ -558,6 +592,15 @@ impl Warehouse {
                 })
             }
         }
+    }
+
+    /// Takes the warehouse lock from async code, waiting on a blocking thread
+    /// rather than on one of the runtime's workers.
+    pub async fn lock_async(&self) -> Result<CommitGuard> {
+        let wh = self.clone();
+        tokio::task::spawn_blocking(move || wh.lock())
+            .await
+            .map_err(|e| io_err("lock", &self.root)(io::Error::other(e.to_string())))?
     }
 
     /// Takes a pipeline's run lock, or `None` if a run of it is in flight.
@@ -641,6 +684,33 @@ impl Warehouse {
         run_id: &str,
         base_state: DirState,
     ) -> Result<GenBuilder> {
+        self.new_generation(base, key, run_id, base_state, false)
+    }
+
+    /// Starts a new generation without holding the warehouse lock (a long
+    /// refresh, so commits of other runs need not wait for it). The
+    /// generation is marked as being built, so garbage collection leaves it
+    /// alone; [`Warehouse::commit_with`] removes the mark under the lock.
+    /// Its base generation stays on disk at least as long as the
+    /// superseded-retention time after the next commit.
+    pub fn begin_generation_unlocked(
+        &self,
+        base: &Manifest,
+        key: &str,
+        run_id: &str,
+        base_state: DirState,
+    ) -> Result<GenBuilder> {
+        self.new_generation(base, key, run_id, base_state, true)
+    }
+
+    fn new_generation(
+        &self,
+        base: &Manifest,
+        key: &str,
+        run_id: &str,
+        base_state: DirState,
+        unlocked: bool,
+    ) -> Result<GenBuilder> {
         let generation = format!(
             "v{:010}-{}",
             base.version + 1,
@@ -652,6 +722,18 @@ impl Warehouse {
             std::fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
         }
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let building = if unlocked {
+            let p = dir.join(BUILDING);
+            Some(
+                FileLock::try_acquire(&p)
+                    .map_err(io_err("lock", &p))?
+                    .ok_or_else(|| {
+                        io_err("lock", &p)(io::Error::other("held by another process"))
+                    })?,
+            )
+        } else {
+            None
+        };
         Ok(GenBuilder {
             key: key.to_string(),
             generation: rel,
@@ -660,6 +742,7 @@ impl Warehouse {
             base: base_state,
             replaced: BTreeSet::new(),
             run_id: run_id.to_string(),
+            building,
         })
     }
 
@@ -702,6 +785,7 @@ impl Warehouse {
                 generation: g.generation,
                 partitions: g.partitions,
             },
+            building: g.building,
         })
     }
 
@@ -738,6 +822,11 @@ impl Warehouse {
         next.run_id = Some(run.run_id.clone());
         let mut links = Vec::new();
         for c in changes {
+            if c.building.is_some() {
+                // Built without the lock; under it now, the mark can go.
+                let mark = self.root.join(&c.state.generation).join(BUILDING);
+                std::fs::remove_file(&mark).map_err(io_err("remove", &mark))?;
+            }
             links.push((c.key.clone(), c.state.generation.clone()));
             next.dirs.insert(c.key, c.state);
         }
@@ -751,12 +840,71 @@ impl Warehouse {
             links,
             run: Some(run),
         };
+        // A commit of this process that failed half-way and could not be
+        // undone then is undone now, before its version number is reused.
+        self.discard_uncommitted(base)?;
         let jpath = self.meta(&format!("journal/{:020}.json", next.version));
         let data = serde_json::to_vec_pretty(&journal).expect("journal serialises");
         fsutil::write_atomic(&jpath, &data).map_err(io_err("write", &jpath))?;
         crate::failpoint("commit.after_journal");
-        self.roll_forward(guard, &jpath, journal)?;
+        if let Err(e) = self.roll_forward(guard, &jpath, journal) {
+            // Before the manifest exists nothing is committed: put the links
+            // back so directory readers see the previous state again.
+            if !self.manifest_path(next.version).exists()
+                && let Err(undo) = self.discard_uncommitted(base)
+            {
+                tracing::error!(error = %undo, "Could not undo a failed commit; the next commit or start will.");
+            }
+            return Err(e);
+        }
         Ok(next)
+    }
+
+    /// Undoes journals newer than `current` whose manifest was never
+    /// written (an in-process commit that failed): links go back to
+    /// `current`'s generations and the journal is removed.
+    fn discard_uncommitted(&self, current: &Manifest) -> Result<()> {
+        let jdir = self.meta("journal");
+        for j in std::fs::read_dir(&jdir)
+            .map_err(io_err("read", &jdir))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+        {
+            let name = j
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !is_journal_name(&name) {
+                continue;
+            }
+            let journal: Journal = Self::read_json(&j)?;
+            if journal.manifest.version <= current.version
+                || self.manifest_path(journal.manifest.version).exists()
+            {
+                continue;
+            }
+            for (key, _) in &journal.links {
+                let link = self.root.join(key);
+                match current.dirs.get(key) {
+                    Some(d) => {
+                        let ups = key.matches('/').count();
+                        let target = PathBuf::from("../".repeat(ups)).join(&d.generation);
+                        fsutil::replace_symlink(&link, &target).map_err(io_err("link", &link))?;
+                    }
+                    None => match std::fs::remove_file(&link) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err("remove", &link)(e)),
+                    },
+                }
+            }
+            std::fs::remove_file(&j).map_err(io_err("remove", &j))?;
+            tracing::warn!(
+                version = journal.manifest.version,
+                "Undid a commit that failed before its manifest was written."
+            );
+        }
+        Ok(())
     }
 
     fn roll_forward(&self, guard: &CommitGuard, jpath: &Path, journal: Journal) -> Result<()> {
@@ -774,6 +922,7 @@ impl Warehouse {
         if !mpath.exists() {
             let tmp = self.meta(&format!("manifests/.tmp-{}", journal.manifest.version));
             let data = serde_json::to_vec_pretty(&journal.manifest).expect("manifest serialises");
+            crate::failpoint_io("commit.manifest").map_err(io_err("write", &tmp))?;
             {
                 use std::io::Write as _;
                 let mut f = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
@@ -792,13 +941,20 @@ impl Warehouse {
             fsutil::fsync_dir(&mdir).map_err(io_err("fsync", &mdir))?;
         }
         crate::failpoint("commit.after_manifest");
-        if let Some(run) = &journal.run {
-            self.write_run(run)?;
+        // Committed. What follows is housekeeping: a failure is logged, not
+        // reported as a failed commit (the next start or commit redoes it).
+        let after = || -> Result<()> {
+            if let Some(run) = &journal.run {
+                self.write_run(run)?;
+            }
+            std::fs::remove_file(jpath).map_err(io_err("remove", jpath))?;
+            let jdir = self.meta("journal");
+            fsutil::fsync_dir(&jdir).map_err(io_err("fsync", &jdir))?;
+            self.collect_garbage(guard)
+        };
+        if let Err(e) = after() {
+            tracing::warn!(version = journal.manifest.version, error = %e, "Committed, but housekeeping after the commit failed; it is retried later.");
         }
-        std::fs::remove_file(jpath).map_err(io_err("remove", jpath))?;
-        let jdir = self.meta("journal");
-        fsutil::fsync_dir(&jdir).map_err(io_err("fsync", &jdir))?;
-        self.collect_garbage(guard)?;
         Ok(())
     }
 
@@ -809,8 +965,32 @@ impl Warehouse {
         fsutil::write_atomic(&p, &data).map_err(io_err("write", &p))
     }
 
-    /// All run records, newest first.
+    /// All run records, newest first; read again only when the runs directory changed.
     pub fn runs(&self) -> Result<Vec<RunRecord>> {
+        Ok(self.runs_shared()?.as_ref().clone())
+    }
+
+    /// All run records, newest first, shared (no copy when nothing changed).
+    pub fn runs_shared(&self) -> Result<std::sync::Arc<Vec<RunRecord>>> {
+        let dir = self.meta("runs");
+        let mtime = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+        let mut cache = self
+            .runs_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(t), Some((cached, runs))) = (mtime, cache.as_ref())
+            && *cached == t
+        {
+            return Ok(runs.clone());
+        }
+        let runs = std::sync::Arc::new(self.read_runs()?);
+        if let Some(t) = mtime {
+            *cache = Some((t, runs.clone()));
+        }
+        Ok(runs)
+    }
+
+    fn read_runs(&self) -> Result<Vec<RunRecord>> {
         let dir = self.meta("runs");
         let mut out = Vec::new();
         let entries = match std::fs::read_dir(&dir) {
@@ -833,6 +1013,21 @@ impl Warehouse {
                 .then(b.run_id.cmp(&a.run_id))
         });
         Ok(out)
+    }
+
+    /// Removes the oldest run records past [`RUNS_KEPT_PER_PIPELINE`] per pipeline.
+    fn prune_runs(&self) -> Result<()> {
+        let runs = self.runs_shared()?;
+        let mut seen: std::collections::HashMap<&str, usize> = Default::default();
+        for r in runs.iter() {
+            let n = seen.entry(r.pipeline.as_str()).or_default();
+            *n += 1;
+            if *n > RUNS_KEPT_PER_PIPELINE && r.outcome != Outcome::Running {
+                let p = self.meta(&format!("runs/{}.json", r.run_id));
+                std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
+            }
+        }
+        Ok(())
     }
 
     /// Finishes interrupted commits, marks dead runs aborted, removes orphans.
@@ -859,6 +1054,17 @@ impl Warehouse {
             }
             let journal: Journal = Self::read_json(&j)?;
             let current = self.manifest_versions()?.last().copied().unwrap_or(0);
+            if journal.manifest.version < current
+                && self.manifest_path(journal.manifest.version).exists()
+            {
+                // Committed, and newer commits followed: only its clean-up was
+                // left undone. Rolling it forward would move links backwards.
+                if let Some(run) = &journal.run {
+                    self.write_run(run)?;
+                }
+                std::fs::remove_file(&j).map_err(io_err("remove", &j))?;
+                continue;
+            }
             if journal.manifest.version <= current
                 && !self.manifest_path(journal.manifest.version).exists()
             {
@@ -900,13 +1106,29 @@ impl Warehouse {
                 }
             }
         }
-        self.collect_garbage(guard)
+        // Housekeeping: a failure here must not keep the warehouse closed.
+        if let Err(e) = self.collect_garbage(guard) {
+            tracing::warn!(error = %e, "Garbage collection failed; it is retried after the next commit.");
+        }
+        Ok(())
     }
 
     /// Removes generations no retained manifest references, old manifests and temp files.
     pub fn collect_garbage(&self, _guard: &CommitGuard) -> Result<()> {
+        crate::failpoint_io("gc").map_err(io_err("collect garbage in", &self.root))?;
         let versions = self.manifest_versions()?;
-        let keep_from = versions.len().saturating_sub(RETAINED_MANIFESTS);
+        let mut keep_from = versions.len().saturating_sub(RETAINED_MANIFESTS);
+        // A manifest superseded less than `retention` ago may still be read by
+        // a query or an external scan that started on it: keep it.
+        let now = std::time::SystemTime::now();
+        while keep_from > 0 {
+            let successor = self.manifest_path(versions[keep_from]);
+            let superseded_at = std::fs::metadata(&successor).and_then(|m| m.modified());
+            match superseded_at {
+                Ok(t) if now.duration_since(t).unwrap_or_default() >= self.retention => break,
+                _ => keep_from -= 1,
+            }
+        }
         let mut referenced: BTreeSet<PathBuf> = BTreeSet::new();
         for &v in &versions[keep_from..] {
             let m: Manifest = Self::read_json(&self.manifest_path(v))?;
@@ -926,11 +1148,13 @@ impl Warehouse {
         let gen_root = self.meta("gen");
         for dir in subdirs(&gen_root)? {
             for g in subdirs(&dir)? {
-                if !referenced.contains(&g) {
-                    std::fs::remove_dir_all(&g).map_err(io_err("remove", &g))?;
+                if referenced.contains(&g) || is_being_built(&g) {
+                    continue;
                 }
+                std::fs::remove_dir_all(&g).map_err(io_err("remove", &g))?;
             }
         }
+        self.prune_runs()?;
         for sub in [
             "_ironlake/manifests",
             "_ironlake/runs",
