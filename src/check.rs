@@ -19,7 +19,9 @@ pub struct CheckOutcome {
 /// Loads the project, plans every aggregate, and renders the report.
 pub async fn run(opts: &LoadOptions) -> CheckOutcome {
     let mut report = config::load(opts);
-    if let Some(project) = &report.project {
+    // With errors elsewhere, the aggregates are still planned against what did load.
+    let partial = report.partial.take();
+    if let Some(project) = report.project.as_ref().or(partial.as_ref()) {
         let diags = crate::models::check(project).await;
         let (aggs, _) = crate::models::load(project);
         for a in &aggs {

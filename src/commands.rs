@@ -75,6 +75,48 @@ fn random_hex(n: usize) -> Result<String> {
     ironlake::primitives::random_hex(n).context("cannot read /dev/urandom for the demo's tokens")
 }
 
+/// Writes the demo's environment (owner-readable only) beside the config:
+/// `IRONLAKE_CONFIG`, `IRONLAKE_WAREHOUSE`, the feed URL and token, the API tokens.
+fn write_demo_env(
+    opts: &LoadOptions,
+    sim_addr: &str,
+    feed_token: &str,
+    api_tokens: &[(&str, String)],
+    warehouse: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    let config = opts
+        .config
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("ironlake.toml"));
+    let config = std::path::absolute(&config).unwrap_or(config);
+    let dir = config.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let path = dir.join("ironlake-demo.env");
+    let warehouse = std::path::absolute(warehouse).unwrap_or_else(|_| warehouse.to_path_buf());
+    let mut text = format!(
+        "# Written by `ironlake demo`: its simulator's feed and its API tokens.\n\
+         IRONLAKE_CONFIG='{}'\nIRONLAKE_WAREHOUSE='{}'\n\
+         IRONLAKE_FEED_URL='http://{sim_addr}'\nIRONLAKE_FEED_TOKEN='{feed_token}'\n",
+        config.display(),
+        warehouse.display()
+    );
+    for (role, token) in api_tokens {
+        text.push_str(&format!(
+            "IRONLAKE_TOKEN_{}='{token}'\n",
+            role.to_ascii_uppercase()
+        ));
+    }
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(path)
+}
+
 /// `ironlake demo`: the simulator and the daemon, a backfill of the plan's period, the indicators.
 pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Result<ExitCode> {
     // Bind the simulator and set the feed's environment before any thread starts.
@@ -161,6 +203,8 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
             for r in report {
                 println!("  published.{:<28} {:>11}, {:>6} rows, version {}", r.name, r.mode, r.rows, r.version);
             }
+            println!("  (a version is the number of the warehouse commit that published it: every run");
+            println!("   and refresh that changed something is one commit, so a new warehouse starts higher than 1)");
         }
         let catalog = daemon.catalog();
         let snapshot = catalog.snapshot().await?;
@@ -192,15 +236,23 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
         )
         .await;
         let token = |role: &str| api_tokens.iter().find(|(r, _)| *r == role).map(|(_, t)| t.clone()).unwrap_or_default();
+        let env_file = write_demo_env(&opts, &sim_addr.to_string(), &feed_token, &api_tokens, &warehouse)?;
         println!();
-        println!("The daemon is serving on http://{api} (Ctrl-C stops it). Try:");
-        println!("  cargo run --release -- sql \"SELECT quarter, count(*), sum(balance) FROM bank_loans GROUP BY quarter ORDER BY quarter\"");
-        println!("  cargo run --release -- sql          # the interactive shell: \\dt lists tables, \\d bank_loans describes one");
-        println!("  curl -H 'Authorization: Bearer {}' http://{api}/api/v1/aggregates/loan_growth?format=csv", token("viewer"));
-        println!("  curl -H 'Authorization: Bearer {}' -d 'SELECT * FROM published.demand_funnel LIMIT 5' http://{api}/api/v1/sql", token("analyst"));
-        println!("  curl -X POST -H 'Authorization: Bearer {}' http://{api}/api/v1/pipelines/bank_loans/runs", token("admin"));
-        println!("  curl http://{api}/metrics");
-        println!("  cargo run --release -- status");
+        println!("The daemon is serving on http://{api} (Ctrl-C stops it).");
+        println!();
+        println!("In another terminal, put ironlake on the PATH and load this demo's environment");
+        println!("(feed URL and token, API tokens), so every command of ops/RUNBOOK.md works against it:");
+        println!("  export PATH=\"{}:$PATH\"", std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.display().to_string())).unwrap_or_else(|| "target/release".into()));
+        println!("  set -a; . '{}'; set +a", env_file.display());
+        println!("Then try:");
+        println!("  ironlake sql \"SELECT quarter, count(*), sum(balance) FROM bank_loans GROUP BY quarter ORDER BY quarter\"");
+        println!("  ironlake sql          # the interactive shell: \\dt lists tables, \\d bank_loans describes one");
+        println!("  ironlake status");
+        println!("  ironlake backfill bank_loans --from 2019Q4 --to 2019Q4");
+        println!("  curl -H 'Authorization: Bearer {}' 'http://{api}/api/v1/aggregates/loan_growth?format=csv'", token("viewer"));
+        println!("  curl -H 'Authorization: Bearer {}' -d 'SELECT * FROM published.demand_funnel LIMIT 5' 'http://{api}/api/v1/sql'", token("analyst"));
+        println!("  curl -X POST -H 'Authorization: Bearer {}' 'http://{api}/api/v1/pipelines/bank_loans/runs'", token("admin"));
+        println!("  curl 'http://{api}/metrics'");
         std::io::stdout().flush()?;
         daemon.start_schedules();
         let code = serve_until_signal(daemon, listener, DRAIN).await;

@@ -191,6 +191,20 @@ fn read_token(env: &str, file: Option<&std::path::Path>) -> Result<Option<String
 
 impl Tokens {}
 
+/// One pipeline's totals over the run history.
+#[derive(Default)]
+struct RunTotals {
+    succeeded: u64,
+    failed: u64,
+    aborted: u64,
+    rows_in: u64,
+    rows_valid: u64,
+    rows_rejected: u64,
+    bytes: u64,
+    retries: u64,
+    last_success: Option<f64>,
+}
+
 /// Marks a pipeline as running until dropped.
 struct RunningSlot {
     daemon: Arc<Daemon>,
@@ -331,19 +345,88 @@ impl Daemon {
             sql_permits: Arc::new(tokio::sync::Semaphore::new(sql_slots)),
             _daemon_lock: daemon_lock,
         });
-        for p in d.project().pipelines.iter() {
-            d.metrics.inc(
-                "ironlake_pipeline_runs_total",
-                &[("pipeline", &p.name), ("outcome", "succeeded")],
-                0.0,
-            );
-            d.metrics.inc(
-                "ironlake_pipeline_runs_total",
-                &[("pipeline", &p.name), ("outcome", "failed")],
-                0.0,
-            );
-        }
+        d.sync_run_metrics();
         Ok(d)
+    }
+
+    /// Sets the run counters and last-success gauges from the run history,
+    /// so they count the runs of every ironlake process on this warehouse
+    /// (CLI backfills, the demo, an earlier daemon) and survive restarts.
+    /// They cover the history kept (the last 1000 runs of each pipeline).
+    pub fn sync_run_metrics(&self) {
+        let runs = match self.wh.runs_shared() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read the run history for /metrics.");
+                return;
+            }
+        };
+        let project = self.project();
+        let mut per: std::collections::BTreeMap<&str, RunTotals> = project
+            .pipelines
+            .iter()
+            .map(|p| (p.name.as_str(), RunTotals::default()))
+            .collect();
+        for r in runs.iter().filter(|r| r.kind != "refresh") {
+            let t = per.entry(r.pipeline.as_str()).or_default();
+            match r.outcome {
+                Outcome::Succeeded => {
+                    t.succeeded += 1;
+                    let ended = r
+                        .ended_at
+                        .as_deref()
+                        .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
+                        .map(|e| e.timestamp_millis() as f64 / 1000.0);
+                    if let Some(e) = ended {
+                        t.last_success = Some(t.last_success.map_or(e, |l| l.max(e)));
+                    }
+                }
+                Outcome::Failed => t.failed += 1,
+                Outcome::Aborted => t.aborted += 1,
+                Outcome::Running => continue,
+            }
+            t.rows_in += r.rows_in;
+            t.rows_valid += r.rows_valid;
+            t.rows_rejected += r.rows_rejected;
+            t.bytes += r.bytes;
+            t.retries += r.retries;
+        }
+        let m = &self.metrics;
+        for (p, t) in per {
+            for (outcome, n) in [
+                ("succeeded", t.succeeded),
+                ("failed", t.failed),
+                ("aborted", t.aborted),
+            ] {
+                m.set(
+                    "ironlake_pipeline_runs_total",
+                    &[("pipeline", p), ("outcome", outcome)],
+                    n as f64,
+                );
+            }
+            for (kind, n) in [
+                ("in", t.rows_in),
+                ("valid", t.rows_valid),
+                ("rejected", t.rows_rejected),
+            ] {
+                m.set(
+                    "ironlake_pipeline_rows_total",
+                    &[("pipeline", p), ("kind", kind)],
+                    n as f64,
+                );
+            }
+            m.set("ironlake_pipeline_bytes_total", &[("pipeline", p)], t.bytes as f64);
+            m.set("ironlake_pipeline_retries_total", &[("pipeline", p)], t.retries as f64);
+            if let Some(ts) = t.last_success {
+                m.set(
+                    "ironlake_pipeline_last_success_timestamp_seconds",
+                    &[("pipeline", p)],
+                    ts,
+                );
+            }
+            // Exposed from the start, so an alert on it has data.
+            m.inc("ironlake_pipeline_runs_skipped_total", &[("pipeline", p)], 0.0);
+        }
     }
 
     /// The current project.
@@ -434,43 +517,10 @@ impl Daemon {
             &[("pipeline", name)],
             secs,
         );
+        // Run counts, rows and last success come from the run history (see
+        // `sync_run_metrics`); only what the history does not hold is counted here.
         match result {
             Ok(r) => {
-                m.inc(
-                    "ironlake_pipeline_runs_total",
-                    &[("pipeline", name), ("outcome", "succeeded")],
-                    1.0,
-                );
-                m.inc(
-                    "ironlake_pipeline_rows_total",
-                    &[("pipeline", name), ("kind", "in")],
-                    r.rows_in as f64,
-                );
-                m.inc(
-                    "ironlake_pipeline_rows_total",
-                    &[("pipeline", name), ("kind", "valid")],
-                    r.rows_valid as f64,
-                );
-                m.inc(
-                    "ironlake_pipeline_rows_total",
-                    &[("pipeline", name), ("kind", "rejected")],
-                    r.rows_rejected as f64,
-                );
-                m.inc(
-                    "ironlake_pipeline_bytes_total",
-                    &[("pipeline", name)],
-                    r.bytes as f64,
-                );
-                m.inc(
-                    "ironlake_pipeline_retries_total",
-                    &[("pipeline", name)],
-                    r.retries as f64,
-                );
-                m.set(
-                    "ironlake_pipeline_last_success_timestamp_seconds",
-                    &[("pipeline", name)],
-                    Utc::now().timestamp() as f64,
-                );
                 if !r.partitions_touched.is_empty() {
                     self.refresh_for_table(&r.table).await;
                 }
@@ -483,12 +533,7 @@ impl Daemon {
                 );
             }
             Err(e) => {
-                m.inc(
-                    "ironlake_pipeline_runs_total",
-                    &[("pipeline", name), ("outcome", "failed")],
-                    1.0,
-                );
-                tracing::warn!(pipeline = name, error = %e, "Run failed.");
+                tracing::debug!(pipeline = name, error = %e, "Run failed.");
             }
         }
     }
@@ -542,7 +587,7 @@ impl Daemon {
                         self.metrics.set(
                             "ironlake_aggregate_refresh_duration_seconds",
                             &[("aggregate", &r.name)],
-                            secs,
+                            r.secs,
                         );
                     }
                     self.metrics.set(
@@ -594,7 +639,7 @@ impl Daemon {
             self.tracker.spawn(async move {
                 schedule_loop(schedule, clock, cancel, |at| match me.trigger(&name, RunKind::Ingest) {
                     Ok(()) => {
-                        tracing::info!(pipeline = %name, due = %at, "Scheduled run started.");
+                        tracing::debug!(pipeline = %name, due = %at, "Scheduled run started.");
                         Fire::Started
                     }
                     Err(TriggerError::Running(_)) => {

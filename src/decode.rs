@@ -41,6 +41,8 @@ pub struct BadItem {
     pub no: u64,
     /// Its text (lossy if it was not UTF-8).
     pub raw: String,
+    /// A stable code for the kind of problem (`not_utf8`, `csv_field_count`, …).
+    pub code: &'static str,
     /// Why it could not be read.
     pub reason: String,
 }
@@ -211,6 +213,7 @@ fn push_record<'a>(page: &mut DecodedPage<'a>, no: u64, raw: &'a str, columns: &
         Err(e) => page.bad.push(BadItem {
             no,
             raw: raw.to_string(),
+            code: "not_json_object",
             reason: format!("not a JSON object: {e}"),
         }),
     }
@@ -275,6 +278,7 @@ fn decode_ndjson<'a>(columns: &Columns, body: &'a [u8]) -> DecodedPage<'a> {
             Err(e) => page.bad.push(BadItem {
                 no,
                 raw: String::from_utf8_lossy(line).into_owned(),
+                code: "not_utf8",
                 reason: format!(
                     "line is not valid UTF-8 (first bad byte at offset {})",
                     e.valid_up_to()
@@ -368,7 +372,8 @@ fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
             end -= 1;
         }
         let raw = &body[start..end];
-        if !(cells.len() == 1 && cells[0].is_empty()) || unterminated {
+        // A blank line is no record; a line holding `""` is one (an empty value).
+        if !raw.is_empty() || unterminated {
             out.push(CsvRecord {
                 raw,
                 cells,
@@ -419,6 +424,7 @@ fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, 
                 page.bad.push(BadItem {
                     no,
                     raw: String::from_utf8_lossy(rec.raw).into_owned(),
+                    code: "not_utf8",
                     reason: format!(
                         "row is not valid UTF-8 (first bad byte at offset {})",
                         e.valid_up_to()
@@ -431,6 +437,7 @@ fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, 
             page.bad.push(BadItem {
                 no,
                 raw: raw.to_string(),
+                code: "csv_unterminated_quote",
                 reason: "a quoted field is never closed (the page ends inside quotes)".into(),
             });
             continue;
@@ -439,6 +446,7 @@ fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, 
             page.bad.push(BadItem {
                 no,
                 raw: raw.to_string(),
+                code: "csv_field_count",
                 reason: format!(
                     "row has {} fields, the header has {}",
                     rec.cells.len(),

@@ -496,6 +496,7 @@ fn absorb(
                 record_no: bad.no,
                 field: None,
                 reason: bad.reason.clone(),
+                code: bad.code,
                 raw: bad.raw.clone(),
             },
         )?;
@@ -521,6 +522,7 @@ fn absorb(
                         record_no: rec.no,
                         field: rej.field,
                         reason: rej.reason,
+                        code: rej.code,
                         raw: rec.raw.to_string(),
                     },
                 )?;
@@ -568,7 +570,7 @@ pub async fn run(
     let mut record = RunRecord::start(&run_id, &p.name, kind_name, &p.table);
     wh.write_run(&record)?;
     let span = tracing::info_span!("run", pipeline = %p.name, run_id = %run_id);
-    span.in_scope(|| tracing::info!(kind = kind_name, "Run started."));
+    span.in_scope(|| tracing::debug!(kind = kind_name, "Run started."));
     // A panic anywhere in the run (a bug) fails this run only: it is recorded
     // with its message and the pipeline's slot is released.
     let work = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(

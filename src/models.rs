@@ -355,15 +355,35 @@ pub async fn check(project: &Project) -> Vec<Diagnostic> {
             return diags;
         }
     };
+    let mut failed: BTreeSet<String> = BTreeSet::new();
     for i in order {
         let a = &aggs[i];
         let sql = render_sql(&a.file.text, &project.settings.policy);
+        // An aggregate reading a broken one gets one line saying so, not a
+        // knock-on "table not found".
+        let broken: Vec<String> = references(&sql)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.strip_prefix("published/"))
+            .filter(|p| failed.contains(*p))
+            .map(|p| format!("published.{p}"))
+            .collect();
+        if !broken.is_empty() {
+            diags.push(a.file.error(
+                None,
+                "",
+                format!("depends on {}, which has errors", broken.join(", ")),
+            ));
+            failed.insert(a.name.clone());
+            continue;
+        }
+        let tables = crate::query::table_names(&ctx);
         let planned = async {
             crate::query::check_read_only(&sql).map_err(|e| e.to_string())?;
             let df = ctx
                 .sql_with_options(&sql, crate::query::read_only_options())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| crate::query::describe(&e, &tables))?;
             Ok::<_, String>(df)
         }
         .await;
@@ -379,6 +399,7 @@ pub async fn check(project: &Project) -> Vec<Diagnostic> {
                 }
             }
             Err(message) => {
+                failed.insert(a.name.clone());
                 let message = message.replace('\n', " ");
                 let d = match error_position(&message, &sql) {
                     Some((line, column)) => {
@@ -416,6 +437,8 @@ pub struct Refreshed {
     pub rows: u64,
     /// Version id (manifest version) now published.
     pub version: u64,
+    /// Seconds this aggregate's recomputation took (0 when unchanged).
+    pub secs: f64,
 }
 
 fn tokens(state: Option<&DirState>) -> BTreeMap<String, String> {
@@ -586,6 +609,7 @@ pub async fn refresh(
         if !wanted.contains(&a.name) {
             continue;
         }
+        let started = std::time::Instant::now();
         let sql = render_sql(&a.file.text, policy);
         let inputs = references(&sql).map_err(|m| ModelError::Sql {
             name: a.name.clone(),
@@ -625,6 +649,7 @@ pub async fn refresh(
         if exists && changed.is_empty() && !full {
             let rows = base.dirs.get(&key).map_or(0, DirState::rows);
             report.push(Refreshed {
+                secs: 0.0,
                 name: a.name.clone(),
                 mode: "unchanged".into(),
                 quarters: vec![],
@@ -759,6 +784,7 @@ pub async fn refresh(
         metas.insert(a.name.clone(), meta);
         changes.push(change);
         report.push(Refreshed {
+            secs: started.elapsed().as_secs_f64(),
             name: a.name.clone(),
             mode: if incremental {
                 "incremental".into()

@@ -144,6 +144,8 @@ pub fn quarantine_schema() -> SchemaRef {
         Field::new("field", DataType::Utf8, true),
         Field::new("reason", DataType::Utf8, false),
         Field::new("raw", DataType::Utf8, false),
+        // Added later: files written before it read it as null.
+        Field::new("reason_code", DataType::Utf8, true),
     ]))
 }
 
@@ -156,8 +158,10 @@ pub struct QuarantineRow {
     pub record_no: u64,
     /// Field concerned.
     pub field: Option<String>,
-    /// Why it was rejected.
+    /// Why it was rejected, with the value.
     pub reason: String,
+    /// Stable code of the kind of problem, for grouping.
+    pub code: &'static str,
     /// The record as sent (truncated past [`MAX_RAW_BYTES`]).
     pub raw: String,
 }
@@ -171,6 +175,7 @@ struct QuarantineBuffer {
     field: StringBuilder,
     reason: StringBuilder,
     raw: StringBuilder,
+    code: StringBuilder,
     rows: usize,
     bytes: usize,
 }
@@ -184,6 +189,7 @@ impl QuarantineBuffer {
             field: StringBuilder::new(),
             reason: StringBuilder::new(),
             raw: StringBuilder::new(),
+            code: StringBuilder::new(),
             rows: 0,
             bytes: 0,
         }
@@ -213,6 +219,7 @@ impl QuarantineBuffer {
                 Arc::new(self.field.finish()),
                 Arc::new(self.reason.finish()),
                 Arc::new(self.raw.finish()),
+                Arc::new(self.code.finish()),
             ],
         )
         .expect("quarantine builders match the schema")
@@ -302,6 +309,7 @@ impl Partitioner {
         b.field.append_option(row.field.as_deref());
         b.reason.append_value(&row.reason);
         b.raw.append_value(&raw);
+        b.code.append_value(row.code);
         b.rows += 1;
         b.bytes += raw.len() + row.reason.len() + row.source.len();
         if b.rows >= SPILL_ROWS || b.bytes >= SPILL_QUARANTINE_BYTES {

@@ -42,7 +42,87 @@ pub enum QueryError {
 }
 
 fn df_err(e: datafusion::error::DataFusionError) -> QueryError {
-    QueryError::Sql(e.to_string())
+    QueryError::Sql(describe(&e, &[]))
+}
+
+/// A DataFusion error as a sentence for people: no Rust debug formatting,
+/// no internal catalog prefixes, and for an unknown table the closest of
+/// `tables` ("did you mean …?").
+pub fn describe(e: &datafusion::error::DataFusionError, tables: &[String]) -> String {
+    use datafusion::error::DataFusionError as E;
+    use datafusion::sql::sqlparser::parser::ParserError;
+    let root = e.find_root();
+    let text = match root {
+        E::SQL(p, _) => match p.as_ref() {
+            ParserError::ParserError(m) | ParserError::TokenizerError(m) => {
+                format!("SQL syntax error: {m}")
+            }
+            ParserError::RecursionLimitExceeded => {
+                "SQL syntax error: the query nests too deeply".to_string()
+            }
+        },
+        E::Plan(m) => m.clone(),
+        E::ResourcesExhausted(m) => format!("the query needs more memory than allowed: {m}"),
+        other => other.strip_backtrace(),
+    };
+    let text = text
+        .replace("datafusion.public.", "")
+        .replace("'datafusion.", "'");
+    if let Some(rest) = text.split("table '").nth(1)
+        && let Some(name) = rest.split('\'').next()
+        && text.contains("not found")
+    {
+        let suggestion = closest(name, tables)
+            .map(|t| format!("; did you mean {t}?"))
+            .unwrap_or_default();
+        return format!(
+            "table {name} does not exist{suggestion} (SHOW TABLES lists the tables)"
+        );
+    }
+    text
+}
+
+/// The name in `names` closest to `name` by edit distance, if close enough.
+fn closest<'a>(name: &str, names: &'a [String]) -> Option<&'a String> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                let sub = prev[j] + usize::from(ca != *cb);
+                cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    let name = name.to_lowercase();
+    names
+        .iter()
+        .map(|n| (distance(&name, &n.to_lowercase()), n))
+        .filter(|(d, n)| *d <= 3.max(n.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
+}
+
+/// Every table name a query may use (`bank_loans`, `published.loan_growth`, …).
+pub fn table_names(ctx: &datafusion::prelude::SessionContext) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(cat) = ctx.catalog("datafusion") {
+        for schema in cat.schema_names() {
+            if let Some(s) = cat.schema(&schema) {
+                for t in s.table_names() {
+                    if t.starts_with("__") {
+                        continue;
+                    }
+                    out.push(if schema == "public" { t } else { format!("{schema}.{t}") });
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The `SQLOptions` every query runs with.
@@ -103,10 +183,11 @@ pub fn check_complexity(sql: &str) -> Result<(), QueryError> {
     }
     let tokens = Tokenizer::new(&GenericDialect {}, sql)
         .tokenize()
-        .map_err(|e| QueryError::Sql(format!("SQL syntax: {e}")))?;
+        .map_err(|e| QueryError::Sql(format!("SQL syntax error: {e}")))?;
     // One operator count per open parenthesis level.
     let mut chains: Vec<usize> = vec![0];
     for t in &tokens {
+        let depth = chains.len();
         let chain = chains.last_mut().expect("never empty");
         match t {
             Token::LParen => {
@@ -117,10 +198,8 @@ pub fn check_complexity(sql: &str) -> Result<(), QueryError> {
                     )));
                 }
             }
-            Token::RParen => {
-                if chains.len() > 1 {
-                    chains.pop();
-                }
+            Token::RParen if depth > 1 => {
+                chains.pop();
             }
             Token::Comma | Token::SemiColon => *chain = 0,
             Token::Word(w) => match w.keyword {
@@ -206,7 +285,7 @@ pub async fn sql(snapshot: &Snapshot, sql: &str) -> Result<DataFrame, QueryError
         .ctx
         .sql_with_options(sql, read_only_options())
         .await
-        .map_err(df_err)
+        .map_err(|e| QueryError::Sql(describe(&e, &table_names(&snapshot.ctx))))
 }
 
 /// Result formats.
@@ -488,6 +567,24 @@ mod tests {
             .collect::<Vec<_>>()
             .join(", ");
         check_read_only(&format!("SELECT {cols} FROM t")).unwrap();
+    }
+
+    #[test]
+    fn errors_read_as_sentences_and_suggest_a_table() {
+        let tables: Vec<String> = ["bank_loans", "enterprises", "published.loan_growth"]
+            .map(String::from)
+            .to_vec();
+        let e = datafusion::error::DataFusionError::Plan(
+            "table 'datafusion.public.bank_loan' not found".into(),
+        );
+        assert_eq!(
+            describe(&e, &tables),
+            "table bank_loan does not exist; did you mean bank_loans? (SHOW TABLES lists the tables)"
+        );
+        let err = check_read_only("SELEC 1").unwrap_err().to_string();
+        assert!(!err.contains("ParserError("), "{err}");
+        assert!(err.starts_with("SQL syntax error: "), "{err}");
+        assert_eq!(closest("zzzzzz", &tables), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The interactive SQL shell of `ironlake sql` (no query given): history,
 //! multi-line input ending at `;`, `\dt` to list tables, `\d NAME` to
-//! describe one, `\format FMT`, `\q` to quit.
+//! describe one, `\format FMT`, `\x` for expanded display, `\q` to quit.
 
 use anyhow::Result;
 use ironlake::catalog::Catalog;
@@ -12,10 +12,15 @@ Enter SQL ending with ';' (it may span lines). Commands:
   \\dt            list tables (also .tables)
   \\d NAME        describe a table (also .describe NAME)
   \\format FMT    table, csv or json
+  \\x             expanded display on/off: one block per row, a line per column
   \\q             quit (also .quit, exit, Ctrl-D)
   \\?             this help";
 
 async fn run_query(catalog: &Catalog, sql: &str, format: OutputFormat) {
+    run_query_as(catalog, sql, format, false).await
+}
+
+async fn run_query_as(catalog: &Catalog, sql: &str, format: OutputFormat, expanded: bool) {
     let snapshot = match catalog.snapshot().await {
         Ok(s) => s,
         Err(e) => {
@@ -24,13 +29,53 @@ async fn run_query(catalog: &Catalog, sql: &str, format: OutputFormat) {
         }
     };
     let started = std::time::Instant::now();
-    match query::sql(&snapshot, sql).await {
-        Ok(df) => match query::write_results(df, format, Box::new(std::io::stdout())).await {
-            Ok(_) => eprintln!("({:.3}s)", started.elapsed().as_secs_f64()),
-            Err(e) => eprintln!("error: {e}"),
-        },
+    let df = match query::sql(&snapshot, sql).await {
+        Ok(df) => df,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return;
+        }
+    };
+    let done = if expanded && format == OutputFormat::Table {
+        print_expanded(df).await
+    } else {
+        query::write_results(df, format, Box::new(std::io::stdout()))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    match done {
+        Ok(()) => eprintln!("({:.3}s)", started.elapsed().as_secs_f64()),
         Err(e) => eprintln!("error: {e}"),
     }
+}
+
+/// Prints rows psql's `\x` way: a header per row, then `column | value` lines.
+async fn print_expanded(df: datafusion::dataframe::DataFrame) -> Result<(), String> {
+    use futures::StreamExt as _;
+    let names: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    let mut stream = df.execute_stream().await.map_err(|e| query::describe(&e, &[]))?;
+    let opts = arrow::util::display::FormatOptions::default().with_null("NULL");
+    let mut row = 0u64;
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| query::describe(&e, &[]))?;
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &opts))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        for i in 0..b.num_rows() {
+            row += 1;
+            println!("-[ RECORD {row} ]{}", "-".repeat(width.saturating_sub(8)));
+            for (name, col) in names.iter().zip(&cols) {
+                println!("{name:<width$} | {}", col.value(i));
+            }
+        }
+    }
+    println!("({row} row{})", if row == 1 { "" } else { "s" });
+    Ok(())
 }
 
 async fn list_tables(catalog: &Catalog) {
@@ -90,6 +135,7 @@ pub async fn run(catalog: &Catalog, mut format: OutputFormat) -> Result<ExitCode
         catalog.warehouse().root().display()
     );
     let mut buf = String::new();
+    let mut expanded = false;
     loop {
         let prompt = if buf.is_empty() {
             "ironlake> "
@@ -124,7 +170,12 @@ pub async fn run(catalog: &Catalog, mut format: OutputFormat) -> Result<ExitCode
                     "json" => format = OutputFormat::Json,
                     other => eprintln!("unknown format {other:?}; use table, csv or json"),
                 },
-                _ => println!("{HELP}"),
+                ("\\x", _) => {
+                    expanded = !expanded;
+                    println!("Expanded display is {}.", if expanded { "on" } else { "off" });
+                }
+                ("\\?" | "\\h" | ".help", _) => println!("{HELP}"),
+                (other, _) => eprintln!("unknown command {other}; \\? lists the commands"),
             }
             continue;
         }
@@ -137,7 +188,7 @@ pub async fn run(catalog: &Catalog, mut format: OutputFormat) -> Result<ExitCode
             let sql = buf.trim().trim_end_matches(';').to_string();
             let _ = rl.add_history_entry(buf.trim());
             buf.clear();
-            run_query(catalog, &sql, format).await;
+            run_query_as(catalog, &sql, format, expanded).await;
         }
     }
     if let Some(h) = &history {

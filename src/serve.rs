@@ -168,6 +168,7 @@ async fn readyz(State(d): S) -> Response {
 }
 
 async fn metrics(State(d): S) -> Response {
+    d.sync_run_metrics();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         d.metrics.render(),

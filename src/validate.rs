@@ -36,9 +36,15 @@ pub enum Value<'a> {
 pub struct Rejection {
     /// The field concerned, if one.
     pub field: Option<String>,
-    /// What is wrong and what was expected.
+    /// A stable code for the kind of problem (`decimal_scale`, `uscc_check_char`, …),
+    /// for grouping; the same for every value with that problem.
+    pub code: &'static str,
+    /// What is wrong and what was expected, with the value.
     pub reason: String,
 }
+
+/// A validation failure of one value: its stable code and its message.
+type Bad = (&'static str, String);
 
 /// A record that passed validation.
 #[derive(Debug)]
@@ -153,41 +159,47 @@ impl Validator {
     pub fn validate<'a>(&self, rec: &'a RawRecord<'a>) -> Result<ValidRow<'a>, Rejection> {
         let mut values = Vec::with_capacity(self.schema.columns.len());
         for (i, col) in self.schema.columns.iter().enumerate() {
-            let reject = |reason: String| Rejection {
+            let reject = |(code, reason): Bad| Rejection {
                 field: Some(col.name.clone()),
+                code,
                 reason,
             };
             let v = match rec.cells.get(i).and_then(Option::as_ref) {
                 None => Value::Null,
                 Some(Cell::Text(t)) => self.parse_text(col.data_type, t).map_err(reject)?,
-                Some(Cell::Json(raw)) => match classify(raw.get()).map_err(reject)? {
+                Some(Cell::Json(raw)) => match classify(raw.get())
+                    .map_err(|e| reject(("bad_json_string", e)))?
+                {
                     Json::Null => Value::Null,
                     Json::Str(s) => match col.data_type {
                         ColumnType::Boolean => {
-                            return Err(reject(format!(
-                                "expected true or false, got the text {}",
-                                shown(&s)
+                            return Err(reject((
+                                "not_boolean",
+                                format!("expected true or false, got the text {}", shown(&s)),
                             )));
                         }
                         _ => self.parse_text(col.data_type, &s).map_err(reject)?,
                     },
                     Json::Num(n) => match col.data_type {
                         ColumnType::Utf8 => {
-                            return Err(reject(format!(
-                                "expected text, got the number {}",
-                                shown_num(n)
+                            return Err(reject((
+                                "not_text",
+                                format!("expected text, got the number {}", shown_num(n)),
                             )));
                         }
                         ColumnType::Boolean => {
-                            return Err(reject(format!(
-                                "expected true or false, got the number {}",
-                                shown_num(n)
+                            return Err(reject((
+                                "not_boolean",
+                                format!("expected true or false, got the number {}", shown_num(n)),
                             )));
                         }
                         ColumnType::Date32 => {
-                            return Err(reject(format!(
-                                "expected a date as text YYYY-MM-DD, got the number {} (a number is never read as a date)",
-                                shown_num(n)
+                            return Err(reject((
+                                "number_as_date",
+                                format!(
+                                    "expected a date as text YYYY-MM-DD, got the number {} (a number is never read as a date)",
+                                    shown_num(n)
+                                ),
                             )));
                         }
                         _ => self
@@ -197,16 +209,19 @@ impl Validator {
                     Json::Bool(b) => match col.data_type {
                         ColumnType::Boolean => Value::Bool(b),
                         other => {
-                            return Err(reject(format!(
-                                "expected {}, got the boolean {b}",
-                                expected(other)
+                            return Err(reject((
+                                "boolean_for_other_type",
+                                format!("expected {}, got the boolean {b}", expected(other)),
                             )));
                         }
                     },
                     Json::Nested => {
-                        return Err(reject(format!(
-                            "expected {}, got a nested JSON array or object",
-                            expected(col.data_type)
+                        return Err(reject((
+                            "nested_json",
+                            format!(
+                                "expected {}, got a nested JSON array or object",
+                                expected(col.data_type)
+                            ),
                         )));
                     }
                 },
@@ -215,9 +230,9 @@ impl Validator {
                 if !col.nullable {
                     let present = rec.cells.get(i).is_some_and(Option::is_some);
                     return Err(reject(if present {
-                        "required value is null".into()
+                        ("required_null", "required value is null".into())
                     } else {
-                        "required field is missing".into()
+                        ("required_missing", "required field is missing".into())
                     }));
                 }
                 values.push(v);
@@ -227,20 +242,28 @@ impl Validator {
                 if let Some(allowed) = &col.allowed
                     && !allowed.iter().any(|a| a == s)
                 {
-                    return Err(reject(format!(
-                        "{} is not one of the allowed values: {}",
-                        shown(s),
-                        allowed.join(", ")
+                    return Err(reject((
+                        "not_allowed_value",
+                        format!(
+                            "{} is not one of the allowed values: {}",
+                            shown(s),
+                            allowed.join(", ")
+                        ),
                     )));
                 }
                 match col.check {
-                    Some(Check::Uscc) => uscc::validate(s).map_err(|e| reject(e.to_string()))?,
-                    Some(Check::DistrictCode) => {
-                        reference::validate_district(s).map_err(|e| reject(e.to_string()))?
-                    }
-                    Some(Check::IndustryCode) => {
-                        reference::validate_industry(s).map_err(|e| reject(e.to_string()))?
-                    }
+                    Some(Check::Uscc) => uscc::validate(s).map_err(|e| {
+                        let code = match e {
+                            uscc::UsccError::Length { .. } => "uscc_length",
+                            uscc::UsccError::Character { .. } => "uscc_character",
+                            uscc::UsccError::CheckCharacter { .. } => "uscc_check_char",
+                        };
+                        reject((code, e.to_string()))
+                    })?,
+                    Some(Check::DistrictCode) => reference::validate_district(s)
+                        .map_err(|e| reject(("district_code", e.to_string())))?,
+                    Some(Check::IndustryCode) => reference::validate_industry(s)
+                        .map_err(|e| reject(("industry_code", e.to_string())))?,
                     None => {}
                 }
             }
@@ -255,28 +278,47 @@ impl Validator {
         Ok(ValidRow { values, quarter })
     }
 
-    fn parse_text<'a>(&self, t: ColumnType, s: &Cow<'a, str>) -> Result<Value<'a>, String> {
+    fn parse_text<'a>(&self, t: ColumnType, s: &Cow<'a, str>) -> Result<Value<'a>, Bad> {
         match t {
             ColumnType::Utf8 => Ok(Value::Str(s.clone())),
             ColumnType::Boolean => match s.to_ascii_lowercase().as_str() {
                 "true" => Ok(Value::Bool(true)),
                 "false" => Ok(Value::Bool(false)),
-                _ => Err(format!("expected true or false, got {}", shown(s))),
+                _ => Err((
+                    "not_boolean",
+                    format!("expected true or false, got {}", shown(s)),
+                )),
             },
-            ColumnType::Int32 => s
-                .parse::<i32>()
-                .map(Value::I32)
-                .map_err(|_| format!("expected a whole number (Int32), got {}", shown(s))),
-            ColumnType::Int64 => s
-                .parse::<i64>()
-                .map(Value::I64)
-                .map_err(|_| format!("expected a whole number (Int64), got {}", shown(s))),
-            ColumnType::Date32 => parse_date(s)
-                .map(|d| Value::Date(days(d)))
-                .ok_or_else(|| format!("expected a date YYYY-MM-DD, got {}", shown(s))),
+            ColumnType::Int32 => s.parse::<i32>().map(Value::I32).map_err(|_| {
+                (
+                    "not_integer",
+                    format!("expected a whole number (Int32), got {}", shown(s)),
+                )
+            }),
+            ColumnType::Int64 => s.parse::<i64>().map(Value::I64).map_err(|_| {
+                (
+                    "not_integer",
+                    format!("expected a whole number (Int64), got {}", shown(s)),
+                )
+            }),
+            ColumnType::Date32 => parse_date(s).map(|d| Value::Date(days(d))).ok_or_else(|| {
+                (
+                    "not_a_date",
+                    format!("expected a date YYYY-MM-DD, got {}", shown(s)),
+                )
+            }),
             ColumnType::Decimal128 { precision, scale } => parse_decimal(s, precision, scale)
                 .map(Value::Dec)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| {
+                    let code = match e {
+                        crate::domain::decimal::DecimalError::Syntax(_) => "decimal_syntax",
+                        crate::domain::decimal::DecimalError::Scale { .. } => "decimal_scale",
+                        crate::domain::decimal::DecimalError::Precision { .. } => {
+                            "decimal_precision"
+                        }
+                    };
+                    (code, e.to_string())
+                }),
         }
     }
 }
@@ -317,7 +359,7 @@ mod tests {
         let v = Validator::new(&s);
         v.validate(&page.records[0])
             .map(|r| r.values.iter().map(|v| format!("{v:?}")).collect())
-            .map_err(|r| (r.field, r.reason))
+            .map_err(|r| (r.field, format!("{}: {}", r.code, r.reason)))
     }
 
     const GOOD: &str = r#"{"bank_code":"102653000013","loan_id":"L1","period_end":"2019-09-30","uscc":"91500000202833449G","balance":1234.50,"disbursed":"0","rate_pct":4.35,"term":"short","guarantee":"credit","product":"ordinary","guarantee_fee_pct":null}"#;
@@ -350,7 +392,8 @@ mod tests {
     #[test]
     fn each_kind_of_bad_value_is_rejected_with_field_and_reason() {
         let cases = [
-            ("uscc", r#""91500000202833449H""#, "check character"),
+            ("uscc", r#""91500000202833449H""#, "uscc_check_char: USCC check character"),
+            ("period_end", "18169", "number_as_date: "),
             ("period_end", "18169", "a number is never read as a date"),
             (
                 "period_end",
@@ -360,10 +403,10 @@ mod tests {
             (
                 "balance",
                 "1234.567",
-                "3 decimal places, more than the 2 allowed",
+                "decimal_scale: \"1234.567\" has 3 decimal places, more than the 2 allowed",
             ),
             ("balance", r#""12.5e3""#, "is not a decimal number"),
-            ("balance", "<missing>", "required field is missing"),
+            ("balance", "<missing>", "required_missing: required field is missing"),
             ("balance", "null", "required value is null"),
             ("rate_pct", r#""4.35%""#, "is not a decimal number"),
             ("rate_pct", "true", "got the boolean true"),

@@ -251,6 +251,19 @@ async fn aggregates_have_etags_formats_and_filters() {
         .await
         .unwrap();
     assert_eq!(r.status(), 304);
+    // A 304 carries the validator and the caching rules again (RFC 9111).
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(r.headers()["cache-control"], "no-cache");
+    assert_eq!(r.headers()["vary"], "Accept");
+    // What a gzip proxy sends back (a weak validator) still matches.
+    let r = c
+        .get(&url)
+        .bearer_auth(VIEWER)
+        .header("If-None-Match", format!("\"other\", W/{etag}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
     let r = c
         .get(&url)
         .bearer_auth(VIEWER)
@@ -259,6 +272,32 @@ async fn aggregates_have_etags_formats_and_filters() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // Each representation has its own validator: CSV by Accept, Parquet, a filter.
+    let mut tags = vec![etag.clone()];
+    for (accept, query) in [
+        ("text/csv", ""),
+        ("*/*", "?format=parquet"),
+        ("*/*", "?quarter=2019Q3"),
+    ] {
+        let r = c
+            .get(format!("{url}{query}"))
+            .bearer_auth(VIEWER)
+            .header("Accept", accept)
+            .header("If-None-Match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "{accept} {query}: the JSON validator matched"
+        );
+        assert_eq!(r.headers()["vary"], "Accept");
+        tags.push(r.headers()["etag"].to_str().unwrap().to_string());
+    }
+    tags.sort();
+    tags.dedup();
+    assert_eq!(tags.len(), 4, "{tags:?}");
     let csv = call(
         "GET",
         &format!("{url}?format=csv&quarter=2019Q3"),
@@ -465,4 +504,67 @@ async fn a_run_can_be_triggered_once_at_a_time_and_is_counted() {
         m.contains("ironlake_aggregate_published_version{aggregate=\"direct_financing_growth\"}"),
         "the ingest refreshed what reads the table: {m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_the_run_history_of_every_process() {
+    // The warehouse was filled by other processes (`ironlake ingest --all`, `refresh`).
+    let a = api(false, 0).await;
+    a.daemon.refresh(&[], true).await.expect("refresh");
+    let text = call("GET", &format!("{}/metrics", a.base), None, None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let file = a._dir.path().join("metrics.txt");
+    std::fs::write(&file, &text).unwrap();
+    // The reference parser accepts the whole exposition.
+    let parsed = common::py_json("metrics.py", &[file.to_str().unwrap()]);
+    let samples = parsed["samples"].as_array().unwrap();
+    let find = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        samples
+            .iter()
+            .find(|s| {
+                s[0] == name && labels.iter().all(|(k, v)| s[1][*k] == *v)
+            })
+            .map(|s| s[2].as_f64().unwrap())
+    };
+    let runs: serde_json::Value = call(
+        "POST",
+        &format!("{}/api/v1/sql", a.base),
+        Some(ANALYST),
+        Some("SELECT pipeline, outcome, count(*) AS n FROM system.runs WHERE kind <> 'refresh' AND outcome <> 'running' GROUP BY pipeline, outcome"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let runs = runs.as_array().unwrap();
+    assert!(runs.len() >= 5, "{runs:?}");
+    for r in runs {
+        let (p, o) = (r["pipeline"].as_str().unwrap(), r["outcome"].as_str().unwrap());
+        assert_eq!(
+            find("ironlake_pipeline_runs_total", &[("pipeline", p), ("outcome", o)]),
+            Some(r["n"].as_f64().unwrap()),
+            "{p} {o}"
+        );
+    }
+    for p in ["enterprises", "operations", "bank_loans", "financing_demands", "direct_financing"] {
+        let last = find("ironlake_pipeline_last_success_timestamp_seconds", &[("pipeline", p)])
+            .unwrap_or_else(|| panic!("no last success for {p}"));
+        assert!(last > 1.7e9, "{p}: {last}");
+        assert_eq!(find("ironlake_pipeline_runs_skipped_total", &[("pipeline", p)]), Some(0.0), "{p}");
+        assert!(find("ironlake_pipeline_rows_total", &[("pipeline", p), ("kind", "valid")]).unwrap() > 0.0);
+    }
+    // Each aggregate has its own refresh duration.
+    let durations: Vec<f64> = samples
+        .iter()
+        .filter(|s| s[0] == "ironlake_aggregate_refresh_duration_seconds")
+        .map(|s| s[2].as_f64().unwrap())
+        .collect();
+    assert_eq!(durations.len(), 8, "{text}");
+    let mut distinct = durations.clone();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup();
+    assert!(distinct.len() > 1, "every aggregate shows the same duration: {durations:?}");
 }

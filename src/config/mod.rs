@@ -58,6 +58,9 @@ pub struct LoadReport {
     pub diagnostics: Diagnostics,
     /// The project, when there were no errors.
     pub project: Option<Project>,
+    /// What did load when there were errors (the settings, the good schemas
+    /// and pipelines), so `ironlake check` can go on to the aggregates.
+    pub partial: Option<Project>,
 }
 
 /// Where to load the project from.
@@ -259,7 +262,23 @@ pub fn load(opts: &LoadOptions) -> LoadReport {
                     pipelines.push(p);
                 }
             }
-            Err(errs) => errs.into_iter().for_each(|e| report.diagnostics.push(e)),
+            Err(errs) => {
+                errs.into_iter().for_each(|e| report.diagnostics.push(e));
+                // The file has other errors; still say if its table does not exist.
+                if let Some((table, span)) = pipeline::declared_table(file)
+                    && !table_names.contains(&table.as_str())
+                {
+                    report.diagnostics.push(file.error(
+                        Some(span),
+                        "table",
+                        format!(
+                            "pipeline targets table {table:?}, which no schema in {} declares; tables: {}",
+                            settings.schemas_dir.display(),
+                            table_names.join(", ")
+                        ),
+                    ));
+                }
+            }
         }
     }
     pipelines.sort_by(|a, b| a.name.cmp(&b.name));
@@ -276,14 +295,17 @@ pub fn load(opts: &LoadOptions) -> LoadReport {
             ),
         ),
     );
-    if !report.diagnostics.has_errors() {
-        let warnings = report.diagnostics.all().to_vec();
-        report.project = Some(Project {
-            settings,
-            tables,
-            pipelines,
-            warnings,
-        });
+    let warnings = report.diagnostics.all().to_vec();
+    let project = Project {
+        settings,
+        tables,
+        pipelines,
+        warnings,
+    };
+    if report.diagnostics.has_errors() {
+        report.partial = Some(project);
+    } else {
+        report.project = Some(project);
     }
     report
 }

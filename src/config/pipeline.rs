@@ -427,6 +427,17 @@ impl UrlTemplate {
     }
 }
 
+/// The `table` a pipeline file names, read leniently (the rest of the file
+/// may be broken), with its span.
+pub fn declared_table(file: &SourceFile) -> Option<(String, std::ops::Range<usize>)> {
+    #[derive(Deserialize)]
+    struct JustTable {
+        table: Spanned<String>,
+    }
+    let t: JustTable = toml::from_str(&file.text).ok()?;
+    Some((t.table.get_ref().clone(), t.table.span()))
+}
+
 /// The HTTP source of a pipeline.
 #[derive(Debug, Clone)]
 pub struct HttpSource {
