@@ -89,7 +89,10 @@ fn write_demo_env(
         .clone()
         .unwrap_or_else(|| std::path::PathBuf::from("ironlake.toml"));
     let config = std::path::absolute(&config).unwrap_or(config);
-    let dir = config.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let dir = config
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
     let path = dir.join("ironlake-demo.env");
     let warehouse = std::path::absolute(warehouse).unwrap_or_else(|_| warehouse.to_path_buf());
     let mut text = format!(

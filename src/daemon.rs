@@ -415,8 +415,16 @@ impl Daemon {
                     n as f64,
                 );
             }
-            m.set("ironlake_pipeline_bytes_total", &[("pipeline", p)], t.bytes as f64);
-            m.set("ironlake_pipeline_retries_total", &[("pipeline", p)], t.retries as f64);
+            m.set(
+                "ironlake_pipeline_bytes_total",
+                &[("pipeline", p)],
+                t.bytes as f64,
+            );
+            m.set(
+                "ironlake_pipeline_retries_total",
+                &[("pipeline", p)],
+                t.retries as f64,
+            );
             if let Some(ts) = t.last_success {
                 m.set(
                     "ironlake_pipeline_last_success_timestamp_seconds",
@@ -425,7 +433,11 @@ impl Daemon {
                 );
             }
             // Exposed from the start, so an alert on it has data.
-            m.inc("ironlake_pipeline_runs_skipped_total", &[("pipeline", p)], 0.0);
+            m.inc(
+                "ironlake_pipeline_runs_skipped_total",
+                &[("pipeline", p)],
+                0.0,
+            );
         }
     }
 

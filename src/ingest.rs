@@ -67,6 +67,9 @@ pub enum IngestError {
     /// No such pipeline.
     #[error("no pipeline named {0:?}; pipelines: {1}")]
     UnknownPipeline(String, String),
+    /// No such table (`import` takes a table, not a pipeline).
+    #[error("no table named {0:?}; tables: {1}")]
+    UnknownTable(String, String),
     /// A run of the pipeline is already in flight.
     #[error("pipeline {0} is already running (another run holds its lock); this run was skipped")]
     AlreadyRunning(String),
@@ -460,80 +463,6 @@ fn next_request(
     Ok(shown)
 }
 
-struct Counters {
-    stats: FetchStats,
-    pages: u64,
-    rows_in: u64,
-    rows_valid: u64,
-    rejected: u64,
-    unknown: BTreeMap<String, u64>,
-}
-
-/// Validates a decoded page into the partitioner: valid rows by quarter,
-/// everything else to the quarantine with its field and reason. Counts the
-/// page in `c` and tracks the largest value of the cursor column.
-fn absorb(
-    page: &decode::DecodedPage,
-    validator: &Validator,
-    part: &mut Partitioner,
-    source: &str,
-    cursor_col: Option<usize>,
-    max_cursor: &mut Option<String>,
-    c: &mut Counters,
-) -> Result<(), PartitionError> {
-    c.pages += 1;
-    c.rows_in += page.items;
-    for (k, n) in &page.unknown_fields {
-        *c.unknown.entry(k.clone()).or_default() += n;
-    }
-    let (mut valid, mut rejected) = (0, 0);
-    for bad in &page.bad {
-        rejected += 1;
-        part.reject(
-            None,
-            QuarantineRow {
-                source: source.to_string(),
-                record_no: bad.no,
-                field: None,
-                reason: bad.reason.clone(),
-                code: bad.code,
-                raw: bad.raw.clone(),
-            },
-        )?;
-    }
-    for rec in &page.records {
-        match validator.validate(rec) {
-            Ok(row) => {
-                valid += 1;
-                if let Some(ci) = cursor_col
-                    && let Some(v) = cursor_value(&row.values[ci])
-                    && max_cursor.as_ref().is_none_or(|m| &v > m)
-                {
-                    *max_cursor = Some(v);
-                }
-                part.push(row.quarter, &row.values)?;
-            }
-            Err(rej) => {
-                rejected += 1;
-                part.reject(
-                    validator.quarter_of(rec),
-                    QuarantineRow {
-                        source: source.to_string(),
-                        record_no: rec.no,
-                        field: rej.field,
-                        reason: rej.reason,
-                        code: rej.code,
-                        raw: rec.raw.to_string(),
-                    },
-                )?;
-            }
-        }
-    }
-    c.rows_valid += valid;
-    c.rejected += rejected;
-    Ok(())
-}
-
 /// Runs one pipeline once. The run is recorded whatever its outcome.
 pub async fn run(
     project: &Project,
@@ -609,6 +538,340 @@ pub async fn run(
     }
 }
 
+/// What a run has counted so far.
+#[derive(Default)]
+struct Counters {
+    stats: FetchStats,
+    pages: u64,
+    rows_in: u64,
+    rows_valid: u64,
+    rejected: u64,
+    unknown: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    /// Copies the counts into the run's record.
+    fn record_into(&self, record: &mut RunRecord) {
+        record.requests = self.stats.requests;
+        record.retries = self.stats.retries;
+        record.bytes = self.stats.bytes;
+        record.pages = self.pages;
+        record.rows_in = self.rows_in;
+        record.rows_valid = self.rows_valid;
+        record.rows_rejected = self.rejected;
+        record.unknown_fields = self.unknown.clone();
+    }
+}
+
+/// Where decoded pages go: validation, the partitioner (valid rows by
+/// quarter, everything else to the quarantine), the counters, and the
+/// highest value of the incremental cursor's column.
+struct Absorber {
+    validator: Validator,
+    part: Partitioner,
+    cursor_col: Option<usize>,
+    max_cursor: Option<String>,
+    counters: Counters,
+}
+
+impl Absorber {
+    fn new(table: &TableSchema, staging: &std::path::Path, run_id: &str, name: &str) -> Absorber {
+        Absorber {
+            validator: Validator::new(table),
+            part: Partitioner::new(table, staging, run_id, name),
+            cursor_col: None,
+            max_cursor: None,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Validates one decoded page from `source` (its URL or file, for the quarantine).
+    fn absorb(&mut self, page: &decode::DecodedPage, source: &str) -> Result<(), PartitionError> {
+        let c = &mut self.counters;
+        c.pages += 1;
+        c.rows_in += page.items;
+        for (k, n) in &page.unknown_fields {
+            *c.unknown.entry(k.clone()).or_default() += n;
+        }
+        for bad in &page.bad {
+            c.rejected += 1;
+            self.part.reject(
+                None,
+                QuarantineRow {
+                    source: source.to_string(),
+                    record_no: bad.no,
+                    field: None,
+                    reason: bad.reason.clone(),
+                    code: bad.code,
+                    raw: bad.raw.clone(),
+                },
+            )?;
+        }
+        for rec in &page.records {
+            match self.validator.validate(rec) {
+                Ok(row) => {
+                    c.rows_valid += 1;
+                    if let Some(ci) = self.cursor_col
+                        && let Some(v) = cursor_value(&row.values[ci])
+                        && self.max_cursor.as_ref().is_none_or(|m| &v > m)
+                    {
+                        self.max_cursor = Some(v);
+                    }
+                    self.part.push(row.quarter, &row.values)?;
+                }
+                Err(rej) => {
+                    c.rejected += 1;
+                    self.part.reject(
+                        self.validator.quarter_of(rec),
+                        QuarantineRow {
+                            source: source.to_string(),
+                            record_no: rec.no,
+                            field: rej.field,
+                            reason: rej.reason,
+                            code: rej.code,
+                            raw: rec.raw.to_string(),
+                        },
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends progress reports of one run.
+struct Reporter<'a> {
+    progress: Option<ProgressFn>,
+    pipeline: &'a str,
+    run_id: String,
+    windows: usize,
+    started: Instant,
+}
+
+impl Reporter<'_> {
+    fn send(&self, c: &Counters, done: usize, phase: &'static str) {
+        if let Some(f) = &self.progress {
+            f(&Progress {
+                pipeline: self.pipeline.to_string(),
+                run_id: self.run_id.clone(),
+                windows_done: done,
+                windows_total: self.windows,
+                pages: c.pages,
+                rows_in: c.rows_in,
+                rows_valid: c.rows_valid,
+                rejected: c.rejected,
+                elapsed_secs: self.started.elapsed().as_secs_f64(),
+                phase,
+            });
+        }
+    }
+}
+
+/// One fetched page on its way to decoding.
+struct PageIn {
+    window: usize,
+    shown: String,
+    body: bytes::Bytes,
+    /// For styles whose next page depends on the page's content: where the
+    /// decoder says what the page held.
+    reply: Option<tokio::sync::oneshot::Sender<PageInfo>>,
+}
+
+/// What the pager needs to know of a decoded page.
+#[derive(Default)]
+struct PageInfo {
+    items: u64,
+    next_cursor: Option<String>,
+}
+
+/// The first URL of a window (a quarter, or the whole feed).
+fn window_url(
+    p: &Pipeline,
+    source: &Source,
+    plan: &Plan,
+    quarter: Option<Quarter>,
+) -> Result<String, IngestError> {
+    let base = source.base_url(&p.name, quarter)?;
+    Ok(match (&p.source.window, &plan.since) {
+        (Window::Incremental { param, .. }, Some(since)) => with_param(&base, param, since),
+        _ => base,
+    })
+}
+
+/// Whether a page-number or offset page is byte-identical to the one before it.
+fn repeats_last_page(p: &Pagination, body: &[u8], last: &mut Option<u64>) -> bool {
+    if !matches!(
+        p,
+        Pagination::PageNumber { .. } | Pagination::OffsetLimit { .. }
+    ) {
+        return false;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    let h = hasher.finish();
+    std::mem::replace(last, Some(h)) == Some(h)
+}
+
+/// The one paging loop: walks every window of the plan page by page and
+/// hands each body to `tx`. Styles whose next page is known from the
+/// response alone (a `Link` header, a single page) fetch ahead of decoding;
+/// the others wait for the decoded page's item count or cursor.
+async fn fetch_pages(
+    p: &Pipeline,
+    source: &Source,
+    plan: &Plan,
+    stats: &mut FetchStats,
+    tx: tokio::sync::mpsc::Sender<PageIn>,
+) -> Result<(), IngestError> {
+    let pagination = &p.source.pagination;
+    let ahead = matches!(pagination, Pagination::LinkHeader { .. } | Pagination::None);
+    for (window, quarter) in plan.quarters.iter().enumerate() {
+        let mut pager = Pager::start(pagination, window_url(p, source, plan, *quarter)?);
+        let mut visited: HashSet<String> = HashSet::new();
+        let (mut prev, mut last_body): (Option<String>, Option<u64>) = (None, None);
+        loop {
+            let url = pager.url(pagination);
+            let shown = next_request(
+                source,
+                &mut visited,
+                prev.as_deref(),
+                &url,
+                p.source.max_pages,
+            )?;
+            let fetched = source.fetch(&url, stats).await?;
+            if repeats_last_page(pagination, &fetched.body, &mut last_body) {
+                // After a short page, the same page again means the feed
+                // ignores paging past its end: done, nothing new.
+                if pager.last_was_short(pagination) {
+                    break;
+                }
+                return Err(IngestError::PaginationLoop {
+                    url: shown,
+                    what: "returned the same page as the request before it",
+                });
+            }
+            let (reply, answer) = if ahead {
+                (None, None)
+            } else {
+                let (t, r) = tokio::sync::oneshot::channel();
+                (Some(t), Some(r))
+            };
+            let page = PageIn {
+                window,
+                shown,
+                body: fetched.body,
+                reply,
+            };
+            if tx.send(page).await.is_err() {
+                return Ok(()); // the decoder stopped with an error of its own
+            }
+            let info = match answer {
+                None => PageInfo::default(),
+                Some(r) => match r.await {
+                    Ok(info) => info,
+                    Err(_) => return Ok(()),
+                },
+            };
+            if !pager.advance(
+                pagination,
+                info.items,
+                info.next_cursor,
+                fetched.next_link,
+                &url,
+            ) {
+                break;
+            }
+            prev = Some(url);
+        }
+    }
+    Ok(())
+}
+
+/// Decodes and validates pages as they arrive, answering the pager.
+async fn absorb_pages(
+    p: &Pipeline,
+    columns: &Columns,
+    sink: &mut Absorber,
+    report: &Reporter<'_>,
+    mut rx: tokio::sync::mpsc::Receiver<PageIn>,
+) -> Result<(), IngestError> {
+    let cursor_field = match &p.source.pagination {
+        Pagination::Cursor {
+            next_cursor_field, ..
+        } => Some(next_cursor_field.as_str()),
+        _ => None,
+    };
+    let records_field = p.source.records_field.as_deref();
+    while let Some(page_in) = rx.recv().await {
+        let page = decode::decode(
+            p.source.format,
+            records_field,
+            cursor_field,
+            columns,
+            &page_in.body,
+        )
+        .map_err(|e| IngestError::Decode {
+            url: page_in.shown.clone(),
+            source: e,
+        })?;
+        sink.absorb(&page, &page_in.shown)?;
+        if let Some(reply) = page_in.reply {
+            let _ = reply.send(PageInfo {
+                items: page.items,
+                next_cursor: page.next_cursor.clone(),
+            });
+        }
+        report.send(&sink.counters, page_in.window, "fetching");
+    }
+    Ok(())
+}
+
+/// Fetches every page of the plan into `sink`, fetching and decoding side by side.
+async fn fetch_into(
+    p: &Pipeline,
+    table: &TableSchema,
+    source: &Source,
+    plan: &Plan,
+    sink: &mut Absorber,
+    report: &Reporter<'_>,
+) -> Result<(), IngestError> {
+    let columns = Columns::new(table.columns.iter().map(|c| c.name.as_str()));
+    let (tx, rx) = tokio::sync::mpsc::channel::<PageIn>(2);
+    let mut stats = FetchStats::default();
+    let (fetched, absorbed) = tokio::join!(
+        fetch_pages(p, source, plan, &mut stats, tx),
+        absorb_pages(p, &columns, sink, report, rx)
+    );
+    sink.counters.stats = stats;
+    absorbed.and(fetched)
+}
+
+/// The cursor a run leaves behind: never behind the old one, never in the future.
+fn cursor_after(
+    p: &Pipeline,
+    kind: RunKind,
+    before: Option<String>,
+    max_seen: Option<String>,
+) -> Option<String> {
+    match (&p.source.window, kind) {
+        (Window::Quarters, RunKind::Ingest) => Some(current_quarter(p).to_string()),
+        (Window::Quarters, RunKind::Backfill { to, .. }) => {
+            let before = before.as_deref().and_then(|c| c.parse::<Quarter>().ok());
+            Some(before.map_or(to, |b| b.max(to)).to_string())
+        }
+        (Window::Incremental { .. }, _) => {
+            let max_seen = max_seen.map(|m| clamp_cursor(m, today(p)));
+            let before = before.map(|b| clamp_cursor(b, today(p)));
+            match (before, max_seen) {
+                (Some(b), Some(m)) => Some(if m > b { m } else { b }),
+                (b, m) => m.or(b),
+            }
+        }
+        (Window::Snapshot, _) => None,
+    }
+}
+
 async fn execute(
     p: &Pipeline,
     table: &TableSchema,
@@ -617,262 +880,69 @@ async fn execute(
     progress: Option<ProgressFn>,
     record: &mut RunRecord,
 ) -> Result<RunRecord, IngestError> {
-    let started = Instant::now();
-    let manifest = wh.manifest()?;
-    let cursor_before = manifest.cursors.get(&p.name).map(|c| c.value.clone());
+    let cursor_before = wh.manifest()?.cursors.get(&p.name).map(|c| c.value.clone());
     record.cursor_before = cursor_before.clone();
     let staging = Staging::new(wh, &record.run_id)?;
     crate::failpoint_panic("ingest.panic");
     let source = Source::new(p)?;
     let plan = plan(p, kind, cursor_before.as_deref(), today(p));
-    let columns = Columns::new(table.columns.iter().map(|c| c.name.as_str()));
-    let validator = Validator::new(table);
-    let mut part = Partitioner::new(table, &staging, &record.run_id, &p.name);
-    let (records_field, cursor_field) = match &p.source.pagination {
-        Pagination::Cursor {
-            next_cursor_field, ..
-        } => (
-            p.source.records_field.as_deref(),
-            Some(next_cursor_field.as_str()),
-        ),
-        _ => (p.source.records_field.as_deref(), None),
-    };
-    let cursor_col = match &p.source.window {
+    let mut sink = Absorber::new(table, &staging, &record.run_id, &p.name);
+    sink.cursor_col = match &p.source.window {
         Window::Incremental { field, .. } => table.columns.iter().position(|c| &c.name == field),
         _ => None,
     };
-    let mut max_cursor: Option<String> = None;
-    let mut c = Counters {
-        stats: FetchStats::default(),
-        pages: 0,
-        rows_in: 0,
-        rows_valid: 0,
-        rejected: 0,
-        unknown: BTreeMap::new(),
-    };
-    let report = |c: &Counters, done: usize, phase: &'static str, record: &RunRecord| {
-        if let Some(f) = &progress {
-            f(&Progress {
-                pipeline: p.name.clone(),
-                run_id: record.run_id.clone(),
-                windows_done: done,
-                windows_total: plan.quarters.len(),
-                pages: c.pages,
-                rows_in: c.rows_in,
-                rows_valid: c.rows_valid,
-                rejected: c.rejected,
-                elapsed_secs: started.elapsed().as_secs_f64(),
-                phase,
-            });
-        }
-    };
-    // Link-header and single-page feeds know their next page without decoding:
-    // a producer fetches ahead (two pages) while this task decodes and validates.
-    let prefetch = matches!(
-        p.source.pagination,
-        Pagination::LinkHeader { .. } | Pagination::None
-    );
-    let max_pages = p.source.max_pages;
-    let fetch_all = async {
-        if prefetch {
-            let (tx, mut rx) =
-                tokio::sync::mpsc::channel::<(usize, String, crate::source::Fetched)>(2);
-            let mut fetch_stats = FetchStats::default();
-            let (plan_ref, source_ref, stats) = (&plan, &source, &mut fetch_stats);
-            let producer = async move {
-                for (wi, quarter) in plan_ref.quarters.iter().enumerate() {
-                    let mut base = source_ref.base_url(&p.name, *quarter)?;
-                    if let (Window::Incremental { param, .. }, Some(since)) =
-                        (&p.source.window, &plan_ref.since)
-                    {
-                        base = with_param(&base, param, since);
-                    }
-                    let mut pager = Pager::start(&p.source.pagination, base);
-                    let mut visited: HashSet<String> = HashSet::new();
-                    let mut prev: Option<String> = None;
-                    loop {
-                        let url = pager.url(&p.source.pagination);
-                        let shown = next_request(
-                            source_ref,
-                            &mut visited,
-                            prev.as_deref(),
-                            &url,
-                            max_pages,
-                        )?;
-                        let fetched = source_ref.fetch(&url, stats).await?;
-                        let next_link = fetched.next_link.clone();
-                        if tx.send((wi, shown, fetched)).await.is_err() {
-                            return Ok(()); // the consumer stopped with an error of its own
-                        }
-                        if !pager.advance(&p.source.pagination, 0, None, next_link, &url) {
-                            break;
-                        }
-                        prev = Some(url);
-                    }
-                }
-                Ok::<(), IngestError>(())
-            };
-            let consumer = async {
-                while let Some((wi, shown, fetched)) = rx.recv().await {
-                    let page = decode::decode(
-                        p.source.format,
-                        records_field,
-                        cursor_field,
-                        &columns,
-                        &fetched.body,
-                    )
-                    .map_err(|e| IngestError::Decode {
-                        url: shown.clone(),
-                        source: e,
-                    })?;
-                    absorb(
-                        &page,
-                        &validator,
-                        &mut part,
-                        &shown,
-                        cursor_col,
-                        &mut max_cursor,
-                        &mut c,
-                    )?;
-                    report(&c, wi, "fetching", record);
-                }
-                Ok::<(), IngestError>(())
-            };
-            let (produced, consumed) = tokio::join!(producer, consumer);
-            c.stats = fetch_stats;
-            consumed.and(produced)
-        } else {
-            for (wi, quarter) in plan.quarters.iter().enumerate() {
-                let mut base = source.base_url(&p.name, *quarter)?;
-                if let (Window::Incremental { param, .. }, Some(since)) =
-                    (&p.source.window, &plan.since)
-                {
-                    base = with_param(&base, param, since);
-                }
-                let mut pager = Pager::start(&p.source.pagination, base);
-                let mut visited: HashSet<String> = HashSet::new();
-                let mut last_body: Option<u64> = None;
-                let mut prev: Option<String> = None;
-                loop {
-                    let url = pager.url(&p.source.pagination);
-                    let shown =
-                        next_request(&source, &mut visited, prev.as_deref(), &url, max_pages)?;
-                    let fetched = source.fetch(&url, &mut c.stats).await?;
-                    let page = decode::decode(
-                        p.source.format,
-                        records_field,
-                        cursor_field,
-                        &columns,
-                        &fetched.body,
-                    )
-                    .map_err(|e| IngestError::Decode {
-                        url: shown.clone(),
-                        source: e,
-                    })?;
-                    if page.items > 0
-                        && matches!(
-                            p.source.pagination,
-                            Pagination::PageNumber { .. } | Pagination::OffsetLimit { .. }
-                        )
-                    {
-                        let h = {
-                            use std::hash::{Hash, Hasher};
-                            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                            fetched.body.hash(&mut hasher);
-                            hasher.finish()
-                        };
-                        if last_body == Some(h) {
-                            // After a short page, the same page again means the
-                            // feed ignores paging past its end: done, nothing new.
-                            if pager.last_was_short(&p.source.pagination) {
-                                break;
-                            }
-                            return Err(IngestError::PaginationLoop {
-                                url: shown,
-                                what: "returned the same page as the request before it",
-                            });
-                        }
-                        last_body = Some(h);
-                    }
-                    absorb(
-                        &page,
-                        &validator,
-                        &mut part,
-                        &shown,
-                        cursor_col,
-                        &mut max_cursor,
-                        &mut c,
-                    )?;
-                    let items = page.items;
-                    let next_cursor = page.next_cursor.clone();
-                    drop(page);
-                    report(&c, wi, "fetching", record);
-                    if !pager.advance(
-                        &p.source.pagination,
-                        items,
-                        next_cursor,
-                        fetched.next_link,
-                        &url,
-                    ) {
-                        break;
-                    }
-                    prev = Some(url);
-                }
-            }
-            Ok(())
-        }
+    let report = Reporter {
+        progress,
+        pipeline: &p.name,
+        run_id: record.run_id.clone(),
+        windows: plan.quarters.len(),
+        started: Instant::now(),
     };
     // The fetch phase has a deadline; the commit, once started, is not cut short.
-    let result = match tokio::time::timeout(p.source.max_run, fetch_all).await {
-        Ok(r) => r,
-        Err(_) => Err(IngestError::Deadline(p.source.max_run.as_secs())),
-    };
-    record.requests = c.stats.requests;
-    record.retries = c.stats.retries;
-    record.bytes = c.stats.bytes;
-    record.pages = c.pages;
-    record.rows_in = c.rows_in;
-    record.rows_valid = c.rows_valid;
-    record.rows_rejected = c.rejected;
-    record.unknown_fields = c.unknown.clone();
-    if let Err(e) = result {
-        drop(part);
-        drop(staging);
-        return Err(e);
-    }
-    for (field, n) in &c.unknown {
+    let fetched = tokio::time::timeout(
+        p.source.max_run,
+        fetch_into(p, table, &source, &plan, &mut sink, &report),
+    )
+    .await
+    .unwrap_or(Err(IngestError::Deadline(p.source.max_run.as_secs())));
+    sink.counters.record_into(record);
+    fetched?; // on failure the staging directory goes with `staging`
+    for (field, n) in &sink.counters.unknown {
         tracing::warn!(field = %field, records = n, "The feed sends a field the schema does not declare; it was ignored.");
     }
-    let spilled = part.finish()?;
-    // The new cursor: never behind the old one.
-    let cursor_after = match (&p.source.window, kind) {
-        (Window::Quarters, RunKind::Ingest) => Some(current_quarter(p).to_string()),
-        (Window::Quarters, RunKind::Backfill { to, .. }) => {
-            let before = cursor_before
-                .as_deref()
-                .and_then(|c| c.parse::<Quarter>().ok());
-            Some(before.map_or(to, |b| b.max(to)).to_string())
-        }
-        (Window::Incremental { .. }, _) => {
-            let max_cursor = max_cursor.map(|m| clamp_cursor(m, today(p)));
-            let cursor_before = cursor_before.clone().map(|b| clamp_cursor(b, today(p)));
-            match (&cursor_before, &max_cursor) {
-                (Some(b), Some(m)) => Some(if m > b { m.clone() } else { b.clone() }),
-                (b, m) => m.clone().or_else(|| b.clone()),
-            }
-        }
-        (Window::Snapshot, _) => None,
-    };
+    let cursor_after = cursor_after(p, kind, cursor_before, sink.max_cursor.take());
     record.cursor_after = cursor_after.clone();
-    report(&c, plan.quarters.len(), "committing", record);
-    let wh2 = wh.clone();
-    let table2 = table.clone();
-    let pipeline = p.name.clone();
-    let rec = record.clone();
-    // The staging directory lives until the commit is over, even if this
-    // future is dropped meanwhile.
-    let done = tokio::task::spawn_blocking(move || {
-        let r = commit_run(&wh2, &table2, &pipeline, spilled, cursor_after, rec);
+    let spilled = sink.part.finish()?;
+    report.send(&sink.counters, plan.quarters.len(), "committing");
+    let done = commit_blocking(
+        wh,
+        table,
+        &p.name,
+        spilled,
+        cursor_after,
+        record.clone(),
+        staging,
+    )
+    .await?;
+    *record = done.clone();
+    report.send(&sink.counters, plan.quarters.len(), "done");
+    Ok(done)
+}
+
+/// Runs [`commit_run`] on a blocking thread. The staging directory lives
+/// until the commit is over, even if the awaiting future is dropped.
+async fn commit_blocking(
+    wh: &Warehouse,
+    table: &TableSchema,
+    pipeline: &str,
+    spilled: Spilled,
+    cursor_after: Option<String>,
+    record: RunRecord,
+    staging: Staging,
+) -> Result<RunRecord, IngestError> {
+    let (wh, table, pipeline) = (wh.clone(), table.clone(), pipeline.to_string());
+    tokio::task::spawn_blocking(move || {
+        let r = commit_run(&wh, &table, &pipeline, spilled, cursor_after, record);
         drop(staging);
         r
     })
@@ -880,10 +950,7 @@ async fn execute(
     .map_err(|e| match e.try_into_panic() {
         Ok(payload) => IngestError::Panicked(panic_message(payload.as_ref())),
         Err(e) => IngestError::Internal(format!("commit thread: {e}")),
-    })??;
-    *record = done.clone();
-    report(&c, plan.quarters.len(), "done", record);
-    Ok(done)
+    })?
 }
 
 fn read_dir_state(
@@ -1091,17 +1158,14 @@ pub fn import(
     body: &[u8],
 ) -> Result<RunRecord, IngestError> {
     let t = project.table(table).ok_or_else(|| {
-        IngestError::UnknownPipeline(
+        IngestError::UnknownTable(
             table.to_string(),
-            format!(
-                "(import takes a table) tables: {}",
-                project
-                    .tables
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            project
+                .tables
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         )
     })?;
     let name = format!("import-{table}");
@@ -1112,38 +1176,17 @@ pub fn import(
         || -> Result<RunRecord, IngestError> {
             let staging = Staging::new(wh, &run_id)?;
             let columns = Columns::new(t.columns.iter().map(|c| c.name.as_str()));
-            let validator = Validator::new(t);
-            let mut part = Partitioner::new(t, &staging, &run_id, &name);
+            let mut sink = Absorber::new(t, &staging, &run_id, &name);
             let page = decode::decode(format, None, None, &columns, body).map_err(|e| {
                 IngestError::Decode {
                     url: source_name.to_string(),
                     source: e,
                 }
             })?;
+            sink.absorb(&page, source_name)?;
+            sink.counters.record_into(&mut record);
             record.bytes = body.len() as u64;
-            let mut c = Counters {
-                stats: FetchStats::default(),
-                pages: 0,
-                rows_in: 0,
-                rows_valid: 0,
-                rejected: 0,
-                unknown: BTreeMap::new(),
-            };
-            absorb(
-                &page,
-                &validator,
-                &mut part,
-                source_name,
-                None,
-                &mut None,
-                &mut c,
-            )?;
-            record.pages = c.pages;
-            record.rows_in = c.rows_in;
-            record.rows_valid = c.rows_valid;
-            record.rows_rejected = c.rejected;
-            record.unknown_fields = c.unknown;
-            let spilled = part.finish()?;
+            let spilled = sink.part.finish()?;
             let done = commit_run(wh, t, &name, spilled, None, record.clone())?;
             drop(staging);
             Ok(done)

@@ -73,6 +73,17 @@ pub enum ModelError {
     Conflict(String),
 }
 
+/// The definition in an aggregate file's header: its leading `--` comment
+/// lines, without the `-- ironlake:` directives.
+pub fn description(text: &str) -> String {
+    text.lines()
+        .map_while(|l| l.trim_start().strip_prefix("--"))
+        .map(str::trim)
+        .filter(|l| !l.starts_with("ironlake:"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Fills `{{placeholder}}`s from the policy.
 pub fn render_sql(text: &str, policy: &Policy) -> String {
     let divisions = policy

@@ -1,4 +1,5 @@
-//! Progress display for `ingest` and `backfill`: a bar on a terminal, log lines otherwise.
+//! Progress display for `ingest` and `backfill`: a bar on a terminal; off a
+//! terminal, progress lines at debug level only (one summary line per run).
 
 use ironlake::ingest::{Progress, ProgressFn};
 use std::io::Write as _;
@@ -61,7 +62,9 @@ pub fn reporter(terminal: bool) -> ProgressFn {
             let _ = write!(err, "\r\x1b[2K{}", line(p));
             let _ = err.flush();
         } else {
-            tracing::info!(pipeline = %p.pipeline, run_id = %p.run_id, "{}", line(p));
+            // Plain mode: the run's one summary line is its result; progress
+            // only at debug level (the run's span already names pipeline and run).
+            tracing::debug!("{}", line(p));
         }
     })
 }

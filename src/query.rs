@@ -75,9 +75,7 @@ pub fn describe(e: &datafusion::error::DataFusionError, tables: &[String]) -> St
         let suggestion = closest(name, tables)
             .map(|t| format!("; did you mean {t}?"))
             .unwrap_or_default();
-        return format!(
-            "table {name} does not exist{suggestion} (SHOW TABLES lists the tables)"
-        );
+        return format!("table {name} does not exist{suggestion} (SHOW TABLES lists the tables)");
     }
     text
 }
@@ -116,7 +114,11 @@ pub fn table_names(ctx: &datafusion::prelude::SessionContext) -> Vec<String> {
                     if t.starts_with("__") {
                         continue;
                     }
-                    out.push(if schema == "public" { t } else { format!("{schema}.{t}") });
+                    out.push(if schema == "public" {
+                        t
+                    } else {
+                        format!("{schema}.{t}")
+                    });
                 }
             }
         }

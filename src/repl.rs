@@ -53,9 +53,17 @@ async fn run_query_as(catalog: &Catalog, sql: &str, format: OutputFormat, expand
 /// Prints rows psql's `\x` way: a header per row, then `column | value` lines.
 async fn print_expanded(df: datafusion::dataframe::DataFrame) -> Result<(), String> {
     use futures::StreamExt as _;
-    let names: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let names: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
-    let mut stream = df.execute_stream().await.map_err(|e| query::describe(&e, &[]))?;
+    let mut stream = df
+        .execute_stream()
+        .await
+        .map_err(|e| query::describe(&e, &[]))?;
     let opts = arrow::util::display::FormatOptions::default().with_null("NULL");
     let mut row = 0u64;
     while let Some(b) = stream.next().await {
@@ -172,7 +180,10 @@ pub async fn run(catalog: &Catalog, mut format: OutputFormat) -> Result<ExitCode
                 },
                 ("\\x", _) => {
                     expanded = !expanded;
-                    println!("Expanded display is {}.", if expanded { "on" } else { "off" });
+                    println!(
+                        "Expanded display is {}.",
+                        if expanded { "on" } else { "off" }
+                    );
                 }
                 ("\\?" | "\\h" | ".help", _) => println!("{HELP}"),
                 (other, _) => eprintln!("unknown command {other}; \\? lists the commands"),

@@ -472,23 +472,78 @@ async fn aggregates(State(d): S, headers: HeaderMap) -> Result<Response, ApiErro
         .warehouse()
         .manifest()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (defs, _) = crate::models::load(&d.project());
     let list: Vec<_> = m
         .published
         .iter()
         .map(|(name, meta)| {
             let v = meta.versions.last();
+            let description = defs
+                .iter()
+                .find(|a| &a.name == name)
+                .map(|a| crate::models::description(&a.file.text));
             serde_json::json!({
                 "name": name,
+                "description": description,
                 "version": v.map(|v| v.version),
                 "published_at": v.map(|v| v.published_at.clone()),
                 "rows": v.map(|v| v.rows),
-                "columns": meta.columns,
+                "columns": columns_of(meta),
                 "quarters": m.dirs.get(&format!("published/{name}")).map(|s| s.partitions.keys().cloned().collect::<Vec<_>>()),
                 "versions": meta.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
             })
         })
         .collect();
     Ok(axum::Json(serde_json::json!({ "aggregates": list })).into_response())
+}
+
+/// An aggregate's columns in output order with Arrow type, nullability and
+/// unit (by the naming convention of the aggregate files), plus the
+/// `district_name` the API adds beside `district_code`.
+fn columns_of(meta: &crate::warehouse::PublishedMeta) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = meta
+        .columns
+        .iter()
+        .map(|c| {
+            let (ty, nullable) = meta
+                .schema
+                .iter()
+                .find(|(n, _, _)| n == c)
+                .map_or(("Utf8".to_string(), false), |(_, t, n)| (t.clone(), *n));
+            serde_json::json!({"name": c, "type": ty, "nullable": nullable, "unit": unit_of(c, &ty)})
+        })
+        .collect();
+    if meta.columns.iter().any(|c| c == "district_code") {
+        out.push(serde_json::json!({"name": "district_name", "type": "Utf8", "nullable": true, "unit": null}));
+    }
+    out
+}
+
+/// The unit of an aggregate column, from its name and type.
+fn unit_of(name: &str, ty: &str) -> Option<&'static str> {
+    if name.ends_with("_pct") {
+        Some("percent")
+    } else if name.ends_with("_pp") {
+        Some("percentage points")
+    } else if name.ends_with("_days") || name.starts_with("days_") {
+        Some("days")
+    } else if ty.starts_with("Decimal128(") && ty.ends_with(", 2)") {
+        Some("CNY yuan")
+    } else {
+        None
+    }
+}
+
+/// Comma-separated quarters as SQL literals; 400 naming a bad one.
+fn quarters(v: &str) -> Result<Vec<String>, ApiError> {
+    v.split(',')
+        .map(|q| {
+            let q = q.trim();
+            q.parse::<crate::domain::Quarter>()
+                .map(|q| sql_str(&q.to_string()))
+                .map_err(|e| ApiError::BadRequest(format!("{q:?}: {e}")))
+        })
+        .collect()
 }
 
 fn sql_str(s: &str) -> String {
@@ -527,10 +582,20 @@ async fn aggregate(
     for (k, v) in &params {
         match k.as_str() {
             "format" => {}
+            // Several values, comma-separated: `quarter=2019Q1,2019Q2`.
             "quarter" => {
-                v.parse::<crate::domain::Quarter>()
-                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-                filters.push(format!("quarter = {}", sql_str(v)));
+                let qs = quarters(v)?;
+                filters.push(format!("a.quarter IN ({})", qs.join(", ")));
+            }
+            "from" | "to" => {
+                let q = quarters(v)?;
+                if q.len() != 1 {
+                    return Err(ApiError::BadRequest(format!(
+                        "{k} takes one quarter, e.g. 2019Q1"
+                    )));
+                }
+                let op = if k.as_str() == "from" { ">=" } else { "<=" };
+                filters.push(format!("a.quarter {op} {}", q[0]));
             }
             "district_code" => {
                 if !meta.columns.iter().any(|c| c == "district_code") {
@@ -538,11 +603,12 @@ async fn aggregate(
                         "{name} has no district_code column"
                     )));
                 }
-                filters.push(format!("district_code = {}", sql_str(v)));
+                let codes: Vec<String> = v.split(',').map(|c| sql_str(c.trim())).collect();
+                filters.push(format!("a.district_code IN ({})", codes.join(", ")));
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown parameter {other:?}; use quarter, district_code, format"
+                    "unknown parameter {other:?}; use quarter, from, to, district_code, format"
                 )));
             }
         }
@@ -587,7 +653,15 @@ async fn aggregate(
     } else {
         format!(" WHERE {}", filters.join(" AND "))
     };
-    let sql = format!("SELECT * FROM published.{name}{where_} ORDER BY {order}");
+    // Aggregates by district also carry the district's name (全市 for the city).
+    let sql = if meta.columns.iter().any(|c| c == "district_code") {
+        format!(
+            "SELECT a.*, CASE WHEN a.district_code = 'ALL' THEN '全市' ELSE d.name END AS district_name \
+             FROM published.{name} a LEFT JOIN ref_districts d ON a.district_code = d.code{where_} ORDER BY {order}"
+        )
+    } else {
+        format!("SELECT a.* FROM published.{name} a{where_} ORDER BY {order}")
+    };
     let df = snapshot
         .ctx
         .sql_with_options(&sql, query::read_only_options())

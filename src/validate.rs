@@ -392,7 +392,11 @@ mod tests {
     #[test]
     fn each_kind_of_bad_value_is_rejected_with_field_and_reason() {
         let cases = [
-            ("uscc", r#""91500000202833449H""#, "uscc_check_char: USCC check character"),
+            (
+                "uscc",
+                r#""91500000202833449H""#,
+                "uscc_check_char: USCC check character",
+            ),
             ("period_end", "18169", "number_as_date: "),
             ("period_end", "18169", "a number is never read as a date"),
             (
@@ -406,7 +410,11 @@ mod tests {
                 "decimal_scale: \"1234.567\" has 3 decimal places, more than the 2 allowed",
             ),
             ("balance", r#""12.5e3""#, "is not a decimal number"),
-            ("balance", "<missing>", "required_missing: required field is missing"),
+            (
+                "balance",
+                "<missing>",
+                "required_missing: required field is missing",
+            ),
             ("balance", "null", "required value is null"),
             ("rate_pct", r#""4.35%""#, "is not a decimal number"),
             ("rate_pct", "true", "got the boolean true"),

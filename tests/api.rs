@@ -239,9 +239,57 @@ async fn aggregates_have_etags_formats_and_filters() {
     let r = call("GET", &url, Some(VIEWER), None).await;
     assert_eq!(r.headers()["content-type"], "application/json");
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
-    let rows: serde_json::Value = r.json().await.unwrap();
+    let raw = r.text().await.unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 12);
     assert_eq!(rows[0]["quarter"], "2017Q1");
+    // Every row has every column; a missing prior year is an explicit null.
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r.as_object().unwrap().len(), 6, "{r}");
+    }
+    assert!(rows[0]["industry_yoy_pct"].is_null());
+    // Decimals are JSON numbers written with exactly the column's scale.
+    for part in raw.split("\"industry_balance\":").skip(1) {
+        let number: String = part
+            .chars()
+            .take_while(|c| *c != ',' && *c != '}')
+            .collect();
+        let (_, frac) = number.split_once('.').unwrap_or_else(|| panic!("{number}"));
+        assert_eq!(frac.len(), 2, "{number}");
+    }
+    // Several quarters, a range, and a bad one.
+    for (query, n) in [
+        ("quarter=2019Q1,2019Q2", 2),
+        ("from=2018Q1&to=2018Q4", 4),
+        ("from=2019Q3", 2),
+    ] {
+        let r: serde_json::Value = call("GET", &format!("{url}?{query}"), Some(VIEWER), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r.as_array().unwrap().len(), n, "{query}: {r}");
+    }
+    let r = call("GET", &format!("{url}?quarter=2019Q5"), Some(VIEWER), None).await;
+    assert_eq!(r.status(), 400);
+    // The listing says what each column is.
+    let lg = list["aggregates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "loan_growth")
+        .unwrap();
+    assert!(
+        lg["description"]
+            .as_str()
+            .unwrap()
+            .contains("工业和制造业贷款增长")
+    );
+    let cols = lg["columns"].as_array().unwrap();
+    assert_eq!(cols[1]["name"], "industry_balance");
+    assert_eq!(cols[1]["unit"], "CNY yuan");
+    assert!(cols[1]["type"].as_str().unwrap().starts_with("Decimal128("));
+    assert_eq!(cols[3]["unit"], "percent");
     let c = client();
     let r = c
         .get(&url)
@@ -336,6 +384,52 @@ async fn aggregates_have_etags_formats_and_filters() {
     .await;
     let fc: serde_json::Value = fc.json().await.unwrap();
     assert_eq!(fc.as_array().unwrap().len(), 1);
+    // District names come with the codes, for every role that may read them.
+    assert_eq!(fc[0]["district_name"], "全市");
+    let all: serde_json::Value = call(
+        "GET",
+        &format!("{b}/api/v1/aggregates/financing_cost?quarter=2019Q3"),
+        Some(VIEWER),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let all = all.as_array().unwrap();
+    assert!(all.len() >= 3, "{all:?}");
+    for r in all {
+        assert!(
+            r["district_name"].as_str().is_some_and(|n| !n.is_empty()),
+            "{r}"
+        );
+    }
+    let codes: Vec<&str> = all
+        .iter()
+        .map(|r| r["district_code"].as_str().unwrap())
+        .filter(|c| *c != "ALL")
+        .take(2)
+        .collect();
+    let two: serde_json::Value = call(
+        "GET",
+        &format!(
+            "{b}/api/v1/aggregates/financing_cost?quarter=2019Q3&district_code={}",
+            codes.join(",")
+        ),
+        Some(VIEWER),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let got: Vec<&str> = two
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["district_code"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, codes);
     assert_eq!(
         call(
             "GET",
@@ -524,9 +618,7 @@ async fn metrics_match_the_run_history_of_every_process() {
     let find = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
         samples
             .iter()
-            .find(|s| {
-                s[0] == name && labels.iter().all(|(k, v)| s[1][*k] == *v)
-            })
+            .find(|s| s[0] == name && labels.iter().all(|(k, v)| s[1][*k] == *v))
             .map(|s| s[2].as_f64().unwrap())
     };
     let runs: serde_json::Value = call(
@@ -542,19 +634,45 @@ async fn metrics_match_the_run_history_of_every_process() {
     let runs = runs.as_array().unwrap();
     assert!(runs.len() >= 5, "{runs:?}");
     for r in runs {
-        let (p, o) = (r["pipeline"].as_str().unwrap(), r["outcome"].as_str().unwrap());
+        let (p, o) = (
+            r["pipeline"].as_str().unwrap(),
+            r["outcome"].as_str().unwrap(),
+        );
         assert_eq!(
-            find("ironlake_pipeline_runs_total", &[("pipeline", p), ("outcome", o)]),
+            find(
+                "ironlake_pipeline_runs_total",
+                &[("pipeline", p), ("outcome", o)]
+            ),
             Some(r["n"].as_f64().unwrap()),
             "{p} {o}"
         );
     }
-    for p in ["enterprises", "operations", "bank_loans", "financing_demands", "direct_financing"] {
-        let last = find("ironlake_pipeline_last_success_timestamp_seconds", &[("pipeline", p)])
-            .unwrap_or_else(|| panic!("no last success for {p}"));
+    for p in [
+        "enterprises",
+        "operations",
+        "bank_loans",
+        "financing_demands",
+        "direct_financing",
+    ] {
+        let last = find(
+            "ironlake_pipeline_last_success_timestamp_seconds",
+            &[("pipeline", p)],
+        )
+        .unwrap_or_else(|| panic!("no last success for {p}"));
         assert!(last > 1.7e9, "{p}: {last}");
-        assert_eq!(find("ironlake_pipeline_runs_skipped_total", &[("pipeline", p)]), Some(0.0), "{p}");
-        assert!(find("ironlake_pipeline_rows_total", &[("pipeline", p), ("kind", "valid")]).unwrap() > 0.0);
+        assert_eq!(
+            find("ironlake_pipeline_runs_skipped_total", &[("pipeline", p)]),
+            Some(0.0),
+            "{p}"
+        );
+        assert!(
+            find(
+                "ironlake_pipeline_rows_total",
+                &[("pipeline", p), ("kind", "valid")]
+            )
+            .unwrap()
+                > 0.0
+        );
     }
     // Each aggregate has its own refresh duration.
     let durations: Vec<f64> = samples
@@ -566,5 +684,8 @@ async fn metrics_match_the_run_history_of_every_process() {
     let mut distinct = durations.clone();
     distinct.sort_by(f64::total_cmp);
     distinct.dedup();
-    assert!(distinct.len() > 1, "every aggregate shows the same duration: {durations:?}");
+    assert!(
+        distinct.len() > 1,
+        "every aggregate shows the same duration: {durations:?}"
+    );
 }

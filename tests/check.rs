@@ -332,3 +332,45 @@ fn aggregate_sql_errors_point_at_the_file_and_position() {
         ],
     );
 }
+
+/// Four independent mistakes in three files: all reported in one pass, and
+/// an aggregate reading a broken one gets a single "depends on" line.
+#[test]
+fn every_problem_is_reported_in_one_pass_and_knock_on_errors_are_folded() {
+    let dir = common::project_copy(|path, text| match path {
+        "pipelines/bank_loans.toml" => text
+            .replace(
+                "time_zone = \"Asia/Shanghai\"",
+                "time_zone = \"Asia/Chongqin\"",
+            )
+            .replace("{quarter}", "{quartr}"),
+        "pipelines/direct_financing.toml" => text.replace(
+            "table = \"direct_financing\"",
+            "table = \"direct_financin\"",
+        ),
+        "pipelines/aggregates/loan_balances.sql" => {
+            text.replacen("FROM bank_loans", "FROM bank_loan", 1)
+        }
+        _ => text,
+    });
+    let out = check(dir.path());
+    assert_eq!(out.code, 1);
+    for expected in [
+        "unknown time zone \"Asia/Chongqin\"",
+        "unknown placeholder `{quartr}`",
+        "pipeline targets table \"direct_financin\"",
+        "loan_balances.sql: error: SQL: table bank_loan does not exist; did you mean bank_loans?",
+        "loan_growth.sql: error: depends on published.loan_balances, which has errors",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "{expected:?} missing:\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        !out.stderr.contains("loan_growth.sql: error: SQL"),
+        "{}",
+        out.stderr
+    );
+}

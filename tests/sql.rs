@@ -404,7 +404,7 @@ async fn the_shell_lists_describes_and_runs_multi_line_queries() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"\\dt\n\\d bank_loans\nSELECT count(*) AS loans\n  FROM bank_loans\n WHERE quarter = '2019Q4';\nDROP TABLE bank_loans;\n\\q\n")
+        .write_all(b"\\dt\n\\d bank_loans\nSELECT count(*) AS loans\n  FROM bank_loans\n WHERE quarter = '2019Q4';\nDROP TABLE bank_loans;\n\\z\n\\x\nSELECT 7 AS seven, 'a' AS letter;\nSELECT * FROM bank_loan;\n\\q\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -430,4 +430,18 @@ async fn the_shell_lists_describes_and_runs_multi_line_queries() {
         stderr.contains("read-only: DROP is not allowed"),
         "{stderr}"
     );
+    // An unknown meta-command says so; \x shows one block per row.
+    assert!(stderr.contains("unknown command \\z"), "{stderr}");
+    assert!(stdout.contains("Expanded display is on."), "{stdout}");
+    assert!(stdout.contains("-[ RECORD 1 ]"), "{stdout}");
+    assert!(
+        stdout.contains("seven  | 7") && stdout.contains("letter | a"),
+        "{stdout}"
+    );
+    // Errors read as sentences and suggest the table meant.
+    assert!(
+        stderr.contains("table bank_loan does not exist; did you mean bank_loans?"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("datafusion.public"), "{stderr}");
 }
