@@ -595,7 +595,7 @@ impl Daemon {
             Ok(report) => {
                 let secs = started.elapsed().as_secs_f64();
                 for r in &report {
-                    if r.mode != "unchanged" {
+                    if r.mode != models::RefreshMode::Unchanged {
                         self.metrics.set(
                             "ironlake_aggregate_refresh_duration_seconds",
                             &[("aggregate", &r.name)],

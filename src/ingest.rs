@@ -977,7 +977,190 @@ fn read_dir_state(
     ))
 }
 
-/// Merges a run's spilled rows into the warehouse and commits (blocking; takes the warehouse lock).
+/// What merging a run's rows into its table produced.
+#[derive(Default)]
+struct TableMerge {
+    change: Option<warehouse::DirChange>,
+    rows_changed: u64,
+    rows_written: u64,
+    touched: Vec<String>,
+}
+
+/// Keys whose period changed move partitions: for each committed
+/// partition, the keys to drop from it because they now arrive in another.
+/// Only tables whose key does not contain the period column can move.
+fn moved_keys(
+    wh: &Warehouse,
+    table: &TableSchema,
+    state: &warehouse::DirState,
+    new_by_part: &BTreeMap<String, &Vec<std::path::PathBuf>>,
+) -> Result<BTreeMap<String, HashSet<Vec<u8>>>, IngestError> {
+    let schema = table.arrow_schema();
+    let pk = &table.primary_key;
+    let mut removals: BTreeMap<String, HashSet<Vec<u8>>> = BTreeMap::new();
+    if pk.contains(&table.period_column) || new_by_part.is_empty() {
+        return Ok(removals);
+    }
+    let mut new_keys: HashMap<Vec<u8>, String> = HashMap::new();
+    for (q, paths) in new_by_part {
+        for b in partition::read_spills(paths)? {
+            for k in merge::encode_keys(&schema, &b, pk)? {
+                new_keys.insert(k, q.clone());
+            }
+        }
+    }
+    for part in state.partitions.keys() {
+        if let Some(existing) = read_dir_state(wh, state, part, &schema)? {
+            for k in merge::encode_keys(&schema, &existing, pk)? {
+                if new_keys.get(&k).is_some_and(|q| q != part) {
+                    removals.entry(part.clone()).or_default().insert(k);
+                }
+            }
+        }
+    }
+    Ok(removals)
+}
+
+/// Merges the run's valid rows into a new generation of the table, one
+/// partition at a time (newest delivery wins per key).
+fn merge_rows(
+    wh: &Warehouse,
+    guard: &warehouse::CommitGuard,
+    base: &warehouse::Manifest,
+    table: &TableSchema,
+    spilled: &Spilled,
+    run_id: &str,
+) -> Result<TableMerge, IngestError> {
+    let key = format!("tables/{}", table.name);
+    let schema = table.arrow_schema();
+    let state = base.dirs.get(&key).cloned().unwrap_or_default();
+    let new_by_part: BTreeMap<String, &Vec<std::path::PathBuf>> = spilled
+        .rows
+        .iter()
+        .map(|(q, paths)| (q.to_string(), paths))
+        .collect();
+    let removals = moved_keys(wh, table, &state, &new_by_part)?;
+    let affected: BTreeSet<String> = new_by_part.keys().chain(removals.keys()).cloned().collect();
+    let mut out = TableMerge::default();
+    if affected.is_empty() {
+        return Ok(out);
+    }
+    let mut g = wh.begin_generation(guard, base, &key, run_id)?;
+    let empty = HashSet::new();
+    for part in &affected {
+        let existing = read_dir_state(wh, &state, part, &schema)?;
+        let new = match new_by_part.get(part) {
+            Some(paths) => partition::read_spills(paths)?,
+            None => Vec::new(),
+        };
+        let remove = removals.get(part).unwrap_or(&empty);
+        let Some(m) = merge::merge(&schema, existing, &new, &table.primary_key, remove)? else {
+            continue;
+        };
+        out.rows_changed += m.changed_rows;
+        out.touched.push(part.clone());
+        if m.num_rows() == 0 {
+            g.set_partition(part, Vec::new());
+        } else {
+            let path = g.partition_dir(part)?.join(g.file_name(0));
+            let entry = merge::write_parquet_rows(&path, &m.all, &m.order)?;
+            out.rows_written += entry.rows;
+            g.set_partition(part, vec![entry]);
+        }
+    }
+    if out.touched.is_empty() {
+        wh.abandon_generation(g)?;
+    } else {
+        out.change = Some(wh.finish_generation(g)?);
+    }
+    Ok(out)
+}
+
+/// The fingerprints already in a quarantine partition (only that column is read).
+fn quarantined_fingerprints(
+    wh: &Warehouse,
+    state: &warehouse::DirState,
+    part: &str,
+) -> Result<HashSet<String>, IngestError> {
+    let mut seen = HashSet::new();
+    for f in state.partitions.get(part).map_or(&[][..], |p| &p.files) {
+        let path = wh
+            .root()
+            .join(&state.generation)
+            .join(format!("quarter={part}"))
+            .join(&f.name);
+        merge::read_strings(&path, 0, |v| {
+            seen.insert(v.to_string());
+        })?;
+    }
+    Ok(seen)
+}
+
+/// Appends the run's rejected records not quarantined before (same raw
+/// text, field and reason) to a new generation of the table's quarantine,
+/// a spill file at a time so memory stays bounded.
+fn append_quarantine(
+    wh: &Warehouse,
+    guard: &warehouse::CommitGuard,
+    base: &warehouse::Manifest,
+    table: &TableSchema,
+    spilled: &Spilled,
+    run_id: &str,
+) -> Result<Option<warehouse::DirChange>, IngestError> {
+    if spilled.quarantine.is_empty() {
+        return Ok(None);
+    }
+    let qkey = format!("quarantine/{}", table.name);
+    let qschema = partition::quarantine_schema();
+    let qstate = base.dirs.get(&qkey).cloned().unwrap_or_default();
+    let mut g = wh.begin_generation(guard, base, &qkey, run_id)?;
+    let mut added = false;
+    for (part, paths) in &spilled.quarantine {
+        let mut seen = quarantined_fingerprints(wh, &qstate, part)?;
+        let n = qstate.partitions.get(part).map_or(0, |p| p.files.len());
+        let path = g.partition_dir(part)?.join(g.file_name(n));
+        let mut file = merge::ParquetFile::create(&path, qschema.clone())?;
+        for spill in paths {
+            for batch in partition::read_spills(std::slice::from_ref(spill))? {
+                let fp = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .expect("fingerprint is Utf8");
+                let keep: Vec<u32> = (0..batch.num_rows())
+                    .filter(|&i| seen.insert(fp.value(i).to_string()))
+                    .map(|i| i as u32)
+                    .collect();
+                if keep.is_empty() {
+                    continue;
+                }
+                let batch = arrow::compute::take_record_batch(
+                    &batch,
+                    &arrow::array::UInt32Array::from(keep),
+                )
+                .map_err(|e| IngestError::Internal(e.to_string()))?;
+                file.write(&batch)?;
+            }
+        }
+        if file.rows() == 0 {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        g.add_files(part, vec![file.finish()?]);
+        added = true;
+    }
+    if added {
+        Ok(Some(wh.finish_generation(g)?))
+    } else {
+        wh.abandon_generation(g)?;
+        Ok(None)
+    }
+}
+
+/// Merges a run's spilled rows into the warehouse and commits (blocking;
+/// takes the warehouse lock): the table's new generation, the quarantine's,
+/// and the cursor, in one manifest version.
 pub fn commit_run(
     wh: &Warehouse,
     table: &TableSchema,
@@ -988,160 +1171,32 @@ pub fn commit_run(
 ) -> Result<RunRecord, IngestError> {
     let guard = wh.lock()?;
     let base = wh.manifest()?;
-    let key = format!("tables/{}", table.name);
-    let qkey = format!("quarantine/{}", table.name);
-    let schema = table.arrow_schema();
-    let pk = &table.primary_key;
-    let state = base.dirs.get(&key).cloned().unwrap_or_default();
-    // Spill files by partition; read one partition at a time to bound memory.
-    let new_by_part: BTreeMap<String, &Vec<std::path::PathBuf>> = spilled
-        .rows
-        .iter()
-        .map(|(q, paths)| (q.to_string(), paths))
-        .collect();
-    // Keys whose period changed move partitions: drop them from their old one.
-    // (Only for tables whose key does not contain the period column.)
-    let mut removals: BTreeMap<String, HashSet<Vec<u8>>> = BTreeMap::new();
-    if !pk.contains(&table.period_column) && !new_by_part.is_empty() {
-        let mut new_keys: HashMap<Vec<u8>, String> = HashMap::new();
-        for (q, paths) in &new_by_part {
-            for b in partition::read_spills(paths)? {
-                for k in merge::encode_keys(&schema, &b, pk)? {
-                    new_keys.insert(k, q.clone());
-                }
-            }
-        }
-        for part in state.partitions.keys() {
-            if let Some(existing) = read_dir_state(wh, &state, part, &schema)? {
-                for k in merge::encode_keys(&schema, &existing, pk)? {
-                    if new_keys.get(&k).is_some_and(|q| q != part) {
-                        removals.entry(part.clone()).or_default().insert(k);
-                    }
-                }
-            }
-        }
-    }
-    let affected: BTreeSet<String> = new_by_part.keys().chain(removals.keys()).cloned().collect();
-    let mut changes = Vec::new();
-    let mut rows_changed = 0;
-    let mut rows_written = 0;
-    let mut touched = Vec::new();
-    if !affected.is_empty() {
-        let mut g = wh.begin_generation(&guard, &base, &key, &record.run_id)?;
-        let empty = HashSet::new();
-        for part in &affected {
-            let existing = read_dir_state(wh, &state, part, &schema)?;
-            let new = match new_by_part.get(part) {
-                Some(paths) => partition::read_spills(paths)?,
-                None => Vec::new(),
-            };
-            let remove = removals.get(part).unwrap_or(&empty);
-            if let Some(m) = merge::merge(&schema, existing, &new, pk, remove)? {
-                rows_changed += m.changed_rows;
-                touched.push(part.clone());
-                if m.num_rows() == 0 {
-                    g.set_partition(part, Vec::new());
-                } else {
-                    let path = g.partition_dir(part)?.join(g.file_name(0));
-                    let entry = merge::write_parquet_rows(&path, &m.all, &m.order)?;
-                    rows_written += entry.rows;
-                    g.set_partition(part, vec![entry]);
-                }
-            }
-        }
-        if touched.is_empty() {
-            wh.abandon_generation(g)?;
-        } else {
-            changes.push(wh.finish_generation(g)?);
-        }
-    }
-    // Quarantine: append records not seen before (same raw text, field and reason).
-    if !spilled.quarantine.is_empty() {
-        let qschema = partition::quarantine_schema();
-        let qstate = base.dirs.get(&qkey).cloned().unwrap_or_default();
-        let mut g = wh.begin_generation(&guard, &base, &qkey, &record.run_id)?;
-        let mut added = false;
-        for (part, paths) in &spilled.quarantine {
-            let mut seen: HashSet<String> = HashSet::new();
-            if let Some(ps) = qstate.partitions.get(part) {
-                for f in &ps.files {
-                    let path = wh
-                        .root()
-                        .join(&qstate.generation)
-                        .join(format!("quarter={part}"))
-                        .join(&f.name);
-                    // Only the fingerprint column is read, not the raw records.
-                    merge::read_strings(&path, 0, |v| {
-                        seen.insert(v.to_string());
-                    })?;
-                }
-            }
-            // A spill file at a time, so memory stays bounded however much was rejected.
-            let n = qstate.partitions.get(part).map_or(0, |p| p.files.len());
-            let path = g.partition_dir(part)?.join(g.file_name(n));
-            let mut file = merge::ParquetFile::create(&path, qschema.clone())?;
-            for spill in paths {
-                for batch in partition::read_spills(std::slice::from_ref(spill))? {
-                    let fp = batch
-                        .column(0)
-                        .as_any()
-                        .downcast_ref::<arrow::array::StringArray>()
-                        .expect("fingerprint is Utf8");
-                    let keep: Vec<u32> = (0..batch.num_rows())
-                        .filter(|&i| seen.insert(fp.value(i).to_string()))
-                        .map(|i| i as u32)
-                        .collect();
-                    if keep.is_empty() {
-                        continue;
-                    }
-                    let batch = arrow::compute::take_record_batch(
-                        &batch,
-                        &arrow::array::UInt32Array::from(keep),
-                    )
-                    .map_err(|e| IngestError::Internal(e.to_string()))?;
-                    file.write(&batch)?;
-                }
-            }
-            if file.rows() == 0 {
-                drop(file);
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            let entry = file.finish()?;
-            g.add_files(part, vec![entry]);
-            added = true;
-        }
-        if added {
-            changes.push(wh.finish_generation(g)?);
-        } else {
-            wh.abandon_generation(g)?;
-        }
-    }
-    record.rows_changed = rows_changed;
-    record.rows_written = rows_written;
-    record.partitions_touched = touched;
-    let old_cursor = base.cursors.get(pipeline).map(|c| c.value.clone());
+    let merged = merge_rows(wh, &guard, &base, table, &spilled, &record.run_id)?;
+    let quarantined = append_quarantine(wh, &guard, &base, table, &spilled, &record.run_id)?;
+    record.rows_changed = merged.rows_changed;
+    record.rows_written = merged.rows_written;
+    record.partitions_touched = merged.touched;
+    let changes: Vec<_> = merged.change.into_iter().chain(quarantined).collect();
     let mut cursors = BTreeMap::new();
-    if let Some(c) = &cursor_after
-        && Some(c) != old_cursor.as_ref()
+    let old_cursor = base.cursors.get(pipeline).map(|c| &c.value);
+    if let Some(c) = cursor_after
+        && Some(&c) != old_cursor
     {
-        cursors.insert(
-            pipeline.to_string(),
-            Cursor {
-                value: c.clone(),
-                run_id: record.run_id.clone(),
-            },
-        );
+        let cursor = Cursor {
+            value: c,
+            run_id: record.run_id.clone(),
+        };
+        cursors.insert(pipeline.to_string(), cursor);
     }
+    record.outcome = Outcome::Succeeded;
     if changes.is_empty() && cursors.is_empty() {
-        record.outcome = Outcome::Succeeded;
+        // Nothing new: no commit, but the run is recorded.
         record.ended_at = Some(warehouse::now_rfc3339());
         record.manifest_version = Some(base.version);
         wh.write_run(&record)?;
         return Ok(record);
     }
     let committed = wh.commit(&guard, &base, changes, cursors, record.clone())?;
-    record.outcome = Outcome::Succeeded;
     record.manifest_version = Some(committed.version);
     record.ended_at = Some(warehouse::now_rfc3339());
     Ok(record)

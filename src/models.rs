@@ -435,13 +435,42 @@ pub async fn check(project: &Project) -> Vec<Diagnostic> {
     diags
 }
 
+/// How a refresh treated an aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshMode {
+    /// Recomputed whole.
+    Full,
+    /// Only the quarters whose inputs changed were recomputed.
+    Incremental,
+    /// Nothing it reads changed; the published version stays.
+    Unchanged,
+}
+
+impl RefreshMode {
+    /// The name used in output, the manifest and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshMode::Full => "full",
+            RefreshMode::Incremental => "incremental",
+            RefreshMode::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl std::fmt::Display for RefreshMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// What one refresh did to one aggregate.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Refreshed {
     /// Aggregate.
     pub name: String,
-    /// `full`, `incremental` or `unchanged`.
-    pub mode: String,
+    /// Whether it was recomputed whole, in part, or not at all.
+    pub mode: RefreshMode,
     /// Output quarters recomputed.
     pub quarters: Vec<String>,
     /// Rows in the published version.
@@ -557,89 +586,80 @@ fn split_by_quarter(
     Ok((data_schema, out))
 }
 
-/// Refreshes aggregates (all when `names` is empty, plus what they read); `full` forces full rebuilds.
-pub async fn refresh(
-    catalog: &Catalog,
+/// The aggregates to refresh: `names` (all when empty) and everything they read.
+fn selection(
+    aggs: &[Aggregate],
+    ordered: &[usize],
     names: &[String],
-    full: bool,
-) -> Result<Vec<Refreshed>, ModelError> {
-    let project = catalog.project().clone();
-    let wh = catalog.warehouse().clone();
-    let policy = &project.settings.policy;
-    let (aggs, diags) = load(&project);
-    if diags.iter().any(Diagnostic::is_error) {
-        return Err(ModelError::Definitions(
-            diags
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ));
-    }
-    let ordered = order(&aggs, policy).map_err(ModelError::Definitions)?;
-    // The selection and everything it reads.
-    let mut wanted: BTreeSet<String> = BTreeSet::new();
+    policy: &Policy,
+) -> Result<BTreeSet<String>, ModelError> {
     if names.is_empty() {
-        wanted.extend(aggs.iter().map(|a| a.name.clone()));
-    } else {
-        for n in names {
-            if !aggs.iter().any(|a| &a.name == n) {
-                return Err(ModelError::Unknown(
-                    n.clone(),
-                    aggs.iter()
-                        .map(|a| a.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                ));
-            }
-            wanted.insert(n.clone());
+        return Ok(aggs.iter().map(|a| a.name.clone()).collect());
+    }
+    let mut wanted = BTreeSet::new();
+    for n in names {
+        if !aggs.iter().any(|a| &a.name == n) {
+            let known = aggs.iter().map(|a| a.name.as_str()).collect::<Vec<_>>();
+            return Err(ModelError::Unknown(n.clone(), known.join(", ")));
         }
-        for &i in ordered.iter().rev() {
-            if wanted.contains(&aggs[i].name) {
-                for r in references(&render_sql(&aggs[i].file.text, policy)).unwrap_or_default() {
-                    if let Some(p) = r.strip_prefix("published/") {
-                        wanted.insert(p.to_string());
-                    }
+        wanted.insert(n.clone());
+    }
+    // Readers come after what they read in `ordered`: walk it backwards.
+    for &i in ordered.iter().rev() {
+        if wanted.contains(&aggs[i].name) {
+            for r in references(&render_sql(&aggs[i].file.text, policy)).unwrap_or_default() {
+                if let Some(p) = r.strip_prefix("published/") {
+                    wanted.insert(p.to_string());
                 }
             }
         }
     }
-    // The aggregates are computed without the warehouse lock, so ingest
-    // commits need not wait; the lock is taken only to commit at the end.
-    let base = wh.manifest()?;
-    let snapshot = catalog.snapshot_at(base.clone()).await?;
-    let ctx = &snapshot.ctx;
-    let run_id = warehouse::new_run_id("refresh");
-    let next_version = base.version + 1;
-    let mut changes = Vec::new();
-    let mut metas: BTreeMap<String, PublishedMeta> = BTreeMap::new();
-    let mut pending: BTreeMap<String, DirState> = BTreeMap::new();
-    let mut report = Vec::new();
-    for &i in &ordered {
-        let a = &aggs[i];
-        if !wanted.contains(&a.name) {
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let sql = render_sql(&a.file.text, policy);
-        let inputs = references(&sql).map_err(|m| ModelError::Sql {
-            name: a.name.clone(),
-            message: m,
-        })?;
-        let key = format!("published/{}", a.name);
+    Ok(wanted)
+}
+
+/// What one aggregate needs this refresh.
+struct Step {
+    /// The input partitions' tokens now, by input (`tables/x`, `published/y`).
+    current: BTreeMap<String, BTreeMap<String, String>>,
+    /// Output quarters to recompute, and input quarters they read (incremental only).
+    incremental: Option<(BTreeSet<String>, BTreeSet<String>)>,
+    /// Nothing changed: keep the published version.
+    unchanged: bool,
+}
+
+/// The state of one refresh: the base version it computes from, the new
+/// generations written so far (later aggregates read them), and the report.
+struct Refresh<'a> {
+    catalog: &'a Catalog,
+    wh: Warehouse,
+    base: Manifest,
+    ctx: SessionContext,
+    run_id: String,
+    full: bool,
+    retention: usize,
+    changes: Vec<warehouse::DirChange>,
+    metas: BTreeMap<String, PublishedMeta>,
+    pending: BTreeMap<String, DirState>,
+    report: Vec<Refreshed>,
+}
+
+impl Refresh<'_> {
+    /// Compares the aggregate's inputs now with those it was last computed
+    /// from, and decides: unchanged, incremental (which quarters), or full.
+    fn step(&self, a: &Aggregate, inputs: &BTreeSet<String>) -> Step {
         let mut current: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        let mut always_full = full || a.lags.is_none();
-        for input in &inputs {
+        let mut always_full = self.full || a.lags.is_none();
+        for input in inputs {
             if input.starts_with("tables/") {
-                current.insert(input.clone(), tokens(base.dirs.get(input)));
+                current.insert(input.clone(), tokens(self.base.dirs.get(input)));
             } else if let Some(p) = input.strip_prefix("published/") {
-                let state = pending.get(p).or_else(|| base.dirs.get(input));
+                let state = self.pending.get(p).or_else(|| self.base.dirs.get(input));
                 current.insert(input.clone(), tokens(state));
             } else if input != "ref" {
                 always_full = true; // system and quarantine inputs are not partition-tracked
             }
         }
-        let prev = base.published.get(&a.name);
+        let prev = self.base.published.get(&a.name);
         let mut changed: BTreeSet<String> = BTreeSet::new();
         for (input, parts) in &current {
             let before = prev.and_then(|p| p.inputs.get(input));
@@ -649,30 +669,17 @@ pub async fn refresh(
                 }
             }
             if let Some(b) = before {
-                for q in b.keys() {
-                    if !parts.contains_key(q) {
-                        changed.insert(q.clone());
-                    }
-                }
+                changed.extend(b.keys().filter(|q| !parts.contains_key(*q)).cloned());
             }
         }
-        let exists = prev.is_some() && base.dirs.contains_key(&key);
-        if exists && changed.is_empty() && !full {
-            let rows = base.dirs.get(&key).map_or(0, DirState::rows);
-            report.push(Refreshed {
-                secs: 0.0,
-                name: a.name.clone(),
-                mode: "unchanged".into(),
-                quarters: vec![],
-                rows,
-                version: prev
-                    .and_then(|p| p.versions.last())
-                    .map_or(base.version, |v| v.version),
-            });
-            continue;
-        }
-        let incremental = exists && !always_full;
-        let (outputs, needed): (BTreeSet<String>, BTreeSet<String>) = if incremental {
+        let exists = prev.is_some()
+            && self
+                .base
+                .dirs
+                .contains_key(&format!("published/{}", a.name));
+        let unchanged = exists && changed.is_empty() && !self.full;
+        let incremental = (exists && !always_full).then(|| {
+            // Output quarter q reads input quarters q − lag.
             let lags = a.lags.clone().unwrap_or_else(|| vec![0]);
             let outs: BTreeSet<String> = changed
                 .iter()
@@ -683,70 +690,91 @@ pub async fn refresh(
                 .flat_map(|o| lags.iter().filter_map(move |&l| shift(o, -l)))
                 .collect();
             (outs, ins)
-        } else {
-            (BTreeSet::new(), BTreeSet::new())
+        });
+        Step {
+            current,
+            incremental,
+            unchanged,
+        }
+    }
+
+    /// The session an incremental recomputation runs in: the snapshot, with
+    /// the new versions published so far, and every input narrowed to `needed`.
+    async fn narrowed(
+        &self,
+        a: &Aggregate,
+        inputs: &BTreeSet<String>,
+        needed: &BTreeSet<String>,
+    ) -> Result<SessionContext, ModelError> {
+        let c = self.catalog.snapshot_at(self.base.clone()).await?.ctx;
+        for (name, dir) in &self.pending {
+            let meta = self.metas.get(name).expect("pending has meta");
+            let _ = c.deregister_table(format!("published.{name}").as_str());
+            catalog::register_published(&c, name, &self.wh.root().join(&dir.generation), meta)
+                .await?;
+        }
+        let quarters: Vec<_> = needed.iter().map(|q| lit(q.clone())).collect();
+        for input in inputs {
+            let table = if let Some(t) = input.strip_prefix("tables/") {
+                t.to_string()
+            } else if let Some(p) = input.strip_prefix("published/") {
+                format!("published.{p}")
+            } else {
+                continue;
+            };
+            let err = sql_err(&a.name);
+            let df = c.table(table.as_str()).await.map_err(&err)?;
+            let df = df
+                .filter(col("quarter").in_list(quarters.clone(), false))
+                .map_err(&err)?;
+            c.deregister_table(table.as_str()).map_err(&err)?;
+            c.register_table(table.as_str(), df.into_view())
+                .map_err(&err)?;
+        }
+        Ok(c)
+    }
+
+    /// Recomputes one aggregate into a new generation (built without the
+    /// warehouse lock) and records it for the commit.
+    async fn recompute(
+        &mut self,
+        a: &Aggregate,
+        sql: &str,
+        inputs: &BTreeSet<String>,
+        step: Step,
+    ) -> Result<(), ModelError> {
+        let started = std::time::Instant::now();
+        let run_ctx = match &step.incremental {
+            Some((_, needed)) => self.narrowed(a, inputs, needed).await?,
+            None => self.ctx.clone(),
         };
-        // The session to run in: the snapshot, with inputs narrowed to the quarters needed.
-        let run_ctx: SessionContext = if incremental {
-            let c = catalog.snapshot_at(base.clone()).await?.ctx;
-            for (name, dir) in &pending {
-                let meta = metas.get(name).expect("pending has meta");
-                let _ = c.deregister_table(format!("published.{name}").as_str());
-                catalog::register_published(&c, name, &wh.root().join(&dir.generation), meta)
-                    .await?;
-            }
-            let quarters: Vec<_> = needed.iter().map(|q| lit(q.clone())).collect();
-            for input in &inputs {
-                let table = if let Some(t) = input.strip_prefix("tables/") {
-                    t.to_string()
-                } else if let Some(p) = input.strip_prefix("published/") {
-                    format!("published.{p}")
-                } else {
-                    continue;
-                };
-                let df = c.table(table.as_str()).await.map_err(sql_err(&a.name))?;
-                let df = df
-                    .filter(col("quarter").in_list(quarters.clone(), false))
-                    .map_err(sql_err(&a.name))?;
-                c.deregister_table(table.as_str())
-                    .map_err(sql_err(&a.name))?;
-                c.register_table(table.as_str(), df.into_view())
-                    .map_err(sql_err(&a.name))?;
-            }
-            c
-        } else {
-            ctx.clone()
-        };
+        let err = sql_err(&a.name);
         let df = run_ctx
-            .sql_with_options(&sql, crate::query::read_only_options())
+            .sql_with_options(sql, crate::query::read_only_options())
             .await
-            .map_err(sql_err(&a.name))?;
-        let df = if incremental {
-            let outs: Vec<_> = outputs.iter().map(|q| lit(q.clone())).collect();
-            df.filter(col("quarter").in_list(outs, false))
-                .map_err(sql_err(&a.name))?
-        } else {
-            df
+            .map_err(&err)?;
+        let df = match &step.incremental {
+            Some((outputs, _)) => {
+                let outs: Vec<_> = outputs.iter().map(|q| lit(q.clone())).collect();
+                df.filter(col("quarter").in_list(outs, false))
+                    .map_err(&err)?
+            }
+            None => df,
         };
         let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let columns: Vec<String> = out_schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let batches = df.collect().await.map_err(sql_err(&a.name))?;
+        let batches = df.collect().await.map_err(&err)?;
         let (data_schema, parts) = split_by_quarter(&a.name, &batches, &out_schema)?;
-        let from = if incremental {
-            base.dirs.get(&key).cloned().unwrap_or_default()
-        } else {
-            DirState::default()
+        let key = format!("published/{}", a.name);
+        let from = match step.incremental {
+            Some(_) => self.base.dirs.get(&key).cloned().unwrap_or_default(),
+            None => DirState::default(),
         };
-        let mut g = wh.begin_generation_unlocked(&base, &key, &run_id, from)?;
-        let mut recomputed: Vec<String> = Vec::new();
-        let targets: BTreeSet<String> = if incremental {
-            outputs.clone()
-        } else {
-            parts.keys().cloned().collect()
+        let mut g = self
+            .wh
+            .begin_generation_unlocked(&self.base, &key, &self.run_id, from)?;
+        let targets: BTreeSet<String> = match &step.incremental {
+            Some((outputs, _)) => outputs.clone(),
+            None => parts.keys().cloned().collect(),
         };
         for q in &targets {
             match parts.get(q) {
@@ -757,111 +785,212 @@ pub async fn refresh(
                 }
                 _ => g.set_partition(q, Vec::new()),
             }
-            recomputed.push(q.clone());
         }
-        let change = wh.finish_generation(g)?;
+        let change = self.wh.finish_generation(g)?;
+        let mode = if step.incremental.is_some() {
+            RefreshMode::Incremental
+        } else {
+            RefreshMode::Full
+        };
+        let meta = self.next_meta(
+            a,
+            &out_schema,
+            &data_schema,
+            step.current,
+            &change,
+            mode,
+            &targets,
+        );
+        // Later aggregates read the new version.
         let state = change.state().clone();
-        let rows = state.rows();
-        let mut meta = prev.cloned().unwrap_or_default();
-        meta.columns = columns.clone();
+        let _ = self
+            .ctx
+            .deregister_table(format!("published.{}", a.name).as_str());
+        catalog::register_published(
+            &self.ctx,
+            &a.name,
+            &self.wh.root().join(&state.generation),
+            &meta,
+        )
+        .await?;
+        self.report.push(Refreshed {
+            secs: started.elapsed().as_secs_f64(),
+            name: a.name.clone(),
+            mode,
+            quarters: targets.into_iter().collect(),
+            rows: state.rows(),
+            version: self.base.version + 1,
+        });
+        self.pending.insert(a.name.clone(), state);
+        self.metas.insert(a.name.clone(), meta);
+        self.changes.push(change);
+        Ok(())
+    }
+
+    /// The aggregate's metadata with the new version appended (and old ones
+    /// past the retention dropped).
+    #[allow(clippy::too_many_arguments)]
+    fn next_meta(
+        &self,
+        a: &Aggregate,
+        out_schema: &SchemaRef,
+        data_schema: &SchemaRef,
+        inputs: BTreeMap<String, BTreeMap<String, String>>,
+        change: &warehouse::DirChange,
+        mode: RefreshMode,
+        quarters: &BTreeSet<String>,
+    ) -> PublishedMeta {
+        let mut meta = self
+            .base
+            .published
+            .get(&a.name)
+            .cloned()
+            .unwrap_or_default();
+        meta.columns = out_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         meta.schema = data_schema
             .fields()
             .iter()
             .map(|f| (f.name().clone(), f.data_type().to_string(), f.is_nullable()))
             .collect();
-        meta.inputs = current;
+        meta.inputs = inputs;
         meta.versions.push(PublishedVersion {
-            version: next_version,
-            generation: state.generation.clone(),
+            version: self.base.version + 1,
+            generation: change.state().generation.clone(),
             published_at: warehouse::now_rfc3339(),
-            rows,
-            mode: if incremental {
-                "incremental".into()
-            } else {
-                "full".into()
-            },
-            quarters: recomputed.clone(),
+            rows: change.state().rows(),
+            mode: mode.as_str().into(),
+            quarters: quarters.iter().cloned().collect(),
         });
-        let keep = project.settings.publish.retention_versions as usize;
-        if meta.versions.len() > keep {
-            let drop = meta.versions.len() - keep;
+        if meta.versions.len() > self.retention {
+            let drop = meta.versions.len() - self.retention;
             meta.versions.drain(..drop);
         }
-        // Later aggregates read the new version.
-        let _ = ctx.deregister_table(format!("published.{}", a.name).as_str());
-        catalog::register_published(ctx, &a.name, &wh.root().join(&state.generation), &meta)
-            .await?;
-        pending.insert(a.name.clone(), state);
-        metas.insert(a.name.clone(), meta);
-        changes.push(change);
-        report.push(Refreshed {
-            secs: started.elapsed().as_secs_f64(),
-            name: a.name.clone(),
-            mode: if incremental {
-                "incremental".into()
-            } else {
-                "full".into()
-            },
-            quarters: recomputed,
-            rows,
-            version: next_version,
-        });
+        meta
     }
-    if changes.is_empty() {
-        return Ok(report);
-    }
-    let mut run = RunRecord::start(
-        &run_id,
-        "refresh",
-        "refresh",
-        &report
+
+    /// Commits every new generation in one manifest version, on top of
+    /// whatever was committed meanwhile, unless another refresh published one
+    /// of these aggregates (then nothing is published).
+    async fn commit(mut self) -> Result<Vec<Refreshed>, ModelError> {
+        if self.changes.is_empty() {
+            return Ok(self.report);
+        }
+        let names: Vec<&str> = self.report.iter().map(|r| r.name.as_str()).collect();
+        let mut run = RunRecord::start(&self.run_id, "refresh", "refresh", &names.join(","));
+        run.partitions_touched = self
+            .report
             .iter()
-            .map(|r| r.name.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    run.partitions_touched = report
-        .iter()
-        .flat_map(|r| r.quarters.iter().map(move |q| format!("{}:{q}", r.name)))
-        .collect();
-    run.rows_written = report
-        .iter()
-        .filter(|r| r.mode != "unchanged")
-        .map(|r| r.rows)
-        .sum();
-    let guard = wh.lock_async().await?;
-    // Ingest commits may have landed meanwhile: commit on top of them, unless
-    // another refresh published one of these aggregates (then nothing is published).
-    let current = wh.manifest()?;
-    for name in metas.keys() {
-        let key = format!("published/{name}");
-        if current.dirs.get(&key) != base.dirs.get(&key)
-            || current.published.get(name) != base.published.get(name)
-        {
-            return Err(ModelError::Conflict(name.clone()));
-        }
-    }
-    let metas2 = metas.clone();
-    let committed = wh.commit_with(
-        &guard,
-        &current,
-        changes,
-        BTreeMap::new(),
-        move |m: &mut Manifest| {
-            let version = m.version;
-            for (name, mut meta) in metas2 {
-                if let Some(v) = meta.versions.last_mut() {
-                    v.version = version;
-                }
-                m.published.insert(name, meta);
+            .flat_map(|r| r.quarters.iter().map(move |q| format!("{}:{q}", r.name)))
+            .collect();
+        run.rows_written = self
+            .report
+            .iter()
+            .filter(|r| r.mode != RefreshMode::Unchanged)
+            .map(|r| r.rows)
+            .sum();
+        let guard = self.wh.lock_async().await?;
+        let current = self.wh.manifest()?;
+        for name in self.metas.keys() {
+            let key = format!("published/{name}");
+            if current.dirs.get(&key) != self.base.dirs.get(&key)
+                || current.published.get(name) != self.base.published.get(name)
+            {
+                return Err(ModelError::Conflict(name.clone()));
             }
-        },
-        run,
-    )?;
-    for r in &mut report {
-        if r.mode != "unchanged" {
-            r.version = committed.version;
         }
+        let metas = std::mem::take(&mut self.metas);
+        let committed = self.wh.commit_with(
+            &guard,
+            &current,
+            std::mem::take(&mut self.changes),
+            BTreeMap::new(),
+            move |m: &mut Manifest| {
+                let version = m.version;
+                for (name, mut meta) in metas {
+                    if let Some(v) = meta.versions.last_mut() {
+                        v.version = version;
+                    }
+                    m.published.insert(name, meta);
+                }
+            },
+            run,
+        )?;
+        for r in &mut self.report {
+            if r.mode != RefreshMode::Unchanged {
+                r.version = committed.version;
+            }
+        }
+        Ok(self.report)
     }
-    Ok(report)
+}
+
+/// Refreshes aggregates (all when `names` is empty, plus what they read);
+/// `full` forces full rebuilds. The aggregates are computed without the
+/// warehouse lock, so ingest commits need not wait; the lock is taken only
+/// to commit at the end.
+pub async fn refresh(
+    catalog: &Catalog,
+    names: &[String],
+    full: bool,
+) -> Result<Vec<Refreshed>, ModelError> {
+    let project = catalog.project().clone();
+    let policy = &project.settings.policy;
+    let (aggs, diags) = load(&project);
+    if diags.iter().any(Diagnostic::is_error) {
+        let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        return Err(ModelError::Definitions(text.join("\n")));
+    }
+    let ordered = order(&aggs, policy).map_err(ModelError::Definitions)?;
+    let wanted = selection(&aggs, &ordered, names, policy)?;
+    let wh = catalog.warehouse().clone();
+    let base = wh.manifest()?;
+    let ctx = catalog.snapshot_at(base.clone()).await?.ctx;
+    let mut r = Refresh {
+        catalog,
+        wh,
+        base,
+        ctx,
+        run_id: warehouse::new_run_id("refresh"),
+        full,
+        retention: project.settings.publish.retention_versions as usize,
+        changes: Vec::new(),
+        metas: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        report: Vec::new(),
+    };
+    for a in ordered.iter().map(|&i| &aggs[i]) {
+        if !wanted.contains(&a.name) {
+            continue;
+        }
+        let sql = render_sql(&a.file.text, policy);
+        let inputs = references(&sql).map_err(|m| ModelError::Sql {
+            name: a.name.clone(),
+            message: m,
+        })?;
+        let step = r.step(a, &inputs);
+        if step.unchanged {
+            let prev = r.base.published.get(&a.name);
+            r.report.push(Refreshed {
+                secs: 0.0,
+                name: a.name.clone(),
+                mode: RefreshMode::Unchanged,
+                quarters: vec![],
+                rows: r
+                    .base
+                    .dirs
+                    .get(&format!("published/{}", a.name))
+                    .map_or(0, DirState::rows),
+                version: prev
+                    .and_then(|p| p.versions.last())
+                    .map_or(r.base.version, |v| v.version),
+            });
+            continue;
+        }
+        r.recompute(a, &sql, &inputs, step).await?;
+    }
+    r.commit().await
 }

@@ -100,24 +100,20 @@ fn read_dir_toml(dir: &Path, display_base: &Path) -> Result<Vec<(String, SourceF
     Ok(files)
 }
 
-/// Loads config, schemas and pipelines, collecting every problem.
-pub fn load(opts: &LoadOptions) -> LoadReport {
-    let mut report = LoadReport::default();
-    let (config_file, base) = match &opts.config {
+/// The config file to read and the directory its relative paths start from.
+fn config_file(opts: &LoadOptions) -> Result<(SourceFile, PathBuf), Diagnostic> {
+    let (file, base) = match &opts.config {
         Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-                (SourceFile::new(path.display().to_string(), text), base)
-            }
+            Ok(text) => (
+                SourceFile::new(path.display().to_string(), text),
+                path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ),
             Err(e) => {
-                report
-                    .diagnostics
-                    .push(SourceFile::new(path.display().to_string(), "").error(
-                        None,
-                        "",
-                        format!("cannot read the config file: {e}"),
-                    ));
-                return report;
+                return Err(SourceFile::new(path.display().to_string(), "").error(
+                    None,
+                    "",
+                    format!("cannot read the config file: {e}"),
+                ));
             }
         },
         None => match std::fs::read_to_string(DEFAULT_CONFIG_PATH) {
@@ -133,128 +129,156 @@ pub fn load(opts: &LoadOptions) -> LoadReport {
     } else {
         base
     };
-    let mut settings = match settings::load(&config_file, &base) {
-        Ok(s) => s,
-        Err(errs) => {
-            for e in errs {
-                report.diagnostics.push(e);
-            }
-            return report;
-        }
-    };
-    if let Some(w) = &opts.warehouse {
-        settings.warehouse_dir = w.clone();
-        if settings.sql.spill_dir.starts_with(base.join("warehouse"))
-            || !settings.sql.spill_dir.is_absolute()
-        {
-            settings.sql.spill_dir = w.join("_ironlake").join("spill");
-        }
-    }
-    let display_base = base.clone();
-    let schema_files = match read_dir_toml(&settings.schemas_dir, &display_base) {
-        Ok(f) => f,
-        Err(msg) => {
-            report
-                .diagnostics
-                .push(config_file.error(None, "project.schemas_dir", msg));
-            Vec::new()
-        }
-    };
-    let pipeline_files = match read_dir_toml(&settings.pipelines_dir, &display_base) {
-        Ok(f) => f,
-        Err(msg) => {
-            report
-                .diagnostics
-                .push(config_file.error(None, "project.pipelines_dir", msg));
-            Vec::new()
-        }
-    };
+    Ok((file, base))
+}
 
+/// Applies `--warehouse`: the warehouse, and a spill directory that lived inside the old one.
+fn override_warehouse(settings: &mut Settings, base: &Path, warehouse: Option<&PathBuf>) {
+    let Some(w) = warehouse else {
+        return;
+    };
+    settings.warehouse_dir = w.clone();
+    if settings.sql.spill_dir.starts_with(base.join("warehouse"))
+        || !settings.sql.spill_dir.is_absolute()
+    {
+        settings.sql.spill_dir = w.join("_ironlake").join("spill");
+    }
+}
+
+/// The TOML files of a directory named by a config key; a diagnostic if it cannot be read.
+fn files_of(
+    report: &mut LoadReport,
+    config: &SourceFile,
+    key: &str,
+    dir: &Path,
+    base: &Path,
+) -> Vec<(String, SourceFile)> {
+    read_dir_toml(dir, base).unwrap_or_else(|msg| {
+        report.diagnostics.push(config.error(None, key, msg));
+        Vec::new()
+    })
+}
+
+/// Loads every schema; duplicates and misnamed files are reported.
+fn load_tables(report: &mut LoadReport, files: &[(String, SourceFile)]) -> Vec<TableSchema> {
     let mut tables: Vec<TableSchema> = Vec::new();
     let mut table_files: HashMap<String, String> = HashMap::new();
-    for (stem, file) in &schema_files {
-        match schema::load(file) {
-            Ok(t) => {
-                if let Some(first) = table_files.get(&t.name) {
-                    report.diagnostics.push(file.error(
-                        Some(t.name_span.clone()),
-                        "table",
-                        format!(
-                            "table {:?} is already declared in {first}; table names must be unique",
-                            t.name
-                        ),
-                    ));
-                    continue;
-                }
-                if &t.name != stem {
-                    report.diagnostics.push(file.warning(
-                        Some(t.name_span.clone()),
-                        "table",
-                        format!("table {:?} is declared in a file named {stem}.toml; name the file after the table", t.name),
-                    ));
-                }
-                let key = t.primary_key_names().join(", ");
-                report.summaries.push((
-                    file.name.clone(),
-                    format!(
-                        "table {}, {} columns, key ({key}), partitioned by quarter of {}",
-                        t.name,
-                        t.columns.len(),
-                        t.period().name
-                    ),
-                ));
-                table_files.insert(t.name.clone(), file.name.clone());
-                tables.push(t);
+    for (stem, file) in files {
+        let t = match schema::load(file) {
+            Ok(t) => t,
+            Err(errs) => {
+                errs.into_iter().for_each(|e| report.diagnostics.push(e));
+                continue;
             }
-            Err(errs) => errs.into_iter().for_each(|e| report.diagnostics.push(e)),
+        };
+        if let Some(first) = table_files.get(&t.name) {
+            report.diagnostics.push(file.error(
+                Some(t.name_span.clone()),
+                "table",
+                format!(
+                    "table {:?} is already declared in {first}; table names must be unique",
+                    t.name
+                ),
+            ));
+            continue;
         }
+        if &t.name != stem {
+            report.diagnostics.push(file.warning(
+                Some(t.name_span.clone()),
+                "table",
+                format!("table {:?} is declared in a file named {stem}.toml; name the file after the table", t.name),
+            ));
+        }
+        let key = t.primary_key_names().join(", ");
+        report.summaries.push((
+            file.name.clone(),
+            format!(
+                "table {}, {} columns, key ({key}), partitioned by quarter of {}",
+                t.name,
+                t.columns.len(),
+                t.period().name
+            ),
+        ));
+        table_files.insert(t.name.clone(), file.name.clone());
+        tables.push(t);
     }
     tables.sort_by(|a, b| a.name.cmp(&b.name));
+    tables
+}
 
-    let table_names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+/// The error for a pipeline whose target table no schema declares.
+fn missing_table(
+    file: &SourceFile,
+    table: &str,
+    span: std::ops::Range<usize>,
+    tables: &[TableSchema],
+    schemas_dir: &Path,
+) -> Diagnostic {
+    let known = if tables.is_empty() {
+        "none are declared".to_string()
+    } else {
+        tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    file.error(
+        Some(span),
+        "table",
+        format!(
+            "pipeline targets table {table:?}, which no schema in {} declares; tables: {known}",
+            schemas_dir.display()
+        ),
+    )
+}
+
+/// Checks a loaded pipeline against the tables: its table exists and its
+/// cursor field is one of that table's columns.
+fn check_against_tables(
+    report: &mut LoadReport,
+    file: &SourceFile,
+    p: &Pipeline,
+    tables: &[TableSchema],
+    schemas_dir: &Path,
+) -> bool {
+    let Some(t) = tables.iter().find(|t| t.name == p.table) else {
+        let d = missing_table(file, &p.table, p.table_span.clone(), tables, schemas_dir);
+        report.diagnostics.push(d);
+        return false;
+    };
+    if let pipeline::Window::Incremental { field, .. } = &p.source.window
+        && t.column(field).is_none()
+    {
+        report.diagnostics.push(file.error(
+            None,
+            "source.incremental.field",
+            format!(
+                "the cursor field {field:?} is not a column of table {}; columns: {}",
+                t.name,
+                t.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+        return false;
+    }
+    true
+}
+
+/// Loads every pipeline and checks it against the tables.
+fn load_pipelines(
+    report: &mut LoadReport,
+    files: &[(String, SourceFile)],
+    tables: &[TableSchema],
+    schemas_dir: &Path,
+) -> Vec<Pipeline> {
     let mut pipelines = Vec::new();
-    for (stem, file) in &pipeline_files {
+    for (stem, file) in files {
         match pipeline::load(file, stem) {
             Ok((p, warnings)) => {
-                let mut ok = true;
-                match tables.iter().find(|t| t.name == p.table) {
-                    None => {
-                        ok = false;
-                        let known = if table_names.is_empty() {
-                            "none are declared".to_string()
-                        } else {
-                            table_names.join(", ")
-                        };
-                        report.diagnostics.push(file.error(
-                            Some(p.table_span.clone()),
-                            "table",
-                            format!(
-                                "pipeline targets table {:?}, which no schema in {} declares; tables: {known}",
-                                p.table,
-                                settings.schemas_dir.display()
-                            ),
-                        ));
-                    }
-                    Some(t) => {
-                        if let pipeline::Window::Incremental { field, .. } = &p.source.window
-                            && t.column(field).is_none()
-                        {
-                            ok = false;
-                            report.diagnostics.push(file.error(
-                                None,
-                                "source.incremental.field",
-                                format!(
-                                    "the cursor field {field:?} is not a column of table {}; columns: {}",
-                                    t.name,
-                                    t.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-                                ),
-                            ));
-                        }
-                    }
-                }
-                for w in warnings {
-                    report.diagnostics.push(w);
-                }
+                let ok = check_against_tables(report, file, &p, tables, schemas_dir);
+                warnings
+                    .into_iter()
+                    .for_each(|w| report.diagnostics.push(w));
                 if ok {
                     report
                         .summaries
@@ -266,35 +290,59 @@ pub fn load(opts: &LoadOptions) -> LoadReport {
                 errs.into_iter().for_each(|e| report.diagnostics.push(e));
                 // The file has other errors; still say if its table does not exist.
                 if let Some((table, span)) = pipeline::declared_table(file)
-                    && !table_names.contains(&table.as_str())
+                    && !tables.iter().any(|t| t.name == table)
                 {
-                    report.diagnostics.push(file.error(
-                        Some(span),
-                        "table",
-                        format!(
-                            "pipeline targets table {table:?}, which no schema in {} declares; tables: {}",
-                            settings.schemas_dir.display(),
-                            table_names.join(", ")
-                        ),
-                    ));
+                    let d = missing_table(file, &table, span, tables, schemas_dir);
+                    report.diagnostics.push(d);
                 }
             }
         }
     }
     pipelines.sort_by(|a, b| a.name.cmp(&b.name));
+    pipelines
+}
 
-    report.summaries.insert(
-        0,
-        (
-            config_file.name.clone(),
-            format!(
-                "warehouse {}, {} tables, {} pipelines",
-                settings.warehouse_dir.display(),
-                tables.len(),
-                pipelines.len()
-            ),
-        ),
+/// Loads config, schemas and pipelines, collecting every problem.
+pub fn load(opts: &LoadOptions) -> LoadReport {
+    let mut report = LoadReport::default();
+    let (config, base) = match config_file(opts) {
+        Ok(c) => c,
+        Err(d) => {
+            report.diagnostics.push(d);
+            return report;
+        }
+    };
+    let mut settings = match settings::load(&config, &base) {
+        Ok(s) => s,
+        Err(errs) => {
+            errs.into_iter().for_each(|e| report.diagnostics.push(e));
+            return report;
+        }
+    };
+    override_warehouse(&mut settings, &base, opts.warehouse.as_ref());
+    let schema_files = files_of(
+        &mut report,
+        &config,
+        "project.schemas_dir",
+        &settings.schemas_dir,
+        &base,
     );
+    let pipeline_files = files_of(
+        &mut report,
+        &config,
+        "project.pipelines_dir",
+        &settings.pipelines_dir,
+        &base,
+    );
+    let tables = load_tables(&mut report, &schema_files);
+    let pipelines = load_pipelines(&mut report, &pipeline_files, &tables, &settings.schemas_dir);
+    let summary = format!(
+        "warehouse {}, {} tables, {} pipelines",
+        settings.warehouse_dir.display(),
+        tables.len(),
+        pipelines.len()
+    );
+    report.summaries.insert(0, (config.name.clone(), summary));
     let warnings = report.diagnostics.all().to_vec();
     let project = Project {
         settings,

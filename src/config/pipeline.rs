@@ -788,54 +788,30 @@ fn auth(ctx: &mut Ctx, raw: Option<&RawAuth>) -> Auth {
     }
 }
 
-/// Loads and validates one pipeline file.
-///
-/// `name` is the pipeline's name (the file stem). Returns the pipeline and
-/// its warnings, or every error found.
-pub fn load(file: &SourceFile, name: &str) -> Result<(Pipeline, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let raw: RawPipeline = file.parse().map_err(|d| vec![d])?;
-    let mut ctx = Ctx {
-        file,
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let start = match raw.start.get_ref().parse::<Quarter>() {
-        Ok(q) => q,
-        Err(e) => {
-            ctx.err(&raw.start, "start", e.to_string());
-            Quarter::new(2017, 1).expect("valid")
-        }
-    };
-    let cron = match check_cron(raw.schedule.cron.get_ref()) {
+/// The schedule section: cron (seconds first), time zone, catch-up policy.
+fn schedule(ctx: &mut Ctx, raw: &RawSchedule) -> Option<Schedule> {
+    let cron = match check_cron(raw.cron.get_ref()) {
         Ok(c) => Some(c),
         Err(msg) => {
-            ctx.err(&raw.schedule.cron, "schedule.cron", msg);
+            ctx.err(&raw.cron, "schedule.cron", msg);
             None
         }
     };
-    let time_zone = match &raw.schedule.time_zone {
+    let time_zone = match &raw.time_zone {
         None => chrono_tz::Asia::Shanghai,
-        Some(tz) => match tz.get_ref().parse::<chrono_tz::Tz>() {
-            Ok(t) => t,
-            Err(_) => {
-                ctx.err(
-                    tz,
-                    "schedule.time_zone",
-                    format!(
-                        "unknown time zone {:?}; use an IANA name such as Asia/Shanghai or UTC",
-                        tz.get_ref()
-                    ),
-                );
-                chrono_tz::Asia::Shanghai
-            }
-        },
+        Some(tz) => tz.get_ref().parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+            ctx.err(
+                tz,
+                "schedule.time_zone",
+                format!(
+                    "unknown time zone {:?}; use an IANA name such as Asia/Shanghai or UTC",
+                    tz.get_ref()
+                ),
+            );
+            chrono_tz::Asia::Shanghai
+        }),
     };
-    let catch_up = match raw
-        .schedule
-        .catch_up
-        .as_ref()
-        .map(|c| (c, c.get_ref().as_str()))
-    {
+    let catch_up = match raw.catch_up.as_ref().map(|c| (c, c.get_ref().as_str())) {
         None | Some((_, "skip")) => CatchUp::Skip,
         Some((_, "run_once")) => CatchUp::RunOnce,
         Some((c, other)) => {
@@ -847,41 +823,54 @@ pub fn load(file: &SourceFile, name: &str) -> Result<(Pipeline, Vec<Diagnostic>)
             CatchUp::Skip
         }
     };
-    let s = &raw.source;
-    let url = match UrlTemplate::parse(s.url.get_ref()) {
-        Ok(u) => {
-            for (var, default) in &u.env {
-                if default.is_none() && std::env::var_os(var).is_none() {
-                    ctx.warnings.push(file.warning(
-                        Some(s.url.span()),
-                        "source.url",
-                        format!("environment variable {var} is not set; runs of this pipeline will fail until it is"),
-                    ));
-                }
-            }
-            let probe = u
-                .resolve(
-                    |_| Some("http://example.invalid".into()),
-                    Quarter::new(2019, 3),
-                )
-                .unwrap_or_default();
-            if !(probe.starts_with("http://") || probe.starts_with("https://")) {
-                ctx.err(
-                    &s.url,
-                    "source.url",
-                    "the URL must start with http:// or https:// (or with a ${VAR} that holds such a base URL)",
-                );
-            }
-            u
-        }
+    Some(Schedule {
+        expression: raw.cron.get_ref().clone(),
+        cron: cron?,
+        time_zone,
+        catch_up,
+    })
+}
+
+/// The source URL template: placeholders known, `${VAR}`s set (a warning
+/// otherwise), and an http(s) URL once resolved.
+fn url(ctx: &mut Ctx, raw: &Spanned<String>) -> UrlTemplate {
+    let u = match UrlTemplate::parse(raw.get_ref()) {
+        Ok(u) => u,
         Err(msg) => {
-            ctx.err(&s.url, "source.url", msg);
-            UrlTemplate {
+            ctx.err(raw, "source.url", msg);
+            return UrlTemplate {
                 raw: String::new(),
                 env: Vec::new(),
-            }
+            };
         }
     };
+    for (var, default) in &u.env {
+        if default.is_none() && std::env::var_os(var).is_none() {
+            ctx.warnings.push(ctx.file.warning(
+                Some(raw.span()),
+                "source.url",
+                format!("environment variable {var} is not set; runs of this pipeline will fail until it is"),
+            ));
+        }
+    }
+    let probe = u
+        .resolve(
+            |_| Some("http://example.invalid".into()),
+            Quarter::new(2019, 3),
+        )
+        .unwrap_or_default();
+    if !(probe.starts_with("http://") || probe.starts_with("https://")) {
+        ctx.err(
+            raw,
+            "source.url",
+            "the URL must start with http:// or https:// (or with a ${VAR} that holds such a base URL)",
+        );
+    }
+    u
+}
+
+/// The body format, and the keys that only fit some formats.
+fn format(ctx: &mut Ctx, s: &RawSource) -> Format {
     let format = match s.format.get_ref().as_str() {
         "json" => Format::Json,
         "ndjson" => Format::Ndjson,
@@ -904,18 +893,12 @@ pub fn load(file: &SourceFile, name: &str) -> Result<(Pipeline, Vec<Diagnostic>)
             "`records_field` applies only to format \"json\"",
         );
     }
-    let pagination = pagination(&mut ctx, s.pagination.as_ref());
-    if let Pagination::Cursor { .. } = pagination
-        && format == Format::Csv
-    {
-        ctx.err(
-            &s.format,
-            "source.pagination.style",
-            "cursor pagination reads the next cursor from a JSON body; it cannot be used with format \"csv\"",
-        );
-    }
-    let auth = auth(&mut ctx, s.auth.as_ref());
-    let window = match (&s.incremental, url.has_quarter_placeholder()) {
+    format
+}
+
+/// Quarter windows, an incremental cursor, or the whole feed each run.
+fn window(ctx: &mut Ctx, s: &RawSource, url: &UrlTemplate) -> Window {
+    match (&s.incremental, url.has_quarter_placeholder()) {
         (Some(inc), true) => {
             ctx.err(
                 &inc.param,
@@ -931,49 +914,50 @@ pub fn load(file: &SourceFile, name: &str) -> Result<(Pipeline, Vec<Diagnostic>)
         },
         (None, true) => Window::Quarters,
         (None, false) => Window::Snapshot,
+    }
+}
+
+/// The retry policy (attempts count the first try).
+fn retry(ctx: &mut Ctx, raw: Option<&RawRetry>) -> RetryPolicy {
+    let Some(r) = raw else {
+        return RetryPolicy::default();
     };
-    let mut retry = RetryPolicy::default();
-    if let Some(r) = &s.retry {
-        if *r.attempts.get_ref() == 0 {
-            ctx.err(
-                &r.attempts,
-                "source.retry.attempts",
-                "attempts counts the first try too, so it must be at least 1",
-            );
-        }
-        if *r.max_backoff_ms.get_ref() < r.base_backoff_ms {
-            ctx.err(
-                &r.max_backoff_ms,
-                "source.retry.max_backoff_ms",
-                format!(
-                    "max_backoff_ms ({}) is smaller than base_backoff_ms ({})",
-                    r.max_backoff_ms.get_ref(),
-                    r.base_backoff_ms
-                ),
-            );
-        }
-        retry = RetryPolicy {
-            attempts: *r.attempts.get_ref(),
-            base_backoff: Duration::from_millis(r.base_backoff_ms),
-            max_backoff: Duration::from_millis(*r.max_backoff_ms.get_ref()),
-            max_retry_after: Duration::from_secs(r.max_retry_after_secs),
-        };
+    if *r.attempts.get_ref() == 0 {
+        ctx.err(
+            &r.attempts,
+            "source.retry.attempts",
+            "attempts counts the first try too, so it must be at least 1",
+        );
     }
-    if s.timeout_secs == 0 || s.connect_timeout_secs == 0 {
-        ctx.errors.push(file.error(
-            None,
-            "source.timeout_secs",
-            "timeouts must be at least 1 second",
-        ));
+    if *r.max_backoff_ms.get_ref() < r.base_backoff_ms {
+        ctx.err(
+            &r.max_backoff_ms,
+            "source.retry.max_backoff_ms",
+            format!(
+                "max_backoff_ms ({}) is smaller than base_backoff_ms ({})",
+                r.max_backoff_ms.get_ref(),
+                r.base_backoff_ms
+            ),
+        );
     }
-    let mut allowed_origins = Vec::new();
-    for o in &s.allowed_origins {
+    RetryPolicy {
+        attempts: *r.attempts.get_ref(),
+        base_backoff: Duration::from_millis(r.base_backoff_ms),
+        max_backoff: Duration::from_millis(*r.max_backoff_ms.get_ref()),
+        max_retry_after: Duration::from_secs(r.max_retry_after_secs),
+    }
+}
+
+/// Origins besides the URL's own that the feed may lead to.
+fn allowed_origins(ctx: &mut Ctx, raw: &[Spanned<String>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for o in raw {
         match reqwest::Url::parse(o.get_ref()) {
             Ok(u)
                 if matches!(u.scheme(), "http" | "https")
                     && u.origin().ascii_serialization() == o.get_ref().trim_end_matches('/') =>
             {
-                allowed_origins.push(u.origin().ascii_serialization());
+                out.push(u.origin().ascii_serialization());
             }
             _ => ctx.err(
                 o,
@@ -984,6 +968,19 @@ pub fn load(file: &SourceFile, name: &str) -> Result<(Pipeline, Vec<Diagnostic>)
                 ),
             ),
         }
+    }
+    out
+}
+
+/// Timeouts, size and page limits: each at least its minimum.
+fn limits(ctx: &mut Ctx, s: &RawSource) {
+    let file = ctx.file;
+    if s.timeout_secs == 0 || s.connect_timeout_secs == 0 {
+        ctx.errors.push(file.error(
+            None,
+            "source.timeout_secs",
+            "timeouts must be at least 1 second",
+        ));
     }
     if s.max_pages == 0 || s.max_run_secs == 0 {
         ctx.errors.push(file.error(
@@ -999,9 +996,64 @@ pub fn load(file: &SourceFile, name: &str) -> Result<(Pipeline, Vec<Diagnostic>)
             "max_body_bytes must be at least 1024",
         ));
     }
-    if !ctx.errors.is_empty() {
-        return Err(ctx.errors);
+}
+
+/// The HTTP source section, every key checked.
+fn source(ctx: &mut Ctx, s: &RawSource) -> HttpSource {
+    let url = url(ctx, &s.url);
+    let format = format(ctx, s);
+    let pagination = pagination(ctx, s.pagination.as_ref());
+    if let Pagination::Cursor { .. } = pagination
+        && format == Format::Csv
+    {
+        ctx.err(
+            &s.format,
+            "source.pagination.style",
+            "cursor pagination reads the next cursor from a JSON body; it cannot be used with format \"csv\"",
+        );
     }
+    let auth = auth(ctx, s.auth.as_ref());
+    let window = window(ctx, s, &url);
+    let retry = retry(ctx, s.retry.as_ref());
+    let allowed_origins = allowed_origins(ctx, &s.allowed_origins);
+    limits(ctx, s);
+    HttpSource {
+        url,
+        format,
+        records_field: s.records_field.as_ref().map(|r| r.get_ref().clone()),
+        pagination,
+        auth,
+        window,
+        timeout: Duration::from_secs(s.timeout_secs),
+        connect_timeout: Duration::from_secs(s.connect_timeout_secs),
+        max_body_bytes: s.max_body_bytes,
+        retry,
+        allowed_origins,
+        max_pages: s.max_pages,
+        max_run: Duration::from_secs(s.max_run_secs),
+    }
+}
+
+/// Loads and validates one pipeline file.
+///
+/// `name` is the pipeline's name (the file stem). Returns the pipeline and
+/// its warnings, or every error found.
+pub fn load(file: &SourceFile, name: &str) -> Result<(Pipeline, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let raw: RawPipeline = file.parse().map_err(|d| vec![d])?;
+    let mut ctx = Ctx {
+        file,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let start = raw.start.get_ref().parse::<Quarter>().unwrap_or_else(|e| {
+        ctx.err(&raw.start, "start", e.to_string());
+        Quarter::new(2017, 1).expect("valid")
+    });
+    let schedule = schedule(&mut ctx, &raw.schedule);
+    let source = source(&mut ctx, &raw.source);
+    let (Some(schedule), true) = (schedule, ctx.errors.is_empty()) else {
+        return Err(ctx.errors);
+    };
     let pipeline = Pipeline {
         name: name.to_string(),
         file: file.name.clone(),
@@ -1009,27 +1061,8 @@ pub fn load(file: &SourceFile, name: &str) -> Result<(Pipeline, Vec<Diagnostic>)
         table: raw.table.get_ref().clone(),
         table_span: raw.table.span(),
         start,
-        schedule: Schedule {
-            expression: raw.schedule.cron.get_ref().clone(),
-            cron: cron.expect("checked"),
-            time_zone,
-            catch_up,
-        },
-        source: HttpSource {
-            url,
-            format,
-            records_field: s.records_field.as_ref().map(|r| r.get_ref().clone()),
-            pagination,
-            auth,
-            window,
-            timeout: Duration::from_secs(s.timeout_secs),
-            connect_timeout: Duration::from_secs(s.connect_timeout_secs),
-            max_body_bytes: s.max_body_bytes,
-            retry,
-            allowed_origins,
-            max_pages: s.max_pages,
-            max_run: Duration::from_secs(s.max_run_secs),
-        },
+        schedule,
+        source,
     };
     Ok((pipeline, ctx.warnings))
 }
