@@ -710,7 +710,7 @@ fn repeats_last_page(p: &Pagination, body: &[u8], last: &mut Option<u64>) -> boo
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     body.hash(&mut hasher);
     let h = hasher.finish();
-    std::mem::replace(last, Some(h)) == Some(h)
+    last.replace(h) == Some(h)
 }
 
 /// The one paging loop: walks every window of the plan page by page and

@@ -20,7 +20,7 @@ use crate::config::diag::{Diagnostic, SourceFile};
 use crate::config::{Project, settings::Policy};
 use crate::domain::decimal::format_decimal;
 use crate::warehouse::{
-    self, DirState, FileEntry, Manifest, PublishedMeta, PublishedVersion, RunRecord,
+    self, DirState, FileEntry, Manifest, PublishedMeta, PublishedVersion, RunRecord, Warehouse,
     WarehouseError, merge,
 };
 use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
