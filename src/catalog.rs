@@ -372,7 +372,7 @@ fn runs_table(wh: &Warehouse) -> Result<Arc<MemTable>, CatalogError> {
     let cols: Vec<ArrayRef> = vec![
         s(&|r| Some(r.run_id.clone())),
         s(&|r| Some(r.pipeline.clone())),
-        s(&|r| Some(r.kind.clone())),
+        s(&|r| Some(r.kind.as_str().to_string())),
         s(&|r| Some(r.table.clone())),
         s(&|r| Some(r.started_at.clone())),
         s(&|r| r.ended_at.clone()),

@@ -120,15 +120,14 @@ fn write_demo_env(
     Ok(path)
 }
 
-/// `ironlake demo`: the simulator and the daemon, a backfill of the plan's period, the indicators.
-pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Result<ExitCode> {
-    // Bind the simulator and set the feed's environment before any thread starts.
-    let sim_listener =
-        std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the simulator")?;
-    let sim_addr = sim_listener.local_addr()?;
+/// The demo's secrets: a feed token for its simulator and API tokens for
+/// the roles not already set. Sets the environment the pipelines read.
+fn demo_environment(
+    sim_addr: &std::net::SocketAddr,
+) -> Result<(String, Vec<(&'static str, String)>)> {
     let feed_token = format!("demo-feed-{}", random_hex(32)?);
     let mut api_tokens = Vec::new();
-    // SAFETY: no other thread exists yet.
+    // SAFETY: called before any other thread exists.
     unsafe {
         std::env::set_var("IRONLAKE_FEED_URL", format!("http://{sim_addr}"));
         std::env::set_var("IRONLAKE_FEED_TOKEN", &feed_token);
@@ -148,6 +147,147 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
             api_tokens.push((role, v));
         }
     }
+    Ok((feed_token, api_tokens))
+}
+
+/// Backfills every pipeline over the plan's period, a line per pipeline.
+async fn demo_backfill(daemon: &Daemon) {
+    let (from, to): (Quarter, Quarter) = (
+        "2017Q1".parse().expect("valid"),
+        "2019Q4".parse().expect("valid"),
+    );
+    use std::io::IsTerminal as _;
+    let progress = crate::progress::reporter(std::io::stderr().is_terminal());
+    let project = daemon.project();
+    for p in &project.pipelines {
+        let kind = RunKind::Backfill { from, to };
+        let result = ironlake::ingest::run(
+            &project,
+            daemon.warehouse(),
+            &p.name,
+            kind,
+            Some(progress.clone()),
+        )
+        .await;
+        crate::progress::clear();
+        match result {
+            Ok(r) => println!(
+                "  {:<18} {:>8} records in, {:>8} valid, {:>5} rejected, {:>8} rows new or changed ({} requests)",
+                p.name, r.rows_in, r.rows_valid, r.rows_rejected, r.rows_changed, r.requests
+            ),
+            Err(e) => println!("  {:<18} failed: {e}", p.name),
+        }
+    }
+}
+
+/// Refreshes the indicators and prints rows per table and two of them.
+async fn demo_indicators(daemon: &Daemon) -> Result<()> {
+    println!();
+    println!("Refreshing the programme's indicators:");
+    if let Some(report) = daemon.refresh(&[], false).await {
+        for r in report {
+            println!(
+                "  published.{:<28} {:>11}, {:>6} rows, version {}",
+                r.name, r.mode, r.rows, r.version
+            );
+        }
+        println!("  (a version is the number of the warehouse commit that published it: every run");
+        println!(
+            "   and refresh that changed something is one commit, so a new warehouse starts higher than 1)"
+        );
+    }
+    let snapshot = daemon.catalog().snapshot().await?;
+    for (title, sql) in [
+        (
+            "Rows per table:",
+            "SELECT 'enterprises' AS table_name, count(*) AS rows FROM enterprises UNION ALL SELECT 'operations', count(*) FROM operations \
+             UNION ALL SELECT 'bank_loans', count(*) FROM bank_loans UNION ALL SELECT 'financing_demands', count(*) FROM financing_demands \
+             UNION ALL SELECT 'direct_financing', count(*) FROM direct_financing",
+        ),
+        (
+            "loan_growth — industrial vs manufacturing loans (工业/制造业贷款增长):",
+            "SELECT * FROM published.loan_growth ORDER BY quarter",
+        ),
+        (
+            "financing_cost — city-wide (融资成本, district ALL):",
+            "SELECT quarter, fin_expense_ratio_pct, avg_loan_rate_pct, avg_comprehensive_cost_pct FROM published.financing_cost WHERE district_code = 'ALL' ORDER BY quarter",
+        ),
+    ] {
+        println!();
+        println!("{title}");
+        match ironlake::query::sql(&snapshot, sql).await {
+            Ok(df) => match df.collect().await {
+                Ok(b) => println!(
+                    "{}",
+                    arrow::util::pretty::pretty_format_batches(&b)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                ),
+                Err(e) => println!("  ({e})"),
+            },
+            Err(e) => println!("  ({e})"),
+        }
+    }
+    Ok(())
+}
+
+/// Prints how to go on from another terminal: the environment file, `ironlake` on the PATH, examples.
+fn demo_handover(
+    api: &std::net::SocketAddr,
+    env_file: &std::path::Path,
+    api_tokens: &[(&str, String)],
+) {
+    let token = |role: &str| {
+        api_tokens
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default()
+    };
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.display().to_string()))
+        .unwrap_or_else(|| "target/release".into());
+    println!();
+    println!("The daemon is serving on http://{api} (Ctrl-C stops it).");
+    println!();
+    println!("In another terminal, put ironlake on the PATH and load this demo's environment");
+    println!(
+        "(feed URL and token, API tokens), so every command of ops/RUNBOOK.md works against it:"
+    );
+    println!("  export PATH=\"{bin_dir}:$PATH\"");
+    println!("  set -a; . '{}'; set +a", env_file.display());
+    println!("Then try:");
+    println!(
+        "  ironlake sql \"SELECT quarter, count(*), sum(balance) FROM bank_loans GROUP BY quarter ORDER BY quarter\""
+    );
+    println!(
+        "  ironlake sql          # the interactive shell: \\dt lists tables, \\d bank_loans describes one"
+    );
+    println!("  ironlake status");
+    println!("  ironlake backfill bank_loans --from 2019Q4 --to 2019Q4");
+    println!(
+        "  curl -H 'Authorization: Bearer {}' 'http://{api}/api/v1/aggregates/loan_growth?format=csv'",
+        token("viewer")
+    );
+    println!(
+        "  curl -H 'Authorization: Bearer {}' -d 'SELECT * FROM published.demand_funnel LIMIT 5' 'http://{api}/api/v1/sql'",
+        token("analyst")
+    );
+    println!(
+        "  curl -X POST -H 'Authorization: Bearer {}' 'http://{api}/api/v1/pipelines/bank_loans/runs'",
+        token("admin")
+    );
+    println!("  curl 'http://{api}/metrics'");
+}
+
+/// `ironlake demo`: the simulator and the daemon, a backfill of the plan's period, the indicators.
+pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Result<ExitCode> {
+    // Bind the simulator and set the feed's environment before any thread starts.
+    let sim_listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the simulator")?;
+    let sim_addr = sim_listener.local_addr()?;
+    let (feed_token, api_tokens) = demo_environment(&sim_addr)?;
     let project = crate::load_project(&opts)?;
     crate::runtime()?.block_on(async move {
         let api_addr = listen.unwrap_or_else(|| project.settings.api.listen.to_string());
@@ -161,7 +301,6 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
         let api = listener.local_addr()?;
         println!("api listening on http://{api}");
         std::io::stdout().flush()?;
-
         sim_listener.set_nonblocking(true)?;
         let sim_listener = tokio::net::TcpListener::from_std(sim_listener)?;
         let mut sim = ironlake::feedsim::SimOptions::new(2019, enterprises);
@@ -169,93 +308,19 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
         let sim_stop = tokio_util::sync::CancellationToken::new();
         let stop = sim_stop.clone();
         tokio::spawn(ironlake::feedsim::serve(sim, sim_listener, async move { stop.cancelled().await }));
-
         let warehouse = project.settings.warehouse_dir.clone();
-        let p2 = project.clone();
         let o2 = opts.clone();
-        let daemon = tokio::task::spawn_blocking(move || Daemon::new(o2, p2, Arc::new(SystemClock))).await??;
+        let daemon = tokio::task::spawn_blocking(move || Daemon::new(o2, project, Arc::new(SystemClock))).await??;
         println!();
         println!("ironlake demo — Chongqing industry–finance cooperation data platform (产融合作)");
         println!("  partner feeds: simulator on http://{sim_addr} ({enterprises} enterprises, 2017Q1–2019Q4)");
         println!("  warehouse:     {}", warehouse.display());
         println!();
         println!("Backfilling the plan's period, 2017Q1–2019Q4:");
-        let from: Quarter = "2017Q1".parse().expect("valid");
-        let to: Quarter = "2019Q4".parse().expect("valid");
-        use std::io::IsTerminal as _;
-        let progress = crate::progress::reporter(std::io::stderr().is_terminal());
-        let project_arc = daemon.project();
-        for p in &project_arc.pipelines {
-            match ironlake::ingest::run(&project_arc, daemon.warehouse(), &p.name, RunKind::Backfill { from, to }, Some(progress.clone())).await {
-                Ok(r) => {
-                    crate::progress::clear();
-                    println!(
-                        "  {:<18} {:>8} records in, {:>8} valid, {:>5} rejected, {:>8} rows new or changed ({} requests)",
-                        p.name, r.rows_in, r.rows_valid, r.rows_rejected, r.rows_changed, r.requests
-                    );
-                }
-                Err(e) => {
-                    crate::progress::clear();
-                    println!("  {:<18} failed: {e}", p.name);
-                }
-            }
-        }
-        println!();
-        println!("Refreshing the programme's indicators:");
-        if let Some(report) = daemon.refresh(&[], false).await {
-            for r in report {
-                println!("  published.{:<28} {:>11}, {:>6} rows, version {}", r.name, r.mode, r.rows, r.version);
-            }
-            println!("  (a version is the number of the warehouse commit that published it: every run");
-            println!("   and refresh that changed something is one commit, so a new warehouse starts higher than 1)");
-        }
-        let catalog = daemon.catalog();
-        let snapshot = catalog.snapshot().await?;
-        let show = |title: &'static str, sql: &'static str| {
-            let snapshot = &snapshot;
-            async move {
-                println!();
-                println!("{title}");
-                match ironlake::query::sql(snapshot, sql).await {
-                    Ok(df) => match df.collect().await {
-                        Ok(b) => println!("{}", arrow::util::pretty::pretty_format_batches(&b).map(|t| t.to_string()).unwrap_or_default()),
-                        Err(e) => println!("  ({e})"),
-                    },
-                    Err(e) => println!("  ({e})"),
-                }
-            }
-        };
-        show(
-            "Rows per table:",
-            "SELECT 'enterprises' AS table_name, count(*) AS rows FROM enterprises UNION ALL SELECT 'operations', count(*) FROM operations \
-             UNION ALL SELECT 'bank_loans', count(*) FROM bank_loans UNION ALL SELECT 'financing_demands', count(*) FROM financing_demands \
-             UNION ALL SELECT 'direct_financing', count(*) FROM direct_financing",
-        )
-        .await;
-        show("loan_growth — industrial vs manufacturing loans (工业/制造业贷款增长):", "SELECT * FROM published.loan_growth ORDER BY quarter").await;
-        show(
-            "financing_cost — city-wide (融资成本, district ALL):",
-            "SELECT quarter, fin_expense_ratio_pct, avg_loan_rate_pct, avg_comprehensive_cost_pct FROM published.financing_cost WHERE district_code = 'ALL' ORDER BY quarter",
-        )
-        .await;
-        let token = |role: &str| api_tokens.iter().find(|(r, _)| *r == role).map(|(_, t)| t.clone()).unwrap_or_default();
+        demo_backfill(&daemon).await;
+        demo_indicators(&daemon).await?;
         let env_file = write_demo_env(&opts, &sim_addr.to_string(), &feed_token, &api_tokens, &warehouse)?;
-        println!();
-        println!("The daemon is serving on http://{api} (Ctrl-C stops it).");
-        println!();
-        println!("In another terminal, put ironlake on the PATH and load this demo's environment");
-        println!("(feed URL and token, API tokens), so every command of ops/RUNBOOK.md works against it:");
-        println!("  export PATH=\"{}:$PATH\"", std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.display().to_string())).unwrap_or_else(|| "target/release".into()));
-        println!("  set -a; . '{}'; set +a", env_file.display());
-        println!("Then try:");
-        println!("  ironlake sql \"SELECT quarter, count(*), sum(balance) FROM bank_loans GROUP BY quarter ORDER BY quarter\"");
-        println!("  ironlake sql          # the interactive shell: \\dt lists tables, \\d bank_loans describes one");
-        println!("  ironlake status");
-        println!("  ironlake backfill bank_loans --from 2019Q4 --to 2019Q4");
-        println!("  curl -H 'Authorization: Bearer {}' 'http://{api}/api/v1/aggregates/loan_growth?format=csv'", token("viewer"));
-        println!("  curl -H 'Authorization: Bearer {}' -d 'SELECT * FROM published.demand_funnel LIMIT 5' 'http://{api}/api/v1/sql'", token("analyst"));
-        println!("  curl -X POST -H 'Authorization: Bearer {}' 'http://{api}/api/v1/pipelines/bank_loans/runs'", token("admin"));
-        println!("  curl 'http://{api}/metrics'");
+        demo_handover(&api, &env_file, &api_tokens);
         std::io::stdout().flush()?;
         daemon.start_schedules();
         let code = serve_until_signal(daemon, listener, DRAIN).await;
@@ -322,27 +387,45 @@ pub fn status(project: &Project) -> Result<ExitCode> {
     }
     println!();
     println!("recent runs:");
+    println!(
+        "  {:<23} {:<22} {:<9} {:<9} {:>9} {:>9} {:>9} {:>9}",
+        "started (UTC)", "pipeline", "kind", "outcome", "records", "valid", "rejected", "changed"
+    );
     for r in runs.iter().take(10) {
         let outcome = serde_json::to_value(r.outcome)
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
-        let error = r
-            .error
-            .as_deref()
-            .map(|e| format!(" — {}", e.chars().take(120).collect::<String>()))
-            .unwrap_or_default();
+        let started = r
+            .started_at
+            .get(..19)
+            .unwrap_or(&r.started_at)
+            .replace('T', " ");
+        // A refresh reads no records: it shows the rows it wrote.
+        let (records, valid, rejected, changed) = if r.kind == ironlake::warehouse::RunType::Refresh
+        {
+            (
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                r.rows_written.to_string(),
+            )
+        } else {
+            (
+                r.rows_in.to_string(),
+                r.rows_valid.to_string(),
+                r.rows_rejected.to_string(),
+                r.rows_changed.to_string(),
+            )
+        };
         println!(
-            "  {} {:<18} {:<9} {:<9} in {:>7} valid {:>7} rejected {:>5} changed {:>7}{error}",
-            r.started_at,
-            r.pipeline,
+            "  {started:<23} {:<22} {:<9} {outcome:<9} {records:>9} {valid:>9} {rejected:>9} {changed:>9}",
+            r.pipeline.chars().take(22).collect::<String>(),
             r.kind,
-            outcome,
-            r.rows_in,
-            r.rows_valid,
-            r.rows_rejected,
-            r.rows_changed
         );
+        if let Some(e) = &r.error {
+            println!("      error: {}", e.chars().take(200).collect::<String>());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -367,7 +367,10 @@ impl Daemon {
             .iter()
             .map(|p| (p.name.as_str(), RunTotals::default()))
             .collect();
-        for r in runs.iter().filter(|r| r.kind != "refresh") {
+        for r in runs
+            .iter()
+            .filter(|r| r.kind != crate::warehouse::RunType::Refresh)
+        {
             let t = per.entry(r.pipeline.as_str()).or_default();
             match r.outcome {
                 Outcome::Succeeded => {

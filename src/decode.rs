@@ -384,10 +384,9 @@ fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
     out
 }
 
-fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, DecodeError> {
-    let mut page = DecodedPage::default();
-    let mut recs = csv_records(body).into_iter();
-    let Some(header) = recs.next() else {
+/// The field names of a CSV page's header row (a leading BOM dropped).
+fn csv_header(header: Option<CsvRecord<'_>>) -> Result<Vec<String>, DecodeError> {
+    let Some(header) = header else {
         return Err(DecodeError::CsvHeader(
             "the body is empty; a CSV page starts with a header row".into(),
         ));
@@ -397,7 +396,7 @@ fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, 
             "a quoted field in the header row is never closed".into(),
         ));
     }
-    let names: Vec<String> = header
+    header
         .cells
         .iter()
         .map(|c| {
@@ -405,7 +404,13 @@ fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, 
                 .map(|s| s.trim().trim_start_matches('\u{feff}').to_string())
         })
         .collect::<Result<_, _>>()
-        .map_err(|_| DecodeError::CsvHeader("the header row is not valid UTF-8".into()))?;
+        .map_err(|_| DecodeError::CsvHeader("the header row is not valid UTF-8".into()))
+}
+
+fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, DecodeError> {
+    let mut page = DecodedPage::default();
+    let mut recs = csv_records(body).into_iter();
+    let names = csv_header(recs.next())?;
     let mapping: Vec<Option<usize>> = names
         .iter()
         .map(|n| columns.index.get(n).copied())

@@ -493,13 +493,13 @@ pub async fn run(
     };
     let run_id = warehouse::new_run_id(&p.name);
     let kind_name = match kind {
-        RunKind::Ingest => "ingest",
-        RunKind::Backfill { .. } => "backfill",
+        RunKind::Ingest => warehouse::RunType::Ingest,
+        RunKind::Backfill { .. } => warehouse::RunType::Backfill,
     };
     let mut record = RunRecord::start(&run_id, &p.name, kind_name, &p.table);
     wh.write_run(&record)?;
     let span = tracing::info_span!("run", pipeline = %p.name, run_id = %run_id);
-    span.in_scope(|| tracing::debug!(kind = kind_name, "Run started."));
+    span.in_scope(|| tracing::debug!(kind = %kind_name, "Run started."));
     // A panic anywhere in the run (a bug) fails this run only: it is recorded
     // with its message and the pipeline's slot is released.
     let work = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
@@ -1225,7 +1225,7 @@ pub fn import(
     })?;
     let name = format!("import-{table}");
     let run_id = warehouse::new_run_id(&name);
-    let mut record = RunRecord::start(&run_id, &name, "import", table);
+    let mut record = RunRecord::start(&run_id, &name, warehouse::RunType::Import, table);
     wh.write_run(&record)?;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
         || -> Result<RunRecord, IngestError> {

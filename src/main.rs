@@ -125,11 +125,18 @@ enum Command {
     Status,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IRONLAKE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal, and never with NO_COLOR set.
+fn init_logging(format: LogFormat, progress_bar: bool) {
     use std::io::IsTerminal as _;
+    // Under a progress bar on a terminal, only warnings and errors are logged
+    // (IRONLAKE_LOG still decides when set).
+    let default = if progress_bar && std::io::stderr().is_terminal() {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IRONLAKE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour only for a person at a terminal, and never with NO_COLOR set.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -404,7 +411,11 @@ fn main() -> Result<ExitCode> {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let progress_bar = matches!(
+        cli.command,
+        Command::Ingest { .. } | Command::Backfill { .. } | Command::Demo { .. }
+    );
+    init_logging(cli.log_format, progress_bar);
     let opts = LoadOptions {
         config: cli.config.clone(),
         warehouse: cli.warehouse.clone(),

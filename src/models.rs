@@ -880,7 +880,12 @@ impl Refresh<'_> {
             return Ok(self.report);
         }
         let names: Vec<&str> = self.report.iter().map(|r| r.name.as_str()).collect();
-        let mut run = RunRecord::start(&self.run_id, "refresh", "refresh", &names.join(","));
+        let mut run = RunRecord::start(
+            &self.run_id,
+            "refresh",
+            warehouse::RunType::Refresh,
+            &names.join(","),
+        );
         run.partitions_touched = self
             .report
             .iter()
@@ -993,4 +998,54 @@ pub async fn refresh(
         r.recompute(a, &sql, &inputs, step).await?;
     }
     r.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project() -> Project {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        crate::config::load(&crate::config::LoadOptions {
+            config: Some(root.join("ironlake.toml")),
+            warehouse: Some(std::env::temp_dir().join("ironlake-unit-unused")),
+        })
+        .project
+        .expect("the bundled project loads")
+    }
+
+    #[test]
+    fn aggregates_come_after_the_aggregates_they_read() {
+        let p = project();
+        let (aggs, diags) = load(&p);
+        assert!(diags.iter().all(|d| !d.is_error()));
+        let ordered = order(&aggs, &p.settings.policy).unwrap();
+        let pos = |n: &str| ordered.iter().position(|&i| aggs[i].name == n).unwrap();
+        assert!(pos("loan_balances") < pos("loan_growth"));
+        assert!(pos("direct_financing_quarterly") < pos("direct_financing_growth"));
+        // Asking for one brings what it reads along.
+        let wanted =
+            selection(&aggs, &ordered, &["loan_growth".into()], &p.settings.policy).unwrap();
+        assert_eq!(
+            wanted.into_iter().collect::<Vec<_>>(),
+            ["loan_balances", "loan_growth"]
+        );
+        assert!(matches!(
+            selection(&aggs, &ordered, &["nope".into()], &p.settings.policy),
+            Err(ModelError::Unknown(..))
+        ));
+    }
+
+    #[test]
+    fn quarter_shifts_cross_years_for_year_on_year_inputs() {
+        assert_eq!(shift("2019Q1", 4).as_deref(), Some("2020Q1"));
+        assert_eq!(shift("2019Q1", -1).as_deref(), Some("2018Q4"));
+        assert_eq!(shift("unknown", 1), None);
+    }
+
+    #[test]
+    fn the_definition_is_the_header_without_directives() {
+        let text = "-- 贷款增长: growth.\n-- yoy in percent.\n-- ironlake: lags = 0, 4\nSELECT 1";
+        assert_eq!(description(text), "贷款增长: growth. yoy in percent.");
+    }
 }

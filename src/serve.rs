@@ -200,7 +200,7 @@ async fn pipelines(State(d): S, headers: HeaderMap) -> Result<Response, ApiError
                 "description": p.description,
                 "schedule": p.schedule.expression,
                 "time_zone": p.schedule.time_zone.to_string(),
-                "catch_up": format!("{:?}", p.schedule.catch_up).to_lowercase(),
+                "catch_up": p.schedule.catch_up.as_str(),
                 "next_run": crate::daemon::next_fire(&p.schedule, now).map(|t| t.to_rfc3339()),
                 "running": running.contains(&p.name),
                 "cursor": manifest.cursors.get(&p.name).map(|c| c.value.clone()),
@@ -575,55 +575,10 @@ async fn aggregate(
         )));
     };
     let version = meta.versions.last().map_or(0, |v| v.version);
-    let mut filters = Vec::new();
-    // Parameters in a stable order, so equal requests get equal validators.
-    let mut params: Vec<(&String, &String)> = q.iter().collect();
-    params.sort();
-    for (k, v) in &params {
-        match k.as_str() {
-            "format" => {}
-            // Several values, comma-separated: `quarter=2019Q1,2019Q2`.
-            "quarter" => {
-                let qs = quarters(v)?;
-                filters.push(format!("a.quarter IN ({})", qs.join(", ")));
-            }
-            "from" | "to" => {
-                let q = quarters(v)?;
-                if q.len() != 1 {
-                    return Err(ApiError::BadRequest(format!(
-                        "{k} takes one quarter, e.g. 2019Q1"
-                    )));
-                }
-                let op = if k.as_str() == "from" { ">=" } else { "<=" };
-                filters.push(format!("a.quarter {op} {}", q[0]));
-            }
-            "district_code" => {
-                if !meta.columns.iter().any(|c| c == "district_code") {
-                    return Err(ApiError::BadRequest(format!(
-                        "{name} has no district_code column"
-                    )));
-                }
-                let codes: Vec<String> = v.split(',').map(|c| sql_str(c.trim())).collect();
-                filters.push(format!("a.district_code IN ({})", codes.join(", ")));
-            }
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown parameter {other:?}; use quarter, from, to, district_code, format"
-                )));
-            }
-        }
-    }
-    let format = match q.get("format").map(String::as_str) {
+    let filters = filters_of(&name, meta, &q)?;
+    let format = match q.get("format") {
         None => encoding_from_accept(&headers),
-        Some("json") => OutputFormat::Json,
-        Some("csv") => OutputFormat::Csv,
-        Some("arrow") => OutputFormat::Arrow,
-        Some("parquet") => OutputFormat::Parquet,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "unknown format {other:?}; use json, csv, arrow or parquet"
-            )));
-        }
+        Some(f) => format_named(f)?,
     };
     // One validator per representation: version, format and filters.
     let filter_tag = crate::primitives::fingerprint(&filters.join("&"), None, "");
@@ -676,6 +631,63 @@ async fn aggregate(
     let mut resp = ([(header::CONTENT_TYPE, format.content_type())], bytes).into_response();
     cache_headers(&mut resp);
     Ok(resp)
+}
+
+/// The SQL conditions of an aggregate request's filters, in a stable
+/// order (equal requests get equal validators): `quarter` (several values,
+/// comma-separated), `from`/`to` (a range) and `district_code`.
+fn filters_of(
+    name: &str,
+    meta: &crate::warehouse::PublishedMeta,
+    q: &HashMap<String, String>,
+) -> Result<Vec<String>, ApiError> {
+    let mut params: Vec<(&String, &String)> = q.iter().collect();
+    params.sort();
+    let mut filters = Vec::new();
+    for (k, v) in params {
+        match k.as_str() {
+            "format" => {}
+            "quarter" => filters.push(format!("a.quarter IN ({})", quarters(v)?.join(", "))),
+            "from" | "to" => {
+                let q = quarters(v)?;
+                if q.len() != 1 {
+                    return Err(ApiError::BadRequest(format!(
+                        "{k} takes one quarter, e.g. 2019Q1"
+                    )));
+                }
+                let op = if k.as_str() == "from" { ">=" } else { "<=" };
+                filters.push(format!("a.quarter {op} {}", q[0]));
+            }
+            "district_code" => {
+                if !meta.columns.iter().any(|c| c == "district_code") {
+                    return Err(ApiError::BadRequest(format!(
+                        "{name} has no district_code column"
+                    )));
+                }
+                let codes: Vec<String> = v.split(',').map(|c| sql_str(c.trim())).collect();
+                filters.push(format!("a.district_code IN ({})", codes.join(", ")));
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown parameter {other:?}; use quarter, from, to, district_code, format"
+                )));
+            }
+        }
+    }
+    Ok(filters)
+}
+
+/// A `format=` value.
+fn format_named(f: &str) -> Result<OutputFormat, ApiError> {
+    match f {
+        "json" => Ok(OutputFormat::Json),
+        "csv" => Ok(OutputFormat::Csv),
+        "arrow" => Ok(OutputFormat::Arrow),
+        "parquet" => Ok(OutputFormat::Parquet),
+        other => Err(ApiError::BadRequest(format!(
+            "unknown format {other:?}; use json, csv, arrow or parquet"
+        ))),
+    }
 }
 
 /// `If-None-Match` by RFC 9110's weak comparison: `W/"x"` matches `"x"`; `*` matches anything.

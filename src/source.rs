@@ -362,68 +362,9 @@ impl Source {
             ResolvedAuth::Header(h, v) => req.header(h.as_str(), v.as_str()),
             ResolvedAuth::Basic(u, p) => req.basic_auth(u, Some(p)),
         };
-        let resp = req.send().await.map_err(|e| {
-            if e.is_redirect() {
-                let to = std::error::Error::source(&e)
-                    .and_then(|s| s.downcast_ref::<ForeignRedirect>())
-                    .map(|f| f.0.clone());
-                if let Some(to) = to {
-                    return Attempt::Fatal(SourceError::ForeignOrigin {
-                        url: shown.to_string(),
-                        how: "a redirect",
-                        from: self.origins.describe(),
-                        to: self.redact(&to),
-                    });
-                }
-                return Attempt::Fatal(SourceError::Client {
-                    url: shown.to_string(),
-                    status: 0,
-                    body: describe(&e),
-                });
-            }
-            Attempt::Retry {
-                reason: describe(&e),
-                retry_after: None,
-            }
-        })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            if status == StatusCode::TOO_MANY_REQUESTS
-                || status == StatusCode::REQUEST_TIMEOUT
-                || status.is_server_error()
-            {
-                return Err(Attempt::Retry {
-                    reason: format!("HTTP {status}"),
-                    retry_after,
-                });
-            }
-            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                return Err(Attempt::Fatal(SourceError::Unauthorized {
-                    url: shown.to_string(),
-                    status: status.as_u16(),
-                }));
-            }
-            // Only the start of an error body is kept: read at most 4 KiB of it.
-            let mut resp = resp;
-            let mut head = Vec::new();
-            while head.len() < 4096 {
-                match resp.chunk().await {
-                    Ok(Some(c)) => head.extend_from_slice(&c[..c.len().min(4096 - head.len())]),
-                    _ => break,
-                }
-            }
-            let body = String::from_utf8_lossy(&head);
-            let body: String = body.chars().take(300).collect();
-            return Err(Attempt::Fatal(SourceError::Client {
-                url: shown.to_string(),
-                status: status.as_u16(),
-                body: self.redact(&body),
-            }));
+        let resp = req.send().await.map_err(|e| self.send_error(&e, shown))?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, shown).await);
         }
         let limit = self.spec.max_body_bytes;
         if resp.content_length().is_some_and(|n| n > limit) {
@@ -438,7 +379,86 @@ impl Source {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(next_link);
-        let mut resp = resp;
+        let body = self.read_body(resp, shown, stats).await?;
+        Ok(Fetched { body, next_link })
+    }
+
+    /// A request that got no response: a redirect to an untrusted origin is
+    /// fatal; a connection or timeout error is retried.
+    fn send_error(&self, e: &reqwest::Error, shown: &str) -> Attempt {
+        if !e.is_redirect() {
+            return Attempt::Retry {
+                reason: describe(e),
+                retry_after: None,
+            };
+        }
+        let to = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<ForeignRedirect>())
+            .map(|f| f.0.clone());
+        Attempt::Fatal(match to {
+            Some(to) => SourceError::ForeignOrigin {
+                url: shown.to_string(),
+                how: "a redirect",
+                from: self.origins.describe(),
+                to: self.redact(&to),
+            },
+            None => SourceError::Client {
+                url: shown.to_string(),
+                status: 0,
+                body: describe(e),
+            },
+        })
+    }
+
+    /// A non-2xx answer: 408, 429 and 5xx are retried (honouring
+    /// `Retry-After`); 401/403 mean the credentials; any other 4xx is fatal,
+    /// with the start of its body (at most 4 KiB is read).
+    async fn status_error(&self, mut resp: reqwest::Response, shown: &str) -> Attempt {
+        let status = resp.status();
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status.is_server_error()
+        {
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            return Attempt::Retry {
+                reason: format!("HTTP {status}"),
+                retry_after,
+            };
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Attempt::Fatal(SourceError::Unauthorized {
+                url: shown.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        let mut head = Vec::new();
+        while head.len() < 4096 {
+            match resp.chunk().await {
+                Ok(Some(c)) => head.extend_from_slice(&c[..c.len().min(4096 - head.len())]),
+                _ => break,
+            }
+        }
+        let body: String = String::from_utf8_lossy(&head).chars().take(300).collect();
+        Attempt::Fatal(SourceError::Client {
+            url: shown.to_string(),
+            status: status.as_u16(),
+            body: self.redact(&body),
+        })
+    }
+
+    /// Reads the body, failing as soon as it passes `max_body_bytes`; a body
+    /// cut off by the network is retried.
+    async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+        shown: &str,
+        stats: &mut FetchStats,
+    ) -> Result<Bytes, Attempt> {
+        let limit = self.spec.max_body_bytes;
         let mut body = BytesMut::new();
         loop {
             match resp.chunk().await {
@@ -452,7 +472,7 @@ impl Source {
                     }
                     body.extend_from_slice(&chunk);
                 }
-                Ok(None) => break,
+                Ok(None) => return Ok(body.freeze()),
                 Err(e) => {
                     return Err(Attempt::Retry {
                         reason: format!(
@@ -465,10 +485,6 @@ impl Source {
                 }
             }
         }
-        Ok(Fetched {
-            body: body.freeze(),
-            next_link,
-        })
     }
 }
 

@@ -5,7 +5,7 @@
 //! bare number is never read as a date), enumerations from the schema,
 //! required fields, and the USCC, district and industry validators.
 
-use crate::config::schema::{Check, ColumnType, TableSchema};
+use crate::config::schema::{Check, Column, ColumnType, TableSchema};
 use crate::decode::{Cell, RawRecord};
 use crate::domain::decimal::parse_decimal;
 use crate::domain::{Quarter, reference, uscc};
@@ -155,6 +155,84 @@ impl Validator {
         parse_date(&text).map(Quarter::from_date)
     }
 
+    /// A JSON cell as a value of the column's type: strings are parsed like
+    /// CSV text; numbers only as numbers (never as a date); booleans only
+    /// as booleans.
+    fn json_cell<'a>(&self, t: ColumnType, raw: &'a str) -> Result<Value<'a>, Bad> {
+        let bad = |code: &'static str, what: String| Err((code, what));
+        match classify(raw).map_err(|e| ("bad_json_string", e))? {
+            Json::Null => Ok(Value::Null),
+            Json::Str(s) if t == ColumnType::Boolean => bad(
+                "not_boolean",
+                format!("expected true or false, got the text {}", shown(&s)),
+            ),
+            Json::Str(s) => self.parse_text(t, &s),
+            Json::Num(n) => match t {
+                ColumnType::Utf8 => bad(
+                    "not_text",
+                    format!("expected text, got the number {}", shown_num(n)),
+                ),
+                ColumnType::Boolean => bad(
+                    "not_boolean",
+                    format!("expected true or false, got the number {}", shown_num(n)),
+                ),
+                ColumnType::Date32 => bad(
+                    "number_as_date",
+                    format!(
+                        "expected a date as text YYYY-MM-DD, got the number {} (a number is never read as a date)",
+                        shown_num(n)
+                    ),
+                ),
+                _ => self.parse_text(t, &Cow::Borrowed(n)),
+            },
+            Json::Bool(b) if t == ColumnType::Boolean => Ok(Value::Bool(b)),
+            Json::Bool(b) => bad(
+                "boolean_for_other_type",
+                format!("expected {}, got the boolean {b}", expected(t)),
+            ),
+            Json::Nested => bad(
+                "nested_json",
+                format!(
+                    "expected {}, got a nested JSON array or object",
+                    expected(t)
+                ),
+            ),
+        }
+    }
+
+    /// A text value against the column's enumeration and validator.
+    fn check_text(col: &Column, s: &str) -> Result<(), Bad> {
+        if let Some(allowed) = &col.allowed
+            && !allowed.iter().any(|a| a == s)
+        {
+            return Err((
+                "not_allowed_value",
+                format!(
+                    "{} is not one of the allowed values: {}",
+                    shown(s),
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        match col.check {
+            Some(Check::Uscc) => uscc::validate(s).map_err(|e| {
+                let code = match e {
+                    uscc::UsccError::Length { .. } => "uscc_length",
+                    uscc::UsccError::Character { .. } => "uscc_character",
+                    uscc::UsccError::CheckCharacter { .. } => "uscc_check_char",
+                };
+                (code, e.to_string())
+            }),
+            Some(Check::DistrictCode) => {
+                reference::validate_district(s).map_err(|e| ("district_code", e.to_string()))
+            }
+            Some(Check::IndustryCode) => {
+                reference::validate_industry(s).map_err(|e| ("industry_code", e.to_string()))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Validates one record.
     pub fn validate<'a>(&self, rec: &'a RawRecord<'a>) -> Result<ValidRow<'a>, Rejection> {
         let mut values = Vec::with_capacity(self.schema.columns.len());
@@ -164,108 +242,24 @@ impl Validator {
                 code,
                 reason,
             };
-            let v = match rec.cells.get(i).and_then(Option::as_ref) {
+            let cell = rec.cells.get(i).and_then(Option::as_ref);
+            let v = match cell {
                 None => Value::Null,
                 Some(Cell::Text(t)) => self.parse_text(col.data_type, t).map_err(reject)?,
-                Some(Cell::Json(raw)) => match classify(raw.get())
-                    .map_err(|e| reject(("bad_json_string", e)))?
-                {
-                    Json::Null => Value::Null,
-                    Json::Str(s) => match col.data_type {
-                        ColumnType::Boolean => {
-                            return Err(reject((
-                                "not_boolean",
-                                format!("expected true or false, got the text {}", shown(&s)),
-                            )));
-                        }
-                        _ => self.parse_text(col.data_type, &s).map_err(reject)?,
-                    },
-                    Json::Num(n) => match col.data_type {
-                        ColumnType::Utf8 => {
-                            return Err(reject((
-                                "not_text",
-                                format!("expected text, got the number {}", shown_num(n)),
-                            )));
-                        }
-                        ColumnType::Boolean => {
-                            return Err(reject((
-                                "not_boolean",
-                                format!("expected true or false, got the number {}", shown_num(n)),
-                            )));
-                        }
-                        ColumnType::Date32 => {
-                            return Err(reject((
-                                "number_as_date",
-                                format!(
-                                    "expected a date as text YYYY-MM-DD, got the number {} (a number is never read as a date)",
-                                    shown_num(n)
-                                ),
-                            )));
-                        }
-                        _ => self
-                            .parse_text(col.data_type, &Cow::Borrowed(n))
-                            .map_err(reject)?,
-                    },
-                    Json::Bool(b) => match col.data_type {
-                        ColumnType::Boolean => Value::Bool(b),
-                        other => {
-                            return Err(reject((
-                                "boolean_for_other_type",
-                                format!("expected {}, got the boolean {b}", expected(other)),
-                            )));
-                        }
-                    },
-                    Json::Nested => {
-                        return Err(reject((
-                            "nested_json",
-                            format!(
-                                "expected {}, got a nested JSON array or object",
-                                expected(col.data_type)
-                            ),
-                        )));
-                    }
-                },
+                Some(Cell::Json(raw)) => {
+                    self.json_cell(col.data_type, raw.get()).map_err(reject)?
+                }
             };
-            if v == Value::Null {
-                if !col.nullable {
-                    let present = rec.cells.get(i).is_some_and(Option::is_some);
-                    return Err(reject(if present {
+            match &v {
+                Value::Null if !col.nullable => {
+                    return Err(reject(if cell.is_some() {
                         ("required_null", "required value is null".into())
                     } else {
                         ("required_missing", "required field is missing".into())
                     }));
                 }
-                values.push(v);
-                continue;
-            }
-            if let Value::Str(s) = &v {
-                if let Some(allowed) = &col.allowed
-                    && !allowed.iter().any(|a| a == s)
-                {
-                    return Err(reject((
-                        "not_allowed_value",
-                        format!(
-                            "{} is not one of the allowed values: {}",
-                            shown(s),
-                            allowed.join(", ")
-                        ),
-                    )));
-                }
-                match col.check {
-                    Some(Check::Uscc) => uscc::validate(s).map_err(|e| {
-                        let code = match e {
-                            uscc::UsccError::Length { .. } => "uscc_length",
-                            uscc::UsccError::Character { .. } => "uscc_character",
-                            uscc::UsccError::CheckCharacter { .. } => "uscc_check_char",
-                        };
-                        reject((code, e.to_string()))
-                    })?,
-                    Some(Check::DistrictCode) => reference::validate_district(s)
-                        .map_err(|e| reject(("district_code", e.to_string())))?,
-                    Some(Check::IndustryCode) => reference::validate_industry(s)
-                        .map_err(|e| reject(("industry_code", e.to_string())))?,
-                    None => {}
-                }
+                Value::Str(s) => Self::check_text(col, s).map_err(reject)?,
+                _ => {}
             }
             values.push(v);
         }

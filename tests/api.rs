@@ -559,6 +559,18 @@ async fn a_run_can_be_triggered_once_at_a_time_and_is_counted() {
         .unwrap()
         .clone();
     assert_eq!(df["running"], true);
+    // Enum names as the config spells them.
+    let catch_up: Vec<&str> = p["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["catch_up"].as_str().unwrap())
+        .collect();
+    assert!(catch_up.contains(&"run_once"), "{catch_up:?}");
+    assert!(
+        catch_up.iter().all(|c| ["run_once", "skip"].contains(c)),
+        "{catch_up:?}"
+    );
     let mut done = false;
     for _ in 0..300 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -178,6 +178,16 @@ pub enum CatchUp {
     RunOnce,
 }
 
+impl CatchUp {
+    /// The name used in pipeline files, the API and output: `skip`, `run_once`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatchUp::Skip => "skip",
+            CatchUp::RunOnce => "run_once",
+        }
+    }
+}
+
 /// When a pipeline runs.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -541,32 +551,8 @@ fn name_param(ctx: &mut Ctx, v: &Option<Spanned<String>>, key: &str, default: &s
     }
 }
 
-fn pagination(ctx: &mut Ctx, raw: Option<&RawPagination>) -> Pagination {
-    let Some(p) = raw else {
-        return Pagination::None;
-    };
-    let style = p.style.get_ref().as_str();
-    // Which optional keys each style takes.
-    let allowed: &[&str] = match style {
-        "none" => &[],
-        "page_number" => &["page_size", "size_param", "page_param", "first_page"],
-        "offset_limit" => &["page_size", "size_param", "offset_param"],
-        "cursor" => &[
-            "page_size",
-            "size_param",
-            "cursor_param",
-            "next_cursor_field",
-        ],
-        "link_header" => &["page_size", "size_param"],
-        other => {
-            ctx.err(
-                &p.style,
-                "source.pagination.style",
-                format!("unknown pagination style {other:?}; valid styles: {PAGINATION_STYLES}"),
-            );
-            return Pagination::None;
-        }
-    };
+/// Reports keys set that the chosen pagination style does not take.
+fn keys_of_other_styles(ctx: &mut Ctx, p: &RawPagination, style: &str, allowed: &[&str]) {
     let present: [(&str, Option<std::ops::Range<usize>>); 7] = [
         ("page_size", p.page_size.as_ref().map(|s| s.span())),
         ("size_param", p.size_param.as_ref().map(|s| s.span())),
@@ -595,6 +581,36 @@ fn pagination(ctx: &mut Ctx, raw: Option<&RawPagination>) -> Pagination {
             ));
         }
     }
+}
+
+/// The pagination section: the style, the keys it takes, their defaults.
+fn pagination(ctx: &mut Ctx, raw: Option<&RawPagination>) -> Pagination {
+    let Some(p) = raw else {
+        return Pagination::None;
+    };
+    let style = p.style.get_ref().as_str();
+    // Which optional keys each style takes.
+    let allowed: &[&str] = match style {
+        "none" => &[],
+        "page_number" => &["page_size", "size_param", "page_param", "first_page"],
+        "offset_limit" => &["page_size", "size_param", "offset_param"],
+        "cursor" => &[
+            "page_size",
+            "size_param",
+            "cursor_param",
+            "next_cursor_field",
+        ],
+        "link_header" => &["page_size", "size_param"],
+        other => {
+            ctx.err(
+                &p.style,
+                "source.pagination.style",
+                format!("unknown pagination style {other:?}; valid styles: {PAGINATION_STYLES}"),
+            );
+            return Pagination::None;
+        }
+    };
+    keys_of_other_styles(ctx, p, style, allowed);
     if let Some(ps) = &p.page_size
         && *ps.get_ref() == 0
     {

@@ -236,6 +236,167 @@ pub fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// One column entry, checked: name, type, enumeration and validator.
+/// `None` when its type is unreadable (the error is in `errors`).
+fn column(
+    file: &SourceFile,
+    i: usize,
+    rc: &RawColumn,
+    seen: &mut HashSet<String>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Column> {
+    let key = |k: &str| format!("columns[{i}].{k}");
+    let name = rc.name.get_ref().clone();
+    let name_problem = if !is_identifier(&name) {
+        Some(format!(
+            "column name {name:?} must be a lower-case identifier ([a-z][a-z0-9_]*)"
+        ))
+    } else if name == PARTITION_COLUMN {
+        Some("`quarter` is reserved for the partition column the warehouse adds".to_string())
+    } else if !seen.insert(name.clone()) {
+        Some(format!("column {name:?} is declared twice"))
+    } else {
+        None
+    };
+    if let Some(msg) = name_problem {
+        errors.push(file.error(Some(rc.name.span()), &key("name"), msg));
+    }
+    let data_type = match ColumnType::parse(rc.data_type.get_ref()) {
+        Ok(t) => t,
+        Err(msg) => {
+            errors.push(file.error(Some(rc.data_type.span()), &key("type"), msg));
+            return None;
+        }
+    };
+    if let Some(allowed) = &rc.allowed {
+        let problems: Vec<String> = if data_type != ColumnType::Utf8 {
+            vec![format!(
+                "`allowed` values apply only to Utf8 columns, not {data_type}"
+            )]
+        } else if allowed.get_ref().is_empty() {
+            vec!["an enumeration needs at least one allowed value".into()]
+        } else {
+            let mut vals = HashSet::new();
+            allowed
+                .get_ref()
+                .iter()
+                .filter(|v| !vals.insert(*v))
+                .map(|v| format!("allowed value {v:?} is listed twice"))
+                .collect()
+        };
+        for msg in problems {
+            errors.push(file.error(Some(allowed.span()), &key("allowed"), msg));
+        }
+    }
+    let check = rc.check.as_ref().and_then(|c| {
+        let problem = match Check::parse(c.get_ref()) {
+            Some(chk) if data_type == ColumnType::Utf8 => return Some(chk),
+            Some(_) => format!("`check` applies only to Utf8 columns, not {data_type}"),
+            None => format!(
+                "unknown check {:?}; valid checks: {VALID_CHECKS}",
+                c.get_ref()
+            ),
+        };
+        errors.push(file.error(Some(c.span()), &key("check"), problem));
+        None
+    });
+    Some(Column {
+        name,
+        data_type,
+        nullable: rc.nullable,
+        description: rc.description.clone(),
+        unit: rc.unit.clone(),
+        allowed: rc.allowed.as_ref().map(|a| a.get_ref().clone()),
+        check,
+    })
+}
+
+/// The primary key as column indexes: each named column exists once and is not nullable.
+fn primary_key(
+    file: &SourceFile,
+    raw: &RawSchema,
+    columns: &[Column],
+    names: &[String],
+    errors: &mut Vec<Diagnostic>,
+) -> Vec<usize> {
+    let mut primary_key = Vec::new();
+    if raw.primary_key.get_ref().is_empty() {
+        errors.push(file.error(
+            Some(raw.primary_key.span()),
+            "primary_key",
+            "the primary key needs at least one column",
+        ));
+    }
+    let mut pk_seen = HashSet::new();
+    for k in raw.primary_key.get_ref() {
+        let problem = match columns.iter().position(|c| &c.name == k.get_ref()) {
+            Some(idx) => {
+                primary_key.push(idx);
+                if !pk_seen.insert(idx) {
+                    Some(format!(
+                        "column {:?} is listed twice in the primary key",
+                        k.get_ref()
+                    ))
+                } else if columns[idx].nullable {
+                    Some(format!(
+                        "primary-key column {:?} must not be nullable",
+                        k.get_ref()
+                    ))
+                } else {
+                    None
+                }
+            }
+            None if names.contains(k.get_ref()) => None, // a type error, reported already
+            None => Some(format!(
+                "primary key names column {:?}, which the table does not have; columns: {}",
+                k.get_ref(),
+                names.join(", ")
+            )),
+        };
+        if let Some(msg) = problem {
+            errors.push(file.error(Some(k.span()), "primary_key", msg));
+        }
+    }
+    primary_key
+}
+
+/// The period column's index: a non-nullable Date32 column.
+fn period_column(
+    file: &SourceFile,
+    raw: &RawSchema,
+    columns: &[Column],
+    names: &[String],
+    errors: &mut Vec<Diagnostic>,
+) -> usize {
+    let period = raw.period_column.get_ref();
+    let (idx, problem) = match columns.iter().position(|c| &c.name == period) {
+        Some(idx) if columns[idx].data_type != ColumnType::Date32 => (
+            idx,
+            Some(format!(
+                "period column {period:?} is {}, but it must be Date32 (its quarter partitions the table)",
+                columns[idx].data_type
+            )),
+        ),
+        Some(idx) if columns[idx].nullable => (
+            idx,
+            Some(format!("period column {period:?} must not be nullable")),
+        ),
+        Some(idx) => (idx, None),
+        None if names.contains(period) => (0, None), // a type error, reported already
+        None => (
+            0,
+            Some(format!(
+                "period column {period:?} is not a column of the table; columns: {}",
+                names.join(", ")
+            )),
+        ),
+    };
+    if let Some(msg) = problem {
+        errors.push(file.error(Some(raw.period_column.span()), "period_column", msg));
+    }
+    idx
+}
+
 /// Loads and validates one schema file; returns every problem found in it.
 pub fn load(file: &SourceFile) -> Result<TableSchema, Vec<Diagnostic>> {
     let raw: RawSchema = file.parse().map_err(|d| vec![d])?;
@@ -255,174 +416,20 @@ pub fn load(file: &SourceFile) -> Result<TableSchema, Vec<Diagnostic>> {
             "a table needs at least one [[columns]] entry",
         ));
     }
-    let mut columns = Vec::new();
     let mut seen = HashSet::new();
-    for (i, rc) in raw.columns.iter().enumerate() {
-        let key = |k: &str| format!("columns[{i}].{k}");
-        let name = rc.name.get_ref().clone();
-        if !is_identifier(&name) {
-            errors.push(file.error(
-                Some(rc.name.span()),
-                &key("name"),
-                format!("column name {name:?} must be a lower-case identifier ([a-z][a-z0-9_]*)"),
-            ));
-        } else if name == PARTITION_COLUMN {
-            errors.push(file.error(
-                Some(rc.name.span()),
-                &key("name"),
-                "`quarter` is reserved for the partition column the warehouse adds",
-            ));
-        } else if !seen.insert(name.clone()) {
-            errors.push(file.error(
-                Some(rc.name.span()),
-                &key("name"),
-                format!("column {name:?} is declared twice"),
-            ));
-        }
-        let data_type = match ColumnType::parse(rc.data_type.get_ref()) {
-            Ok(t) => t,
-            Err(msg) => {
-                errors.push(file.error(Some(rc.data_type.span()), &key("type"), msg));
-                continue;
-            }
-        };
-        if let Some(allowed) = &rc.allowed {
-            if data_type != ColumnType::Utf8 {
-                errors.push(file.error(
-                    Some(allowed.span()),
-                    &key("allowed"),
-                    format!("`allowed` values apply only to Utf8 columns, not {data_type}"),
-                ));
-            } else if allowed.get_ref().is_empty() {
-                errors.push(file.error(
-                    Some(allowed.span()),
-                    &key("allowed"),
-                    "an enumeration needs at least one allowed value",
-                ));
-            } else {
-                let mut vals = HashSet::new();
-                for v in allowed.get_ref() {
-                    if !vals.insert(v) {
-                        errors.push(file.error(
-                            Some(allowed.span()),
-                            &key("allowed"),
-                            format!("allowed value {v:?} is listed twice"),
-                        ));
-                    }
-                }
-            }
-        }
-        let check = match &rc.check {
-            None => None,
-            Some(c) => match Check::parse(c.get_ref()) {
-                Some(_) if data_type != ColumnType::Utf8 => {
-                    errors.push(file.error(
-                        Some(c.span()),
-                        &key("check"),
-                        format!("`check` applies only to Utf8 columns, not {data_type}"),
-                    ));
-                    None
-                }
-                Some(chk) => Some(chk),
-                None => {
-                    errors.push(file.error(
-                        Some(c.span()),
-                        &key("check"),
-                        format!(
-                            "unknown check {:?}; valid checks: {VALID_CHECKS}",
-                            c.get_ref()
-                        ),
-                    ));
-                    None
-                }
-            },
-        };
-        columns.push(Column {
-            name,
-            data_type,
-            nullable: rc.nullable,
-            description: rc.description.clone(),
-            unit: rc.unit.clone(),
-            allowed: rc.allowed.as_ref().map(|a| a.get_ref().clone()),
-            check,
-        });
-    }
+    let columns: Vec<Column> = raw
+        .columns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rc)| column(file, i, rc, &mut seen, &mut errors))
+        .collect();
     let names: Vec<String> = raw
         .columns
         .iter()
         .map(|c| c.name.get_ref().clone())
         .collect();
-    let column_list = names.join(", ");
-    let mut primary_key = Vec::new();
-    if raw.primary_key.get_ref().is_empty() {
-        errors.push(file.error(
-            Some(raw.primary_key.span()),
-            "primary_key",
-            "the primary key needs at least one column",
-        ));
-    }
-    let mut pk_seen = HashSet::new();
-    for k in raw.primary_key.get_ref() {
-        match columns.iter().position(|c| &c.name == k.get_ref()) {
-            Some(idx) => {
-                if !pk_seen.insert(idx) {
-                    errors.push(file.error(
-                        Some(k.span()),
-                        "primary_key",
-                        format!("column {:?} is listed twice in the primary key", k.get_ref()),
-                    ));
-                } else if columns[idx].nullable {
-                    errors.push(file.error(
-                        Some(k.span()),
-                        "primary_key",
-                        format!("primary-key column {:?} must not be nullable", k.get_ref()),
-                    ));
-                }
-                primary_key.push(idx);
-            }
-            None if names.contains(k.get_ref()) => {} // column had a type error, reported already
-            None => errors.push(file.error(
-                Some(k.span()),
-                "primary_key",
-                format!(
-                    "primary key names column {:?}, which the table does not have; columns: {column_list}",
-                    k.get_ref()
-                ),
-            )),
-        }
-    }
-    let period = raw.period_column.get_ref();
-    let period_column = match columns.iter().position(|c| &c.name == period) {
-        Some(idx) => {
-            if columns[idx].data_type != ColumnType::Date32 {
-                errors.push(file.error(
-                    Some(raw.period_column.span()),
-                    "period_column",
-                    format!(
-                        "period column {period:?} is {}, but it must be Date32 (its quarter partitions the table)",
-                        columns[idx].data_type
-                    ),
-                ));
-            } else if columns[idx].nullable {
-                errors.push(file.error(
-                    Some(raw.period_column.span()),
-                    "period_column",
-                    format!("period column {period:?} must not be nullable"),
-                ));
-            }
-            idx
-        }
-        None => {
-            if !names.contains(period) {
-                errors.push(file.error(
-                    Some(raw.period_column.span()),
-                    "period_column",
-                    format!("period column {period:?} is not a column of the table; columns: {column_list}"),
-                ));
-            }
-            0
-        }
-    };
+    let primary_key = primary_key(file, &raw, &columns, &names, &mut errors);
+    let period_column = period_column(file, &raw, &columns, &names, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }

@@ -325,6 +325,62 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
     }
 }
 
+/// The `[policy]` section: strategic divisions and the subsidy's share and cap, exact.
+fn policy(file: &SourceFile, p: &RawPolicy, errors: &mut Vec<Diagnostic>) -> Policy {
+    let mut divisions = Vec::new();
+    for d in p.strategic_divisions.get_ref() {
+        let ok = d.get_ref().len() == 2
+            && d.get_ref()
+                .parse::<u8>()
+                .is_ok_and(reference::is_industry_division);
+        if !ok {
+            errors.push(file.error(
+                Some(d.span()),
+                "policy.strategic_divisions",
+                format!(
+                    "{:?} is not an industrial division; expected a two-digit GB/T 4754-2017 division 06..46",
+                    d.get_ref()
+                ),
+            ));
+        }
+        divisions.push(d.get_ref().clone());
+    }
+    let mut dec = |v: &Spanned<String>, key: &str, p: u8, s: u8| {
+        parse_decimal(v.get_ref(), p, s).unwrap_or_else(|e| {
+            errors.push(file.error(
+                Some(v.span()),
+                key,
+                format!("{e}; write the value as a decimal string, e.g. \"50.00\""),
+            ));
+            0
+        })
+    };
+    let share = dec(
+        &p.interest_subsidy_share_pct,
+        "policy.interest_subsidy_share_pct",
+        5,
+        2,
+    );
+    let cap = dec(
+        &p.interest_subsidy_cap_yuan,
+        "policy.interest_subsidy_cap_yuan",
+        18,
+        2,
+    );
+    if !(0..=10000).contains(&share) {
+        errors.push(file.error(
+            Some(p.interest_subsidy_share_pct.span()),
+            "policy.interest_subsidy_share_pct",
+            "a share must be between 0 and 100 percent",
+        ));
+    }
+    Policy {
+        strategic_divisions: divisions,
+        interest_subsidy_share_pct: share,
+        interest_subsidy_cap_yuan: cap,
+    }
+}
+
 /// Loads and validates the settings file; relative paths are resolved against `base`.
 pub fn load(file: &SourceFile, base: &Path) -> Result<Settings, Vec<Diagnostic>> {
     let raw: RawSettings = file.parse().map_err(|d| vec![d])?;
@@ -360,62 +416,9 @@ pub fn load(file: &SourceFile, base: &Path) -> Result<Settings, Vec<Diagnostic>>
             "must be at least 1 (the latest version)",
         ));
     }
-    let policy = match raw.policy {
+    let policy = match &raw.policy {
         None => Policy::default(),
-        Some(p) => {
-            let mut divisions = Vec::new();
-            for d in p.strategic_divisions.get_ref() {
-                let ok = d.get_ref().len() == 2
-                    && d.get_ref()
-                        .parse::<u8>()
-                        .is_ok_and(reference::is_industry_division);
-                if !ok {
-                    errors.push(file.error(
-                        Some(d.span()),
-                        "policy.strategic_divisions",
-                        format!(
-                            "{:?} is not an industrial division; expected a two-digit GB/T 4754-2017 division 06..46",
-                            d.get_ref()
-                        ),
-                    ));
-                }
-                divisions.push(d.get_ref().clone());
-            }
-            let mut dec = |v: &Spanned<String>, key: &str, p: u8, s: u8| {
-                parse_decimal(v.get_ref(), p, s).unwrap_or_else(|e| {
-                    errors.push(file.error(
-                        Some(v.span()),
-                        key,
-                        format!("{e}; write the value as a decimal string, e.g. \"50.00\""),
-                    ));
-                    0
-                })
-            };
-            let share = dec(
-                &p.interest_subsidy_share_pct,
-                "policy.interest_subsidy_share_pct",
-                5,
-                2,
-            );
-            let cap = dec(
-                &p.interest_subsidy_cap_yuan,
-                "policy.interest_subsidy_cap_yuan",
-                18,
-                2,
-            );
-            if !(0..=10000).contains(&share) {
-                errors.push(file.error(
-                    Some(p.interest_subsidy_share_pct.span()),
-                    "policy.interest_subsidy_share_pct",
-                    "a share must be between 0 and 100 percent",
-                ));
-            }
-            Policy {
-                strategic_divisions: divisions,
-                interest_subsidy_share_pct: share,
-                interest_subsidy_cap_yuan: cap,
-            }
-        }
+        Some(p) => policy(file, p, &mut errors),
     };
     if !errors.is_empty() {
         return Err(errors);

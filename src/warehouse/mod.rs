@@ -221,6 +221,38 @@ pub enum Outcome {
     Aborted,
 }
 
+/// What kind of run a record is of (stored as `ingest`, `backfill`, `import`, `refresh`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunType {
+    /// A pipeline's scheduled or triggered pull.
+    Ingest,
+    /// A pipeline re-pulling a quarter range.
+    Backfill,
+    /// A local file loaded with `ironlake import`.
+    Import,
+    /// A refresh of published aggregates.
+    Refresh,
+}
+
+impl RunType {
+    /// The name in run records, `system.runs` and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunType::Ingest => "ingest",
+            RunType::Backfill => "backfill",
+            RunType::Import => "import",
+            RunType::Refresh => "refresh",
+        }
+    }
+}
+
+impl std::fmt::Display for RunType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// The record of one run (`system.runs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -228,8 +260,8 @@ pub struct RunRecord {
     pub run_id: String,
     /// Pipeline (or `refresh`).
     pub pipeline: String,
-    /// What kind of run: `ingest`, `backfill`, `refresh`.
-    pub kind: String,
+    /// What kind of run.
+    pub kind: RunType,
     /// Target table.
     pub table: String,
     /// Start time (RFC 3339, UTC).
@@ -272,11 +304,11 @@ pub struct RunRecord {
 
 impl RunRecord {
     /// A new record in state `running`.
-    pub fn start(run_id: &str, pipeline: &str, kind: &str, table: &str) -> RunRecord {
+    pub fn start(run_id: &str, pipeline: &str, kind: RunType, table: &str) -> RunRecord {
         RunRecord {
             run_id: run_id.into(),
             pipeline: pipeline.into(),
-            kind: kind.into(),
+            kind,
             table: table.into(),
             started_at: now_rfc3339(),
             ended_at: None,
@@ -1174,5 +1206,121 @@ impl Warehouse {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit_dir(wh: &Warehouse, key: &str, run: &str, parts: &[&str]) -> Manifest {
+        let guard = wh.lock().unwrap();
+        let base = wh.manifest().unwrap();
+        let mut g = wh.begin_generation(&guard, &base, key, run).unwrap();
+        for p in parts {
+            let path = g.partition_dir(p).unwrap().join(g.file_name(0));
+            std::fs::write(&path, b"x").unwrap();
+            let entry = FileEntry {
+                name: g.file_name(0),
+                rows: 1,
+                bytes: 1,
+            };
+            g.set_partition(p, vec![entry]);
+        }
+        let change = wh.finish_generation(g).unwrap();
+        let record = RunRecord::start(run, "p", RunType::Import, "t");
+        wh.commit(&guard, &base, vec![change], BTreeMap::new(), record)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_commit_swings_the_link_writes_the_manifest_and_keeps_untouched_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = Warehouse::open_with(dir.path(), std::time::Duration::ZERO).unwrap();
+        let m1 = commit_dir(&wh, "tables/t", "r-000001", &["2019Q1", "2019Q2"]);
+        assert_eq!(m1.version, 1);
+        let m2 = commit_dir(&wh, "tables/t", "r-000002", &["2019Q2"]);
+        assert_eq!(wh.manifest().unwrap(), m2);
+        let state = &m2.dirs["tables/t"];
+        // 2019Q1 was hard-linked into the new generation, 2019Q2 rewritten.
+        assert_eq!(state.partitions.len(), 2);
+        let link = std::fs::read_link(dir.path().join("tables/t")).unwrap();
+        assert!(
+            link.to_string_lossy().ends_with(&state.generation),
+            "{link:?}"
+        );
+        assert!(
+            dir.path()
+                .join(&state.generation)
+                .join("quarter=2019Q1")
+                .is_dir()
+        );
+        assert_eq!(wh.runs().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn superseded_generations_stay_for_the_retention_then_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = Warehouse::open_with(dir.path(), std::time::Duration::from_secs(3600)).unwrap();
+        let first = commit_dir(&keep, "tables/t", "r-000001", &["2019Q1"]);
+        let gen1 = dir.path().join(&first.dirs["tables/t"].generation);
+        for i in 2..7 {
+            commit_dir(&keep, "tables/t", &format!("r-00000{i}"), &["2019Q1"]);
+        }
+        assert!(
+            gen1.is_dir(),
+            "removed although superseded less than an hour ago"
+        );
+        let now = Warehouse::open_with(dir.path(), std::time::Duration::ZERO).unwrap();
+        commit_dir(&now, "tables/t", "r-000009", &["2019Q1"]);
+        assert!(
+            !gen1.exists(),
+            "kept although no retained manifest names it"
+        );
+    }
+
+    #[test]
+    fn a_generation_being_built_without_the_lock_survives_garbage_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = Warehouse::open_with(dir.path(), std::time::Duration::ZERO).unwrap();
+        let base = wh.manifest().unwrap();
+        let g = wh
+            .begin_generation_unlocked(&base, "published/x", "r-000001", DirState::default())
+            .unwrap();
+        commit_dir(&wh, "tables/t", "r-000002", &["2019Q1"]);
+        assert!(g.dir().is_dir());
+        let path = g.dir().to_path_buf();
+        drop(g);
+        commit_dir(&wh, "tables/t", "r-000003", &["2019Q1"]);
+        assert!(
+            !path.exists(),
+            "an abandoned unlocked generation is collected"
+        );
+    }
+
+    #[test]
+    fn run_records_past_the_limit_per_pipeline_are_pruned_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = Warehouse::open(dir.path()).unwrap();
+        for i in 0..RUNS_KEPT_PER_PIPELINE + 5 {
+            let mut r = RunRecord::start(&format!("r-{i:06}"), "p", RunType::Ingest, "t");
+            r.started_at = format!("2019-01-01T00:00:00.{i:06}Z");
+            r.outcome = Outcome::Succeeded;
+            wh.write_run(&r).unwrap();
+        }
+        wh.write_run(&RunRecord::start("other-1", "q", RunType::Ingest, "t"))
+            .unwrap();
+        let guard = wh.lock().unwrap();
+        wh.collect_garbage(&guard).unwrap();
+        let runs = wh.runs().unwrap();
+        assert_eq!(
+            runs.iter().filter(|r| r.pipeline == "p").count(),
+            RUNS_KEPT_PER_PIPELINE
+        );
+        assert!(runs.iter().any(|r| r.run_id == "other-1"));
+        assert!(
+            !runs.iter().any(|r| r.run_id == "r-000000"),
+            "the oldest is gone"
+        );
     }
 }
