@@ -13,7 +13,7 @@
 use crate::config::Project;
 use crate::domain::reference;
 use crate::partition::quarantine_schema;
-use crate::warehouse::{Manifest, PublishedMeta, Warehouse, WarehouseError};
+use crate::warehouse::{DirKey, Manifest, PublishedMeta, Warehouse, WarehouseError};
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::MemorySchemaProvider;
@@ -221,7 +221,7 @@ impl Catalog {
                 &ctx,
                 &root,
                 &manifest,
-                &format!("tables/{}", t.name),
+                &DirKey::Table(t.name.clone()).key(),
                 &t.name,
                 t.arrow_schema(),
             )?;
@@ -229,13 +229,13 @@ impl Catalog {
                 &ctx,
                 &root,
                 &manifest,
-                &format!("quarantine/{}", t.name),
+                &DirKey::Quarantine(t.name.clone()).key(),
                 &format!("quarantine.{}", t.name),
                 quarantine_schema(),
             )?;
         }
         for (name, meta) in &manifest.published {
-            let key = format!("published/{name}");
+            let key = DirKey::Published(name.clone()).key();
             let Some(dir) = manifest.dirs.get(&key) else {
                 continue;
             };

@@ -352,7 +352,9 @@ pub fn status(project: &Project) -> Result<ExitCode> {
         "table", "rows", "quarters", "latest", "last success"
     );
     for t in &project.tables {
-        let state = manifest.dirs.get(&format!("tables/{}", t.name));
+        let state = manifest
+            .dirs
+            .get(&ironlake::warehouse::DirKey::Table(t.name.clone()).key());
         let rows = state.map_or(0, |s| s.rows());
         let quarters = state.map_or(0, |s| s.partitions.len());
         let latest = state

@@ -555,35 +555,7 @@ impl Daemon {
 
     /// Refreshes the aggregates that read `table`, and those that read them.
     pub async fn refresh_for_table(&self, table: &str) {
-        let project = self.project();
-        let (aggs, _) = models::load(&project);
-        let refs: Vec<(String, std::collections::BTreeSet<String>)> = aggs
-            .iter()
-            .map(|a| {
-                let r =
-                    models::references(&models::render_sql(&a.file.text, &project.settings.policy))
-                        .unwrap_or_default();
-                (a.name.clone(), r)
-            })
-            .collect();
-        let key = format!("tables/{table}");
-        let mut names: Vec<String> = refs
-            .iter()
-            .filter(|(_, r)| r.contains(&key))
-            .map(|(n, _)| n.clone())
-            .collect();
-        loop {
-            let before = names.len();
-            for (n, r) in &refs {
-                if !names.contains(n) && names.iter().any(|x| r.contains(&format!("published/{x}")))
-                {
-                    names.push(n.clone());
-                }
-            }
-            if names.len() == before {
-                break;
-            }
-        }
+        let names = models::readers_of(&self.project(), table);
         if !names.is_empty() {
             self.refresh(&names, false).await;
         }

@@ -14,7 +14,9 @@ use crate::domain::Quarter;
 use crate::partition::{self, PartitionError, Partitioner, QuarantineRow, Spilled};
 use crate::source::{FetchStats, Source, SourceError};
 use crate::validate::{Validator, Value};
-use crate::warehouse::{self, Cursor, Outcome, RunRecord, Warehouse, WarehouseError, merge};
+use crate::warehouse::{
+    self, Cursor, DirKey, Outcome, RunRecord, Warehouse, WarehouseError, merge,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -1031,7 +1033,7 @@ fn merge_rows(
     spilled: &Spilled,
     run_id: &str,
 ) -> Result<TableMerge, IngestError> {
-    let key = format!("tables/{}", table.name);
+    let key = DirKey::Table(table.name.clone()).key();
     let schema = table.arrow_schema();
     let state = base.dirs.get(&key).cloned().unwrap_or_default();
     let new_by_part: BTreeMap<String, &Vec<std::path::PathBuf>> = spilled
@@ -1110,7 +1112,7 @@ fn append_quarantine(
     if spilled.quarantine.is_empty() {
         return Ok(None);
     }
-    let qkey = format!("quarantine/{}", table.name);
+    let qkey = DirKey::Quarantine(table.name.clone()).key();
     let qschema = partition::quarantine_schema();
     let qstate = base.dirs.get(&qkey).cloned().unwrap_or_default();
     let mut g = wh.begin_generation(guard, base, &qkey, run_id)?;

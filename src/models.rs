@@ -20,8 +20,8 @@ use crate::config::diag::{Diagnostic, SourceFile};
 use crate::config::{Project, settings::Policy};
 use crate::domain::decimal::format_decimal;
 use crate::warehouse::{
-    self, DirState, FileEntry, Manifest, PublishedMeta, PublishedVersion, RunRecord, Warehouse,
-    WarehouseError, merge,
+    self, DirKey, DirState, FileEntry, Manifest, PublishedMeta, PublishedVersion, RunRecord,
+    Warehouse, WarehouseError, merge,
 };
 use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{Schema, SchemaRef};
@@ -203,25 +203,72 @@ pub fn load(project: &Project) -> (Vec<Aggregate>, Vec<Diagnostic>) {
     (out, diags)
 }
 
-/// The warehouse directories a query reads: `tables/x`, `published/y`, `quarantine/x`, `system`, `ref`.
-pub fn references(sql: &str) -> Result<BTreeSet<String>, String> {
+/// Something an aggregate's SQL reads.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Input {
+    /// A warehouse directory, tracked partition by partition.
+    Dir(DirKey),
+    /// Reference data built into ironlake (`ref_*` tables).
+    Reference,
+    /// Anything else (`system.*`): not partition-tracked, so whatever reads
+    /// it is recomputed whole.
+    Untracked(String),
+}
+
+impl Input {
+    /// The published aggregate this input is, if it is one.
+    pub fn published(&self) -> Option<&str> {
+        match self {
+            Input::Dir(DirKey::Published(p)) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// What a query reads: tables, quarantines, published aggregates, reference data.
+pub fn references(sql: &str) -> Result<BTreeSet<Input>, String> {
     let stmts = datafusion::sql::parser::DFParser::parse_sql(sql).map_err(|e| e.to_string())?;
     let mut out = BTreeSet::new();
     for s in &stmts {
         let (tables, _) = datafusion::sql::resolve::resolve_table_references(s, true)
             .map_err(|e| e.to_string())?;
         for t in tables {
-            let key = match t.schema() {
-                None | Some("public") if t.table().starts_with("ref_") => "ref".to_string(),
-                None | Some("public") => format!("tables/{}", t.table()),
-                Some("published") => format!("published/{}", t.table()),
-                Some("quarantine") => format!("quarantine/{}", t.table()),
-                Some(other) => other.to_string(),
-            };
-            out.insert(key);
+            let name = t.table().to_string();
+            out.insert(match t.schema() {
+                None | Some("public") if name.starts_with("ref_") => Input::Reference,
+                None | Some("public") => Input::Dir(DirKey::Table(name)),
+                Some("published") => Input::Dir(DirKey::Published(name)),
+                Some("quarantine") => Input::Dir(DirKey::Quarantine(name)),
+                Some(other) => Input::Untracked(format!("{other}.{name}")),
+            });
         }
     }
     Ok(out)
+}
+
+/// The aggregates that read `table`, directly or through other aggregates,
+/// in dependency order: what an ingest into `table` makes stale.
+pub fn readers_of(project: &Project, table: &str) -> Vec<String> {
+    let policy = &project.settings.policy;
+    let (aggs, _) = load(project);
+    let Ok(ordered) = order(&aggs, policy) else {
+        return Vec::new();
+    };
+    let mut stale: BTreeSet<String> = BTreeSet::new();
+    let mut out = Vec::new();
+    // Readers come after what they read: one pass in order finds them all.
+    for a in ordered.iter().map(|&i| &aggs[i]) {
+        let refs = references(&render_sql(&a.file.text, policy)).unwrap_or_default();
+        let reads_stale = refs.iter().any(|r| match r {
+            Input::Dir(DirKey::Table(t)) => t == table,
+            other => other.published().is_some_and(|p| stale.contains(p)),
+        });
+        if reads_stale {
+            stale.insert(a.name.clone());
+            out.push(a.name.clone());
+        }
+    }
+    out
 }
 
 /// Aggregates in dependency order; an error names a cycle or a missing aggregate.
@@ -237,7 +284,7 @@ pub fn order(aggs: &[Aggregate], policy: &Policy) -> Result<Vec<usize>, String> 
             .map_err(|e| format!("{}: {e}", a.file.name))?;
         let mut d = Vec::new();
         for r in refs {
-            if let Some(p) = r.strip_prefix("published/") {
+            if let Some(p) = r.published() {
                 match index.get(p) {
                     Some(&i) => d.push(i),
                     None => {
@@ -375,7 +422,7 @@ pub async fn check(project: &Project) -> Vec<Diagnostic> {
         let broken: Vec<String> = references(&sql)
             .unwrap_or_default()
             .iter()
-            .filter_map(|r| r.strip_prefix("published/"))
+            .filter_map(Input::published)
             .filter(|p| failed.contains(*p))
             .map(|p| format!("published.{p}"))
             .collect();
@@ -608,7 +655,7 @@ fn selection(
     for &i in ordered.iter().rev() {
         if wanted.contains(&aggs[i].name) {
             for r in references(&render_sql(&aggs[i].file.text, policy)).unwrap_or_default() {
-                if let Some(p) = r.strip_prefix("published/") {
+                if let Some(p) = r.published() {
                     wanted.insert(p.to_string());
                 }
             }
@@ -646,17 +693,21 @@ struct Refresh<'a> {
 impl Refresh<'_> {
     /// Compares the aggregate's inputs now with those it was last computed
     /// from, and decides: unchanged, incremental (which quarters), or full.
-    fn step(&self, a: &Aggregate, inputs: &BTreeSet<String>) -> Step {
+    fn step(&self, a: &Aggregate, inputs: &BTreeSet<Input>) -> Step {
         let mut current: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         let mut always_full = self.full || a.lags.is_none();
         for input in inputs {
-            if input.starts_with("tables/") {
-                current.insert(input.clone(), tokens(self.base.dirs.get(input)));
-            } else if let Some(p) = input.strip_prefix("published/") {
-                let state = self.pending.get(p).or_else(|| self.base.dirs.get(input));
-                current.insert(input.clone(), tokens(state));
-            } else if input != "ref" {
-                always_full = true; // system and quarantine inputs are not partition-tracked
+            match input {
+                Input::Dir(d @ DirKey::Table(_)) => {
+                    current.insert(d.key(), tokens(self.base.dirs.get(&d.key())));
+                }
+                Input::Dir(d @ DirKey::Published(p)) => {
+                    let state = self.pending.get(p).or_else(|| self.base.dirs.get(&d.key()));
+                    current.insert(d.key(), tokens(state));
+                }
+                Input::Reference => {}
+                // Quarantine and system inputs are not partition-tracked.
+                Input::Dir(DirKey::Quarantine(_)) | Input::Untracked(_) => always_full = true,
             }
         }
         let prev = self.base.published.get(&a.name);
@@ -676,7 +727,7 @@ impl Refresh<'_> {
             && self
                 .base
                 .dirs
-                .contains_key(&format!("published/{}", a.name));
+                .contains_key(&DirKey::Published(a.name.clone()).key());
         let unchanged = exists && changed.is_empty() && !self.full;
         let incremental = (exists && !always_full).then(|| {
             // Output quarter q reads input quarters q − lag.
@@ -703,7 +754,7 @@ impl Refresh<'_> {
     async fn narrowed(
         &self,
         a: &Aggregate,
-        inputs: &BTreeSet<String>,
+        inputs: &BTreeSet<Input>,
         needed: &BTreeSet<String>,
     ) -> Result<SessionContext, ModelError> {
         let c = self.catalog.snapshot_at(self.base.clone()).await?.ctx;
@@ -715,12 +766,9 @@ impl Refresh<'_> {
         }
         let quarters: Vec<_> = needed.iter().map(|q| lit(q.clone())).collect();
         for input in inputs {
-            let table = if let Some(t) = input.strip_prefix("tables/") {
-                t.to_string()
-            } else if let Some(p) = input.strip_prefix("published/") {
-                format!("published.{p}")
-            } else {
-                continue;
+            let table = match input {
+                Input::Dir(d @ (DirKey::Table(_) | DirKey::Published(_))) => d.sql_name(),
+                _ => continue,
             };
             let err = sql_err(&a.name);
             let df = c.table(table.as_str()).await.map_err(&err)?;
@@ -740,7 +788,7 @@ impl Refresh<'_> {
         &mut self,
         a: &Aggregate,
         sql: &str,
-        inputs: &BTreeSet<String>,
+        inputs: &BTreeSet<Input>,
         step: Step,
     ) -> Result<(), ModelError> {
         let started = std::time::Instant::now();
@@ -764,7 +812,7 @@ impl Refresh<'_> {
         let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(&err)?;
         let (data_schema, parts) = split_by_quarter(&a.name, &batches, &out_schema)?;
-        let key = format!("published/{}", a.name);
+        let key = DirKey::Published(a.name.clone()).key();
         let from = match step.incremental {
             Some(_) => self.base.dirs.get(&key).cloned().unwrap_or_default(),
             None => DirState::default(),
@@ -900,7 +948,7 @@ impl Refresh<'_> {
         let guard = self.wh.lock_async().await?;
         let current = self.wh.manifest()?;
         for name in self.metas.keys() {
-            let key = format!("published/{name}");
+            let key = DirKey::Published(name.clone()).key();
             if current.dirs.get(&key) != self.base.dirs.get(&key)
                 || current.published.get(name) != self.base.published.get(name)
             {
@@ -987,7 +1035,7 @@ pub async fn refresh(
                 rows: r
                     .base
                     .dirs
-                    .get(&format!("published/{}", a.name))
+                    .get(&DirKey::Published(a.name.clone()).key())
                     .map_or(0, DirState::rows),
                 version: prev
                     .and_then(|p| p.versions.last())

@@ -489,7 +489,7 @@ async fn aggregates(State(d): S, headers: HeaderMap) -> Result<Response, ApiErro
                 "published_at": v.map(|v| v.published_at.clone()),
                 "rows": v.map(|v| v.rows),
                 "columns": columns_of(meta),
-                "quarters": m.dirs.get(&format!("published/{name}")).map(|s| s.partitions.keys().cloned().collect::<Vec<_>>()),
+                "quarters": m.dirs.get(&crate::warehouse::DirKey::Published(name.clone()).key()).map(|s| s.partitions.keys().cloned().collect::<Vec<_>>()),
                 "versions": meta.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
             })
         })

@@ -93,6 +93,64 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> War
     }
 }
 
+/// A directory of the warehouse, as the manifest and the links name it
+/// (`tables/bank_loans`, `quarantine/bank_loans`, `published/loan_growth`).
+/// The one place these names are built and parsed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DirKey {
+    /// A table's partitions.
+    Table(String),
+    /// A table's quarantine.
+    Quarantine(String),
+    /// A published aggregate.
+    Published(String),
+}
+
+impl DirKey {
+    /// The table's or aggregate's name.
+    pub fn name(&self) -> &str {
+        match self {
+            DirKey::Table(n) | DirKey::Quarantine(n) | DirKey::Published(n) => n,
+        }
+    }
+
+    /// The key in the manifest and the link's path under the root: `tables/x`.
+    pub fn key(&self) -> String {
+        self.to_string()
+    }
+
+    /// Parses a manifest key.
+    pub fn parse(key: &str) -> Option<DirKey> {
+        let (kind, name) = key.split_once('/')?;
+        let name = name.to_string();
+        match kind {
+            "tables" => Some(DirKey::Table(name)),
+            "quarantine" => Some(DirKey::Quarantine(name)),
+            "published" => Some(DirKey::Published(name)),
+            _ => None,
+        }
+    }
+
+    /// The name SQL uses for it: `x`, `quarantine.x`, `published.x`.
+    pub fn sql_name(&self) -> String {
+        match self {
+            DirKey::Table(n) => n.clone(),
+            DirKey::Quarantine(n) => format!("quarantine.{n}"),
+            DirKey::Published(n) => format!("published.{n}"),
+        }
+    }
+}
+
+impl std::fmt::Display for DirKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirKey::Table(n) => write!(f, "tables/{n}"),
+            DirKey::Quarantine(n) => write!(f, "quarantine/{n}"),
+            DirKey::Published(n) => write!(f, "published/{n}"),
+        }
+    }
+}
+
 /// One data file of a partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -1231,6 +1289,19 @@ mod tests {
         let record = RunRecord::start(run, "p", RunType::Import, "t");
         wh.commit(&guard, &base, vec![change], BTreeMap::new(), record)
             .unwrap()
+    }
+
+    #[test]
+    fn directory_keys_round_trip() {
+        for k in [
+            DirKey::Table("bank_loans".into()),
+            DirKey::Quarantine("bank_loans".into()),
+            DirKey::Published("loan_growth".into()),
+        ] {
+            assert_eq!(DirKey::parse(&k.key()), Some(k.clone()));
+        }
+        assert_eq!(DirKey::Quarantine("x".into()).sql_name(), "quarantine.x");
+        assert_eq!(DirKey::parse("system/runs"), None);
     }
 
     #[test]
