@@ -11,6 +11,7 @@
 //! `system.runs`, `system.partitions`, `ref_districts`, `ref_industries`.
 
 use crate::config::Project;
+use crate::config::schema::PARTITION_COLUMN;
 use crate::domain::reference;
 use crate::partition::quarantine_schema;
 use crate::warehouse::{DirKey, Manifest, PublishedMeta, Warehouse, WarehouseError};
@@ -110,7 +111,7 @@ pub fn listing_table(
     let fmt = ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
     let opts = ListingOptions::new(Arc::new(fmt))
         .with_file_extension(".parquet")
-        .with_table_partition_cols(vec![("quarter".to_string(), DataType::Utf8)]);
+        .with_table_partition_cols(vec![(PARTITION_COLUMN.to_string(), DataType::Utf8)]);
     let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
     let cfg = ListingTableConfig::new(url)
         .with_listing_options(opts)
@@ -125,7 +126,7 @@ pub fn empty_table(file_schema: &SchemaRef) -> Result<Arc<MemTable>, DataFusionE
         .iter()
         .map(|f| f.as_ref().clone())
         .collect();
-    fields.push(Field::new("quarter", DataType::Utf8, false));
+    fields.push(Field::new(PARTITION_COLUMN, DataType::Utf8, false));
     let schema = Arc::new(Schema::new(fields));
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
 }
@@ -412,7 +413,7 @@ fn partitions_table(m: &Manifest) -> Result<Arc<MemTable>, CatalogError> {
     }
     let schema = Arc::new(Schema::new(vec![
         Field::new("directory", DataType::Utf8, false),
-        Field::new("quarter", DataType::Utf8, false),
+        Field::new(PARTITION_COLUMN, DataType::Utf8, false),
         Field::new("rows", DataType::UInt64, false),
         Field::new("files", DataType::UInt64, false),
         Field::new("bytes", DataType::UInt64, false),

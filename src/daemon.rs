@@ -244,64 +244,6 @@ pub struct Daemon {
     _daemon_lock: crate::warehouse::fsutil::FileLock,
 }
 
-fn describe_metrics(m: &Metrics) {
-    m.describe(
-        "ironlake_pipeline_runs_total",
-        "counter",
-        "Pipeline runs by outcome.",
-    );
-    m.describe(
-        "ironlake_pipeline_runs_skipped_total",
-        "counter",
-        "Scheduled runs skipped because the previous run was still in flight.",
-    );
-    m.describe(
-        "ironlake_pipeline_rows_total",
-        "counter",
-        "Records received, valid and rejected, by pipeline.",
-    );
-    m.describe(
-        "ironlake_pipeline_bytes_total",
-        "counter",
-        "Bytes received by pipeline.",
-    );
-    m.describe(
-        "ironlake_pipeline_retries_total",
-        "counter",
-        "HTTP retries by pipeline.",
-    );
-    m.describe(
-        "ironlake_pipeline_run_duration_seconds",
-        "histogram",
-        "Duration of pipeline runs.",
-    );
-    m.describe(
-        "ironlake_pipeline_last_success_timestamp_seconds",
-        "gauge",
-        "Unix time of the last successful run.",
-    );
-    m.describe(
-        "ironlake_aggregate_refresh_duration_seconds",
-        "gauge",
-        "Duration of the last refresh that recomputed the aggregate.",
-    );
-    m.describe(
-        "ironlake_aggregate_published_version",
-        "gauge",
-        "Version id of the published aggregate.",
-    );
-    m.describe(
-        "ironlake_sql_queries_in_flight",
-        "gauge",
-        "API SQL queries running now.",
-    );
-    m.describe(
-        "ironlake_http_requests_total",
-        "counter",
-        "HTTP requests by route and status.",
-    );
-}
-
 impl Daemon {
     /// Opens the warehouse (recovering it) and builds the daemon.
     pub fn new(
@@ -322,7 +264,6 @@ impl Daemon {
         let sql_slots = project.settings.api.sql_max_concurrent;
         let catalog = Catalog::new(project.clone(), wh.clone())?;
         let metrics = Arc::new(Metrics::new());
-        describe_metrics(&metrics);
         let tokens = Tokens::load(&project).map_err(|e| anyhow::anyhow!(e))?;
         let permits = Arc::new(tokio::sync::Semaphore::new(
             project.settings.ingest.max_concurrent_runs as usize,
@@ -402,7 +343,7 @@ impl Daemon {
                 ("aborted", t.aborted),
             ] {
                 m.set(
-                    "ironlake_pipeline_runs_total",
+                    crate::metrics::Metric::PipelineRuns,
                     &[("pipeline", p), ("outcome", outcome)],
                     n as f64,
                 );
@@ -413,31 +354,31 @@ impl Daemon {
                 ("rejected", t.rows_rejected),
             ] {
                 m.set(
-                    "ironlake_pipeline_rows_total",
+                    crate::metrics::Metric::PipelineRows,
                     &[("pipeline", p), ("kind", kind)],
                     n as f64,
                 );
             }
             m.set(
-                "ironlake_pipeline_bytes_total",
+                crate::metrics::Metric::PipelineBytes,
                 &[("pipeline", p)],
                 t.bytes as f64,
             );
             m.set(
-                "ironlake_pipeline_retries_total",
+                crate::metrics::Metric::PipelineRetries,
                 &[("pipeline", p)],
                 t.retries as f64,
             );
             if let Some(ts) = t.last_success {
                 m.set(
-                    "ironlake_pipeline_last_success_timestamp_seconds",
+                    crate::metrics::Metric::PipelineLastSuccess,
                     &[("pipeline", p)],
                     ts,
                 );
             }
             // Exposed from the start, so an alert on it has data.
             m.inc(
-                "ironlake_pipeline_runs_skipped_total",
+                crate::metrics::Metric::PipelineRunsSkipped,
                 &[("pipeline", p)],
                 0.0,
             );
@@ -528,7 +469,7 @@ impl Daemon {
         let secs = started.elapsed().as_secs_f64();
         let m = &self.metrics;
         m.observe(
-            "ironlake_pipeline_run_duration_seconds",
+            crate::metrics::Metric::PipelineRunDuration,
             &[("pipeline", name)],
             secs,
         );
@@ -542,7 +483,7 @@ impl Daemon {
             }
             Err(ingest::IngestError::AlreadyRunning(_)) => {
                 m.inc(
-                    "ironlake_pipeline_runs_skipped_total",
+                    crate::metrics::Metric::PipelineRunsSkipped,
                     &[("pipeline", name)],
                     1.0,
                 );
@@ -572,13 +513,13 @@ impl Daemon {
                 for r in &report {
                     if r.mode != models::RefreshMode::Unchanged {
                         self.metrics.set(
-                            "ironlake_aggregate_refresh_duration_seconds",
+                            crate::metrics::Metric::AggregateRefreshDuration,
                             &[("aggregate", &r.name)],
                             r.secs,
                         );
                     }
                     self.metrics.set(
-                        "ironlake_aggregate_published_version",
+                        crate::metrics::Metric::AggregatePublishedVersion,
                         &[("aggregate", &r.name)],
                         r.version as f64,
                     );
@@ -630,7 +571,7 @@ impl Daemon {
                         Fire::Started
                     }
                     Err(TriggerError::Running(_)) => {
-                        me.metrics.inc("ironlake_pipeline_runs_skipped_total", &[("pipeline", &name)], 1.0);
+                        me.metrics.inc(crate::metrics::Metric::PipelineRunsSkipped, &[("pipeline", &name)], 1.0);
                         tracing::warn!(pipeline = %name, due = %at, "Skipped a scheduled run: the previous run is still in flight.");
                         Fire::SkippedRunning
                     }

@@ -969,7 +969,7 @@ fn read_dir_state(
         let path = wh
             .root()
             .join(&state.generation)
-            .join(format!("quarter={partition}"))
+            .join(warehouse::partition_path(partition))
             .join(&f.name);
         batches.push(merge::read_parquet(&path, schema)?);
     }
@@ -1089,7 +1089,7 @@ fn quarantined_fingerprints(
         let path = wh
             .root()
             .join(&state.generation)
-            .join(format!("quarter={part}"))
+            .join(warehouse::partition_path(part))
             .join(&f.name);
         merge::read_strings(&path, 0, |v| {
             seen.insert(v.to_string());

@@ -26,6 +26,102 @@ struct Inner {
     histograms: BTreeMap<(String, Labels), Histogram>,
 }
 
+/// Every metric ironlake exposes, with its name, type and help in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Pipeline runs by outcome (from the run history).
+    PipelineRuns,
+    /// Scheduled runs skipped because the previous one was in flight.
+    PipelineRunsSkipped,
+    /// Records in, valid and rejected by pipeline (from the run history).
+    PipelineRows,
+    /// Bytes received by pipeline (from the run history).
+    PipelineBytes,
+    /// HTTP retries by pipeline (from the run history).
+    PipelineRetries,
+    /// Duration of runs made by this daemon.
+    PipelineRunDuration,
+    /// Unix time of the last successful run (from the run history).
+    PipelineLastSuccess,
+    /// Duration of the last refresh that recomputed each aggregate.
+    AggregateRefreshDuration,
+    /// Version id of each published aggregate.
+    AggregatePublishedVersion,
+    /// HTTP requests by route and status.
+    HttpRequests,
+    /// API SQL queries running now.
+    SqlQueriesInFlight,
+}
+
+impl Metric {
+    /// Every metric, for describing them all up front.
+    pub const ALL: [Metric; 11] = [
+        Metric::PipelineRuns,
+        Metric::PipelineRunsSkipped,
+        Metric::PipelineRows,
+        Metric::PipelineBytes,
+        Metric::PipelineRetries,
+        Metric::PipelineRunDuration,
+        Metric::PipelineLastSuccess,
+        Metric::AggregateRefreshDuration,
+        Metric::AggregatePublishedVersion,
+        Metric::HttpRequests,
+        Metric::SqlQueriesInFlight,
+    ];
+
+    /// The exposed name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::PipelineRuns => "ironlake_pipeline_runs_total",
+            Metric::PipelineRunsSkipped => "ironlake_pipeline_runs_skipped_total",
+            Metric::PipelineRows => "ironlake_pipeline_rows_total",
+            Metric::PipelineBytes => "ironlake_pipeline_bytes_total",
+            Metric::PipelineRetries => "ironlake_pipeline_retries_total",
+            Metric::PipelineRunDuration => "ironlake_pipeline_run_duration_seconds",
+            Metric::PipelineLastSuccess => "ironlake_pipeline_last_success_timestamp_seconds",
+            Metric::AggregateRefreshDuration => "ironlake_aggregate_refresh_duration_seconds",
+            Metric::AggregatePublishedVersion => "ironlake_aggregate_published_version",
+            Metric::HttpRequests => "ironlake_http_requests_total",
+            Metric::SqlQueriesInFlight => "ironlake_sql_queries_in_flight",
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Metric::PipelineRuns
+            | Metric::PipelineRunsSkipped
+            | Metric::PipelineRows
+            | Metric::PipelineBytes
+            | Metric::PipelineRetries
+            | Metric::HttpRequests => "counter",
+            Metric::PipelineRunDuration => "histogram",
+            _ => "gauge",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Metric::PipelineRuns => {
+                "Pipeline runs by outcome, over the run history kept (every process on this warehouse)."
+            }
+            Metric::PipelineRunsSkipped => {
+                "Scheduled runs skipped because the previous run was still in flight."
+            }
+            Metric::PipelineRows => "Records received, valid and rejected, by pipeline.",
+            Metric::PipelineBytes => "Bytes received by pipeline.",
+            Metric::PipelineRetries => "HTTP retries by pipeline.",
+            Metric::PipelineRunDuration => "Duration of pipeline runs made by this daemon.",
+            Metric::PipelineLastSuccess => "Unix time of the last successful run.",
+            Metric::AggregateRefreshDuration => {
+                "Duration of the last refresh that recomputed the aggregate."
+            }
+            Metric::AggregatePublishedVersion => "Version id of the published aggregate.",
+            Metric::HttpRequests => "HTTP requests by route and status.",
+            Metric::SqlQueriesInFlight => "API SQL queries running now.",
+        }
+    }
+}
+
 /// A registry of metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -60,22 +156,23 @@ fn render_labels(l: &Labels, extra: Option<(&str, String)>) -> String {
 }
 
 impl Metrics {
-    /// An empty registry.
+    /// A registry with every [`Metric`] described (help text and type).
     pub fn new() -> Metrics {
-        Metrics::default()
-    }
-
-    /// Declares a metric's help text and type (`counter`, `gauge`, `histogram`).
-    pub fn describe(&self, name: &str, kind: &'static str, help: &'static str) {
-        self.inner
-            .lock()
-            .expect("metrics lock")
-            .help
-            .insert(name.to_string(), (kind, help));
+        let m = Metrics::default();
+        {
+            let mut inner = m.inner.lock().expect("metrics lock");
+            for metric in Metric::ALL {
+                inner
+                    .help
+                    .insert(metric.name().to_string(), (metric.kind(), metric.help()));
+            }
+        }
+        m
     }
 
     /// Adds `v` to a counter.
-    pub fn inc(&self, name: &str, l: &[(&str, &str)], v: f64) {
+    pub fn inc(&self, metric: Metric, l: &[(&str, &str)], v: f64) {
+        let name = metric.name();
         *self
             .inner
             .lock()
@@ -86,7 +183,8 @@ impl Metrics {
     }
 
     /// Sets a gauge.
-    pub fn set(&self, name: &str, l: &[(&str, &str)], v: f64) {
+    pub fn set(&self, metric: Metric, l: &[(&str, &str)], v: f64) {
+        let name = metric.name();
         self.inner
             .lock()
             .expect("metrics lock")
@@ -95,7 +193,8 @@ impl Metrics {
     }
 
     /// Records an observation in a histogram.
-    pub fn observe(&self, name: &str, l: &[(&str, &str)], v: f64) {
+    pub fn observe(&self, metric: Metric, l: &[(&str, &str)], v: f64) {
+        let name = metric.name();
         let mut inner = self.inner.lock().expect("metrics lock");
         let h = inner
             .histograms
@@ -115,7 +214,8 @@ impl Metrics {
     }
 
     /// The current value of a counter or gauge (tests, status).
-    pub fn get(&self, name: &str, l: &[(&str, &str)]) -> Option<f64> {
+    pub fn get(&self, metric: Metric, l: &[(&str, &str)]) -> Option<f64> {
+        let name = metric.name();
         self.inner
             .lock()
             .expect("metrics lock")
@@ -180,23 +280,24 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::new();
-        m.describe("x_total", "counter", "Things.");
-        m.inc("x_total", &[("pipeline", "a\"b")], 2.0);
-        m.inc("x_total", &[("pipeline", "a\"b")], 1.0);
-        m.observe("d_seconds", &[("pipeline", "p")], 3.0);
+        let runs = Metric::PipelineRuns;
+        m.inc(runs, &[("pipeline", "a\"b")], 2.0);
+        m.inc(runs, &[("pipeline", "a\"b")], 1.0);
+        m.observe(Metric::PipelineRunDuration, &[("pipeline", "p")], 3.0);
         let s = m.render();
         assert!(
-            s.contains("# TYPE x_total counter\nx_total{pipeline=\"a\\\"b\"} 3\n"),
+            s.contains("# TYPE ironlake_pipeline_runs_total counter\nironlake_pipeline_runs_total{pipeline=\"a\\\"b\"} 3\n"),
+            "{s}"
+        );
+        let d = "ironlake_pipeline_run_duration_seconds";
+        assert!(
+            s.contains(&format!("{d}_bucket{{pipeline=\"p\",le=\"2.5\"}} 0")),
             "{s}"
         );
         assert!(
-            s.contains("d_seconds_bucket{pipeline=\"p\",le=\"2.5\"} 0"),
+            s.contains(&format!("{d}_bucket{{pipeline=\"p\",le=\"5\"}} 1")),
             "{s}"
         );
-        assert!(
-            s.contains("d_seconds_bucket{pipeline=\"p\",le=\"5\"} 1"),
-            "{s}"
-        );
-        assert!(s.contains("d_seconds_count{pipeline=\"p\"} 1"), "{s}");
+        assert!(s.contains(&format!("{d}_count{{pipeline=\"p\"}} 1")), "{s}");
     }
 }

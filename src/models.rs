@@ -17,6 +17,7 @@
 
 use crate::catalog::{self, Catalog, CatalogError};
 use crate::config::diag::{Diagnostic, SourceFile};
+use crate::config::schema::PARTITION_COLUMN;
 use crate::config::{Project, settings::Policy};
 use crate::domain::decimal::format_decimal;
 use crate::warehouse::{
@@ -59,6 +60,15 @@ pub enum ModelError {
         name: String,
         /// What failed.
         message: String,
+    },
+    /// The engine failed planning or running an aggregate.
+    #[error("aggregate {name}: {}", crate::query::describe(.source, &[]))]
+    Engine {
+        /// Aggregate.
+        name: String,
+        /// The engine's error, kept whole.
+        #[source]
+        source: datafusion::error::DataFusionError,
     },
     /// The catalog failed.
     #[error(transparent)]
@@ -160,7 +170,7 @@ pub fn load(project: &Project) -> (Vec<Aggregate>, Vec<Diagnostic>) {
                 continue;
             };
             match k.trim() {
-                "partition_by" if v.trim() == "quarter" => partition_by_quarter = true,
+                "partition_by" if v.trim() == PARTITION_COLUMN => partition_by_quarter = true,
                 "partition_by" => diags.push(file.error(
                     Some(start..offset),
                     "partition_by",
@@ -448,7 +458,7 @@ pub async fn check(project: &Project) -> Vec<Diagnostic> {
         match planned {
             Ok(df) => {
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                if a.partition_by_quarter && schema.field_with_name("quarter").is_err() {
+                if a.partition_by_quarter && schema.field_with_name(PARTITION_COLUMN).is_err() {
                     diags.push(a.file.error(None, "partition_by", "the aggregate is partitioned by quarter but its SELECT has no `quarter` column"));
                 }
                 if let Ok(t) = datafusion::datasource::MemTable::try_new(schema, vec![vec![]]) {
@@ -555,9 +565,9 @@ fn shift(q: &str, n: i32) -> Option<String> {
 }
 
 fn sql_err(name: &str) -> impl Fn(datafusion::error::DataFusionError) -> ModelError + '_ {
-    move |e| ModelError::Sql {
+    move |e| ModelError::Engine {
         name: name.to_string(),
-        message: e.to_string(),
+        source: e,
     }
 }
 
@@ -567,10 +577,12 @@ fn split_by_quarter(
     batches: &[RecordBatch],
     schema: &SchemaRef,
 ) -> Result<(SchemaRef, BTreeMap<String, RecordBatch>), ModelError> {
-    let qi = schema.index_of("quarter").map_err(|_| ModelError::Sql {
-        name: name.to_string(),
-        message: "the output has no `quarter` column".into(),
-    })?;
+    let qi = schema
+        .index_of(PARTITION_COLUMN)
+        .map_err(|_| ModelError::Sql {
+            name: name.to_string(),
+            message: "the output has no `quarter` column".into(),
+        })?;
     let data_fields: Vec<_> = schema
         .fields()
         .iter()
@@ -773,7 +785,7 @@ impl Refresh<'_> {
             let err = sql_err(&a.name);
             let df = c.table(table.as_str()).await.map_err(&err)?;
             let df = df
-                .filter(col("quarter").in_list(quarters.clone(), false))
+                .filter(col(PARTITION_COLUMN).in_list(quarters.clone(), false))
                 .map_err(&err)?;
             c.deregister_table(table.as_str()).map_err(&err)?;
             c.register_table(table.as_str(), df.into_view())
@@ -804,7 +816,7 @@ impl Refresh<'_> {
         let df = match &step.incremental {
             Some((outputs, _)) => {
                 let outs: Vec<_> = outputs.iter().map(|q| lit(q.clone())).collect();
-                df.filter(col("quarter").in_list(outs, false))
+                df.filter(col(PARTITION_COLUMN).in_list(outs, false))
                     .map_err(&err)?
             }
             None => df,

@@ -28,17 +28,23 @@ const SPILL_QUARANTINE_BYTES: usize = 8 << 20;
 
 /// Errors while buffering or spilling.
 #[derive(Debug, thiserror::Error)]
-#[error("{context}: {message}")]
+#[error("{context}: {source}")]
 pub struct PartitionError {
     /// What was being done.
     pub context: String,
-    /// The underlying error.
-    pub message: String,
+    /// The underlying error, kept whole.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-fn perr(context: impl Into<String>) -> impl FnOnce(String) -> PartitionError {
+fn perr<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    context: impl Into<String>,
+) -> impl FnOnce(E) -> PartitionError {
     let context = context.into();
-    move |message| PartitionError { context, message }
+    move |e| PartitionError {
+        context,
+        source: e.into(),
+    }
 }
 
 enum ColBuilder {
@@ -390,12 +396,10 @@ pub struct Spilled {
 
 fn write_ipc(path: &Path, batch: &RecordBatch) -> Result<(), PartitionError> {
     let ctx = format!("spilling to {}", path.display());
-    let file = std::fs::File::create(path).map_err(|e| perr(ctx.clone())(e.to_string()))?;
-    let mut w =
-        FileWriter::try_new(file, &batch.schema()).map_err(|e| perr(ctx.clone())(e.to_string()))?;
-    w.write(batch)
-        .map_err(|e| perr(ctx.clone())(e.to_string()))?;
-    w.finish().map_err(|e| perr(ctx)(e.to_string()))
+    let file = std::fs::File::create(path).map_err(|e| perr(ctx.clone())(e))?;
+    let mut w = FileWriter::try_new(file, &batch.schema()).map_err(|e| perr(ctx.clone())(e))?;
+    w.write(batch).map_err(|e| perr(ctx.clone())(e))?;
+    w.finish().map_err(|e| perr(ctx)(e))
 }
 
 /// Reads spill files back, in order.
@@ -403,10 +407,10 @@ pub fn read_spills(paths: &[PathBuf]) -> Result<Vec<RecordBatch>, PartitionError
     let mut out = Vec::new();
     for p in paths {
         let ctx = format!("reading spill {}", p.display());
-        let file = std::fs::File::open(p).map_err(|e| perr(ctx.clone())(e.to_string()))?;
-        let r = FileReader::try_new(file, None).map_err(|e| perr(ctx.clone())(e.to_string()))?;
+        let file = std::fs::File::open(p).map_err(|e| perr(ctx.clone())(e))?;
+        let r = FileReader::try_new(file, None).map_err(|e| perr(ctx.clone())(e))?;
         for b in r {
-            out.push(b.map_err(|e| perr(ctx.clone())(e.to_string()))?);
+            out.push(b.map_err(|e| perr(ctx.clone())(e))?);
         }
     }
     Ok(out)

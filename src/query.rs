@@ -33,16 +33,62 @@ pub enum QueryError {
     /// The statement is too long or its expressions nest too deeply to plan safely.
     #[error("{0}")]
     TooComplex(String),
-    /// Parsing, planning or execution failed.
+    /// The statement is not valid SQL.
     #[error("{0}")]
     Sql(String),
+    /// The engine refused or failed the query; the message is for people,
+    /// the source says who must act (see [`QueryError::is_ours`]).
+    #[error("{message}")]
+    Engine {
+        /// The error as a sentence (see [`describe`]).
+        message: String,
+        /// The engine's error, kept whole.
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
     /// Writing the results failed.
     #[error("writing results: {0}")]
     Output(String),
 }
 
 fn df_err(e: datafusion::error::DataFusionError) -> QueryError {
-    QueryError::Sql(describe(&e, &[]))
+    engine_err(e, &[])
+}
+
+fn engine_err(e: datafusion::error::DataFusionError, tables: &[String]) -> QueryError {
+    QueryError::Engine {
+        message: describe(&e, tables),
+        source: e,
+    }
+}
+
+/// Who must act on a failed query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The analyst: the query is wrong or refused.
+    Analyst,
+    /// Our limits (memory): retry later or ask less.
+    Capacity,
+    /// Us: a bug or the warehouse's files.
+    Ours,
+}
+
+impl QueryError {
+    /// Who must act on this error.
+    pub fn blame(&self) -> Blame {
+        use datafusion::error::DataFusionError as E;
+        match self {
+            QueryError::Output(_) => Blame::Ours,
+            QueryError::Engine { source, .. } => match source.find_root() {
+                E::ResourcesExhausted(_) => Blame::Capacity,
+                E::Internal(_) | E::IoError(_) | E::ParquetError(_) | E::ObjectStore(_) => {
+                    Blame::Ours
+                }
+                _ => Blame::Analyst,
+            },
+            _ => Blame::Analyst,
+        }
+    }
 }
 
 /// A DataFusion error as a sentence for people: no Rust debug formatting,
@@ -287,7 +333,7 @@ pub async fn sql(snapshot: &Snapshot, sql: &str) -> Result<DataFrame, QueryError
         .ctx
         .sql_with_options(sql, read_only_options())
         .await
-        .map_err(|e| QueryError::Sql(describe(&e, &table_names(&snapshot.ctx))))
+        .map_err(|e| engine_err(e, &table_names(&snapshot.ctx)))
 }
 
 /// Result formats.

@@ -121,7 +121,10 @@ async fn describe(catalog: &Catalog, name: &str) {
                 c.name, c.data_type, c.description
             );
         }
-        println!("  {:<20} Utf8 not null  — partition (YYYYQn)", "quarter");
+        println!(
+            "  {:<20} Utf8 not null  — partition (YYYYQn)",
+            ironlake::config::schema::PARTITION_COLUMN
+        );
         return;
     }
     run_query(catalog, &format!("DESCRIBE {name}"), OutputFormat::Table).await;

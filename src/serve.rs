@@ -311,7 +311,8 @@ struct InFlight(Arc<Daemon>);
 
 impl InFlight {
     fn new(d: &Arc<Daemon>) -> InFlight {
-        d.metrics.inc("ironlake_sql_queries_in_flight", &[], 1.0);
+        d.metrics
+            .inc(crate::metrics::Metric::SqlQueriesInFlight, &[], 1.0);
         InFlight(d.clone())
     }
 }
@@ -320,7 +321,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0
             .metrics
-            .inc("ironlake_sql_queries_in_flight", &[], -1.0);
+            .inc(crate::metrics::Metric::SqlQueriesInFlight, &[], -1.0);
     }
 }
 
@@ -404,24 +405,22 @@ async fn run_sql(d: &Daemon, sql: &str, format: OutputFormat) -> Result<Encoded,
     Ok(Encoded { bytes, truncated })
 }
 
-/// A query refused or failed: the analyst's mistake (400) or our limits (503).
+/// A query refused or failed, by who must act: the analyst (400), our
+/// limits (503, retry), or us (500, details in the log).
 fn query_error(e: QueryError) -> ApiError {
-    match e {
-        QueryError::Output(m) => ApiError::Internal(m),
-        other => ApiError::BadRequest(other.to_string()),
+    match e.blame() {
+        query::Blame::Analyst => ApiError::BadRequest(e.to_string()),
+        query::Blame::Capacity => ApiError::Busy(e.to_string()),
+        query::Blame::Ours => ApiError::Internal(e.to_string()),
     }
 }
 
-/// An execution error: out of memory is our limit (503), the rest the query's.
+/// An execution error, sorted like [`query_error`].
 fn engine_error(e: datafusion::error::DataFusionError) -> ApiError {
-    let text = e.to_string();
-    if text.contains("Resources exhausted") || text.contains("ResourcesExhausted") {
-        ApiError::Busy(format!(
-            "the query needs more memory than the engine has free: {text}"
-        ))
-    } else {
-        ApiError::BadRequest(text)
-    }
+    query_error(QueryError::Engine {
+        message: query::describe(&e, &[]),
+        source: e,
+    })
 }
 
 async fn sql(State(d): S, req: Request) -> Result<Response, ApiError> {
@@ -706,7 +705,7 @@ async fn record_metrics(State(d): S, req: Request, next: Next) -> Response {
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let resp = next.run(req).await;
     d.metrics.inc(
-        "ironlake_http_requests_total",
+        crate::metrics::Metric::HttpRequests,
         &[("route", &route), ("status", resp.status().as_str())],
         1.0,
     );

@@ -17,9 +17,15 @@ use std::path::Path;
 /// Rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-fn data_err(context: impl Into<String>) -> impl FnOnce(String) -> WarehouseError {
+/// Wraps an Arrow, Parquet or I/O error (or a message) with what was being done.
+fn data_err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    context: impl Into<String>,
+) -> impl FnOnce(E) -> WarehouseError {
     let context = context.into();
-    move |message| WarehouseError::Data { context, message }
+    move |e| WarehouseError::Data {
+        context,
+        source: e.into(),
+    }
 }
 
 /// Writer properties of every warehouse file.
@@ -51,9 +57,9 @@ impl ParquetFile {
     /// Creates `path` for batches of `schema`.
     pub fn create(path: &Path, schema: SchemaRef) -> Result<ParquetFile> {
         let ctx = format!("writing {}", path.display());
-        let file = std::fs::File::create(path).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        let file = std::fs::File::create(path).map_err(|e| data_err(ctx.clone())(e))?;
         let writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))
-            .map_err(|e| data_err(ctx)(e.to_string()))?;
+            .map_err(|e| data_err(ctx)(e))?;
         Ok(ParquetFile {
             path: path.to_path_buf(),
             writer,
@@ -66,7 +72,7 @@ impl ParquetFile {
         self.rows += batch.num_rows() as u64;
         self.writer
             .write(batch)
-            .map_err(|e| data_err(format!("writing {}", self.path.display()))(e.to_string()))
+            .map_err(|e| data_err(format!("writing {}", self.path.display()))(e))
     }
 
     /// Rows written so far.
@@ -80,9 +86,8 @@ impl ParquetFile {
         let file = self
             .writer
             .into_inner()
-            .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
-        file.sync_all()
-            .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+            .map_err(|e| data_err(ctx.clone())(e))?;
+        file.sync_all().map_err(|e| data_err(ctx.clone())(e))?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(FileEntry {
             name: self
@@ -100,23 +105,23 @@ impl ParquetFile {
 /// reading only that column.
 pub fn read_strings(path: &Path, index: usize, mut f: impl FnMut(&str)) -> Result<()> {
     let ctx = format!("reading {}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| data_err(ctx.clone())(e))?;
     let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [index]);
     let reader = builder
         .with_projection(mask)
         .with_batch_size(64 * 1024)
         .build()
-        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        .map_err(|e| data_err(ctx.clone())(e))?;
     for b in reader {
-        let b = b.map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        let b = b.map_err(|e| data_err(ctx.clone())(e))?;
         let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)
-            .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+            .map_err(|e| data_err(ctx.clone())(e))?;
         let col = col
             .as_any()
             .downcast_ref::<arrow::array::StringArray>()
-            .ok_or_else(|| data_err(ctx.clone())("column is not text".into()))?;
+            .ok_or_else(|| data_err(ctx.clone())("column is not text"))?;
         col.iter().flatten().for_each(&mut f);
     }
     Ok(())
@@ -125,21 +130,21 @@ pub fn read_strings(path: &Path, index: usize, mut f: impl FnMut(&str)) -> Resul
 /// Reads a whole Parquet file as one batch with `schema`.
 pub fn read_parquet(path: &Path, schema: &SchemaRef) -> Result<RecordBatch> {
     let ctx = format!("reading {}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| data_err(ctx.clone())(e.to_string()))?
+        .map_err(|e| data_err(ctx.clone())(e))?
         .with_batch_size(64 * 1024)
         .build()
-        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        .map_err(|e| data_err(ctx.clone())(e))?;
     let mut batches = Vec::new();
     for b in reader {
-        let b = b.map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        let b = b.map_err(|e| data_err(ctx.clone())(e))?;
         let b = RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(|e| {
             data_err(ctx.clone())(format!("file does not match the table schema: {e}"))
         })?;
         batches.push(b);
     }
-    concat_batches(schema, &batches).map_err(|e| data_err(ctx)(e.to_string()))
+    concat_batches(schema, &batches).map_err(|e| data_err(ctx)(e))
 }
 
 /// What a merge produced.
@@ -163,7 +168,7 @@ impl Merged {
 /// How many (before, after) row pairs differ in any column (nulls equal),
 /// compared a chunk at a time so memory stays bounded.
 fn count_different(all: &RecordBatch, pairs: &[(u32, u32)]) -> Result<u64> {
-    let err = |e: arrow::error::ArrowError| data_err("comparing restated rows")(e.to_string());
+    let err = |e: arrow::error::ArrowError| data_err("comparing restated rows")(e);
     let mut n = 0u64;
     for chunk in pairs.chunks(64 * 1024) {
         let a = UInt32Array::from(chunk.iter().map(|p| p.0).collect::<Vec<_>>());
@@ -187,20 +192,16 @@ fn count_different(all: &RecordBatch, pairs: &[(u32, u32)]) -> Result<u64> {
 /// Writes the rows of `all` picked by `order` to one Parquet file, a row group at a time.
 pub fn write_parquet_rows(path: &Path, all: &RecordBatch, order: &[u32]) -> Result<FileEntry> {
     let ctx = format!("writing {}", path.display());
-    let file = std::fs::File::create(path).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    let file = std::fs::File::create(path).map_err(|e| data_err(ctx.clone())(e))?;
     let mut w = ArrowWriter::try_new(file, all.schema(), Some(writer_properties()))
-        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        .map_err(|e| data_err(ctx.clone())(e))?;
     for chunk in order.chunks(ROW_GROUP_ROWS) {
         let idx = UInt32Array::from(chunk.to_vec());
-        let b = take_record_batch(all, &idx).map_err(|e| data_err(ctx.clone())(e.to_string()))?;
-        w.write(&b)
-            .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+        let b = take_record_batch(all, &idx).map_err(|e| data_err(ctx.clone())(e))?;
+        w.write(&b).map_err(|e| data_err(ctx.clone())(e))?;
     }
-    let file = w
-        .into_inner()
-        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
-    file.sync_all()
-        .map_err(|e| data_err(ctx.clone())(e.to_string()))?;
+    let file = w.into_inner().map_err(|e| data_err(ctx.clone())(e))?;
+    file.sync_all().map_err(|e| data_err(ctx.clone())(e))?;
     let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     Ok(FileEntry {
         name: path
@@ -225,18 +226,17 @@ pub fn merge(
     let existing_rows = existing.as_ref().map_or(0, |b| b.num_rows());
     let mut parts: Vec<RecordBatch> = existing.into_iter().collect();
     parts.extend(new.iter().cloned());
-    let all =
-        concat_batches(schema, &parts).map_err(|e| data_err("merging partition")(e.to_string()))?;
+    let all = concat_batches(schema, &parts).map_err(|e| data_err("merging partition")(e))?;
     let key_conv = RowConverter::new(
         key.iter()
             .map(|&i| SortField::new(schema.field(i).data_type().clone()))
             .collect(),
     )
-    .map_err(|e| data_err("merging partition")(e.to_string()))?;
+    .map_err(|e| data_err("merging partition")(e))?;
     let key_cols: Vec<ArrayRef> = key.iter().map(|&i| all.column(i).clone()).collect();
     let keys = key_conv
         .convert_columns(&key_cols)
-        .map_err(|e| data_err("merging partition")(e.to_string()))?;
+        .map_err(|e| data_err("merging partition")(e))?;
 
     // Winner per key: the last delivered row.
     let mut winner: HashMap<&[u8], usize> = HashMap::with_capacity(all.num_rows());
@@ -288,11 +288,11 @@ pub fn encode_keys(schema: &SchemaRef, batch: &RecordBatch, key: &[usize]) -> Re
             .map(|&i| SortField::new(schema.field(i).data_type().clone()))
             .collect(),
     )
-    .map_err(|e| data_err("encoding keys")(e.to_string()))?;
+    .map_err(|e| data_err("encoding keys")(e))?;
     let cols: Vec<ArrayRef> = key.iter().map(|&i| batch.column(i).clone()).collect();
     let rows = conv
         .convert_columns(&cols)
-        .map_err(|e| data_err("encoding keys")(e.to_string()))?;
+        .map_err(|e| data_err("encoding keys")(e))?;
     Ok((0..batch.num_rows())
         .map(|i| rows.row(i).as_ref().to_vec())
         .collect())

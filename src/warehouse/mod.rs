@@ -73,12 +73,13 @@ pub enum WarehouseError {
     )]
     Conflict(u64),
     /// Reading or writing Parquet or Arrow failed.
-    #[error("{context}: {message}")]
+    #[error("{context}: {source}")]
     Data {
         /// What was being read or written.
         context: String,
-        /// The underlying error.
-        message: String,
+        /// The underlying error, kept whole.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -149,6 +150,11 @@ impl std::fmt::Display for DirKey {
             DirKey::Published(n) => write!(f, "published/{n}"),
         }
     }
+}
+
+/// A partition's directory name, Hive style: `quarter=2019Q3`.
+pub fn partition_path(value: &str) -> String {
+    format!("{}={value}", crate::config::schema::PARTITION_COLUMN)
 }
 
 /// One data file of a partition.
@@ -259,7 +265,7 @@ impl Manifest {
         let d = self.dirs.get(dir)?;
         Some(
             root.join(&d.generation)
-                .join(format!("quarter={partition}"))
+                .join(partition_path(partition))
                 .join(file),
         )
     }
@@ -505,7 +511,7 @@ const BUILDING: &str = ".building";
 impl GenBuilder {
     /// The directory a new partition's files go into (created on demand).
     pub fn partition_dir(&self, partition: &str) -> Result<PathBuf> {
-        let d = self.dir.join(format!("quarter={partition}"));
+        let d = self.dir.join(partition_path(partition));
         std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         Ok(d)
     }
@@ -842,7 +848,7 @@ impl Warehouse {
             if g.replaced.contains(part) {
                 continue;
             }
-            let dst_dir = g.dir.join(format!("quarter={part}"));
+            let dst_dir = g.dir.join(partition_path(part));
             std::fs::create_dir_all(&dst_dir).map_err(io_err("create", &dst_dir))?;
             let base_files = g
                 .base
@@ -854,7 +860,7 @@ impl Warehouse {
                 let src = self
                     .root
                     .join(&g.base.generation)
-                    .join(format!("quarter={part}"))
+                    .join(partition_path(part))
                     .join(&f.name);
                 let dst = dst_dir.join(&f.name);
                 std::fs::hard_link(&src, &dst).map_err(io_err("link", &src))?;
@@ -862,7 +868,7 @@ impl Warehouse {
         }
         // fsync every partition directory, then the generation directory and its parent.
         for part in g.partitions.keys() {
-            let d = g.dir.join(format!("quarter={part}"));
+            let d = g.dir.join(partition_path(part));
             fsutil::fsync_dir(&d).map_err(io_err("fsync", &d))?;
         }
         fsutil::fsync_dir(&g.dir).map_err(io_err("fsync", &g.dir))?;
