@@ -66,17 +66,35 @@ pub fn next_fire(s: &Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Whether a run falls due at startup: a fire time passed since the last
-/// successful run and the policy is `run_once` (a pipeline that never
-/// succeeded counts as missed).
+/// What to do at startup about runs missed while the daemon was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUpDecision {
+    /// No fire time passed since the last successful run.
+    NothingMissed,
+    /// Runs were missed and the policy is `run_once`: run once now (a
+    /// pipeline that never succeeded counts as missed).
+    RunOnce,
+    /// Runs were missed and the policy is `skip`.
+    Skip,
+}
+
+/// Decides catch-up for a schedule, the one place this is decided.
+pub fn catch_up(
+    s: &Schedule,
+    last_run: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> CatchUpDecision {
+    let missed = last_run.is_none_or(|l| next_fire(s, l).is_some_and(|n| n <= now));
+    match (missed, s.catch_up) {
+        (false, _) => CatchUpDecision::NothingMissed,
+        (true, CatchUp::RunOnce) => CatchUpDecision::RunOnce,
+        (true, CatchUp::Skip) => CatchUpDecision::Skip,
+    }
+}
+
+/// Whether a run falls due at startup (see [`catch_up`]).
 pub fn catch_up_due(s: &Schedule, last_run: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-    if s.catch_up == CatchUp::Skip {
-        return false;
-    }
-    match last_run {
-        None => true,
-        Some(last) => next_fire(s, last).is_some_and(|n| n <= now),
-    }
+    catch_up(s, last_run, now) == CatchUpDecision::RunOnce
 }
 
 /// What happened when a run fell due.
@@ -130,6 +148,48 @@ pub enum TriggerError {
     ShuttingDown,
 }
 
+/// Why a reload was refused (the previous configuration stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The files have errors (every one, a line each).
+    #[error("{0}")]
+    Config(String),
+    /// A token cannot be used.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The SQL engine could not be set up.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+}
+
+/// Why an API token cannot be used (the operator must fix the file).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token file cannot be read.
+    #[error("cannot read the token file {}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token file can be read by other users.
+    #[error("the token file {} can be read by other users (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display())]
+    Exposed {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The token file holds nothing.
+    #[error("the token file {} is empty", path.display())]
+    Empty {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+}
+
 /// API bearer tokens by role.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
@@ -146,7 +206,7 @@ impl Tokens {
     /// whitespace trimmed) or the files the config names. A named file that
     /// cannot be read or is empty is an error (the role would silently be
     /// locked out); a file others can read is refused too.
-    pub fn load(project: &Project) -> Result<Tokens, String> {
+    pub fn load(project: &Project) -> Result<Tokens, TokenError> {
         let api = &project.settings.api;
         Ok(Tokens {
             admin: read_token("IRONLAKE_TOKEN_ADMIN", api.admin_token_file.as_deref())?,
@@ -157,7 +217,7 @@ impl Tokens {
 }
 
 /// One role's token: the environment first, then the configured file.
-fn read_token(env: &str, file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+fn read_token(env: &str, file: Option<&std::path::Path>) -> Result<Option<String>, TokenError> {
     if let Ok(v) = std::env::var(env)
         && !v.trim().is_empty()
     {
@@ -166,30 +226,30 @@ fn read_token(env: &str, file: Option<&std::path::Path>) -> Result<Option<String
     let Some(file) = file else {
         return Ok(None);
     };
-    let meta = std::fs::metadata(file)
-        .map_err(|e| format!("cannot read the token file {}: {e}", file.display()))?;
+    let unreadable = |source| TokenError::Unreadable {
+        path: file.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(file).map_err(unreadable)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
-            return Err(format!(
-                "the token file {} can be read by other users (mode {:o}); run `chmod 600 {}`",
-                file.display(),
-                mode & 0o777,
-                file.display()
-            ));
+            return Err(TokenError::Exposed {
+                path: file.to_path_buf(),
+                mode: mode & 0o777,
+            });
         }
     }
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read the token file {}: {e}", file.display()))?;
+    let text = std::fs::read_to_string(file).map_err(unreadable)?;
     match text.trim() {
-        "" => Err(format!("the token file {} is empty", file.display())),
+        "" => Err(TokenError::Empty {
+            path: file.to_path_buf(),
+        }),
         t => Ok(Some(t.to_string())),
     }
 }
-
-impl Tokens {}
 
 /// One pipeline's totals over the run history.
 #[derive(Default)]
@@ -264,7 +324,7 @@ impl Daemon {
         let sql_slots = project.settings.api.sql_max_concurrent;
         let catalog = Catalog::new(project.clone(), wh.clone())?;
         let metrics = Arc::new(Metrics::new());
-        let tokens = Tokens::load(&project).map_err(|e| anyhow::anyhow!(e))?;
+        let tokens = Tokens::load(&project)?;
         let permits = Arc::new(tokio::sync::Semaphore::new(
             project.settings.ingest.max_concurrent_runs as usize,
         ));
@@ -552,12 +612,15 @@ impl Daemon {
                 .filter_map(|r| DateTime::parse_from_rfc3339(&r.started_at).ok())
                 .map(|t| t.with_timezone(&Utc))
                 .max();
-            let missed = last.is_none_or(|l| next_fire(&p.schedule, l).is_some_and(|n| n <= now));
-            if catch_up_due(&p.schedule, last, now) {
-                tracing::info!(pipeline = %p.name, "Runs were missed while the daemon was down; running once now (catch_up = run_once).");
-                let _ = self.trigger(&p.name, RunKind::Ingest);
-            } else if missed && last.is_some() {
-                tracing::info!(pipeline = %p.name, "Runs were missed while the daemon was down; skipping them (catch_up = skip).");
+            match catch_up(&p.schedule, last, now) {
+                CatchUpDecision::RunOnce => {
+                    tracing::info!(pipeline = %p.name, "Runs were missed while the daemon was down; running once now (catch_up = run_once).");
+                    let _ = self.trigger(&p.name, RunKind::Ingest);
+                }
+                CatchUpDecision::Skip if last.is_some() => {
+                    tracing::info!(pipeline = %p.name, "Runs were missed while the daemon was down; skipping them (catch_up = skip).");
+                }
+                _ => {}
             }
             let me = self.clone();
             let name = p.name.clone();
@@ -584,21 +647,15 @@ impl Daemon {
     }
 
     /// Reloads configuration and pipelines; invalid files leave the old ones running.
-    pub fn reload(self: &Arc<Self>) -> Result<usize, String> {
+    pub fn reload(self: &Arc<Self>) -> Result<usize, ReloadError> {
         let report = config::load(&self.opts);
         let Some(project) = report.project else {
-            let errors: Vec<String> = report
-                .diagnostics
-                .all()
-                .iter()
-                .filter(|d| d.is_error())
-                .map(|d| d.to_string())
-                .collect();
-            tracing::error!(errors = %errors.join("\n"), "Reload refused: the configuration has errors; the previous pipelines keep running.");
-            return Err(errors.join("\n"));
+            let errors = report.errors_text();
+            tracing::error!(errors = %errors, "Reload refused: the configuration has errors; the previous pipelines keep running.");
+            return Err(ReloadError::Config(errors));
         };
         let project = Arc::new(project);
-        let catalog = Catalog::new(project.clone(), self.wh.clone()).map_err(|e| e.to_string())?;
+        let catalog = Catalog::new(project.clone(), self.wh.clone())?;
         let n = project.pipelines.len();
         let tokens = Tokens::load(&project)?;
         *self.tokens.write().expect("tokens lock") = tokens;

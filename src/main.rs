@@ -36,16 +36,6 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ImportFormat {
-    /// A JSON array of records.
-    Json,
-    /// One JSON record per line.
-    Ndjson,
-    /// CSV with a header row.
-    Csv,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate config, schemas and pipelines; list every problem with file:line.
@@ -101,7 +91,7 @@ enum Command {
         file: PathBuf,
         /// Its format.
         #[arg(long, value_enum)]
-        format: ImportFormat,
+        format: ironlake::config::pipeline::Format,
     },
     /// The daemon: schedules, HTTP API, metrics.
     Run {
@@ -293,19 +283,14 @@ fn import(
     project: &ironlake::config::Project,
     table: &str,
     file: &std::path::Path,
-    format: ImportFormat,
+    format: ironlake::config::pipeline::Format,
 ) -> Result<ExitCode> {
-    use ironlake::config::pipeline::Format;
     let wh = ironlake::warehouse::Warehouse::open_with(
         &project.settings.warehouse_dir,
         project.settings.superseded_retention,
     )
     .context("cannot open the warehouse")?;
-    let format = match format {
-        ImportFormat::Json => Format::Json,
-        ImportFormat::Ndjson => Format::Ndjson,
-        ImportFormat::Csv => Format::Csv,
-    };
+
     let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     match ironlake::ingest::import(
         project,
@@ -339,19 +324,10 @@ pub(crate) fn load_project(opts: &LoadOptions) -> Result<ironlake::config::Proje
     let report = ironlake::config::load(opts);
     match report.project {
         Some(p) => Ok(p),
-        None => {
-            let errors: Vec<String> = report
-                .diagnostics
-                .all()
-                .iter()
-                .filter(|d| d.is_error())
-                .map(|d| d.to_string())
-                .collect();
-            anyhow::bail!(
-                "the configuration has errors (run `ironlake check` for the full report):\n{}",
-                errors.join("\n")
-            )
-        }
+        None => anyhow::bail!(
+            "the configuration has errors (run `ironlake check` for the full report):\n{}",
+            report.errors_text()
+        ),
     }
 }
 

@@ -63,6 +63,19 @@ pub struct LoadReport {
     pub partial: Option<Project>,
 }
 
+impl LoadReport {
+    /// Every error, one per line, as a message for the operator.
+    pub fn errors_text(&self) -> String {
+        self.diagnostics
+            .all()
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 /// Where to load the project from.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {

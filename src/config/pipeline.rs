@@ -201,8 +201,8 @@ pub struct Schedule {
     pub catch_up: CatchUp,
 }
 
-/// Body format of a feed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Body format of a feed (or of a file for `ironlake import`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// A JSON array, or an object holding the array under `records_field`.
     Json,
