@@ -15,7 +15,9 @@ use crate::config::schema::PARTITION_COLUMN;
 use crate::domain::reference;
 use crate::partition::quarantine_schema;
 use crate::warehouse::{DirKey, Manifest, PublishedMeta, Warehouse, WarehouseError};
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{
+    ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::datasource::MemTable;
@@ -330,6 +332,11 @@ pub async fn register_published(
     register(ctx, &format!("published.{name}"), df.into_view())
 }
 
+/// The type of timestamps in system tables: microseconds, UTC.
+fn timestamp() -> DataType {
+    DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()))
+}
+
 /// A one-batch in-memory table.
 fn mem_table(schema: SchemaRef, cols: Vec<ArrayRef>) -> Result<Arc<MemTable>, CatalogError> {
     let batch = RecordBatch::try_new(schema.clone(), cols)
@@ -344,6 +351,16 @@ fn runs_table(wh: &Warehouse) -> Result<Arc<MemTable>, CatalogError> {
     let s = |f: &dyn Fn(&crate::warehouse::RunRecord) -> Option<String>| -> ArrayRef {
         Arc::new(StringArray::from(runs.iter().map(f).collect::<Vec<_>>()))
     };
+    let t = |f: &dyn Fn(&crate::warehouse::RunRecord) -> Option<crate::warehouse::Timestamp>| -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from(
+                runs.iter()
+                    .map(|r| f(r).map(|t| t.timestamp_micros()))
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        )
+    };
     let u = |f: &dyn Fn(&crate::warehouse::RunRecord) -> u64| -> ArrayRef {
         Arc::new(UInt64Array::from(runs.iter().map(f).collect::<Vec<_>>()))
     };
@@ -352,8 +369,8 @@ fn runs_table(wh: &Warehouse) -> Result<Arc<MemTable>, CatalogError> {
         Field::new("pipeline", DataType::Utf8, false),
         Field::new("kind", DataType::Utf8, false),
         Field::new("table_name", DataType::Utf8, false),
-        Field::new("started_at", DataType::Utf8, false),
-        Field::new("ended_at", DataType::Utf8, true),
+        Field::new("started_at", timestamp(), false),
+        Field::new("ended_at", timestamp(), true),
         Field::new("outcome", DataType::Utf8, false),
         Field::new("error", DataType::Utf8, true),
         Field::new("requests", DataType::UInt64, false),
@@ -375,8 +392,8 @@ fn runs_table(wh: &Warehouse) -> Result<Arc<MemTable>, CatalogError> {
         s(&|r| Some(r.pipeline.clone())),
         s(&|r| Some(r.kind.as_str().to_string())),
         s(&|r| Some(r.table.clone())),
-        s(&|r| Some(r.started_at.clone())),
-        s(&|r| r.ended_at.clone()),
+        t(&|r| Some(r.started_at)),
+        t(&|r| r.ended_at),
         s(&|r| Some(serde_json::to_value(r.outcome).ok()?.as_str()?.to_string())),
         s(&|r| r.error.clone()),
         u(&|r| r.requests),

@@ -340,10 +340,10 @@ pub fn status(project: &Project) -> Result<ExitCode> {
         "warehouse {} — manifest version {} ({})",
         wh.root().display(),
         manifest.version,
-        if manifest.committed_at.is_empty() {
-            "empty"
+        if manifest.version == 0 {
+            "empty".to_string()
         } else {
-            &manifest.committed_at
+            ironlake::warehouse::display_time(&manifest.committed_at)
         }
     );
     println!();
@@ -363,12 +363,9 @@ pub fn status(project: &Project) -> Result<ExitCode> {
         let last = runs
             .iter()
             .find(|r| r.table == t.name && r.outcome == ironlake::warehouse::Outcome::Succeeded);
-        let (when, age) = match last
-            .and_then(|r| r.ended_at.as_deref())
-            .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
-        {
+        let (when, age) = match last.and_then(|r| r.ended_at) {
             Some(t) => {
-                let secs = (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+                let secs = (now - t).num_seconds().max(0);
                 let age = if secs < 120 {
                     format!("{secs}s")
                 } else if secs < 7200 {
@@ -398,11 +395,7 @@ pub fn status(project: &Project) -> Result<ExitCode> {
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
-        let started = r
-            .started_at
-            .get(..19)
-            .unwrap_or(&r.started_at)
-            .replace('T', " ");
+        let started = r.started_at.format("%Y-%m-%d %H:%M:%S").to_string();
         // A refresh reads no records: it shows the rows it wrote.
         let (records, valid, rejected, changed) = if r.kind == ironlake::warehouse::RunType::Refresh
         {

@@ -318,7 +318,7 @@ impl Daemon {
         let daemon_lock = wh.lock_daemon(&format!(
             "pid {}, started {}",
             std::process::id(),
-            crate::warehouse::now_rfc3339()
+            crate::warehouse::display_time(&crate::warehouse::now())
         ))?;
         let project = Arc::new(project);
         let sql_slots = project.settings.api.sql_max_concurrent;
@@ -376,11 +376,7 @@ impl Daemon {
             match r.outcome {
                 Outcome::Succeeded => {
                     t.succeeded += 1;
-                    let ended = r
-                        .ended_at
-                        .as_deref()
-                        .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
-                        .map(|e| e.timestamp_millis() as f64 / 1000.0);
+                    let ended = r.ended_at.map(|e| e.timestamp_millis() as f64 / 1000.0);
                     if let Some(e) = ended {
                         t.last_success = Some(t.last_success.map_or(e, |l| l.max(e)));
                     }
@@ -609,8 +605,7 @@ impl Daemon {
             let last = runs
                 .iter()
                 .filter(|r| r.pipeline == p.name && r.outcome == Outcome::Succeeded)
-                .filter_map(|r| DateTime::parse_from_rfc3339(&r.started_at).ok())
-                .map(|t| t.with_timezone(&Utc))
+                .map(|r| r.started_at)
                 .max();
             match catch_up(&p.schedule, last, now) {
                 CatchUpDecision::RunOnce => {

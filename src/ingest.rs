@@ -530,7 +530,7 @@ pub async fn run(
         Err(e) => {
             record.outcome = Outcome::Failed;
             record.error = Some(e.to_string());
-            record.ended_at = Some(warehouse::now_rfc3339());
+            record.ended_at = Some(warehouse::now());
             if let Err(w) = wh.write_run(&record) {
                 tracing::error!(error = %w, "Could not record the failed run.");
             }
@@ -1193,14 +1193,14 @@ pub fn commit_run(
     record.outcome = Outcome::Succeeded;
     if changes.is_empty() && cursors.is_empty() {
         // Nothing new: no commit, but the run is recorded.
-        record.ended_at = Some(warehouse::now_rfc3339());
+        record.ended_at = Some(warehouse::now());
         record.manifest_version = Some(base.version);
         wh.write_run(&record)?;
         return Ok(record);
     }
     let committed = wh.commit(&guard, &base, changes, cursors, record.clone())?;
     record.manifest_version = Some(committed.version);
-    record.ended_at = Some(warehouse::now_rfc3339());
+    record.ended_at = Some(warehouse::now());
     Ok(record)
 }
 
@@ -1253,7 +1253,7 @@ pub fn import(
     if let Err(e) = &result {
         record.outcome = Outcome::Failed;
         record.error = Some(e.to_string());
-        record.ended_at = Some(warehouse::now_rfc3339());
+        record.ended_at = Some(warehouse::now());
         let _ = wh.write_run(&record);
     }
     result

@@ -920,7 +920,7 @@ impl Refresh<'_> {
         meta.versions.push(PublishedVersion {
             version: self.base.version + 1,
             generation: change.state().generation.clone(),
-            published_at: warehouse::now_rfc3339(),
+            published_at: warehouse::now(),
             rows: change.state().rows(),
             mode: mode.as_str().into(),
             quarters: quarters.iter().cloned().collect(),

@@ -485,7 +485,7 @@ async fn aggregates(State(d): S, headers: HeaderMap) -> Result<Response, ApiErro
                 "name": name,
                 "description": description,
                 "version": v.map(|v| v.version),
-                "published_at": v.map(|v| v.published_at.clone()),
+                "published_at": v.map(|v| v.published_at),
                 "rows": v.map(|v| v.rows),
                 "columns": columns_of(meta),
                 "quarters": m.dirs.get(&crate::warehouse::DirKey::Published(name.clone()).key()).map(|s| s.partitions.keys().cloned().collect::<Vec<_>>()),

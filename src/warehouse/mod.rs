@@ -209,8 +209,8 @@ pub struct Cursor {
 pub struct Manifest {
     /// Monotonic version; 0 is the empty warehouse.
     pub version: u64,
-    /// When it was committed (RFC 3339, UTC).
-    pub committed_at: String,
+    /// When it was committed (stored as RFC 3339, UTC).
+    pub committed_at: Timestamp,
     /// Run that committed it.
     pub run_id: Option<String>,
     /// Every directory's committed state, by key (`tables/bank_loans`).
@@ -229,8 +229,8 @@ pub struct PublishedVersion {
     pub version: u64,
     /// Its generation directory, relative to the warehouse root.
     pub generation: String,
-    /// When it was published (RFC 3339, UTC).
-    pub published_at: String,
+    /// When it was published (stored as RFC 3339, UTC).
+    pub published_at: Timestamp,
     /// Rows in it.
     pub rows: u64,
     /// `full` or `incremental`.
@@ -328,10 +328,10 @@ pub struct RunRecord {
     pub kind: RunType,
     /// Target table.
     pub table: String,
-    /// Start time (RFC 3339, UTC).
-    pub started_at: String,
+    /// Start time (stored as RFC 3339, UTC).
+    pub started_at: Timestamp,
     /// End time.
-    pub ended_at: Option<String>,
+    pub ended_at: Option<Timestamp>,
     /// Outcome.
     pub outcome: Outcome,
     /// Why it failed.
@@ -374,7 +374,7 @@ impl RunRecord {
             pipeline: pipeline.into(),
             kind,
             table: table.into(),
-            started_at: now_rfc3339(),
+            started_at: now(),
             ended_at: None,
             outcome: Outcome::Running,
             error: None,
@@ -396,11 +396,18 @@ impl RunRecord {
     }
 }
 
-/// The current time as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+/// A point in time, UTC; stored in manifests and run records as RFC 3339.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+/// Now, to the millisecond (what run records and manifests keep).
+pub fn now() -> Timestamp {
+    let t = chrono::Utc::now();
+    t - chrono::Duration::nanoseconds(i64::from(t.timestamp_subsec_nanos() % 1_000_000))
+}
+
+/// A timestamp as people and `system.runs` read it: `2019-10-01T02:00:00.000Z`.
+pub fn display_time(t: &Timestamp) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 /// A unique run id: `20191001T020000Z-bank_loans-1a2b3c`.
@@ -914,7 +921,7 @@ impl Warehouse {
     ) -> Result<Manifest> {
         let mut next = base.clone();
         next.version = base.version + 1;
-        next.committed_at = now_rfc3339();
+        next.committed_at = now();
         next.run_id = Some(run.run_id.clone());
         let mut links = Vec::new();
         for c in changes {
@@ -930,7 +937,7 @@ impl Warehouse {
         edit(&mut next);
         run.manifest_version = Some(next.version);
         run.outcome = Outcome::Succeeded;
-        run.ended_at = Some(now_rfc3339());
+        run.ended_at = Some(now());
         let journal = Journal {
             manifest: next.clone(),
             links,
@@ -1193,7 +1200,7 @@ impl Warehouse {
                 let lock = self.meta(&format!("locks/{}.lock", run.pipeline));
                 if let Ok(Some(_l)) = FileLock::try_acquire(&lock) {
                     run.outcome = Outcome::Aborted;
-                    run.ended_at = Some(now_rfc3339());
+                    run.ended_at = Some(now());
                     run.error = Some(
                         "the process running it stopped before it committed; nothing was committed"
                             .into(),
@@ -1381,7 +1388,7 @@ mod tests {
         let wh = Warehouse::open(dir.path()).unwrap();
         for i in 0..RUNS_KEPT_PER_PIPELINE + 5 {
             let mut r = RunRecord::start(&format!("r-{i:06}"), "p", RunType::Ingest, "t");
-            r.started_at = format!("2019-01-01T00:00:00.{i:06}Z");
+            r.started_at = chrono::DateTime::from_timestamp(1_546_300_800 + i as i64, 0).unwrap();
             r.outcome = Outcome::Succeeded;
             wh.write_run(&r).unwrap();
         }
