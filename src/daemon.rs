@@ -300,6 +300,8 @@ pub struct Daemon {
     schedules: Mutex<CancellationToken>,
     /// Slots for API SQL queries (`api.sql_max_concurrent`, read at start).
     sql_permits: Arc<tokio::sync::Semaphore>,
+    /// Encoded aggregate responses by representation (`api.response_cache_mb`).
+    responses: crate::serve::ResponseCache,
     /// Held for the daemon's life: a second daemon on the warehouse refuses to start.
     _daemon_lock: crate::warehouse::fsutil::FileLock,
 }
@@ -322,6 +324,7 @@ impl Daemon {
         ))?;
         let project = Arc::new(project);
         let sql_slots = project.settings.api.sql_max_concurrent;
+        let cache_bytes = (project.settings.api.response_cache_mb as usize) << 20;
         let catalog = Catalog::new(project.clone(), wh.clone())?;
         let metrics = Arc::new(Metrics::new());
         let tokens = Tokens::load(&project)?;
@@ -344,6 +347,7 @@ impl Daemon {
             tokens: RwLock::new(tokens),
             schedules: Mutex::new(CancellationToken::new()),
             sql_permits: Arc::new(tokio::sync::Semaphore::new(sql_slots)),
+            responses: crate::serve::ResponseCache::new(cache_bytes),
             _daemon_lock: daemon_lock,
         });
         d.sync_run_metrics();
@@ -675,6 +679,11 @@ impl Daemon {
             );
         }
         finished
+    }
+
+    /// The cache of encoded aggregate responses.
+    pub fn responses(&self) -> &crate::serve::ResponseCache {
+        &self.responses
     }
 
     /// Slots for API SQL queries.

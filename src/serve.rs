@@ -549,6 +549,79 @@ fn sql_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Encoded aggregate responses, by representation (name, version, format,
+/// filters). Published versions never change, so an entry never goes stale;
+/// the least recently used go when the byte budget is reached.
+pub struct ResponseCache {
+    budget: usize,
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    entries: HashMap<String, (Bytes, u64)>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl ResponseCache {
+    /// A cache holding at most `budget` bytes of responses.
+    pub fn new(budget: usize) -> ResponseCache {
+        ResponseCache {
+            budget,
+            inner: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A cached response body.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        let mut inner = self.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        let entry = inner.entries.get_mut(key)?;
+        entry.1 = tick;
+        Some(entry.0.clone())
+    }
+
+    /// Keeps a response body, evicting the least recently used past the budget.
+    pub fn put(&self, key: String, body: Bytes) {
+        if body.len() > self.budget / 4 {
+            return; // one huge response would flush everything else
+        }
+        let mut inner = self.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner.bytes += body.len();
+        if let Some((old, _)) = inner.entries.insert(key, (body, tick)) {
+            inner.bytes -= old.len();
+        }
+        while inner.bytes > self.budget {
+            let Some(oldest) = inner
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some((b, _)) = inner.entries.remove(&oldest) {
+                inner.bytes -= b.len();
+            }
+        }
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
 async fn aggregate(
     State(d): S,
     headers: HeaderMap,
@@ -556,16 +629,16 @@ async fn aggregate(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     viewer_or_public(&d, &headers)?;
-    let catalog = d.catalog();
-    let snapshot = catalog
-        .snapshot()
-        .await
+    // The current version from the manifest's cached copy: no SQL, no
+    // session for a read whose representation is cached or unchanged.
+    let manifest = d
+        .warehouse()
+        .manifest_shared()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let Some(meta) = snapshot.manifest.published.get(&name) else {
+    let Some(meta) = manifest.published.get(&name) else {
         return Err(ApiError::NotFound(format!(
             "no published aggregate {name:?}; published: {}",
-            snapshot
-                .manifest
+            manifest
                 .published
                 .keys()
                 .cloned()
@@ -597,6 +670,35 @@ async fn aggregate(
         cache_headers(&mut resp);
         return Ok(resp);
     }
+    let key = format!("{name} {etag}");
+    let body = match d.responses().get(&key) {
+        Some(body) => body,
+        None => {
+            let body =
+                Bytes::from(read_aggregate(&d, &manifest, &name, meta, &filters, format).await?);
+            d.responses().put(key, body.clone());
+            body
+        }
+    };
+    let mut resp = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    cache_headers(&mut resp);
+    Ok(resp)
+}
+
+/// Runs the query of an aggregate read (on a cache miss) and encodes it.
+async fn read_aggregate(
+    d: &Daemon,
+    manifest: &crate::warehouse::Manifest,
+    name: &str,
+    meta: &crate::warehouse::PublishedMeta,
+    filters: &[String],
+    format: OutputFormat,
+) -> Result<Vec<u8>, ApiError> {
+    let snapshot = d
+        .catalog()
+        .snapshot_at(manifest.clone())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let order = if meta.columns.iter().any(|c| c == "rank") {
         "quarter, rank"
     } else {
@@ -626,10 +728,7 @@ async fn aggregate(
         .collect()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let bytes = encode(&batches, &schema, format)?;
-    let mut resp = ([(header::CONTENT_TYPE, format.content_type())], bytes).into_response();
-    cache_headers(&mut resp);
-    Ok(resp)
+    encode(&batches, &schema, format)
 }
 
 /// The SQL conditions of an aggregate request's filters, in a stable

@@ -701,3 +701,37 @@ async fn metrics_match_the_run_history_of_every_process() {
         "every aggregate shows the same duration: {durations:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_publication_is_served_on_the_next_request() {
+    let a = api(false, 0).await;
+    let url = format!("{}/api/v1/aggregates/loan_growth?format=csv", a.base);
+    let first = call("GET", &url, Some(VIEWER), None).await;
+    let etag1 = first.headers()["etag"].to_str().unwrap().to_string();
+    let body1 = first.text().await.unwrap();
+    // Served again from the cache: same bytes, same validator.
+    let again = call("GET", &url, Some(VIEWER), None).await;
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), etag1);
+    assert_eq!(again.text().await.unwrap(), body1);
+    assert!(a.daemon.responses().bytes() > 0, "nothing was cached");
+    // A new version, published by a full refresh: the very next read has it.
+    a.daemon
+        .refresh(&["loan_growth".to_string()], true)
+        .await
+        .expect("refresh");
+    let next = call("GET", &url, Some(VIEWER), None).await;
+    assert_eq!(next.status(), 200);
+    let etag2 = next.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(
+        etag2, etag1,
+        "the old version was served after a new one was published"
+    );
+    let r = client()
+        .get(&url)
+        .bearer_auth(VIEWER)
+        .header("If-None-Match", &etag1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the old validator still matched");
+}

@@ -160,6 +160,12 @@ struct RawApi {
     header_timeout_secs: u64,
     #[serde(default = "default_body_timeout_secs")]
     body_timeout_secs: u64,
+    #[serde(default = "default_response_cache_mb")]
+    response_cache_mb: u64,
+}
+
+fn default_response_cache_mb() -> u64 {
+    64
 }
 
 impl Default for RawApi {
@@ -177,6 +183,7 @@ impl Default for RawApi {
             max_connections: default_max_connections(),
             header_timeout_secs: default_header_timeout_secs(),
             body_timeout_secs: default_body_timeout_secs(),
+            response_cache_mb: default_response_cache_mb(),
         }
     }
 }
@@ -267,6 +274,8 @@ pub struct ApiSettings {
     pub header_timeout_secs: u64,
     /// Longest a client may take to send a request's body, seconds.
     pub body_timeout_secs: u64,
+    /// Memory for encoded aggregate responses, MiB (published versions never change).
+    pub response_cache_mb: u64,
 }
 
 /// Policy parameters of the programme (the plan's percentages are parameters, not constants).
@@ -455,6 +464,7 @@ pub fn load(file: &SourceFile, base: &Path) -> Result<Settings, Vec<Diagnostic>>
             max_connections: raw.api.max_connections.max(1),
             header_timeout_secs: raw.api.header_timeout_secs.max(1),
             body_timeout_secs: raw.api.body_timeout_secs.max(1),
+            response_cache_mb: raw.api.response_cache_mb,
         },
         policy,
         warehouse_dir,

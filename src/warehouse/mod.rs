@@ -486,6 +486,7 @@ pub struct Warehouse {
     root: PathBuf,
     retention: std::time::Duration,
     runs_cache: std::sync::Arc<std::sync::Mutex<Option<RunsCache>>>,
+    manifest_cache: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<Manifest>>>>,
 }
 
 /// The runs directory's modification time and the run records read at it.
@@ -609,6 +610,7 @@ impl Warehouse {
             root: root.to_path_buf(),
             retention,
             runs_cache: Default::default(),
+            manifest_cache: Default::default(),
         };
         for d in [
             "_ironlake/gen",
@@ -650,6 +652,7 @@ impl Warehouse {
             root: root.to_path_buf(),
             retention: DEFAULT_SUPERSEDED_RETENTION,
             runs_cache: Default::default(),
+            manifest_cache: Default::default(),
         })
     }
 
@@ -764,6 +767,26 @@ impl Warehouse {
             None => Ok(Manifest::default()),
             Some(&v) => Self::read_json(&self.manifest_path(v)),
         }
+    }
+
+    /// The current manifest, shared: parsed again only when a newer version
+    /// exists (one directory listing per call), so hot read paths such as
+    /// dashboard reads do not parse JSON per request. A commit by any process
+    /// is visible on the next call.
+    pub fn manifest_shared(&self) -> Result<std::sync::Arc<Manifest>> {
+        let latest = self.manifest_versions()?.last().copied().unwrap_or(0);
+        let mut cache = self
+            .manifest_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(m) = cache.as_ref()
+            && m.version == latest
+        {
+            return Ok(m.clone());
+        }
+        let m = std::sync::Arc::new(self.manifest()?);
+        *cache = Some(m.clone());
+        Ok(m)
     }
 
     /// Starts a new generation of directory `key` (e.g. `tables/bank_loans`).
