@@ -329,6 +329,47 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
     })
 }
 
+/// The last ten runs as a table; a refresh shows the rows it wrote.
+fn print_runs(runs: &[ironlake::warehouse::RunRecord]) {
+    println!("recent runs:");
+    println!(
+        "  {:<23} {:<22} {:<9} {:<9} {:>9} {:>9} {:>9} {:>9}",
+        "started (UTC)", "pipeline", "kind", "outcome", "records", "valid", "rejected", "changed"
+    );
+    for r in runs.iter().take(10) {
+        let outcome = serde_json::to_value(r.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let started = r.started_at.format("%Y-%m-%d %H:%M:%S").to_string();
+        // A refresh reads no records: it shows the rows it wrote.
+        let (records, valid, rejected, changed) = if r.kind == ironlake::warehouse::RunType::Refresh
+        {
+            (
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                r.rows_written.to_string(),
+            )
+        } else {
+            (
+                r.rows_in.to_string(),
+                r.rows_valid.to_string(),
+                r.rows_rejected.to_string(),
+                r.rows_changed.to_string(),
+            )
+        };
+        println!(
+            "  {started:<23} {:<22} {:<9} {outcome:<9} {records:>9} {valid:>9} {rejected:>9} {changed:>9}",
+            r.pipeline.chars().take(22).collect::<String>(),
+            r.kind,
+        );
+        if let Some(e) = &r.error {
+            println!("      error: {}", e.chars().take(200).collect::<String>());
+        }
+    }
+}
+
 /// `ironlake status`: recent runs and the freshness of each table.
 pub fn status(project: &Project) -> Result<ExitCode> {
     let wh = ironlake::warehouse::Warehouse::open_read_only(&project.settings.warehouse_dir)
@@ -385,42 +426,6 @@ pub fn status(project: &Project) -> Result<ExitCode> {
         );
     }
     println!();
-    println!("recent runs:");
-    println!(
-        "  {:<23} {:<22} {:<9} {:<9} {:>9} {:>9} {:>9} {:>9}",
-        "started (UTC)", "pipeline", "kind", "outcome", "records", "valid", "rejected", "changed"
-    );
-    for r in runs.iter().take(10) {
-        let outcome = serde_json::to_value(r.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        let started = r.started_at.format("%Y-%m-%d %H:%M:%S").to_string();
-        // A refresh reads no records: it shows the rows it wrote.
-        let (records, valid, rejected, changed) = if r.kind == ironlake::warehouse::RunType::Refresh
-        {
-            (
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                r.rows_written.to_string(),
-            )
-        } else {
-            (
-                r.rows_in.to_string(),
-                r.rows_valid.to_string(),
-                r.rows_rejected.to_string(),
-                r.rows_changed.to_string(),
-            )
-        };
-        println!(
-            "  {started:<23} {:<22} {:<9} {outcome:<9} {records:>9} {valid:>9} {rejected:>9} {changed:>9}",
-            r.pipeline.chars().take(22).collect::<String>(),
-            r.kind,
-        );
-        if let Some(e) = &r.error {
-            println!("      error: {}", e.chars().take(200).collect::<String>());
-        }
-    }
+    print_runs(&runs);
     Ok(ExitCode::SUCCESS)
 }

@@ -673,9 +673,39 @@ impl World {
         ][r.weighted(&[10, 8, 12, 4, 3, 63])];
         let bank = BANKS[r.range(0, BANKS.len() as i64 - 1) as usize].0;
         let demand_id = format!("FD{}{:07}", q, ent.index);
+        let submitted = DemandEvent {
+            demand_id,
+            enterprise: ent.index,
+            submitted_on,
+            amount,
+            term_months,
+            purpose,
+            instrument,
+            project_category,
+            status: "submitted",
+            status_on: submitted_on,
+            bank_code: None,
+            funded_amount: None,
+            rate: None,
+        };
+        self.demand_history(submitted, bank, &mut r)
+    }
+
+    /// The status changes of one demand, in date order, up to the
+    /// simulation's last day: through the funnel, or out of it (rejected
+    /// after screening or acceptance, or withdrawn).
+    fn demand_history(&self, t: DemandEvent, bank: &'static str, r: &mut Rng) -> Vec<DemandEvent> {
         let today = self.today();
+        let at = |status, status_on, bank_code, funded_amount, rate| DemandEvent {
+            status,
+            status_on,
+            bank_code,
+            funded_amount,
+            rate,
+            ..t.clone()
+        };
         let mut events = Vec::new();
-        let mut on = submitted_on;
+        let mut on = t.submitted_on;
         let steps: [(&str, i64, i64); 6] = [
             ("submitted", 0, 0),
             ("screened", 2, 10),
@@ -690,41 +720,12 @@ impl World {
             if on > today {
                 break;
             }
-            // Drop-outs: rejected after screening or acceptance, or withdrawn.
             if i == 2 && r.chance(0.15) || i == 4 && r.chance(0.12) {
-                events.push(self.demand_event(
-                    &demand_id,
-                    ent,
-                    submitted_on,
-                    amount,
-                    term_months,
-                    purpose,
-                    instrument,
-                    project_category,
-                    "rejected",
-                    on,
-                    bank_code,
-                    None,
-                    None,
-                ));
+                events.push(at("rejected", on, bank_code, None, None));
                 break;
             }
             if i == 3 && r.chance(0.05) {
-                events.push(self.demand_event(
-                    &demand_id,
-                    ent,
-                    submitted_on,
-                    amount,
-                    term_months,
-                    purpose,
-                    instrument,
-                    project_category,
-                    "withdrawn",
-                    on,
-                    bank_code,
-                    None,
-                    None,
-                ));
+                events.push(at("withdrawn", on, bank_code, None, None));
                 break;
             }
             if *status == "recommended" {
@@ -732,68 +733,16 @@ impl World {
             }
             let (funded, rate) = if *status == "funded" {
                 let funded =
-                    round_to(amount as f64 / 100.0 * r.uniform(0.5, 1.0), 10_000.0).min(amount);
-                (
-                    Some(funded),
-                    Some(
-                        base_rates(Quarter::from_date(on)).0
-                            + 500 * i128::from(r.range(-6, 20) as i32),
-                    ),
-                )
+                    round_to(t.amount as f64 / 100.0 * r.uniform(0.5, 1.0), 10_000.0).min(t.amount);
+                let rate =
+                    base_rates(Quarter::from_date(on)).0 + 500 * i128::from(r.range(-6, 20) as i32);
+                (Some(funded), Some(rate))
             } else {
                 (None, None)
             };
-            events.push(self.demand_event(
-                &demand_id,
-                ent,
-                submitted_on,
-                amount,
-                term_months,
-                purpose,
-                instrument,
-                project_category,
-                status,
-                on,
-                bank_code,
-                funded,
-                rate,
-            ));
+            events.push(at(status, on, bank_code, funded, rate));
         }
         events
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn demand_event(
-        &self,
-        demand_id: &str,
-        ent: &Enterprise,
-        submitted_on: NaiveDate,
-        amount: i128,
-        term_months: i32,
-        purpose: &'static str,
-        instrument: &'static str,
-        project_category: &'static str,
-        status: &'static str,
-        status_on: NaiveDate,
-        bank_code: Option<&'static str>,
-        funded_amount: Option<i128>,
-        rate: Option<i128>,
-    ) -> DemandEvent {
-        DemandEvent {
-            demand_id: demand_id.to_string(),
-            enterprise: ent.index,
-            submitted_on,
-            amount,
-            term_months,
-            purpose,
-            instrument,
-            project_category,
-            status,
-            status_on,
-            bank_code,
-            funded_amount,
-            rate,
-        }
     }
 
     /// Bond and equity issues of enterprise `ent` inside the simulated range,
