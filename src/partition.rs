@@ -415,3 +415,85 @@ pub fn read_spills(paths: &[PathBuf]) -> Result<Vec<RecordBatch>, PartitionError
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> TableSchema {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/bank_loans.toml"
+        ))
+        .unwrap();
+        crate::config::schema::load(&crate::config::SourceFile::new("bank_loans.toml", text))
+            .unwrap()
+    }
+
+    fn bad(i: usize, raw: String) -> QuarantineRow {
+        QuarantineRow {
+            source: "test".into(),
+            record_no: i as u64,
+            field: Some("balance".into()),
+            reason: format!("bad {i}"),
+            code: "decimal_syntax",
+            raw,
+        }
+    }
+
+    #[test]
+    fn rejected_records_spill_like_valid_rows_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partitioner::new(&table(), dir.path(), "run-1", "bank_loans");
+        // 40 MB of rejected text: more than one spill's worth, never all in memory.
+        let raw = "x".repeat(4000);
+        for i in 0..10_000 {
+            p.reject(None, bad(i, raw.clone())).unwrap();
+        }
+        assert!(
+            !p.quarantine_spills.is_empty(),
+            "rejected records were still all held in memory"
+        );
+        assert!(
+            p.quarantine
+                .values()
+                .all(|b| b.bytes < SPILL_QUARANTINE_BYTES)
+        );
+        let spilled = p.finish().unwrap();
+        let paths = &spilled.quarantine[UNKNOWN_QUARTER];
+        assert!(paths.len() >= 5, "{}", paths.len());
+        let rows: usize = read_spills(paths)
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, 10_000);
+    }
+
+    #[test]
+    fn raw_text_past_the_limit_is_cut_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partitioner::new(&table(), dir.path(), "run-1", "bank_loans");
+        p.reject(None, bad(1, "y".repeat(MAX_RAW_BYTES + 10)))
+            .unwrap();
+        let spilled = p.finish().unwrap();
+        let b = &read_spills(&spilled.quarantine[UNKNOWN_QUARTER]).unwrap()[0];
+        let raw = b
+            .column(8)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap()
+            .value(0);
+        assert!(raw.ends_with(&format!(
+            "…[truncated: {} bytes in all]",
+            MAX_RAW_BYTES + 10
+        )));
+        let code = b
+            .column(9)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap()
+            .value(0);
+        assert_eq!(code, "decimal_syntax");
+    }
+}
