@@ -123,6 +123,34 @@ pub enum IngestError {
     },
 }
 
+impl IngestError {
+    /// Who must act: the partner (a broken or hostile feed), the operator
+    /// (names, credentials, the disk, limits), or us (a bug).
+    pub fn actor(&self) -> crate::Actor {
+        use crate::Actor;
+        match self {
+            IngestError::Source(
+                SourceError::Secret { .. }
+                | SourceError::Url { .. }
+                | SourceError::Unauthorized { .. },
+            ) => Actor::Operator,
+            IngestError::Source(_)
+            | IngestError::Decode { .. }
+            | IngestError::PaginationLoop { .. }
+            | IngestError::TooManyPages { .. }
+            | IngestError::Deadline(_) => Actor::Partner,
+            IngestError::Warehouse(WarehouseError::Damaged { .. })
+            | IngestError::Internal(_)
+            | IngestError::Panicked(_) => Actor::Ours,
+            IngestError::UnknownPipeline(..)
+            | IngestError::UnknownTable(..)
+            | IngestError::AlreadyRunning(_)
+            | IngestError::Partition(_)
+            | IngestError::Warehouse(_) => Actor::Operator,
+        }
+    }
+}
+
 /// The message of a panic payload.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {

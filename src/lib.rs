@@ -53,6 +53,33 @@ pub mod source;
 pub mod validate;
 pub mod warehouse;
 
+/// Who must act on an error: errors are sorted by it, and the CLI and API
+/// say it (a bad partner record is quarantined, a bad feed fails its run, a
+/// bad config stops startup, a bad query is the analyst's, a bug is ours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    /// The partner's feed is broken or hostile: tell the partner.
+    Partner,
+    /// Configuration, credentials, limits or the machine: the operator.
+    Operator,
+    /// The query is wrong or refused: the analyst.
+    Analyst,
+    /// A bug in ironlake: please report it.
+    Ours,
+}
+
+impl Actor {
+    /// Who must act, as a phrase for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Actor::Partner => "a problem of the partner's feed",
+            Actor::Operator => "a problem of configuration or environment",
+            Actor::Analyst => "a problem of the query",
+            Actor::Ours => "a bug in ironlake, please report it",
+        }
+    }
+}
+
 /// Test hook: aborts the process (as `kill -9` would) when the environment
 /// variable `IRONLAKE_FAILPOINT` names this point. Used by the crash tests.
 pub fn failpoint(name: &str) {

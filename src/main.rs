@@ -313,7 +313,10 @@ fn import(
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("{table}: import failed, nothing committed: {e}");
+            eprintln!(
+                "{table}: import failed ({}), nothing committed: {e}",
+                e.actor().describe()
+            );
             Ok(ExitCode::from(1))
         }
     }
@@ -363,7 +366,10 @@ fn ingest(
                 }
                 Err(e) => {
                     progress::clear();
-                    eprintln!("{name}: run failed, nothing committed: {e}");
+                    eprintln!(
+                        "{name}: run failed ({}), nothing committed: {e}",
+                        e.actor().describe()
+                    );
                     failed += 1;
                 }
             }

@@ -37,7 +37,7 @@ pub enum QueryError {
     #[error("{0}")]
     Sql(String),
     /// The engine refused or failed the query; the message is for people,
-    /// the source says who must act (see [`QueryError::is_ours`]).
+    /// the source says who must act (see [`QueryError::actor`]).
     #[error("{message}")]
     Engine {
         /// The error as a sentence (see [`describe`]).
@@ -62,31 +62,21 @@ fn engine_err(e: datafusion::error::DataFusionError, tables: &[String]) -> Query
     }
 }
 
-/// Who must act on a failed query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blame {
-    /// The analyst: the query is wrong or refused.
-    Analyst,
-    /// Our limits (memory): retry later or ask less.
-    Capacity,
-    /// Us: a bug or the warehouse's files.
-    Ours,
-}
-
 impl QueryError {
-    /// Who must act on this error.
-    pub fn blame(&self) -> Blame {
+    /// Who must act on this error (our memory limit is the operator's setting).
+    pub fn actor(&self) -> crate::Actor {
+        use crate::Actor;
         use datafusion::error::DataFusionError as E;
         match self {
-            QueryError::Output(_) => Blame::Ours,
+            QueryError::Output(_) => Actor::Ours,
             QueryError::Engine { source, .. } => match source.find_root() {
-                E::ResourcesExhausted(_) => Blame::Capacity,
+                E::ResourcesExhausted(_) => Actor::Operator,
                 E::Internal(_) | E::IoError(_) | E::ParquetError(_) | E::ObjectStore(_) => {
-                    Blame::Ours
+                    Actor::Ours
                 }
-                _ => Blame::Analyst,
+                _ => Actor::Analyst,
             },
-            _ => Blame::Analyst,
+            _ => Actor::Analyst,
         }
     }
 }

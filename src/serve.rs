@@ -408,10 +408,10 @@ async fn run_sql(d: &Daemon, sql: &str, format: OutputFormat) -> Result<Encoded,
 /// A query refused or failed, by who must act: the analyst (400), our
 /// limits (503, retry), or us (500, details in the log).
 fn query_error(e: QueryError) -> ApiError {
-    match e.blame() {
-        query::Blame::Analyst => ApiError::BadRequest(e.to_string()),
-        query::Blame::Capacity => ApiError::Busy(e.to_string()),
-        query::Blame::Ours => ApiError::Internal(e.to_string()),
+    match e.actor() {
+        crate::Actor::Analyst | crate::Actor::Partner => ApiError::BadRequest(e.to_string()),
+        crate::Actor::Operator => ApiError::Busy(e.to_string()),
+        crate::Actor::Ours => ApiError::Internal(e.to_string()),
     }
 }
 

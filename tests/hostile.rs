@@ -111,7 +111,8 @@ fn check_common(outcomes: &[Outcome], dir: &tempfile::TempDir) {
         );
         if !o.ok {
             assert!(
-                o.line.contains("run failed, nothing committed: ")
+                o.line
+                    .contains("run failed (a problem of the partner's feed), nothing committed: ")
                     && o.line.contains("GET http://127.0.0.1:"),
                 "{}",
                 o.line
