@@ -291,14 +291,16 @@ fn import(
     )
     .context("cannot open the warehouse")?;
 
-    let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut reader = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?,
+    );
     match ironlake::ingest::import(
         project,
         &wh,
         table,
         format,
         &file.display().to_string(),
-        &body,
+        &mut reader,
     ) {
         Ok(r) => {
             println!(
