@@ -348,26 +348,35 @@ fn ingest(
     )
     .context("cannot open the warehouse")?;
     let progress = progress::reporter(std::io::stderr().is_terminal());
-    let mut failed = 0;
-    runtime()?.block_on(async {
-        for name in &names {
-            match ironlake::ingest::run(project, &wh, name, kind, Some(progress.clone())).await {
-                Ok(r) => {
-                    progress::clear();
-                    println!(
-                        "{name}: committed run {} — {} records in, {} valid, {} rejected, {} rows new or changed in {} partitions ({} requests, {} retries)",
-                        r.run_id,
-                        r.rows_in,
-                        r.rows_valid,
-                        r.rows_rejected,
-                        r.rows_changed,
-                        r.partitions_touched.len(),
-                        r.requests,
-                        r.retries
-                    );
-                }
+    // Independent pipelines run side by side, up to `ingest.max_concurrent_runs`.
+    let slots = project.settings.ingest.max_concurrent_runs.max(1) as usize;
+    let failed = runtime()?.block_on(async {
+        use futures::StreamExt as _;
+        let runs = futures::stream::iter(names.iter()).map(|name| {
+            let progress = progress.clone();
+            let wh = &wh;
+            async move {
+                let r = ironlake::ingest::run(project, wh, name, kind, Some(progress)).await;
+                (name, r)
+            }
+        });
+        let mut runs = runs.buffer_unordered(slots);
+        let mut failed = 0;
+        while let Some((name, result)) = runs.next().await {
+            progress::clear();
+            match result {
+                Ok(r) => println!(
+                    "{name}: committed run {} — {} records in, {} valid, {} rejected, {} rows new or changed in {} partitions ({} requests, {} retries)",
+                    r.run_id,
+                    r.rows_in,
+                    r.rows_valid,
+                    r.rows_rejected,
+                    r.rows_changed,
+                    r.partitions_touched.len(),
+                    r.requests,
+                    r.retries
+                ),
                 Err(e) => {
-                    progress::clear();
                     eprintln!(
                         "{name}: run failed ({}), nothing committed: {e}",
                         e.actor().describe()
@@ -376,6 +385,7 @@ fn ingest(
                 }
             }
         }
+        failed
     });
     Ok(if failed > 0 {
         ExitCode::from(1)

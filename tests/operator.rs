@@ -245,3 +245,67 @@ fn the_demo_hands_over_an_environment_every_runbook_command_can_use() {
     let _ = demo.kill();
     let _ = demo.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_all_runs_pipelines_side_by_side_up_to_the_limit() {
+    // Every first request of a page is answered slowly, so runs take a while.
+    let mut o = SimOptions::new(29, 30);
+    o.token = Some(FEED.into());
+    o.to = "2017Q2".parse().unwrap();
+    o.faults = ironlake::feedsim::FaultMode::Flaky;
+    o.fault_rate = 1.0;
+    o.malformed_rate = 0.0;
+    o.duplicate_rate = 0.0;
+    o.slow_ms = 600;
+    let sim = start_sim(o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let (w, url) = (wh.clone(), sim.url());
+    let out = tokio::task::spawn_blocking(move || {
+        run_ok(ironlake(&w, &url, FEED).args(["ingest", "--all"]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains(": committed run "))
+            .count(),
+        5,
+        "{out}"
+    );
+    let runs = run_ok(ironlake(&wh, "http://127.0.0.1:9", FEED).args([
+        "sql",
+        "SELECT CAST(started_at AS BIGINT) AS s, CAST(ended_at AS BIGINT) AS e FROM system.runs WHERE kind = 'ingest' ORDER BY s",
+        "--format",
+        "json",
+    ]));
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&runs).unwrap();
+    let spans: Vec<(i64, i64)> = runs
+        .iter()
+        .map(|r| (r["s"].as_i64().unwrap(), r["e"].as_i64().unwrap()))
+        .collect();
+    // At most two at once (max_concurrent_runs = 2), and some did overlap.
+    let overlaps = |i: usize| {
+        spans
+            .iter()
+            .enumerate()
+            .filter(|(j, s)| *j != i && s.0 < spans[i].1 && spans[i].0 < s.1)
+            .count()
+    };
+    assert!(
+        (0..spans.len()).any(|i| overlaps(i) >= 1),
+        "no two runs overlapped: {spans:?}"
+    );
+    for (i, s) in spans.iter().enumerate() {
+        let at_start = spans
+            .iter()
+            .enumerate()
+            .filter(|(j, o)| *j != i && o.0 <= s.0 && s.0 < o.1)
+            .count();
+        assert!(
+            at_start <= 1,
+            "more than two runs at once at {}: {spans:?}",
+            s.0
+        );
+    }
+}

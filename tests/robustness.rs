@@ -344,6 +344,15 @@ async fn a_read_only_user_can_query_without_writing_anything() {
         lines
     };
     let before = listing(&wh);
+    // The reader's own copies of the binary and the project, inside the temp
+    // dir, so nothing outside it (the checkout may be private) must be readable.
+    let project = common::project_copy(|_, t| t);
+    let bin = dir.path().join("ironlake");
+    std::fs::copy(env!("CARGO_BIN_EXE_ironlake"), &bin).unwrap();
+    let config = dir.path().join("project");
+    std::fs::rename(project.path(), &config).unwrap_or_else(|_| {
+        copy_tree(project.path(), &config);
+    });
     let mut cmd = if unsafe { libc::geteuid() } == 0 {
         // Root ignores permissions: run as `nobody` instead.
         std::process::Command::new("chmod")
@@ -352,12 +361,8 @@ async fn a_read_only_user_can_query_without_writing_anything() {
             .status()
             .unwrap();
         let mut c = std::process::Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_ironlake"),
-        ]);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
         c
     } else {
         std::process::Command::new("chmod")
@@ -365,11 +370,11 @@ async fn a_read_only_user_can_query_without_writing_anything() {
             .arg(&wh)
             .status()
             .unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_ironlake"))
+        std::process::Command::new(&bin)
     };
     let out = cmd
         .arg("--config")
-        .arg(repo_config())
+        .arg(config.join("ironlake.toml"))
         .arg("--warehouse")
         .arg(&wh)
         .args([
@@ -639,6 +644,20 @@ fn a_token_file_others_can_read_is_refused() {
         "{err}"
     );
     assert!(!err.contains("secret-admin"), "the secret reached the log");
+}
+
+/// Copies a directory tree (for moves across file systems).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
 }
 
 /// A query slow enough to still be running a few seconds later.
