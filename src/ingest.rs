@@ -984,24 +984,36 @@ async fn commit_blocking(
     })?
 }
 
+/// The paths of a committed partition's files.
+fn partition_files<'a>(
+    wh: &'a Warehouse,
+    state: &'a warehouse::DirState,
+    part: &'a str,
+) -> impl Iterator<Item = std::path::PathBuf> + 'a {
+    let dir = wh
+        .root()
+        .join(&state.generation)
+        .join(warehouse::partition_path(part));
+    state
+        .partitions
+        .get(part)
+        .map_or(&[][..], |p| &p.files)
+        .iter()
+        .map(move |f| dir.join(&f.name))
+}
+
 fn read_dir_state(
     wh: &Warehouse,
     state: &warehouse::DirState,
     partition: &str,
     schema: &arrow::datatypes::SchemaRef,
 ) -> Result<Option<arrow::array::RecordBatch>, IngestError> {
-    let Some(ps) = state.partitions.get(partition) else {
+    if !state.partitions.contains_key(partition) {
         return Ok(None);
-    };
-    let mut batches = Vec::new();
-    for f in &ps.files {
-        let path = wh
-            .root()
-            .join(&state.generation)
-            .join(warehouse::partition_path(partition))
-            .join(&f.name);
-        batches.push(merge::read_parquet(&path, schema)?);
     }
+    let batches = partition_files(wh, state, partition)
+        .map(|path| merge::read_parquet(&path, schema))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(
         arrow::compute::concat_batches(schema, &batches)
             .map_err(|e| IngestError::Internal(e.to_string()))?,
@@ -1052,16 +1064,28 @@ fn moved_keys(
     Ok(removals)
 }
 
+/// What every commit step of a run reads: the warehouse under its lock,
+/// the manifest committed on, the table, the run's spilled rows.
+struct CommitInput<'a> {
+    wh: &'a Warehouse,
+    guard: &'a warehouse::CommitGuard,
+    base: &'a warehouse::Manifest,
+    table: &'a TableSchema,
+    spilled: &'a Spilled,
+    run_id: &'a str,
+}
+
 /// Merges the run's valid rows into a new generation of the table, one
 /// partition at a time (newest delivery wins per key).
-fn merge_rows(
-    wh: &Warehouse,
-    guard: &warehouse::CommitGuard,
-    base: &warehouse::Manifest,
-    table: &TableSchema,
-    spilled: &Spilled,
-    run_id: &str,
-) -> Result<TableMerge, IngestError> {
+fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
+    let CommitInput {
+        wh,
+        guard,
+        base,
+        table,
+        spilled,
+        run_id,
+    } = *c;
     let key = DirKey::Table(table.name.clone()).key();
     let schema = table.arrow_schema();
     let state = base.dirs.get(&key).cloned().unwrap_or_default();
@@ -1114,12 +1138,7 @@ fn quarantined_fingerprints(
     part: &str,
 ) -> Result<HashSet<String>, IngestError> {
     let mut seen = HashSet::new();
-    for f in state.partitions.get(part).map_or(&[][..], |p| &p.files) {
-        let path = wh
-            .root()
-            .join(&state.generation)
-            .join(warehouse::partition_path(part))
-            .join(&f.name);
+    for path in partition_files(wh, state, part) {
         merge::read_strings(&path, 0, |v| {
             seen.insert(v.to_string());
         })?;
@@ -1130,14 +1149,15 @@ fn quarantined_fingerprints(
 /// Appends the run's rejected records not quarantined before (same raw
 /// text, field and reason) to a new generation of the table's quarantine,
 /// a spill file at a time so memory stays bounded.
-fn append_quarantine(
-    wh: &Warehouse,
-    guard: &warehouse::CommitGuard,
-    base: &warehouse::Manifest,
-    table: &TableSchema,
-    spilled: &Spilled,
-    run_id: &str,
-) -> Result<Option<warehouse::DirChange>, IngestError> {
+fn append_quarantine(c: &CommitInput) -> Result<Option<warehouse::DirChange>, IngestError> {
+    let CommitInput {
+        wh,
+        guard,
+        base,
+        table,
+        spilled,
+        run_id,
+    } = *c;
     if spilled.quarantine.is_empty() {
         return Ok(None);
     }
@@ -1202,8 +1222,16 @@ pub fn commit_run(
 ) -> Result<RunRecord, IngestError> {
     let guard = wh.lock()?;
     let base = wh.manifest()?;
-    let merged = merge_rows(wh, &guard, &base, table, &spilled, &record.run_id)?;
-    let quarantined = append_quarantine(wh, &guard, &base, table, &spilled, &record.run_id)?;
+    let input = CommitInput {
+        wh,
+        guard: &guard,
+        base: &base,
+        table,
+        spilled: &spilled,
+        run_id: &record.run_id,
+    };
+    let merged = merge_rows(&input)?;
+    let quarantined = append_quarantine(&input)?;
     record.rows_changed = merged.rows_changed;
     record.rows_written = merged.rows_written;
     record.partitions_touched = merged.touched;
@@ -1412,13 +1440,7 @@ mod tests {
     use super::*;
 
     fn project() -> Project {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        crate::config::load(&crate::config::LoadOptions {
-            config: Some(root.join("ironlake.toml")),
-            warehouse: Some(std::env::temp_dir().join("ironlake-unit-unused")),
-        })
-        .project
-        .expect("the bundled project loads")
+        crate::config::bundled_for_tests()
     }
 
     fn day(s: &str) -> chrono::NaiveDate {

@@ -1065,13 +1065,7 @@ mod tests {
     use super::*;
 
     fn project() -> Project {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        crate::config::load(&crate::config::LoadOptions {
-            config: Some(root.join("ironlake.toml")),
-            warehouse: Some(std::env::temp_dir().join("ironlake-unit-unused")),
-        })
-        .project
-        .expect("the bundled project loads")
+        crate::config::bundled_for_tests()
     }
 
     #[test]

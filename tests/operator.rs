@@ -10,12 +10,17 @@ use std::time::{Duration, Instant};
 
 const FEED: &str = "operator-feed-token";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_have_no_colour_off_a_terminal_and_one_summary_line_per_run() {
-    let mut o = SimOptions::new(21, 40);
+/// A simulator of 40 enterprises up to 2018Q4.
+async fn small_sim(seed: u64) -> common::SimServer {
+    let mut o = SimOptions::new(seed, 40);
     o.token = Some(FEED.into());
     o.to = "2018Q4".parse().unwrap();
-    let sim = start_sim(o).await;
+    start_sim(o).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_have_no_colour_off_a_terminal_and_one_summary_line_per_run() {
+    let sim = small_sim(21).await;
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
     let url = sim.url();
@@ -59,10 +64,7 @@ async fn logs_have_no_colour_off_a_terminal_and_one_summary_line_per_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarantine_rows_carry_a_stable_reason_code() {
-    let mut o = SimOptions::new(23, 40);
-    o.token = Some(FEED.into());
-    o.to = "2018Q4".parse().unwrap();
-    let sim = start_sim(o).await;
+    let sim = small_sim(23).await;
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
     let url = sim.url();

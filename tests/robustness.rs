@@ -864,6 +864,23 @@ async fn a_failure_after_the_commit_point_still_reports_success() {
     assert_ne!(q.lines().nth(1), Some("0"), "{q}");
 }
 
+/// The warehouse's loans (`filter`: a WHERE clause or nothing) as a CSV file
+/// beside it, with one text replaced (to move them to other quarters).
+fn export_loans(wh: &Path, filter: &str, replace: (&str, &str)) -> PathBuf {
+    let export = wh.with_file_name("loans.csv");
+    let query = format!("SELECT * FROM bank_loans {filter}");
+    run_ok(
+        ironlake(wh, "http://127.0.0.1:9", FEED)
+            .args(["sql", &query, "--format", "csv", "--output"])
+            .arg(&export),
+    );
+    let text = std::fs::read_to_string(&export)
+        .unwrap()
+        .replace(replace.0, replace.1);
+    std::fs::write(&export, text).unwrap();
+    export
+}
+
 fn link_target(wh: &Path, key: &str) -> Option<PathBuf> {
     std::fs::read_link(wh.join(key)).ok()
 }
@@ -872,23 +889,12 @@ fn link_target(wh: &Path, key: &str) -> Option<PathBuf> {
 async fn a_manifest_write_that_fails_puts_the_links_back_and_the_next_commit_is_clean() {
     let dir = tempfile::tempdir().unwrap();
     let wh = crawled_warehouse(dir.path(), 13).await;
-    let export = dir.path().join("loans.csv");
-    run_ok(
-        ironlake(&wh, "http://127.0.0.1:9", FEED)
-            .args([
-                "sql",
-                "SELECT * FROM bank_loans WHERE quarter = '2018Q4'",
-                "--format",
-                "csv",
-                "--output",
-            ])
-            .arg(&export),
-    );
     // The same loans a quarter later: a new partition, so a new generation.
-    let text = std::fs::read_to_string(&export)
-        .unwrap()
-        .replace("2018-12-31", "2019-03-31");
-    std::fs::write(&export, text).unwrap();
+    let export = export_loans(
+        &wh,
+        "WHERE quarter = '2018Q4'",
+        ("2018-12-31", "2019-03-31"),
+    );
     let before = link_target(&wh, "tables/bank_loans");
     let out = ironlake(&wh, "http://127.0.0.1:9", FEED)
         .env("IRONLAKE_FAILPOINT", "commit.manifest")
@@ -942,22 +948,7 @@ async fn a_manifest_write_that_fails_puts_the_links_back_and_the_next_commit_is_
 async fn a_full_disk_fails_the_import_cleanly_and_the_next_one_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let wh = crawled_warehouse_of(dir.path(), 17, 400).await;
-    let export = dir.path().join("loans.csv");
-    run_ok(
-        ironlake(&wh, "http://127.0.0.1:9", FEED)
-            .args([
-                "sql",
-                "SELECT * FROM bank_loans",
-                "--format",
-                "csv",
-                "--output",
-            ])
-            .arg(&export),
-    );
-    let text = std::fs::read_to_string(&export)
-        .unwrap()
-        .replace("2018-", "2016-");
-    std::fs::write(&export, text).unwrap();
+    let export = export_loans(&wh, "", ("2018-", "2016-"));
     let count = || {
         run_ok(ironlake(&wh, "http://127.0.0.1:9", FEED).args([
             "sql",

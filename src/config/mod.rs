@@ -417,3 +417,15 @@ fn describe_pipeline(p: &Pipeline) -> String {
         p.table, p.schedule.expression, p.schedule.time_zone
     )
 }
+
+/// The project bundled with the repository, for unit tests (its warehouse is never opened).
+#[cfg(test)]
+pub(crate) fn bundled_for_tests() -> Project {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    load(&LoadOptions {
+        config: Some(root.join("ironlake.toml")),
+        warehouse: Some(std::env::temp_dir().join("ironlake-unit-unused")),
+    })
+    .project
+    .expect("the bundled project loads")
+}
