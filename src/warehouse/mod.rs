@@ -606,12 +606,7 @@ impl Warehouse {
     /// Like [`Warehouse::open`], keeping a superseded manifest and its
     /// generations for `retention` after the next commit replaced it.
     pub fn open_with(root: &Path, retention: std::time::Duration) -> Result<Warehouse> {
-        let wh = Warehouse {
-            root: root.to_path_buf(),
-            retention,
-            runs_cache: Default::default(),
-            manifest_cache: Default::default(),
-        };
+        let wh = Warehouse::at(root, retention);
         for d in [
             "_ironlake/gen",
             "_ironlake/manifests",
@@ -648,12 +643,37 @@ impl Warehouse {
         if !meta.is_dir() {
             tracing::warn!(warehouse = %root.display(), "No _ironlake directory: the warehouse is empty (nothing was ever committed here).");
         }
-        Ok(Warehouse {
+        Ok(Warehouse::at(root, DEFAULT_SUPERSEDED_RETENTION))
+    }
+
+    /// The handle itself: nothing on disk is touched.
+    fn at(root: &Path, retention: std::time::Duration) -> Warehouse {
+        Warehouse {
             root: root.to_path_buf(),
-            retention: DEFAULT_SUPERSEDED_RETENTION,
+            retention,
             runs_cache: Default::default(),
             manifest_cache: Default::default(),
-        })
+        }
+    }
+
+    /// Every file in the journal directory, sorted, with its name.
+    fn journal_files(&self) -> Result<Vec<(PathBuf, String)>> {
+        let jdir = self.meta("journal");
+        let mut out: Vec<(PathBuf, String)> = std::fs::read_dir(&jdir)
+            .map_err(io_err("read", &jdir))?
+            .filter_map(|e| e.ok())
+            .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Points the link of directory `key` at `generation` (a path relative to the root).
+    fn point_link(&self, key: &str, generation: &str) -> Result<()> {
+        let link = self.root.join(key);
+        let ups = key.matches('/').count();
+        let target = PathBuf::from("../".repeat(ups)).join(generation);
+        fsutil::replace_symlink(&link, &target).map_err(io_err("link", &link))
     }
 
     /// The warehouse root.
@@ -990,16 +1010,7 @@ impl Warehouse {
     /// written (an in-process commit that failed): links go back to
     /// `current`'s generations and the journal is removed.
     fn discard_uncommitted(&self, current: &Manifest) -> Result<()> {
-        let jdir = self.meta("journal");
-        for j in std::fs::read_dir(&jdir)
-            .map_err(io_err("read", &jdir))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-        {
-            let name = j
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+        for (j, name) in self.journal_files()? {
             if !is_journal_name(&name) {
                 continue;
             }
@@ -1012,11 +1023,7 @@ impl Warehouse {
             for (key, _) in &journal.links {
                 let link = self.root.join(key);
                 match current.dirs.get(key) {
-                    Some(d) => {
-                        let ups = key.matches('/').count();
-                        let target = PathBuf::from("../".repeat(ups)).join(&d.generation);
-                        fsutil::replace_symlink(&link, &target).map_err(io_err("link", &link))?;
-                    }
+                    Some(d) => self.point_link(key, &d.generation)?,
                     None => match std::fs::remove_file(&link) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -1039,9 +1046,7 @@ impl Warehouse {
             if let Some(parent) = link.parent() {
                 fsutil::create_dir_durable(parent).map_err(io_err("create", parent))?;
             }
-            let ups = key.matches('/').count();
-            let target = PathBuf::from("../".repeat(ups)).join(generation);
-            fsutil::replace_symlink(&link, &target).map_err(io_err("link", &link))?;
+            self.point_link(key, generation)?;
             crate::failpoint("commit.after_link");
         }
         let mpath = self.manifest_path(journal.manifest.version);
@@ -1158,18 +1163,7 @@ impl Warehouse {
 
     /// Finishes interrupted commits, marks dead runs aborted, removes orphans.
     pub fn recover(&self, guard: &CommitGuard) -> Result<()> {
-        let jdir = self.meta("journal");
-        let mut journals: Vec<PathBuf> = std::fs::read_dir(&jdir)
-            .map_err(io_err("read", &jdir))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .collect();
-        journals.sort();
-        for j in journals {
-            let name = j
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+        for (j, name) in self.journal_files()? {
             if name.starts_with(".tmp-") {
                 let _ = std::fs::remove_file(&j);
                 continue;
