@@ -54,8 +54,8 @@ pub enum CatalogError {
 /// Schemas besides the default one.
 pub const SCHEMAS: [&str; 3] = ["quarantine", "published", "system"];
 
-/// The runs directory's modification time and the `system.runs` table built at it.
-type RunsCache = (std::time::SystemTime, Arc<MemTable>);
+/// The run records (as the warehouse shares them) and the `system.runs` table built from them.
+type RunsCache = (Arc<Vec<crate::warehouse::RunRecord>>, Arc<MemTable>);
 
 /// The SQL engine of one warehouse: shared memory pool and spill directory.
 #[derive(Clone)]
@@ -194,24 +194,22 @@ impl Catalog {
 
     /// A snapshot at the current committed version.
     pub async fn snapshot(&self) -> Result<Snapshot, CatalogError> {
-        let manifest = self.wh.manifest()?;
-        self.snapshot_at(manifest).await
+        let manifest = self.wh.manifest_shared()?;
+        self.snapshot_at(manifest.as_ref().clone()).await
     }
 
-    /// `system.runs`: the run records, read again only when the runs directory changed.
+    /// `system.runs`, built again only when the warehouse read the run
+    /// records again (it does when the runs directory changed).
     fn runs_table(&self) -> Result<Arc<MemTable>, CatalogError> {
-        let dir = self.wh.root().join("_ironlake").join("runs");
-        let mtime = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+        let runs = self.wh.runs_shared()?;
         let mut cache = self.runs_cache.lock().expect("runs cache lock");
-        if let (Some(t), Some((cached_t, table))) = (mtime, cache.as_ref())
-            && *cached_t == t
+        if let Some((cached, table)) = cache.as_ref()
+            && Arc::ptr_eq(cached, &runs)
         {
             return Ok(table.clone());
         }
-        let table = runs_table(&self.wh)?;
-        if let Some(t) = mtime {
-            *cache = Some((t, table.clone()));
-        }
+        let table = runs_table(&runs)?;
+        *cache = Some((runs, table.clone()));
         Ok(table)
     }
 
@@ -346,8 +344,7 @@ fn mem_table(schema: SchemaRef, cols: Vec<ArrayRef>) -> Result<Arc<MemTable>, Ca
         .map_err(|e| CatalogError::Setup(e.to_string()))
 }
 
-fn runs_table(wh: &Warehouse) -> Result<Arc<MemTable>, CatalogError> {
-    let runs = wh.runs()?;
+fn runs_table(runs: &[crate::warehouse::RunRecord]) -> Result<Arc<MemTable>, CatalogError> {
     let s = |f: &dyn Fn(&crate::warehouse::RunRecord) -> Option<String>| -> ArrayRef {
         Arc::new(StringArray::from(runs.iter().map(f).collect::<Vec<_>>()))
     };

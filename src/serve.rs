@@ -181,11 +181,11 @@ async fn pipelines(State(d): S, headers: HeaderMap) -> Result<Response, ApiError
     let project = d.project();
     let manifest = d
         .warehouse()
-        .manifest()
+        .manifest_shared()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let runs = d
         .warehouse()
-        .runs()
+        .runs_shared()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let running = d.running();
     let now = d.now();
@@ -225,11 +225,11 @@ async fn runs(
     require(&d, &headers, Role::Viewer)?;
     let runs = d
         .warehouse()
-        .runs()
+        .runs_shared()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let limit = q.limit.unwrap_or(50).min(1000);
     let list: Vec<_> = runs
-        .into_iter()
+        .iter()
         .filter(|r| q.pipeline.as_ref().is_none_or(|p| &r.pipeline == p))
         .take(limit)
         .collect();
@@ -469,7 +469,7 @@ async fn aggregates(State(d): S, headers: HeaderMap) -> Result<Response, ApiErro
     viewer_or_public(&d, &headers)?;
     let m = d
         .warehouse()
-        .manifest()
+        .manifest_shared()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let (defs, _) = crate::models::load(&d.project());
     let list: Vec<_> = m
