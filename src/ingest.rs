@@ -1273,16 +1273,20 @@ fn record_boundary(buf: &[u8], csv: bool) -> Option<usize> {
     if !csv {
         return buf.iter().rposition(|&b| b == b'\n').map(|i| i + 1);
     }
+    csv_record_ends(buf).last()
+}
+
+/// The ends of the CSV records in `buf`: just after each newline outside quotes.
+fn csv_record_ends(buf: &[u8]) -> impl Iterator<Item = usize> + '_ {
     let mut in_quote = false;
-    let mut last = None;
-    for (i, &b) in buf.iter().enumerate() {
+    buf.iter().enumerate().filter_map(move |(i, &b)| {
         match b {
             b'"' => in_quote = !in_quote,
-            b'\n' if !in_quote => last = Some(i + 1),
+            b'\n' if !in_quote => return Some(i + 1),
             _ => {}
         }
-    }
-    last
+        None
+    })
 }
 
 /// Reads a local file a chunk of whole records at a time into `sink`
@@ -1362,7 +1366,7 @@ fn import_chunks(
         sink.absorb(&page, source_name)?;
         drop(page);
         if csv && header.is_none() {
-            let h_end = record_boundary_first(piece).unwrap_or(piece.len());
+            let h_end = csv_record_ends(piece).next().unwrap_or(piece.len());
             header = Some(piece[..h_end].to_vec());
         }
         buf.drain(..end);
@@ -1372,19 +1376,6 @@ fn import_chunks(
         }
     }
     Ok(total)
-}
-
-/// The end of the first CSV record in `buf` (the header row).
-fn record_boundary_first(buf: &[u8]) -> Option<usize> {
-    let mut in_quote = false;
-    for (i, &b) in buf.iter().enumerate() {
-        match b {
-            b'"' => in_quote = !in_quote,
-            b'\n' if !in_quote => return Some(i + 1),
-            _ => {}
-        }
-    }
-    None
 }
 
 /// Loads a local file into `table` through the same decode, validation,
