@@ -29,9 +29,14 @@ impl Drop for Daemon {
     }
 }
 
-fn bin() -> std::process::Command {
+/// The binary on `config` and warehouse `wh`, with this file's tokens.
+fn bin(config: &Path, wh: &Path) -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ironlake"));
-    c.env("IRONLAKE_LOG", "warn")
+    c.arg("--config")
+        .arg(config)
+        .arg("--warehouse")
+        .arg(wh)
+        .env("IRONLAKE_LOG", "warn")
         .env_remove("IRONLAKE_FAILPOINT")
         .env("IRONLAKE_TOKEN_ADMIN", ADMIN)
         .env("IRONLAKE_TOKEN_ANALYST", ANALYST)
@@ -41,12 +46,8 @@ fn bin() -> std::process::Command {
 
 /// Starts `ironlake run` with `config` on `wh`; `env` adds variables.
 fn start_daemon(config: &Path, wh: &Path, feed: &str, env: &[(&str, &str)]) -> Daemon {
-    let mut cmd = bin();
-    cmd.arg("--config")
-        .arg(config)
-        .arg("--warehouse")
-        .arg(wh)
-        .args(["run", "--listen", "127.0.0.1:0", "--drain-secs", "1"])
+    let mut cmd = bin(config, wh);
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--drain-secs", "1"])
         .env("IRONLAKE_FEED_URL", feed)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
@@ -87,6 +88,21 @@ async fn sql(base: &str, query: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// Runs `cmd` backfilling bank_loans for 2019Q1, off the async workers.
+async fn backfill_2019q1(mut cmd: std::process::Command) -> std::process::Output {
+    cmd.args([
+        "backfill",
+        "bank_loans",
+        "--from",
+        "2019Q1",
+        "--to",
+        "2019Q1",
+    ]);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
 /// A stand-in partner on 127.0.0.1:0 built from an axum router.
 async fn partner(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -114,11 +130,7 @@ async fn a_20000_term_expression_is_refused_and_the_daemon_keeps_serving() {
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("\"two\":2"));
     // The CLI refuses it too instead of overflowing its stack.
-    let out = bin()
-        .arg("--config")
-        .arg(repo_config())
-        .arg("--warehouse")
-        .arg(dir.path().join("wh"))
+    let out = bin(&repo_config(), &dir.path().join("wh"))
         .args(["sql", &deep])
         .output()
         .unwrap();
@@ -239,26 +251,11 @@ async fn an_allow_listed_origin_may_serve_the_next_pages() {
     });
     let wh = project.path().join("wh");
     let cfg = project.path().join("ironlake.toml");
-    let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .arg("--config")
-            .arg(cfg)
-            .arg("--warehouse")
-            .arg(&wh)
-            .env("IRONLAKE_FEED_URL", &home)
-            .args([
-                "backfill",
-                "bank_loans",
-                "--from",
-                "2019Q1",
-                "--to",
-                "2019Q1",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = {
+        let mut cmd = bin(&cfg, &wh);
+        cmd.env("IRONLAKE_FEED_URL", &home);
+        backfill_2019q1(cmd).await
+    };
     assert!(
         out.status.success(),
         "{}",
@@ -528,26 +525,11 @@ async fn an_endless_feed_stops_at_the_page_cap_and_at_the_run_deadline() {
         let wh = project.path().join("wh");
         let cfg = project.path().join("ironlake.toml");
         let started = Instant::now();
-        let out = tokio::task::spawn_blocking(move || {
-            bin()
-                .arg("--config")
-                .arg(cfg)
-                .arg("--warehouse")
-                .arg(&wh)
-                .env("IRONLAKE_FEED_URL", &url)
-                .args([
-                    "backfill",
-                    "bank_loans",
-                    "--from",
-                    "2019Q1",
-                    "--to",
-                    "2019Q1",
-                ])
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        let out = {
+            let mut cmd = bin(&cfg, &wh);
+            cmd.env("IRONLAKE_FEED_URL", &url);
+            backfill_2019q1(cmd).await
+        };
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains(expect), "{err}");
@@ -570,21 +552,7 @@ async fn an_endless_error_body_is_read_only_in_part() {
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
     let started = Instant::now();
-    let out = tokio::task::spawn_blocking(move || {
-        ironlake(&wh, &url, FEED)
-            .args([
-                "backfill",
-                "bank_loans",
-                "--from",
-                "2019Q1",
-                "--to",
-                "2019Q1",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = backfill_2019q1(ironlake(&wh, &url, FEED)).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("answered 404"), "{err}");
@@ -600,11 +568,7 @@ async fn a_second_daemon_on_the_same_warehouse_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
     let _first = start_daemon(&repo_config(), &wh, "http://127.0.0.1:9", &[]);
-    let out = bin()
-        .arg("--config")
-        .arg(repo_config())
-        .arg("--warehouse")
-        .arg(&wh)
+    let out = bin(&repo_config(), &wh)
         .args(["run", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
@@ -628,15 +592,14 @@ fn a_token_file_others_can_read_is_refused() {
         }
     });
     std::fs::write(project.path().join("admin.token"), "secret-admin\n").unwrap();
-    let out = bin()
-        .env_remove("IRONLAKE_TOKEN_ADMIN")
-        .arg("--config")
-        .arg(project.path().join("ironlake.toml"))
-        .arg("--warehouse")
-        .arg(project.path().join("wh"))
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let out = bin(
+        &project.path().join("ironlake.toml"),
+        &project.path().join("wh"),
+    )
+    .env_remove("IRONLAKE_TOKEN_ADMIN")
+    .args(["run", "--listen", "127.0.0.1:0"])
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
