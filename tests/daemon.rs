@@ -5,7 +5,6 @@ mod common;
 
 use common::{py_json, start_sim};
 use ironlake::feedsim::{FaultMode, SimOptions};
-use std::io::BufRead as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -36,38 +35,26 @@ struct Running {
 }
 
 fn start(project: &Path, wh: &Path, feed: &str, drain: u64) -> Running {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ironlake"))
-        .arg("--config")
-        .arg(project.join("ironlake.toml"))
-        .arg("--warehouse")
-        .arg(wh)
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--drain-secs",
-            &drain.to_string(),
-        ])
-        .env("IRONLAKE_FEED_URL", feed)
-        .env("IRONLAKE_FEED_TOKEN", FEED)
-        .env("IRONLAKE_TOKEN_ADMIN", ADMIN)
-        .env("IRONLAKE_TOKEN_VIEWER", ADMIN)
-        .env("IRONLAKE_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("api listening on ")
-        .unwrap_or_else(|| panic!("first line: {line:?}"))
-        .to_string();
-    assert!(!addr.ends_with(":0"), "{addr}");
-    Running { child, base: addr }
+    let (child, base) = common::spawn_daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ironlake"))
+            .arg("--config")
+            .arg(project.join("ironlake.toml"))
+            .arg("--warehouse")
+            .arg(wh)
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--drain-secs",
+                &drain.to_string(),
+            ])
+            .env("IRONLAKE_FEED_URL", feed)
+            .env("IRONLAKE_FEED_TOKEN", FEED)
+            .env("IRONLAKE_TOKEN_ADMIN", ADMIN)
+            .env("IRONLAKE_TOKEN_VIEWER", ADMIN)
+            .env("IRONLAKE_LOG", "warn"),
+    );
+    Running { child, base }
 }
 
 fn signal(child: &std::process::Child, sig: i32) {

@@ -6,7 +6,7 @@ mod common;
 
 use common::{ironlake, project_copy, run_ok, start_sim};
 use ironlake::feedsim::SimOptions;
-use std::io::{BufRead as _, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,22 +48,11 @@ fn bin(config: &Path, wh: &Path) -> std::process::Command {
 fn start_daemon(config: &Path, wh: &Path, feed: &str, env: &[(&str, &str)]) -> Daemon {
     let mut cmd = bin(config, wh);
     cmd.args(["run", "--listen", "127.0.0.1:0", "--drain-secs", "1"])
-        .env("IRONLAKE_FEED_URL", feed)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
+        .env("IRONLAKE_FEED_URL", feed);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("api listening on ")
-        .unwrap_or_else(|| panic!("first line: {line:?}"))
-        .to_string();
+    let (child, base) = common::spawn_daemon(&mut cmd);
     Daemon { child, base }
 }
 
@@ -492,6 +481,16 @@ async fn endless_partner(delay: Duration) -> String {
     .await
 }
 
+/// A copy of the bundled project whose `ironlake.toml` has each `(from, to)` replaced.
+fn config_with(edits: &[(&str, &str)]) -> tempfile::TempDir {
+    project_copy(|path, text| {
+        if path != "ironlake.toml" {
+            return text;
+        }
+        edits.iter().fold(text, |t, (from, to)| t.replace(from, to))
+    })
+}
+
 fn with_source_keys(extra: &str) -> tempfile::TempDir {
     let extra = extra.to_string();
     project_copy(move |path, text| {
@@ -584,13 +583,7 @@ async fn a_second_daemon_on_the_same_warehouse_refuses_to_start() {
 
 #[test]
 fn a_token_file_others_can_read_is_refused() {
-    let project = project_copy(|path, text| {
-        if path == "ironlake.toml" {
-            text.replace("[api]\n", "[api]\nadmin_token_file = \"admin.token\"\n")
-        } else {
-            text
-        }
-    });
+    let project = config_with(&[("[api]\n", "[api]\nadmin_token_file = \"admin.token\"\n")]);
     std::fs::write(project.path().join("admin.token"), "secret-admin\n").unwrap();
     let out = bin(
         &project.path().join("ironlake.toml"),
@@ -642,14 +635,10 @@ async fn metric(base: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_api_limits_concurrency_bytes_and_cancels_abandoned_queries() {
-    let project = project_copy(|path, text| {
-        if path == "ironlake.toml" {
-            text.replace("sql_max_concurrent = 4", "sql_max_concurrent = 1")
-                .replace("sql_max_bytes = 67108864", "sql_max_bytes = 5000")
-        } else {
-            text
-        }
-    });
+    let project = config_with(&[
+        ("sql_max_concurrent = 4", "sql_max_concurrent = 1"),
+        ("sql_max_bytes = 67108864", "sql_max_bytes = 5000"),
+    ]);
     let d = start_daemon(
         &project.path().join("ironlake.toml"),
         &project.path().join("wh"),
@@ -699,14 +688,10 @@ async fn sql_api_limits_concurrency_bytes_and_cancels_abandoned_queries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_clients_cannot_exhaust_the_server() {
-    let project = project_copy(|path, text| {
-        if path == "ironlake.toml" {
-            text.replace("max_connections = 512", "max_connections = 2")
-                .replace("header_timeout_secs = 10", "header_timeout_secs = 1")
-        } else {
-            text
-        }
-    });
+    let project = config_with(&[
+        ("max_connections = 512", "max_connections = 2"),
+        ("header_timeout_secs = 10", "header_timeout_secs = 1"),
+    ]);
     let d = start_daemon(
         &project.path().join("ironlake.toml"),
         &project.path().join("wh"),

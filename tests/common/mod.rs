@@ -140,3 +140,25 @@ pub fn project_copy(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir 
     }
     dir
 }
+
+/// Spawns `cmd` (an `ironlake run` or `demo`) and waits for its first line,
+/// `api listening on http://HOST:PORT`; returns the child and that base URL.
+pub fn spawn_daemon(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("api listening on ")
+        .unwrap_or_else(|| panic!("first line: {line:?}"))
+        .to_string();
+    assert!(!base.ends_with(":0"), "{base}");
+    (child, base)
+}
