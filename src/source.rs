@@ -255,11 +255,6 @@ impl Source {
         })
     }
 
-    /// The origins this source trusts so far.
-    pub fn origins(&self) -> &Origins {
-        &self.origins
-    }
-
     /// The URL for a window (`quarter` for `{quarter}`/`{as_of}` placeholders).
     pub fn base_url(
         &self,

@@ -405,7 +405,7 @@ pub fn now() -> Timestamp {
     t - chrono::Duration::nanoseconds(i64::from(t.timestamp_subsec_nanos() % 1_000_000))
 }
 
-/// A timestamp as people and `system.runs` read it: `2019-10-01T02:00:00.000Z`.
+/// A timestamp as people read it in messages: `2019-10-01T02:00:00.000Z`.
 pub fn display_time(t: &Timestamp) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
