@@ -251,6 +251,14 @@ fn read_token(env: &str, file: Option<&std::path::Path>) -> Result<Option<String
     }
 }
 
+/// Each aggregate's definition (its SQL file's header), by name.
+fn descriptions_of(project: &Project) -> std::collections::BTreeMap<String, String> {
+    let (aggs, _) = models::load(project);
+    aggs.iter()
+        .map(|a| (a.name.clone(), models::description(&a.file.text)))
+        .collect()
+}
+
 /// One pipeline's totals over the run history.
 #[derive(Default)]
 struct RunTotals {
@@ -298,6 +306,8 @@ pub struct Daemon {
     clock: Arc<dyn Clock>,
     tokens: RwLock<Tokens>,
     schedules: Mutex<CancellationToken>,
+    /// Each aggregate's definition (its SQL header), read with the project.
+    descriptions: RwLock<Arc<std::collections::BTreeMap<String, String>>>,
     /// Slots for API SQL queries (`api.sql_max_concurrent`, read at start).
     sql_permits: Arc<tokio::sync::Semaphore>,
     /// Encoded aggregate responses by representation (`api.response_cache_mb`).
@@ -333,6 +343,7 @@ impl Daemon {
         ));
         let d = Arc::new(Daemon {
             opts,
+            descriptions: RwLock::new(Arc::new(descriptions_of(&project))),
             project: RwLock::new(project),
             catalog: RwLock::new(catalog),
             wh,
@@ -448,6 +459,11 @@ impl Daemon {
     /// The current project.
     pub fn project(&self) -> Arc<Project> {
         self.project.read().expect("project lock").clone()
+    }
+
+    /// Each aggregate's definition, by name (for the API's listing).
+    pub fn aggregate_descriptions(&self) -> Arc<std::collections::BTreeMap<String, String>> {
+        self.descriptions.read().expect("descriptions lock").clone()
     }
 
     /// The current catalog.
@@ -659,6 +675,8 @@ impl Daemon {
         let tokens = Tokens::load(&project)?;
         *self.tokens.write().expect("tokens lock") = tokens;
         *self.catalog.write().expect("catalog lock") = catalog;
+        *self.descriptions.write().expect("descriptions lock") =
+            Arc::new(descriptions_of(&project));
         *self.project.write().expect("project lock") = project;
         self.start_schedules();
         tracing::info!(pipelines = n, "Reloaded the configuration.");

@@ -471,16 +471,13 @@ async fn aggregates(State(d): S, headers: HeaderMap) -> Result<Response, ApiErro
         .warehouse()
         .manifest_shared()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (defs, _) = crate::models::load(&d.project());
+    let descriptions = d.aggregate_descriptions();
     let list: Vec<_> = m
         .published
         .iter()
         .map(|(name, meta)| {
             let v = meta.versions.last();
-            let description = defs
-                .iter()
-                .find(|a| &a.name == name)
-                .map(|a| crate::models::description(&a.file.text));
+            let description = descriptions.get(name);
             serde_json::json!({
                 "name": name,
                 "description": description,
