@@ -209,6 +209,11 @@ async fn demo_indicators(daemon: &Daemon) -> Result<()> {
             "SELECT * FROM published.loan_growth ORDER BY quarter",
         ),
         (
+            "bank_lending — all banks' industrial lending (银行业工业贷款监测, bank ALL):",
+            "SELECT quarter, industry_balance, industry_yoy_pct, new_industry_loans, credit_share_pct, medium_long_share_pct, avg_rate_pct \
+             FROM published.bank_lending WHERE bank_code = 'ALL' ORDER BY quarter",
+        ),
+        (
             "financing_cost — city-wide (融资成本, district ALL):",
             "SELECT quarter, fin_expense_ratio_pct, avg_loan_rate_pct, avg_comprehensive_cost_pct FROM published.financing_cost WHERE district_code = 'ALL' ORDER BY quarter",
         ),
@@ -262,12 +267,23 @@ fn demo_handover(
         "  ironlake sql \"SELECT quarter, count(*), sum(balance) FROM bank_loans GROUP BY quarter ORDER BY quarter\""
     );
     println!(
-        "  ironlake sql          # the interactive shell: \\dt lists tables, \\d bank_loans describes one"
+        "  ironlake sql          # the interactive shell: \\dt lists tables, \\d bank_loans describes one,"
+    );
+    println!(
+        "                        # \\d published.bank_lending shows how an indicator is made (口径说明)"
     );
     println!("  ironlake status");
     println!("  ironlake backfill bank_loans --from 2019Q4 --to 2019Q4");
     println!(
         "  curl -H 'Authorization: Bearer {}' 'http://{api}/api/v1/aggregates/loan_growth?format=csv'",
+        token("viewer")
+    );
+    println!(
+        "  curl -H 'Authorization: Bearer {}' 'http://{api}/api/v1/aggregates'   # every published indicator, its columns, units and 中文名",
+        token("viewer")
+    );
+    println!(
+        "  curl -H 'Authorization: Bearer {}' 'http://{api}/api/v1/aggregates/guarantee_fee_subsidy/definition'",
         token("viewer")
     );
     println!(

@@ -251,14 +251,6 @@ fn read_token(env: &str, file: Option<&std::path::Path>) -> Result<Option<String
     }
 }
 
-/// Each aggregate's definition (its SQL file's header), by name.
-fn descriptions_of(project: &Project) -> std::collections::BTreeMap<String, String> {
-    let (aggs, _) = models::load(project);
-    aggs.iter()
-        .map(|a| (a.name.clone(), models::description(&a.file.text)))
-        .collect()
-}
-
 /// One pipeline's totals over the run history.
 #[derive(Default)]
 struct RunTotals {
@@ -307,7 +299,7 @@ pub struct Daemon {
     tokens: RwLock<Tokens>,
     schedules: Mutex<CancellationToken>,
     /// Each aggregate's definition (its SQL header), read with the project.
-    descriptions: RwLock<Arc<std::collections::BTreeMap<String, String>>>,
+    definitions: RwLock<Arc<std::collections::BTreeMap<String, models::Definition>>>,
     /// Slots for API SQL queries (`api.sql_max_concurrent`, read at start).
     sql_permits: Arc<tokio::sync::Semaphore>,
     /// Encoded aggregate responses by representation (`api.response_cache_mb`).
@@ -343,7 +335,7 @@ impl Daemon {
         ));
         let d = Arc::new(Daemon {
             opts,
-            descriptions: RwLock::new(Arc::new(descriptions_of(&project))),
+            definitions: RwLock::new(Arc::new(models::definitions(&project))),
             project: RwLock::new(project),
             catalog: RwLock::new(catalog),
             wh,
@@ -461,9 +453,11 @@ impl Daemon {
         self.project.read().expect("project lock").clone()
     }
 
-    /// Each aggregate's definition, by name (for the API's listing).
-    pub fn aggregate_descriptions(&self) -> Arc<std::collections::BTreeMap<String, String>> {
-        self.descriptions.read().expect("descriptions lock").clone()
+    /// Each aggregate's definition, by name, as loaded at start or the last reload.
+    pub fn aggregate_definitions(
+        &self,
+    ) -> Arc<std::collections::BTreeMap<String, models::Definition>> {
+        self.definitions.read().expect("definitions lock").clone()
     }
 
     /// The current catalog.
@@ -675,8 +669,8 @@ impl Daemon {
         let tokens = Tokens::load(&project)?;
         *self.tokens.write().expect("tokens lock") = tokens;
         *self.catalog.write().expect("catalog lock") = catalog;
-        *self.descriptions.write().expect("descriptions lock") =
-            Arc::new(descriptions_of(&project));
+        *self.definitions.write().expect("definitions lock") =
+            Arc::new(models::definitions(&project));
         *self.project.write().expect("project lock") = project;
         self.start_schedules();
         tracing::info!(pipelines = n, "Reloaded the configuration.");

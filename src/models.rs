@@ -19,7 +19,6 @@ use crate::catalog::{self, Catalog, CatalogError};
 use crate::config::diag::{Diagnostic, SourceFile};
 use crate::config::schema::PARTITION_COLUMN;
 use crate::config::{Project, settings::Policy};
-use crate::domain::decimal::format_decimal;
 use crate::warehouse::{
     self, DirKey, DirState, FileEntry, Manifest, PublishedMeta, PublishedVersion, RunRecord,
     Warehouse, WarehouseError, merge,
@@ -42,6 +41,22 @@ pub struct Aggregate {
     pub partition_by_quarter: bool,
     /// Input quarters each output quarter reads (q − lag), if declared.
     pub lags: Option<Vec<i32>>,
+    /// The output columns' documentation (`-- column:` header lines), in file order.
+    pub columns: Vec<ColumnDoc>,
+}
+
+/// One output column's documentation, from a header line
+/// `-- column: name | 中文名 | unit | formula` (unit may be empty).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ColumnDoc {
+    /// Column name as the SELECT outputs it.
+    pub name: String,
+    /// Chinese name (中文名称) shown to readers.
+    pub label: String,
+    /// Unit of the values (`CNY yuan`, `percent`, …), if any.
+    pub unit: Option<String>,
+    /// How the value is computed (口径).
+    pub formula: String,
 }
 
 /// Why a refresh failed.
@@ -89,28 +104,65 @@ pub fn description(text: &str) -> String {
     text.lines()
         .map_while(|l| l.trim_start().strip_prefix("--"))
         .map(str::trim)
-        .filter(|l| !l.starts_with("ironlake:"))
+        .filter(|l| !l.starts_with("ironlake:") && !l.starts_with("column:"))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
+/// How an aggregate is made (口径说明), for readers of its numbers: served by
+/// `GET /api/v1/aggregates/{name}/definition` and `\\d published.<name>`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Definition {
+    /// Aggregate name.
+    pub name: String,
+    /// The SQL file it is defined in.
+    pub file: String,
+    /// The header's prose.
+    pub description: String,
+    /// Documented output columns, in file order.
+    pub columns: Vec<ColumnDoc>,
+    /// Input quarters each output quarter reads (q − lag); `None`: recomputed whole.
+    pub lags: Option<Vec<i32>>,
+    /// The `[policy]` parameters the SQL uses, with their values.
+    pub policy: BTreeMap<String, String>,
+    /// The SQL as run, placeholders filled.
+    pub sql: String,
+}
+
+/// Every aggregate's definition, by name (files with problems included as far as they load).
+pub fn definitions(project: &Project) -> BTreeMap<String, Definition> {
+    let (aggs, _) = load(project);
+    let policy = &project.settings.policy;
+    aggs.iter()
+        .map(|a| {
+            let used = policy
+                .placeholders()
+                .into_iter()
+                .filter(|(k, _)| a.file.text.contains(&format!("{{{{{k}}}}}")))
+                .map(|(k, v)| (k.to_string(), v.replace('\'', "")))
+                .collect();
+            let d = Definition {
+                name: a.name.clone(),
+                file: a.file.name.clone(),
+                description: description(&a.file.text),
+                columns: a.columns.clone(),
+                lags: a.lags.clone(),
+                policy: used,
+                sql: render_sql(&a.file.text, policy),
+            };
+            (a.name.clone(), d)
+        })
+        .collect()
+}
+
 /// Fills `{{placeholder}}`s from the policy.
 pub fn render_sql(text: &str, policy: &Policy) -> String {
-    let divisions = policy
-        .strategic_divisions
-        .iter()
-        .map(|d| format!("'{d}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    text.replace("{{strategic_divisions}}", &divisions)
-        .replace(
-            "{{interest_subsidy_share_pct}}",
-            &format_decimal(policy.interest_subsidy_share_pct, 2),
-        )
-        .replace(
-            "{{interest_subsidy_cap_yuan}}",
-            &format_decimal(policy.interest_subsidy_cap_yuan, 2),
-        )
+    policy
+        .placeholders()
+        .into_iter()
+        .fold(text.to_string(), |sql, (key, value)| {
+            sql.replace(&format!("{{{{{key}}}}}"), &value)
+        })
 }
 
 /// Loads every `*.sql` file in `<pipelines_dir>/aggregates`, with header diagnostics.
@@ -151,66 +203,119 @@ pub fn load(project: &Project) -> (Vec<Aggregate>, Vec<Diagnostic>) {
                 continue;
             }
         };
-        let file = SourceFile::new(shown, text.clone());
-        let mut partition_by_quarter = false;
-        let mut lags = None;
-        let mut offset = 0;
-        for line in text.split_inclusive('\n') {
-            let start = offset;
-            offset += line.len();
-            let Some(directive) = line.trim().strip_prefix("-- ironlake:") else {
-                continue;
-            };
-            let Some((k, v)) = directive.split_once('=') else {
-                diags.push(file.error(
-                    Some(start..offset),
-                    "",
-                    "an `-- ironlake:` directive reads `key = value`; keys: partition_by, lags",
-                ));
-                continue;
-            };
-            match k.trim() {
-                "partition_by" if v.trim() == PARTITION_COLUMN => partition_by_quarter = true,
-                "partition_by" => diags.push(file.error(
-                    Some(start..offset),
-                    "partition_by",
-                    format!(
-                        "{:?}: aggregates can only be partitioned by quarter",
-                        v.trim()
-                    ),
-                )),
-                "lags" => {
-                    let parsed: Result<Vec<i32>, _> = v
-                        .split([',', ' '])
-                        .filter(|s| !s.is_empty())
-                        .map(str::parse::<i32>)
-                        .collect();
-                    match parsed {
-                        Ok(l) if !l.is_empty() && l.iter().all(|&x| (0..=40).contains(&x)) => lags = Some(l),
-                        _ => diags.push(file.error(Some(start..offset), "lags", "lags are quarter offsets 0..40 separated by commas, e.g. `lags = 0, 4`")),
-                    }
-                }
-                other => diags.push(file.error(
-                    Some(start..offset),
-                    other,
-                    "unknown directive; valid: partition_by, lags",
-                )),
-            }
-        }
-        if lags.is_some() && !partition_by_quarter {
-            diags.push(file.error(None, "lags", "lags need `partition_by = quarter`"));
-        }
-        if !partition_by_quarter {
-            diags.push(file.error(None, "partition_by", "declare `-- ironlake: partition_by = quarter`: published aggregates are partitioned by their quarter column"));
-        }
+        let file = SourceFile::new(shown, text);
+        let (partition_by_quarter, lags) = directives(&file, &mut diags);
+        let columns = column_docs(&file, &mut diags);
         out.push(Aggregate {
             name,
             file,
             partition_by_quarter,
             lags,
+            columns,
         });
     }
     (out, diags)
+}
+
+/// The `-- ironlake:` directives of an aggregate file: whether it is
+/// partitioned by quarter, and its lags.
+fn directives(file: &SourceFile, diags: &mut Vec<Diagnostic>) -> (bool, Option<Vec<i32>>) {
+    let mut partition_by_quarter = false;
+    let mut lags = None;
+    let mut offset = 0;
+    for line in file.text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let Some(directive) = line.trim().strip_prefix("-- ironlake:") else {
+            continue;
+        };
+        let Some((k, v)) = directive.split_once('=') else {
+            diags.push(file.error(
+                Some(start..offset),
+                "",
+                "an `-- ironlake:` directive reads `key = value`; keys: partition_by, lags",
+            ));
+            continue;
+        };
+        match k.trim() {
+            "partition_by" if v.trim() == PARTITION_COLUMN => partition_by_quarter = true,
+            "partition_by" => diags.push(file.error(
+                Some(start..offset),
+                "partition_by",
+                format!(
+                    "{:?}: aggregates can only be partitioned by quarter",
+                    v.trim()
+                ),
+            )),
+            "lags" => {
+                let parsed: Result<Vec<i32>, _> = v
+                    .split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(str::parse::<i32>)
+                    .collect();
+                match parsed {
+                    Ok(l) if !l.is_empty() && l.iter().all(|&x| (0..=40).contains(&x)) => {
+                        lags = Some(l)
+                    }
+                    _ => diags.push(file.error(
+                        Some(start..offset),
+                        "lags",
+                        "lags are quarter offsets 0..40 separated by commas, e.g. `lags = 0, 4`",
+                    )),
+                }
+            }
+            other => diags.push(file.error(
+                Some(start..offset),
+                other,
+                "unknown directive; valid: partition_by, lags",
+            )),
+        }
+    }
+    if lags.is_some() && !partition_by_quarter {
+        diags.push(file.error(None, "lags", "lags need `partition_by = quarter`"));
+    }
+    if !partition_by_quarter {
+        diags.push(file.error(None, "partition_by", "declare `-- ironlake: partition_by = quarter`: published aggregates are partitioned by their quarter column"));
+    }
+    (partition_by_quarter, lags)
+}
+
+/// The `-- column: name | 中文名 | unit | formula` lines of an aggregate's header.
+fn column_docs(file: &SourceFile, diags: &mut Vec<Diagnostic>) -> Vec<ColumnDoc> {
+    let mut out: Vec<ColumnDoc> = Vec::new();
+    let mut offset = 0;
+    for line in file.text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let Some(rest) = line
+            .trim()
+            .strip_prefix("--")
+            .and_then(|l| l.trim_start().strip_prefix("column:"))
+        else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('|').map(str::trim).collect();
+        match parts.as_slice() {
+            [name, label, unit, formula] if !name.is_empty() && !label.is_empty() && !formula.is_empty() => {
+                if out.iter().any(|c| c.name == *name) {
+                    diags.push(file.error(Some(start..offset), "column", format!("column {name:?} is documented twice")));
+                    continue;
+                }
+                out.push(ColumnDoc {
+                    name: name.to_string(),
+                    label: label.to_string(),
+                    unit: (!unit.is_empty()).then(|| unit.to_string()),
+                    formula: formula.to_string(),
+                });
+            }
+            _ => diags.push(file.error(
+                Some(start..offset),
+                "column",
+                "a column line reads `-- column: name | 中文名 | unit | formula` (the unit may be empty)",
+            )),
+        }
+    }
+    out
 }
 
 /// Something an aggregate's SQL reads.
@@ -461,6 +566,7 @@ pub async fn check(project: &Project) -> Vec<Diagnostic> {
                 if a.partition_by_quarter && schema.field_with_name(PARTITION_COLUMN).is_err() {
                     diags.push(a.file.error(None, "partition_by", "the aggregate is partitioned by quarter but its SELECT has no `quarter` column"));
                 }
+                diags.extend(undocumented(a, &schema));
                 if let Ok(t) = datafusion::datasource::MemTable::try_new(schema, vec![vec![]]) {
                     let _ =
                         ctx.register_table(format!("published.{}", a.name).as_str(), Arc::new(t));
@@ -490,6 +596,37 @@ pub async fn check(project: &Project) -> Vec<Diagnostic> {
         }
     }
     diags
+}
+
+/// Column documentation that does not match the SELECT: a documented
+/// column it does not output is an error; once a file documents any column,
+/// each output column it leaves undocumented is a warning.
+fn undocumented(a: &Aggregate, schema: &Schema) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for c in &a.columns {
+        if schema.field_with_name(&c.name).is_err() {
+            out.push(a.file.error(
+                None,
+                "column",
+                format!(
+                    "documents column {:?}, which the SELECT does not output",
+                    c.name
+                ),
+            ));
+        }
+    }
+    if !a.columns.is_empty() {
+        for f in schema.fields() {
+            if !a.columns.iter().any(|c| &c.name == f.name()) {
+                out.push(a.file.warning(
+                    None,
+                    "column",
+                    format!("output column {:?} has no `-- column:` line", f.name()),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// How a refresh treated an aggregate.
@@ -1066,6 +1203,36 @@ mod tests {
 
     fn project() -> Project {
         crate::config::bundled_for_tests()
+    }
+
+    #[test]
+    fn column_lines_are_documentation_not_description() {
+        let text = "-- 贷款: balances.\n-- column: quarter | 季度 | | the quarter\n\
+                    -- column: balance | 余额 | CNY yuan | Σ balance\n-- column: bad line\n\
+                    -- ironlake: partition_by = quarter\nSELECT 1";
+        let file = SourceFile::new("a.sql", text);
+        let mut diags = Vec::new();
+        let cols = column_docs(&file, &mut diags);
+        assert_eq!(cols.len(), 2);
+        assert_eq!(cols[0].unit, None);
+        assert_eq!(cols[1].label, "余额");
+        assert_eq!(cols[1].unit.as_deref(), Some("CNY yuan"));
+        assert_eq!(cols[1].formula, "Σ balance");
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(description(text), "贷款: balances.");
+    }
+
+    #[test]
+    fn every_policy_value_fills_its_placeholder() {
+        let policy = Policy::default();
+        let text: String = policy
+            .placeholders()
+            .iter()
+            .map(|(k, _)| format!("{{{{{k}}}}} "))
+            .collect();
+        let sql = render_sql(&text, &policy);
+        assert!(!sql.contains("{{"), "{sql}");
+        assert!(sql.contains("2.0000 1.0000 50.00 500000.00"), "{sql}");
     }
 
     #[test]

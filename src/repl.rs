@@ -127,7 +127,59 @@ async fn describe(catalog: &Catalog, name: &str) {
         );
         return;
     }
+    if let Some(def) = name
+        .strip_prefix("published.")
+        .and_then(|n| ironlake::models::definitions(catalog.project()).remove(n))
+    {
+        describe_aggregate(catalog, &def).await;
+        return;
+    }
     run_query(catalog, &format!("DESCRIBE {name}"), OutputFormat::Table).await;
+}
+
+/// `\d published.<name>`: how the aggregate is made (口径说明) — its
+/// description, then each column with type, unit, Chinese name and formula.
+async fn describe_aggregate(catalog: &Catalog, def: &ironlake::models::Definition) {
+    println!("published.{} — {}", def.name, def.description);
+    let refresh = def
+        .lags
+        .as_ref()
+        .map_or("recomputed whole".to_string(), |l| {
+            let l: Vec<String> = l.iter().map(|x| x.to_string()).collect();
+            format!("quarter q reads input quarters q − {{{}}}", l.join(", "))
+        });
+    println!("defined in {}; partitioned by quarter; {refresh}", def.file);
+    for (k, v) in &def.policy {
+        println!("policy {k} = {v}");
+    }
+    let types: Vec<(String, String)> = match catalog.snapshot().await {
+        Ok(s) => match s
+            .ctx
+            .table(format!("published.{}", def.name).as_str())
+            .await
+        {
+            Ok(df) => df
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| (f.name().clone(), f.data_type().to_string()))
+                .collect(),
+            Err(_) => Vec::new(),
+        },
+        Err(_) => Vec::new(),
+    };
+    for c in &def.columns {
+        let ty = types
+            .iter()
+            .find(|(n, _)| n == &c.name)
+            .map_or("(not published yet)", |(_, t)| t.as_str());
+        let unit = c
+            .unit
+            .as_deref()
+            .map(|u| format!(" [{u}]"))
+            .unwrap_or_default();
+        println!("  {:<26} {ty}{unit}  {} — {}", c.name, c.label, c.formula);
+    }
 }
 
 /// Runs the shell until the user quits.

@@ -6,7 +6,7 @@
 //! | `GET /api/v1/pipelines`, `GET /api/v1/runs` | viewer |
 //! | `POST /api/v1/pipelines/{name}/runs`, `POST /api/v1/reload` | admin |
 //! | `POST /api/v1/sql` | analyst |
-//! | `GET /api/v1/aggregates`, `GET /api/v1/aggregates/{name}` | viewer, or none if `api.public_aggregates` |
+//! | `GET /api/v1/aggregates`, `GET /api/v1/aggregates/{name}`, `GET /api/v1/aggregates/{name}/definition` | viewer, or none if `api.public_aggregates` |
 //!
 //! Roles nest: admin ⊃ analyst ⊃ viewer. Tokens are compared in constant
 //! time and never logged.
@@ -471,20 +471,20 @@ async fn aggregates(State(d): S, headers: HeaderMap) -> Result<Response, ApiErro
         .warehouse()
         .manifest_shared()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let descriptions = d.aggregate_descriptions();
+    let definitions = d.aggregate_definitions();
     let list: Vec<_> = m
         .published
         .iter()
         .map(|(name, meta)| {
             let v = meta.versions.last();
-            let description = descriptions.get(name);
+            let description = definitions.get(name).map(|d| &d.description);
             serde_json::json!({
                 "name": name,
                 "description": description,
                 "version": v.map(|v| v.version),
                 "published_at": v.map(|v| v.published_at),
                 "rows": v.map(|v| v.rows),
-                "columns": columns_of(meta),
+                "columns": columns_of(meta, definitions.get(name)),
                 "quarters": m.dirs.get(&crate::warehouse::DirKey::Published(name.clone()).key()).map(|s| s.partitions.keys().cloned().collect::<Vec<_>>()),
                 "versions": meta.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
             })
@@ -493,10 +493,14 @@ async fn aggregates(State(d): S, headers: HeaderMap) -> Result<Response, ApiErro
     Ok(axum::Json(serde_json::json!({ "aggregates": list })).into_response())
 }
 
-/// An aggregate's columns in output order with Arrow type, nullability and
-/// unit (by the naming convention of the aggregate files), plus the
+/// An aggregate's columns in output order with Arrow type, nullability,
+/// unit, Chinese name and formula (from its SQL header; the unit falls back
+/// to the naming convention of the aggregate files), plus the
 /// `district_name` the API adds beside `district_code`.
-fn columns_of(meta: &crate::warehouse::PublishedMeta) -> Vec<serde_json::Value> {
+fn columns_of(
+    meta: &crate::warehouse::PublishedMeta,
+    def: Option<&crate::models::Definition>,
+) -> Vec<serde_json::Value> {
     let mut out: Vec<serde_json::Value> = meta
         .columns
         .iter()
@@ -506,13 +510,66 @@ fn columns_of(meta: &crate::warehouse::PublishedMeta) -> Vec<serde_json::Value> 
                 .iter()
                 .find(|(n, _, _)| n == c)
                 .map_or(("Utf8".to_string(), false), |(_, t, n)| (t.clone(), *n));
-            serde_json::json!({"name": c, "type": ty, "nullable": nullable, "unit": unit_of(c, &ty)})
+            let doc = def.and_then(|d| d.columns.iter().find(|x| &x.name == c));
+            let unit = match doc {
+                Some(doc) => doc.unit.clone(),
+                None => unit_of(c, &ty).map(str::to_string),
+            };
+            serde_json::json!({
+                "name": c,
+                "type": ty,
+                "nullable": nullable,
+                "unit": unit,
+                "label": doc.map(|d| &d.label),
+                "formula": doc.map(|d| &d.formula),
+            })
         })
         .collect();
     if meta.columns.iter().any(|c| c == "district_code") {
-        out.push(serde_json::json!({"name": "district_name", "type": "Utf8", "nullable": true, "unit": null}));
+        out.push(serde_json::json!({
+            "name": "district_name",
+            "type": "Utf8",
+            "nullable": true,
+            "unit": null,
+            "label": "区县名称",
+            "formula": "name of district_code in GB/T 2260 (全市 for ALL), added by the API",
+        }));
     }
     out
+}
+
+/// `GET /api/v1/aggregates/{name}/definition`: how an aggregate is made
+/// (口径说明) — its description, columns with types, units, Chinese names
+/// and formulas, the policy parameters it uses and its SQL.
+async fn definition(
+    State(d): S,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    viewer_or_public(&d, &headers)?;
+    let definitions = d.aggregate_definitions();
+    let m = d
+        .warehouse()
+        .manifest_shared()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (Some(def), Some(meta)) = (definitions.get(&name), m.published.get(&name)) else {
+        return Err(ApiError::NotFound(format!(
+            "no published aggregate named {name:?}; GET /api/v1/aggregates lists them"
+        )));
+    };
+    Ok(axum::Json(serde_json::json!({
+        "name": def.name,
+        "description": def.description,
+        "file": def.file,
+        "version": meta.versions.last().map(|v| v.version),
+        "partition_by": crate::config::schema::PARTITION_COLUMN,
+        "lags": def.lags,
+        "refresh": if def.lags.is_some() { "incremental by quarter" } else { "recomputed whole" },
+        "columns": columns_of(meta, Some(def)),
+        "policy": def.policy,
+        "sql": def.sql,
+    }))
+    .into_response())
 }
 
 /// The unit of an aggregate column, from its name and type.
@@ -877,6 +934,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/api/v1/sql", post(sql))
         .route("/api/v1/aggregates", get(aggregates))
         .route("/api/v1/aggregates/{name}", get(aggregate))
+        .route("/api/v1/aggregates/{name}/definition", get(definition))
         .route_layer(middleware::from_fn_with_state(d.clone(), record_metrics))
         .with_state(d)
 }

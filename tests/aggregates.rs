@@ -69,23 +69,7 @@ fn hand_worked_indicators_on_a_small_fixture() {
         )
     });
     let wh = p.path().join("wh");
-    let fx = repo().join("tests/fixtures/aggregates");
-    for (table, file, format) in [
-        ("enterprises", "enterprises.ndjson", "ndjson"),
-        ("operations", "operations.ndjson", "ndjson"),
-        ("bank_loans", "bank_loans.csv", "csv"),
-        ("financing_demands", "financing_demands.ndjson", "ndjson"),
-        ("direct_financing", "direct_financing.ndjson", "ndjson"),
-    ] {
-        let out = run_ok(
-            cmd(p.path(), &wh)
-                .args(["import", table])
-                .arg(fx.join(file))
-                .args(["--format", format]),
-        );
-        assert!(out.contains(" 0 rejected"), "{out}");
-    }
-    run_ok(cmd(p.path(), &wh).arg("refresh"));
+    load_fixture(p.path(), &wh, "aggregates");
 
     // loan_growth. Industry = divisions 06–46, manufacturing = 13–43, by the borrower's snapshot of the same quarter.
     // 2018Q3: L1 E1(36) 1,000,000 + L2 E5(06, mining) 500,000 + L4 E2(39) 200,000; L3 E7(51, wholesale) is not industry.
@@ -284,6 +268,371 @@ fn hand_worked_indicators_on_a_small_fixture() {
     );
 }
 
+/// Loads a fixture directory's five tables through `import` and refreshes.
+fn load_fixture(project: &Path, wh: &Path, dir: &str) {
+    let fx = repo().join("tests/fixtures").join(dir);
+    for (table, file, format) in [
+        ("enterprises", "enterprises.ndjson", "ndjson"),
+        ("operations", "operations.ndjson", "ndjson"),
+        ("bank_loans", "bank_loans.csv", "csv"),
+        ("financing_demands", "financing_demands.ndjson", "ndjson"),
+        ("direct_financing", "direct_financing.ndjson", "ndjson"),
+    ] {
+        let out = run_ok(
+            cmd(project, wh)
+                .args(["import", table])
+                .arg(fx.join(file))
+                .args(["--format", format]),
+        );
+        assert!(out.contains(" 0 rejected"), "{out}");
+    }
+    run_ok(cmd(project, wh).arg("refresh"));
+}
+
+/// The row of `rows` whose `key` columns have these values.
+fn row<'a>(rows: &'a [serde_json::Value], key: &[(&str, &str)]) -> &'a serde_json::Value {
+    rows.iter()
+        .find(|r| key.iter().all(|(k, v)| r[*k] == *v))
+        .unwrap_or_else(|| panic!("no row {key:?} in {rows:?}"))
+}
+
+#[test]
+fn hand_worked_plan_measures_on_a_second_fixture() {
+    // Policy: guarantee fees up to 2.0000% qualify, the city pays 1.0000 point; 双百 subsidy 50%, capped at 1,999.99.
+    let p = project_dir(|c| {
+        c.replace(
+            "dual_hundred_subsidy_cap_yuan = \"500000.00\"",
+            "dual_hundred_subsidy_cap_yuan = \"1999.99\"",
+        )
+    });
+    let wh = p.path().join("wh");
+    load_fixture(p.path(), &wh, "indicators");
+    // Enterprises (same in both snapshots, 2018Q3 and 2019Q3): A 36 large 双百重点 500112; B 39 medium
+    // 双百成长 500112; C 26 small 专精特新 500115; D 06 (mining: industry, not manufacturing) micro 500110;
+    // W 51 (wholesale: not industry) small 500105. Banks K1 = 102653000013, K2 = 105653000010.
+
+    // bank_lending. 2018Q3: K1 L1 A 1,000,000 (medium_long, 4.35) + L2 B 500,000 (short, credit, 4.00, drawn 500,000);
+    //   K2 L3 D 200,000 (short, guaranteed, 5.00).
+    // 2019Q3 K1: L1 A 1,200,000 ml mortgage 4.35; L4 A 300,001 short credit 3.90 (drawn); L10 A 100,000 short
+    //   guaranteed 4.00 (drawn); L2 B 400,000 short credit 4.00. Industry = manufacturing = 2,000,001.00;
+    //   yoy = (2,000,001 / 1,500,000 − 1) × 100 = 33.3334 → 33.33; new = 300,001 + 100,000 = 400,001.00;
+    //   credit = (300,001 + 400,000) / 2,000,001 × 100 = 34.99998 → 35.00; medium_long = 1,200,000 / 2,000,001 → 60.00;
+    //   rate = (5,220,000 + 1,170,003.90 + 400,000 + 1,600,000) / 2,000,001 = 8,390,003.90 / 2,000,001 = 4.1949999… → 4.1950.
+    // 2019Q3 K2: L9 B 0 (credit), L5 C 250,000 4.50, L6 D 100,000 5.20, L7 D 333,334 ml 4.80; all drawn but L9.
+    //   industry 683,334.00, manufacturing (C) 250,000.00; yoy = (683,334 / 200,000 − 1) × 100 = 241.667 → 241.67;
+    //   credit 0 → 0.00; medium_long 333,334 / 683,334 = 48.78; rate (L9 has no weight) =
+    //   (1,125,000 + 520,000 + 1,600,003.20) / 683,334 = 4.74880 → 4.7488. W's L8 is not industrial lending.
+    // ALL 2019Q3: 2,683,335.00; manufacturing 2,250,001.00; yoy (2,683,335 / 1,700,000 − 1) × 100 = 57.84;
+    //   new 1,083,335.00; credit 700,001 / 2,683,335 = 26.09; medium_long 1,533,334 / 2,683,335 = 57.14;
+    //   rate (8,390,003.90 + 3,245,003.20) / 2,683,335 = 4.3360; 8 loans.
+    let bl = query(
+        p.path(),
+        &wh,
+        "SELECT * FROM published.bank_lending ORDER BY quarter, bank_code",
+    );
+    assert_eq!(bl.len(), 6, "{bl:?}");
+    let k1 = row(&bl, &[("quarter", "2019Q3"), ("bank_code", "102653000013")]);
+    assert_eq!(k1["industry_balance"], "2000001.00");
+    assert_eq!(k1["manufacturing_balance"], "2000001.00");
+    assert_eq!(k1["industry_yoy_pct"], "33.33");
+    assert_eq!(k1["new_industry_loans"], "400001.00");
+    assert_eq!(k1["credit_share_pct"], "35.00");
+    assert_eq!(k1["medium_long_share_pct"], "60.00");
+    assert_eq!(k1["avg_rate_pct"], "4.1950");
+    assert_eq!(k1["loans"], "4");
+    let k2 = row(&bl, &[("quarter", "2019Q3"), ("bank_code", "105653000010")]);
+    assert_eq!(k2["industry_balance"], "683334.00");
+    assert_eq!(k2["manufacturing_balance"], "250000.00");
+    assert_eq!(k2["industry_yoy_pct"], "241.67");
+    assert_eq!(k2["credit_share_pct"], "0.00");
+    assert_eq!(k2["medium_long_share_pct"], "48.78");
+    assert_eq!(k2["avg_rate_pct"], "4.7488");
+    let all = row(&bl, &[("quarter", "2019Q3"), ("bank_code", "ALL")]);
+    assert_eq!(all["industry_balance"], "2683335.00");
+    assert_eq!(all["manufacturing_balance"], "2250001.00");
+    assert_eq!(all["industry_yoy_pct"], "57.84");
+    assert_eq!(all["new_industry_loans"], "1083335.00");
+    assert_eq!(all["credit_share_pct"], "26.09");
+    assert_eq!(all["medium_long_share_pct"], "57.14");
+    assert_eq!(all["avg_rate_pct"], "4.3360");
+    assert_eq!(all["loans"], "8");
+    let first = row(&bl, &[("quarter", "2018Q3"), ("bank_code", "ALL")]);
+    assert!(
+        first["industry_yoy_pct"].is_null(),
+        "no prior year: {first}"
+    );
+
+    // guarantee_fee_subsidy 2019Q3 (medium/small/micro, guaranteed, fee ≤ 2.0000, drawn in the quarter):
+    //   C small: L5 250,000 @1.80 → fee 4,500.00; subsidy 250,000 × least(1.80, 1.00) % = 2,500.00.
+    //   D micro: L6 @2.50 is above the ceiling; L7 333,334 @0.75 → fee 2,500.005 → 2,500.01; subsidy
+    //     (0.75 < 1.00, so the whole fee) 2,500.01.
+    //   W small (any industry): L8 50,000 @1.00 → 500.00 and 500.00.
+    //   A is large (L10 excluded); 2018Q3's L3 was not drawn in the quarter: no 2018Q3 rows.
+    let gf = query(
+        p.path(),
+        &wh,
+        "SELECT * FROM published.guarantee_fee_subsidy ORDER BY quarter, uscc",
+    );
+    assert_eq!(gf.len(), 3, "{gf:?}");
+    let c = row(&gf, &[("uscc", "91500115MA5U000020")]);
+    assert_eq!(
+        (
+            &c["guaranteed_new_loans"],
+            &c["guarantee_fee"],
+            &c["subsidy"]
+        ),
+        (&"250000.00".into(), &"4500.00".into(), &"2500.00".into())
+    );
+    let d = row(&gf, &[("uscc", "91500110MA5U00004X")]);
+    assert_eq!(
+        (
+            &d["loans"],
+            &d["guaranteed_new_loans"],
+            &d["guarantee_fee"],
+            &d["subsidy"]
+        ),
+        (
+            &"1".into(),
+            &"333334.00".into(),
+            &"2500.01".into(),
+            &"2500.01".into()
+        )
+    );
+    assert_eq!(d["size_class"], "micro");
+    let w = row(&gf, &[("uscc", "91500105MA5U00006W")]);
+    assert_eq!(
+        (
+            &w["guarantee_fee"],
+            &w["subsidy"],
+            &w["fee_ceiling_pct"],
+            &w["subsidy_pp"]
+        ),
+        (
+            &"500.00".into(),
+            &"500.00".into(),
+            &"2.0000".into(),
+            &"1.0000".into()
+        )
+    );
+
+    // working_capital_subsidy (双百 with short-term loans, balance > 0), share 50%, cap 1,999.99:
+    //   2019Q3 A: L4 300,001 @3.90 + L10 100,000 @4.00 → 400,001.00; interest (1,170,003.90 + 400,000) ÷ 400
+    //     = 3,925.00975 → 3,925.01; × 50% = 1,962.505 → 1,962.51, under the cap.
+    //   2019Q3 B: L2 400,000 @4.00 → 4,000.00; × 50% = 2,000.00 → capped at 1,999.99 (L9 has balance 0).
+    //   2018Q3 B: L2 500,000 @4.00 → 5,000.00 → 2,500.00 → 1,999.99. A had no short-term loan in 2018Q3; C, D are not 双百.
+    let wc = query(
+        p.path(),
+        &wh,
+        "SELECT * FROM published.working_capital_subsidy ORDER BY quarter, uscc",
+    );
+    assert_eq!(wc.len(), 3, "{wc:?}");
+    let a = row(
+        &wc,
+        &[("quarter", "2019Q3"), ("uscc", "91500112MA5U00000E")],
+    );
+    assert_eq!(
+        (
+            &a["short_term_balance"],
+            &a["quarter_interest"],
+            &a["subsidy"],
+            &a["capped"]
+        ),
+        (
+            &"400001.00".into(),
+            &"3925.01".into(),
+            &"1962.51".into(),
+            &false.into()
+        )
+    );
+    assert_eq!(a["loans"], "2");
+    let b = row(
+        &wc,
+        &[("quarter", "2019Q3"), ("uscc", "91500112MA5U00001H")],
+    );
+    assert_eq!(
+        (
+            &b["short_term_balance"],
+            &b["quarter_interest"],
+            &b["subsidy"],
+            &b["capped"]
+        ),
+        (
+            &"400000.00".into(),
+            &"4000.00".into(),
+            &"1999.99".into(),
+            &true.into()
+        )
+    );
+    let b18 = row(
+        &wc,
+        &[("quarter", "2018Q3"), ("uscc", "91500112MA5U00001H")],
+    );
+    assert_eq!(
+        (&b18["quarter_interest"], &b18["subsidy"]),
+        (&"5000.00".into(), &"1999.99".into())
+    );
+
+    // energy_water_intensity (industrial: A, B, C, D; W excluded). 2019Q3 energy / water / output:
+    //   A 100 / 1,000 / 2,000,000; B 30 / 500 / 1,000,000; C 80 / 2,000 / 500,000; D 120 / 300 / 400,000.
+    //   2018Q3: A 96 / 900 / 1,600,000; B 28 / 400 / 800,000; C 90 / 2,100 / 500,000; D 100 / 250 / 300,000.
+    //   4 districts×divisions + 3 district totals + 4 division totals + 1 city total = 12 rows a quarter.
+    //   ALL/ALL 2019Q3: 330 / 3,800 / 3,900,000 → 330 ÷ 390 = 0.846154 → 0.8462; 3,800 ÷ 390 = 9.743590 → 9.7436;
+    //     2018Q3: 314 ÷ 320 = 0.98125, 3,650 ÷ 320 = 11.40625; yoy (0.846154 ÷ 0.98125 − 1) × 100 = −13.77,
+    //     (9.743590 ÷ 11.40625 − 1) × 100 = −14.58.
+    //   500112/ALL 2019Q3: 130 ÷ 300 = 0.4333, 1,500 ÷ 300 = 5.0000; 2018Q3 124 ÷ 240, 1,300 ÷ 240: yoy −16.13, −7.69.
+    //   500112/36: 0.5000 vs 0.6000 → −16.67; 5.0000 vs 5.6250 → −11.11.
+    let ew = query(
+        p.path(),
+        &wh,
+        "SELECT * FROM published.energy_water_intensity ORDER BY quarter, district_code, division",
+    );
+    assert_eq!(ew.len(), 24, "{ew:?}");
+    let city = row(
+        &ew,
+        &[
+            ("quarter", "2019Q3"),
+            ("district_code", "ALL"),
+            ("division", "ALL"),
+        ],
+    );
+    assert_eq!(
+        (
+            &city["enterprises"],
+            &city["energy_tce"],
+            &city["water_m3"],
+            &city["output_value"]
+        ),
+        (
+            &"4".into(),
+            &"330.00".into(),
+            &"3800.00".into(),
+            &"3900000.00".into()
+        )
+    );
+    assert_eq!(
+        (&city["energy_per_10k_yuan"], &city["water_per_10k_yuan"]),
+        (&"0.8462".into(), &"9.7436".into())
+    );
+    assert_eq!(
+        (
+            &city["energy_intensity_yoy_pct"],
+            &city["water_intensity_yoy_pct"]
+        ),
+        (&"-13.77".into(), &"-14.58".into())
+    );
+    let dist = row(
+        &ew,
+        &[
+            ("quarter", "2019Q3"),
+            ("district_code", "500112"),
+            ("division", "ALL"),
+        ],
+    );
+    assert_eq!(
+        (&dist["energy_per_10k_yuan"], &dist["water_per_10k_yuan"]),
+        (&"0.4333".into(), &"5.0000".into())
+    );
+    assert_eq!(
+        (
+            &dist["energy_intensity_yoy_pct"],
+            &dist["water_intensity_yoy_pct"]
+        ),
+        (&"-16.13".into(), &"-7.69".into())
+    );
+    let cell = row(
+        &ew,
+        &[
+            ("quarter", "2019Q3"),
+            ("district_code", "500112"),
+            ("division", "36"),
+        ],
+    );
+    assert_eq!(
+        (
+            &cell["energy_intensity_yoy_pct"],
+            &cell["water_intensity_yoy_pct"]
+        ),
+        (&"-16.67".into(), &"-11.11".into())
+    );
+    assert!(
+        !ew.iter().any(|r| r["division"] == "51"),
+        "wholesale is not industry"
+    );
+
+    // enterprise_profile 2019Q3, A: reports 2018Q4–2019Q3 (2018Q3 is outside the trailing four quarters):
+    //   revenue 1,000,000 + 1,100,000 + 1,200,000 + 1,300,000 = 4,600,000.00; profit 60,000 + … + 90,000 = 300,000.00;
+    //   financial expenses 46,000 ÷ cost 3,100,000 × 100 = 1.4839 → 1.48; debt 6,000,000 ÷ 10,000,000 = 60.00;
+    //   loans L1 + L4 + L10 = 1,600,001.00 from 1 bank; open demands submitted 2018Q4–2019Q3: G2 (screened,
+    //   5,000,000.00) — G1 is older, G3 is funded; bonds: F1 mtn 50,000,000.00 (2019-03-15); equity: F2 (2018-06-20)
+    //   is older → 0.00; energy 100 ÷ 200 = 0.5000, water 1,000 ÷ 200 = 5.0000.
+    // 2018Q3, A: one report (900,000.00), debt 5,000,000 ÷ 9,000,000 = 55.56, G1 open (1,000,000.00), equity 30,000,000.00.
+    // 2019Q3, B: L9 at K2 has balance 0, so 1 lending bank; expenses −1,000 ÷ 450,000 = −0.22.
+    // 2019Q3, D: total assets 0 → debt ratio null. W 2018Q3: no report → 0 quarters, nulls.
+    let ep = query(
+        p.path(),
+        &wh,
+        "SELECT * FROM published.enterprise_profile ORDER BY quarter, uscc",
+    );
+    assert_eq!(ep.len(), 10, "{ep:?}");
+    let a = row(
+        &ep,
+        &[("quarter", "2019Q3"), ("uscc", "91500112MA5U00000E")],
+    );
+    for (k, v) in [
+        ("reported_quarters", "4"),
+        ("revenue_ttm", "4600000.00"),
+        ("total_profit_ttm", "300000.00"),
+        ("fin_expense_ratio_pct", "1.48"),
+        ("debt_ratio_pct", "60.00"),
+        ("loan_balance", "1600001.00"),
+        ("lending_banks", "1"),
+        ("open_demands", "1"),
+        ("open_demand_amount", "5000000.00"),
+        ("bond_raised_ttm", "50000000.00"),
+        ("equity_raised_ttm", "0.00"),
+        ("energy_per_10k_yuan", "0.5000"),
+        ("water_per_10k_yuan", "5.0000"),
+    ] {
+        assert_eq!(a[k], v, "A 2019Q3 {k}: {a}");
+    }
+    assert_eq!(a["key_enterprise"], true);
+    let a18 = row(
+        &ep,
+        &[("quarter", "2018Q3"), ("uscc", "91500112MA5U00000E")],
+    );
+    for (k, v) in [
+        ("reported_quarters", "1"),
+        ("revenue_ttm", "900000.00"),
+        ("debt_ratio_pct", "55.56"),
+        ("open_demand_amount", "1000000.00"),
+        ("equity_raised_ttm", "30000000.00"),
+    ] {
+        assert_eq!(a18[k], v, "A 2018Q3 {k}: {a18}");
+    }
+    let b = row(
+        &ep,
+        &[("quarter", "2019Q3"), ("uscc", "91500112MA5U00001H")],
+    );
+    assert_eq!(
+        (&b["lending_banks"], &b["fin_expense_ratio_pct"]),
+        (&"1".into(), &"-0.22".into())
+    );
+    let d = row(
+        &ep,
+        &[("quarter", "2019Q3"), ("uscc", "91500110MA5U00004X")],
+    );
+    assert!(d["debt_ratio_pct"].is_null(), "{d}");
+    let w = row(
+        &ep,
+        &[("quarter", "2018Q3"), ("uscc", "91500105MA5U00006W")],
+    );
+    assert_eq!(w["reported_quarters"], "0");
+    assert!(
+        w["revenue_ttm"].is_null() && w["fin_expense_ratio_pct"].is_null(),
+        "{w}"
+    );
+}
+
 fn published_digests(wh: &Path) -> serde_json::Value {
     py_json("published.py", &[wh.to_str().unwrap()])
 }
@@ -310,13 +659,14 @@ async fn duckdb_computes_the_same_indicators_independently() {
     .unwrap()
     .settings
     .policy;
-    let divisions = policy.strategic_divisions.join(",");
-    let share = ironlake::domain::decimal::format_decimal(policy.interest_subsidy_share_pct, 2);
-    let cap = ironlake::domain::decimal::format_decimal(policy.interest_subsidy_cap_yuan, 2);
-    let r = py_json(
-        "crosscheck.py",
-        &[wh.to_str().unwrap(), &divisions, &share, &cap],
-    );
+    // The [policy] values as the SQL literals ironlake fills in, so both engines use the same parameters.
+    let params: serde_json::Map<String, serde_json::Value> = policy
+        .placeholders()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into()))
+        .collect();
+    let params = serde_json::Value::Object(params).to_string();
+    let r = py_json("crosscheck.py", &[wh.to_str().unwrap(), &params]);
     for (name, v) in r.as_object().unwrap() {
         assert!(
             v["rows"].as_u64().unwrap() > 0,
@@ -324,7 +674,29 @@ async fn duckdb_computes_the_same_indicators_independently() {
         );
         assert_eq!(v["mismatches"].as_array().unwrap().len(), 0, "{name}: {v}");
     }
-    assert_eq!(r.as_object().unwrap().len(), 6);
+    assert_eq!(r.as_object().unwrap().len(), 11);
+    // The simulated city gives the plan's measures something to measure.
+    let count = |sql: &str| -> u64 {
+        let out = run_ok(
+            ironlake(&wh, "http://127.0.0.1:9", TOKEN).args(["sql", sql, "--format", "csv"]),
+        );
+        out.lines().nth(1).unwrap().parse().unwrap()
+    };
+    let ceiling = ironlake::domain::decimal::format_decimal(policy.guarantee_fee_ceiling_pct, 4);
+    for (what, sql) in [
+        ("drawn guaranteed loans with a fee within the ceiling", format!("SELECT count(*) FROM bank_loans WHERE guarantee = 'guaranteed' AND disbursed > 0 AND guarantee_fee_pct <= {ceiling}")),
+        ("drawn guaranteed loans with a fee above the ceiling", format!("SELECT count(*) FROM bank_loans WHERE guarantee = 'guaranteed' AND disbursed > 0 AND guarantee_fee_pct > {ceiling}")),
+        ("双百 subsidies under the cap", "SELECT count(*) FROM published.working_capital_subsidy WHERE NOT capped".into()),
+        ("双百 subsidies at the cap", "SELECT count(*) FROM published.working_capital_subsidy WHERE capped".into()),
+        ("growth enterprises with working-capital loans", "SELECT count(*) FROM published.working_capital_subsidy WHERE growth_enterprise".into()),
+        ("distinct energy intensities across divisions", "SELECT count(DISTINCT energy_per_10k_yuan) FROM published.energy_water_intensity WHERE quarter = '2019Q4' AND district_code = 'ALL' AND division <> 'ALL'".into()),
+        ("distinct water intensities across divisions", "SELECT count(DISTINCT water_per_10k_yuan) FROM published.energy_water_intensity WHERE quarter = '2019Q4' AND district_code = 'ALL' AND division <> 'ALL'".into()),
+        ("profiles with trailing-four-quarter revenue", "SELECT count(*) FROM published.enterprise_profile WHERE reported_quarters = 4".into()),
+        ("banks with industrial lending", "SELECT count(*) FROM published.bank_lending WHERE quarter = '2019Q4' AND bank_code <> 'ALL'".into()),
+    ] {
+        let n = count(&sql);
+        assert!(n >= 3, "only {n} {what}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,7 +771,7 @@ async fn incremental_refreshes_equal_a_full_rebuild_over_random_ingest_orders() 
     );
     let inc = published_digests(&wh);
     let full = published_digests(&copy);
-    assert_eq!(inc.as_object().unwrap().len(), 8);
+    assert_eq!(inc.as_object().unwrap().len(), 13);
     for (name, v) in full.as_object().unwrap() {
         assert!(v["rows"].as_u64().unwrap() > 0, "{name} is empty");
         assert_eq!(

@@ -125,7 +125,7 @@ async fn every_role_against_every_route() {
     a.daemon.start_schedules();
     let b = &a.base;
     // (method, path, body, minimum role: 0 none, 1 viewer, 2 analyst, 3 admin)
-    let routes: [(&str, String, Option<&str>, u8); 10] = [
+    let routes: [(&str, String, Option<&str>, u8); 11] = [
         ("GET", format!("{b}/healthz"), None, 0),
         ("GET", format!("{b}/readyz"), None, 0),
         ("GET", format!("{b}/metrics"), None, 0),
@@ -133,6 +133,12 @@ async fn every_role_against_every_route() {
         ("GET", format!("{b}/api/v1/runs?limit=5"), None, 1),
         ("GET", format!("{b}/api/v1/aggregates"), None, 1),
         ("GET", format!("{b}/api/v1/aggregates/loan_growth"), None, 1),
+        (
+            "GET",
+            format!("{b}/api/v1/aggregates/loan_growth/definition"),
+            None,
+            1,
+        ),
         ("POST", format!("{b}/api/v1/sql"), Some("SELECT 1 AS x"), 2),
         ("POST", format!("{b}/api/v1/pipelines/nosuch/runs"), None, 3),
         // Last: a reload re-reads ./ironlake.toml, which does not name this test's token files.
@@ -207,6 +213,81 @@ async fn public_aggregates_need_no_token_but_sql_still_does() {
             .status(),
         401
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_published_aggregate_explains_how_it_is_made() {
+    let a = api(false, 0).await;
+    let b = &a.base;
+    let list: serde_json::Value =
+        call("GET", &format!("{b}/api/v1/aggregates"), Some(VIEWER), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+    let list = list["aggregates"].as_array().unwrap();
+    assert_eq!(list.len(), 13, "{list:?}");
+    for agg in list {
+        let name = agg["name"].as_str().unwrap();
+        let url = format!("{b}/api/v1/aggregates/{name}/definition");
+        let r = call("GET", &url, Some(VIEWER), None).await;
+        assert_eq!(r.status(), 200, "{url}");
+        let d: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(d["name"], name);
+        assert!(d["description"].as_str().unwrap().len() > 40, "{d}");
+        assert_eq!(d["file"], format!("pipelines/aggregates/{name}.sql"));
+        assert!(d["sql"].as_str().unwrap().contains("SELECT"), "{d}");
+        assert!(
+            !d["sql"].as_str().unwrap().contains("{{"),
+            "placeholders left: {d}"
+        );
+        // Every column, in the listing and the definition: a type, a Chinese name and a formula.
+        let cols = d["columns"].as_array().unwrap();
+        assert_eq!(cols, agg["columns"].as_array().unwrap(), "{name}");
+        for c in cols {
+            assert!(
+                c["type"].as_str().is_some_and(|t| !t.is_empty()),
+                "{name}: {c}"
+            );
+            let label = c["label"].as_str().unwrap_or_else(|| panic!("{name}: {c}"));
+            assert!(label.chars().any(|ch| ch as u32 > 0x4e00), "{name}: {c}");
+            assert!(
+                c["formula"].as_str().is_some_and(|f| !f.is_empty()),
+                "{name}: {c}"
+            );
+        }
+    }
+    // The policy values a definition depends on are named with their values.
+    let d: serde_json::Value = call(
+        "GET",
+        &format!("{b}/api/v1/aggregates/guarantee_fee_subsidy/definition"),
+        Some(VIEWER),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(d["policy"]["guarantee_fee_ceiling_pct"], "2.0000", "{d}");
+    assert_eq!(d["policy"]["guarantee_fee_subsidy_pp"], "1.0000", "{d}");
+    assert_eq!(d["lags"], serde_json::json!([0]));
+    let subsidy = d["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "subsidy")
+        .unwrap();
+    assert_eq!(subsidy["label"], "担保费补贴");
+    assert_eq!(subsidy["unit"], "CNY yuan");
+    assert_eq!(subsidy["type"], "Decimal128(18, 2)");
+    let r = call(
+        "GET",
+        &format!("{b}/api/v1/aggregates/nosuch/definition"),
+        Some(VIEWER),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -692,7 +773,7 @@ async fn metrics_match_the_run_history_of_every_process() {
         .filter(|s| s[0] == "ironlake_aggregate_refresh_duration_seconds")
         .map(|s| s[2].as_f64().unwrap())
         .collect();
-    assert_eq!(durations.len(), 8, "{text}");
+    assert_eq!(durations.len(), 13, "{text}");
     let mut distinct = durations.clone();
     distinct.sort_by(f64::total_cmp);
     distinct.dedup();

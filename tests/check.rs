@@ -68,8 +68,8 @@ fn bundled_project_passes_with_one_line_per_file() {
     let out = check(dir.path());
     assert_eq!(out.code, 0, "{}", out.stderr);
     let ok_lines = out.stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    // ironlake.toml + 5 schemas + 5 pipelines + 8 aggregates.+ 8 aggregates.
-    assert_eq!(ok_lines, 19, "{}", out.stdout);
+    // ironlake.toml + 5 schemas + 5 pipelines + 13 aggregates.
+    assert_eq!(ok_lines, 24, "{}", out.stdout);
     assert!(out.stdout.contains("ok pipelines/aggregates/loan_growth.sql: published.loan_growth, partitioned by quarter, lags 0,4"), "{}", out.stdout);
     assert!(out.stdout.contains("ok schemas/bank_loans.toml: table bank_loans, 11 columns, key (bank_code, loan_id, period_end)"));
     assert!(
@@ -78,7 +78,7 @@ fn bundled_project_passes_with_one_line_per_file() {
         )
     );
     assert!(
-        out.stdout.contains("check passed: 19 files, 0 warnings"),
+        out.stdout.contains("check passed: 24 files, 0 warnings"),
         "{}",
         out.stdout
     );
@@ -185,7 +185,7 @@ fn unset_env_var_is_a_warning_not_an_error() {
     assert!(out.stderr.contains("pipelines/unset_env.toml:9:7: warning: `source.url`: environment variable IRONLAKE_TEST_UNSET_URL is not set"), "{}", out.stderr);
     assert!(out.stderr.contains("pipelines/unset_env.toml:14:13: warning: `source.auth.token_env`: environment variable IRONLAKE_TEST_UNSET_TOKEN is not set"), "{}", out.stderr);
     assert!(
-        out.stdout.contains("check passed: 20 files, 2 warnings"),
+        out.stdout.contains("check passed: 25 files, 2 warnings"),
         "{}",
         out.stdout
     );
@@ -373,4 +373,33 @@ fn every_problem_is_reported_in_one_pass_and_knock_on_errors_are_folded() {
         "{}",
         out.stderr
     );
+}
+
+/// An aggregate's `-- column:` lines must match its SELECT: a documented
+/// column it does not output and a malformed line are errors; an output
+/// column left undocumented is a warning.
+#[test]
+fn column_documentation_must_match_the_select() {
+    let dir = common::project_copy(|path, text| {
+        match path {
+        "pipelines/aggregates/loan_balances.sql" => text.replace(
+            "-- column: loans | 贷款笔数 | | loans whose borrower is in the quarter's registry snapshot\n",
+            "-- column: loan_count | 贷款笔数 | | renamed\n-- column: industry_balance without pipes\n",
+        ),
+        _ => text,
+    }
+    });
+    let out = check(dir.path());
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    for expected in [
+        "loan_balances.sql: error: `column`: documents column \"loan_count\", which the SELECT does not output",
+        "loan_balances.sql:9:1: error: `column`: a column line reads `-- column: name | 中文名 | unit | formula`",
+        "loan_balances.sql: warning: `column`: output column \"loans\" has no `-- column:` line",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "{expected:?} missing:\n{}",
+            out.stderr
+        );
+    }
 }

@@ -404,7 +404,7 @@ async fn the_shell_lists_describes_and_runs_multi_line_queries() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"\\dt\n\\d bank_loans\nSELECT count(*) AS loans\n  FROM bank_loans\n WHERE quarter = '2019Q4';\nDROP TABLE bank_loans;\n\\z\n\\x\nSELECT 7 AS seven, 'a' AS letter;\nSELECT * FROM bank_loan;\n\\q\n")
+        .write_all(b"\\dt\n\\d bank_loans\nSELECT count(*) AS loans\n  FROM bank_loans\n WHERE quarter = '2019Q4';\nDROP TABLE bank_loans;\n\\z\n\\x\nSELECT 7 AS seven, 'a' AS letter;\nSELECT * FROM bank_loan;\n\\d published.guarantee_fee_subsidy\n\\q\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -444,4 +444,19 @@ async fn the_shell_lists_describes_and_runs_multi_line_queries() {
         "{stderr}"
     );
     assert!(!stderr.contains("datafusion.public"), "{stderr}");
+    // \d of a published aggregate: how it is made, column by column, with its policy values.
+    assert!(
+        stdout.contains("published.guarantee_fee_subsidy — 担保费补贴"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("policy guarantee_fee_ceiling_pct = 2.0000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("subsidy")
+            && stdout
+                .contains("担保费补贴 — Σ disbursed × least(guarantee_fee_pct, subsidy_pp) ÷ 100"),
+        "{stdout}"
+    );
 }

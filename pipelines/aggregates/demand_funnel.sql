@@ -2,6 +2,26 @@
 -- (from the registry snapshot of that quarter) and project category (五类项目):
 -- how many, how much, and where they stand now; match_rate_pct = funded ÷
 -- submitted × 100 (by count); median days from submission to funding.
+-- column: quarter | 季度 | | quarter the demands were submitted in (YYYYQn)
+-- column: district_code | 区县代码 | | applicant's district in the registry snapshot of that quarter, or unknown
+-- column: project_category | 五类项目 | | mic2025, two_integration, transformation, demo_base, going_global or none
+-- column: demands | 需求数 | | demands submitted
+-- column: amount | 需求金额 | CNY yuan | Σ amount requested
+-- column: n_submitted | 已提交 | | demands whose current status is submitted
+-- column: n_screened | 已筛选 | | … screened
+-- column: n_recommended | 已推荐 | | … recommended
+-- column: n_accepted | 已受理 | | … accepted
+-- column: n_credit_granted | 已授信 | | … credit_granted
+-- column: n_funded | 已放款 | | … funded
+-- column: n_rejected | 已拒绝 | | … rejected
+-- column: n_withdrawn | 已撤回 | | … withdrawn
+-- column: amount_open | 待对接金额 | CNY yuan | Σ amount of submitted, screened and recommended demands
+-- column: amount_in_progress | 对接中金额 | CNY yuan | Σ amount of accepted and credit_granted demands
+-- column: amount_funded_requested | 已放款需求金额 | CNY yuan | Σ amount requested by funded demands
+-- column: amount_closed | 已关闭金额 | CNY yuan | Σ amount of rejected and withdrawn demands
+-- column: funded_amount | 实际放款金额 | CNY yuan | Σ funded_amount of funded demands
+-- column: match_rate_pct | 对接成功率 | percent | funded ÷ submitted × 100, by count
+-- column: median_days_to_funding | 放款周期中位数 | days | median of status_on − submitted_on over funded demands
 -- ironlake: partition_by = quarter
 -- ironlake: lags = 0
 SELECT

@@ -1,6 +1,13 @@
 -- 直接融资增长: bond and equity financing of industrial enterprises per
 -- quarter, year-on-year growth (rounded half away from zero to 2 places,
 -- null without a prior year or when it was zero), and distinct issuers.
+-- column: quarter | 季度 | | quarter of the issue date (YYYYQn)
+-- column: bond_amount | 债券融资额 | CNY yuan | Σ amount of bond issues by industrial enterprises
+-- column: equity_amount | 股权融资额 | CNY yuan | Σ amount of equity issues by industrial enterprises
+-- column: bond_yoy_pct | 债券融资同比 | percent | (bond_amount ÷ the same quarter a year earlier − 1) × 100
+-- column: equity_yoy_pct | 股权融资同比 | percent | (equity_amount ÷ the same quarter a year earlier − 1) × 100
+-- column: bond_issuers | 发债企业数 | | distinct industrial issuers of bonds
+-- column: equity_issuers | 股权融资企业数 | | distinct industrial issuers of equity
 -- ironlake: partition_by = quarter
 -- ironlake: lags = 0, 4
 SELECT

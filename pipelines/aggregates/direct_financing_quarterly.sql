@@ -1,6 +1,11 @@
 -- Bond and equity financing raised by industrial enterprises (divisions
 -- 06–46, from the registry snapshot of the issue's quarter), per quarter:
 -- the base of direct_financing_growth.
+-- column: quarter | 季度 | | quarter of the issue date (YYYYQn)
+-- column: bond_amount | 债券融资额 | CNY yuan | Σ amount of enterprise_bond, corporate_bond, mtn, cp and abs issues by industrial enterprises
+-- column: equity_amount | 股权融资额 | CNY yuan | Σ amount of ipo, follow_on, neeq and regional_equity issues by industrial enterprises
+-- column: bond_issuers | 发债企业数 | | distinct industrial issuers of bonds
+-- column: equity_issuers | 股权融资企业数 | | distinct industrial issuers of equity
 -- ironlake: partition_by = quarter
 -- ironlake: lags = 0
 SELECT

@@ -5,6 +5,11 @@
 --   avg_comprehensive_cost_pct = same weights over rate_pct + coalesce(guarantee_fee_pct, 0)
 -- Sums are exact; each ratio is computed in double precision and rounded
 -- half away from zero (2 places for the ratio, 4 for rates).
+-- column: quarter | 季度 | | quarter of the reports (YYYYQn)
+-- column: district_code | 区县代码 | | district of registration, or ALL for the whole city
+-- column: fin_expense_ratio_pct | 财务费用占主营业务成本比 | percent | Σ financial_expenses ÷ Σ main_business_cost × 100 over industrial enterprises
+-- column: avg_loan_rate_pct | 工业贷款加权平均利率 | percent per year | Σ (balance × rate_pct) ÷ Σ balance over loans to industrial enterprises with balance > 0
+-- column: avg_comprehensive_cost_pct | 综合融资成本 | percent per year | same weights over rate_pct + coalesce(guarantee_fee_pct, 0)
 -- ironlake: partition_by = quarter
 -- ironlake: lags = 0
 WITH ent AS (

@@ -3,7 +3,17 @@
 -- enterprise: first-year interest = Σ disbursed × rate_pct ÷ 100, rounded to
 -- the fen; subsidy = that interest × interest_subsidy_share_pct ÷ 100,
 -- rounded to the fen, capped at interest_subsidy_cap_yuan.
--- {{...}} placeholders are filled from [policy] before planning.
+-- Placeholders in double braces are filled from [policy] before planning.
+-- column: quarter | 季度 | | quarter the loans were drawn in (YYYYQn)
+-- column: uscc | 统一社会信用代码 | | borrower
+-- column: name | 企业名称 | | from the registry snapshot of the quarter
+-- column: district_code | 区县代码 | | from the registry snapshot of the quarter
+-- column: division | 行业大类 | | one of [policy] strategic_divisions
+-- column: new_loans | 新发放贷款 | CNY yuan | Σ disbursed in the quarter
+-- column: first_year_interest | 首年利息 | CNY yuan | Σ disbursed × rate_pct ÷ 100, rounded to the fen
+-- column: subsidy_share_pct | 贴息比例 | percent | [policy] interest_subsidy_share_pct
+-- column: subsidy | 贴息金额 | CNY yuan | least(first_year_interest × subsidy_share_pct ÷ 100 rounded to the fen, [policy] interest_subsidy_cap_yuan)
+-- column: capped | 是否封顶 | | whether the cap applied
 -- ironlake: partition_by = quarter
 -- ironlake: lags = 0
 SELECT

@@ -2,6 +2,10 @@
 -- manufacturing (制造业, 13–43) at each quarter end: the base of loan_growth.
 -- A borrower's division comes from the registry snapshot of the same
 -- quarter; loans to borrowers missing from that snapshot count in neither.
+-- column: quarter | 季度 | | quarter of the loans' reporting date (YYYYQn)
+-- column: industry_balance | 工业贷款余额 | CNY yuan | Σ balance of loans to industrial borrowers (divisions 06–46)
+-- column: manufacturing_balance | 制造业贷款余额 | CNY yuan | Σ balance of loans to manufacturing borrowers (divisions 13–43)
+-- column: loans | 贷款笔数 | | loans whose borrower is in the quarter's registry snapshot
 -- ironlake: partition_by = quarter
 -- ironlake: lags = 0
 SELECT

@@ -3,6 +3,12 @@
 -- (gap_pp near zero). yoy = (balance ÷ same quarter a year earlier − 1) × 100,
 -- computed in double precision and rounded half away from zero to 2 places;
 -- null without a prior year.
+-- column: quarter | 季度 | | quarter of the loans' reporting date (YYYYQn)
+-- column: industry_balance | 工业贷款余额 | CNY yuan | Σ balance of loans to industrial borrowers (divisions 06–46)
+-- column: manufacturing_balance | 制造业贷款余额 | CNY yuan | Σ balance of loans to manufacturing borrowers (divisions 13–43)
+-- column: industry_yoy_pct | 工业贷款同比增速 | percent | (industry_balance ÷ the same quarter a year earlier − 1) × 100
+-- column: manufacturing_yoy_pct | 制造业贷款同比增速 | percent | (manufacturing_balance ÷ the same quarter a year earlier − 1) × 100
+-- column: gap_pp | 增速差 | percentage points | manufacturing_yoy_pct − industry_yoy_pct (the plan wants it near zero)
 -- ironlake: partition_by = quarter
 -- ironlake: lags = 0, 4
 SELECT

@@ -4,6 +4,29 @@
 -- + 2·(a 五类项目 category) + 1·(already recommended); ties go to the older
 -- demand, then the demand id. days_open counts to the latest status date in
 -- the feed (the data's "today"). quarter is the submission quarter.
+-- column: quarter | 季度 | | quarter the demand was submitted in (YYYYQn)
+-- column: rank | 排名 | | position in the list: priority descending, then the older demand, then demand_id
+-- column: priority | 优先级 | | 3·双百重点 + 2·双百成长 + 2·专精特新 + 1·上市后备 + 2·(a 五类项目 category) + 1·(already recommended)
+-- column: demand_id | 需求编号 | | demand number on the financing platform
+-- column: uscc | 统一社会信用代码 | | applicant
+-- column: name | 企业名称 | | from the applicant's latest registry entry
+-- column: district_code | 区县代码 | | from the applicant's latest registry entry
+-- column: industry_code | 行业代码 | | GB/T 4754-2017 class, from the latest registry entry
+-- column: size_class | 企业规模 | | from the latest registry entry
+-- column: key_enterprise | 双百重点企业 | | registry flag
+-- column: growth_enterprise | 双百成长型企业 | | registry flag
+-- column: specialized_sme | 专精特新 | | registry flag
+-- column: listing_reserve | 上市后备 | | registry flag
+-- column: project_category | 五类项目 | | project category of the demand
+-- column: purpose | 资金用途 | | use of funds
+-- column: instrument | 融资方式 | | financing instrument sought
+-- column: amount | 需求金额 | CNY yuan | amount requested
+-- column: term_months | 融资期限 | months | requested term
+-- column: status | 对接状态 | | submitted, screened or recommended
+-- column: status_on | 状态日期 | | date of the current status
+-- column: submitted_on | 提交日期 | | date the demand was submitted
+-- column: bank_code | 对接银行代码 | | bank the demand was recommended to, if any
+-- column: days_open | 已等待天数 | days | latest status date in the feed − submitted_on
 -- ironlake: partition_by = quarter
 WITH latest AS (
   SELECT uscc, MAX(as_of) AS as_of FROM enterprises GROUP BY uscc

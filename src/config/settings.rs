@@ -220,6 +220,10 @@ struct RawPolicy {
     strategic_divisions: Spanned<Vec<Spanned<String>>>,
     interest_subsidy_share_pct: Spanned<String>,
     interest_subsidy_cap_yuan: Spanned<String>,
+    guarantee_fee_ceiling_pct: Option<Spanned<String>>,
+    guarantee_fee_subsidy_pp: Option<Spanned<String>>,
+    dual_hundred_subsidy_share_pct: Option<Spanned<String>>,
+    dual_hundred_subsidy_cap_yuan: Option<Spanned<String>>,
 }
 
 /// Ingestion limits.
@@ -287,6 +291,58 @@ pub struct Policy {
     pub interest_subsidy_share_pct: i128,
     /// Cap on one enterprise's subsidy per quarter, CNY yuan, scale 2.
     pub interest_subsidy_cap_yuan: i128,
+    /// Highest guarantee fee whose guaranteed loans earn the guarantee-fee
+    /// subsidy, percent per year, scale 4 (`20000` = 2.0000%).
+    pub guarantee_fee_ceiling_pct: i128,
+    /// Percentage points of the guarantee fee the city pays on qualifying
+    /// loans (at most the fee itself), scale 4.
+    pub guarantee_fee_subsidy_pp: i128,
+    /// Share of a 双百 enterprise's quarterly working-capital interest that is
+    /// subsidised, percent, scale 2.
+    pub dual_hundred_subsidy_share_pct: i128,
+    /// Cap on one 双百 enterprise's working-capital subsidy per quarter, CNY yuan, scale 2.
+    pub dual_hundred_subsidy_cap_yuan: i128,
+}
+
+impl Policy {
+    /// The `{{placeholder}}` values aggregate SQL may use, as SQL literals
+    /// (decimals at their declared scale, divisions as a quoted list).
+    pub fn placeholders(&self) -> Vec<(&'static str, String)> {
+        use crate::domain::decimal::format_decimal;
+        let divisions = self
+            .strategic_divisions
+            .iter()
+            .map(|d| format!("'{d}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        vec![
+            ("strategic_divisions", divisions),
+            (
+                "interest_subsidy_share_pct",
+                format_decimal(self.interest_subsidy_share_pct, 2),
+            ),
+            (
+                "interest_subsidy_cap_yuan",
+                format_decimal(self.interest_subsidy_cap_yuan, 2),
+            ),
+            (
+                "guarantee_fee_ceiling_pct",
+                format_decimal(self.guarantee_fee_ceiling_pct, 4),
+            ),
+            (
+                "guarantee_fee_subsidy_pp",
+                format_decimal(self.guarantee_fee_subsidy_pp, 4),
+            ),
+            (
+                "dual_hundred_subsidy_share_pct",
+                format_decimal(self.dual_hundred_subsidy_share_pct, 2),
+            ),
+            (
+                "dual_hundred_subsidy_cap_yuan",
+                format_decimal(self.dual_hundred_subsidy_cap_yuan, 2),
+            ),
+        ]
+    }
 }
 
 impl Default for Policy {
@@ -297,6 +353,10 @@ impl Default for Policy {
                 .to_vec(),
             interest_subsidy_share_pct: 5000,
             interest_subsidy_cap_yuan: 200_000_000,
+            guarantee_fee_ceiling_pct: 20_000,
+            guarantee_fee_subsidy_pp: 10_000,
+            dual_hundred_subsidy_share_pct: 5000,
+            dual_hundred_subsidy_cap_yuan: 50_000_000,
         }
     }
 }
@@ -376,17 +436,93 @@ fn policy(file: &SourceFile, p: &RawPolicy, errors: &mut Vec<Diagnostic>) -> Pol
         18,
         2,
     );
-    if !(0..=10000).contains(&share) {
-        errors.push(file.error(
-            Some(p.interest_subsidy_share_pct.span()),
+    let defaults = Policy::default();
+    let mut optional = |v: &Option<Spanned<String>>, key: &str, p: u8, s: u8, default: i128| {
+        v.as_ref().map_or(default, |v| dec(v, key, p, s))
+    };
+    let fee_ceiling = optional(
+        &p.guarantee_fee_ceiling_pct,
+        "policy.guarantee_fee_ceiling_pct",
+        9,
+        4,
+        defaults.guarantee_fee_ceiling_pct,
+    );
+    let fee_pp = optional(
+        &p.guarantee_fee_subsidy_pp,
+        "policy.guarantee_fee_subsidy_pp",
+        9,
+        4,
+        defaults.guarantee_fee_subsidy_pp,
+    );
+    let dual_share = optional(
+        &p.dual_hundred_subsidy_share_pct,
+        "policy.dual_hundred_subsidy_share_pct",
+        5,
+        2,
+        defaults.dual_hundred_subsidy_share_pct,
+    );
+    let dual_cap = optional(
+        &p.dual_hundred_subsidy_cap_yuan,
+        "policy.dual_hundred_subsidy_cap_yuan",
+        18,
+        2,
+        defaults.dual_hundred_subsidy_cap_yuan,
+    );
+    let shares = [
+        (
+            Some(&p.interest_subsidy_share_pct),
+            share,
             "policy.interest_subsidy_share_pct",
-            "a share must be between 0 and 100 percent",
-        ));
+        ),
+        (
+            p.dual_hundred_subsidy_share_pct.as_ref(),
+            dual_share,
+            "policy.dual_hundred_subsidy_share_pct",
+        ),
+    ];
+    for (v, value, key) in shares {
+        if !(0..=10000).contains(&value) {
+            errors.push(file.error(
+                v.map(|v| v.span()),
+                key,
+                "a share must be between 0 and 100 percent",
+            ));
+        }
+    }
+    for (v, value, key) in [
+        (
+            Some(&p.interest_subsidy_cap_yuan),
+            cap,
+            "policy.interest_subsidy_cap_yuan",
+        ),
+        (
+            p.guarantee_fee_ceiling_pct.as_ref(),
+            fee_ceiling,
+            "policy.guarantee_fee_ceiling_pct",
+        ),
+        (
+            p.guarantee_fee_subsidy_pp.as_ref(),
+            fee_pp,
+            "policy.guarantee_fee_subsidy_pp",
+        ),
+        (
+            p.dual_hundred_subsidy_cap_yuan.as_ref(),
+            dual_cap,
+            "policy.dual_hundred_subsidy_cap_yuan",
+        ),
+    ] {
+        if value < 0 {
+            errors.push(file.error(v.map(|v| v.span()), key, "must not be negative"));
+        }
     }
     Policy {
         strategic_divisions: divisions,
         interest_subsidy_share_pct: share,
         interest_subsidy_cap_yuan: cap,
+        guarantee_fee_ceiling_pct: fee_ceiling,
+        guarantee_fee_subsidy_pp: fee_pp,
+        dual_hundred_subsidy_share_pct: dual_share,
+        dual_hundred_subsidy_cap_yuan: dual_cap,
     }
 }
 

@@ -1,7 +1,7 @@
 """Computes each published indicator with independently written DuckDB SQL
 over the warehouse's table files and compares it with what ironlake
 published, value by value (decimals compared exactly, as decimals).
-Usage: crosscheck.py WAREHOUSE STRATEGIC_DIVISIONS SHARE_PCT CAP_YUAN"""
+Usage: crosscheck.py WAREHOUSE POLICY_JSON (the [policy] values as SQL literals)"""
 import json
 import sys
 
@@ -24,9 +24,13 @@ bonds = "('enterprise_bond','corporate_bond','mtn','cp','abs')"
 equity = "('ipo','follow_on','neeq','regional_equity')"
 
 
-def expected_sql(divisions, share, cap):
-  """The six indicators as independently written DuckDB SQL: name -> (key columns, SQL)."""
-  div_list = ",".join(f"'{d}'" for d in divisions)
+def expected_sql(policy):
+  """The indicators as independently written DuckDB SQL: name -> (key columns, SQL)."""
+  div_list = policy["strategic_divisions"]
+  share, cap = policy["interest_subsidy_share_pct"], policy["interest_subsidy_cap_yuan"]
+  fee_ceiling, fee_pp = policy["guarantee_fee_ceiling_pct"], policy["guarantee_fee_subsidy_pp"]
+  dual_share, dual_cap = policy["dual_hundred_subsidy_share_pct"], policy["dual_hundred_subsidy_cap_yuan"]
+  quarter_of = "strftime({d}, '%Y') || 'Q' || quarter({d})"
   return {
     "loan_growth": (["quarter"], f"""
         with b as (
@@ -130,6 +134,114 @@ def expected_sql(divisions, share, cap):
                (first_year_interest * {share} * 0.01)::decimal(18,2) > {cap}::decimal(18,2) as capped
         from b
     """),
+    "bank_lending": (["quarter", "bank_code"], f"""
+        with l as (
+          select l.*, {quarter_of.format(d='l.period_end')} as q, e.division between 13 and 43 as mfg
+          from bank_loans l join ind e on e.uscc = l.uscc and e.as_of = l.period_end
+          where e.division between 6 and 46),
+        b as (
+          select q, coalesce(bank_code, 'ALL') as bank_code, sum(balance) as ib,
+                 coalesce(sum(balance) filter (where mfg), 0) as mb, sum(disbursed) as nd,
+                 coalesce(sum(balance) filter (where guarantee = 'credit'), 0) as cb,
+                 coalesce(sum(balance) filter (where term = 'medium_long'), 0) as mlb,
+                 sum(balance * rate_pct) filter (where balance > 0) as wr,
+                 sum(balance) filter (where balance > 0) as w, count(*) as n
+          from l group by grouping sets ((q, bank_code), (q)))
+        select c.q as quarter, c.bank_code, c.ib::decimal(20,2) as industry_balance, c.mb::decimal(20,2) as manufacturing_balance,
+               round((c.ib::double / nullif(p.ib, 0)::double - 1) * 100, 2)::decimal(10,2) as industry_yoy_pct,
+               c.nd::decimal(20,2) as new_industry_loans,
+               round(c.cb::double / nullif(c.ib, 0)::double * 100, 2)::decimal(10,2) as credit_share_pct,
+               round(c.mlb::double / nullif(c.ib, 0)::double * 100, 2)::decimal(10,2) as medium_long_share_pct,
+               round(c.wr::double / nullif(c.w, 0)::double, 4)::decimal(10,4) as avg_rate_pct,
+               c.n as loans
+        from b c left join b p on p.bank_code = c.bank_code and p.q = {prev_q.format(q='c.q')}
+    """),
+    "guarantee_fee_subsidy": (["quarter", "uscc"], f"""
+        select {quarter_of.format(d='l.period_end')} as quarter, l.uscc, e.name, e.district_code, e.industry_code[1:2] as division,
+               e.size_class, count(*) as loans, sum(l.disbursed)::decimal(18,2) as guaranteed_new_loans,
+               (sum(l.disbursed * l.guarantee_fee_pct) * 0.01)::decimal(18,2) as guarantee_fee,
+               {fee_ceiling}::decimal(9,4) as fee_ceiling_pct, {fee_pp}::decimal(9,4) as subsidy_pp,
+               (sum(l.disbursed * least(l.guarantee_fee_pct, {fee_pp}::decimal(9,4))) * 0.01)::decimal(18,2) as subsidy
+        from bank_loans l join enterprises e on e.uscc = l.uscc and e.as_of = l.period_end
+        where l.guarantee = 'guaranteed' and l.guarantee_fee_pct is not null
+          and l.guarantee_fee_pct <= {fee_ceiling}::decimal(9,4) and l.disbursed > 0
+          and e.size_class in ('medium', 'small', 'micro')
+        group by all
+    """),
+    "working_capital_subsidy": (["quarter", "uscc"], f"""
+        with b as (
+          select {quarter_of.format(d='l.period_end')} as quarter, l.uscc, e.name, e.district_code, e.industry_code[1:2] as division,
+                 coalesce(e.key_enterprise, false) as key_enterprise, coalesce(e.growth_enterprise, false) as growth_enterprise,
+                 count(*) as loans, sum(l.balance)::decimal(18,2) as short_term_balance,
+                 (sum(l.balance * l.rate_pct) * 0.0025)::decimal(18,2) as quarter_interest
+          from bank_loans l join enterprises e on e.uscc = l.uscc and e.as_of = l.period_end
+          where l.term = 'short' and l.balance > 0 and (e.key_enterprise or e.growth_enterprise)
+          group by all)
+        select *, {dual_share}::decimal(5,2) as subsidy_share_pct,
+               least({dual_cap}::decimal(18,2), (quarter_interest * {dual_share} * 0.01)::decimal(18,2)) as subsidy,
+               (quarter_interest * {dual_share} * 0.01)::decimal(18,2) > {dual_cap}::decimal(18,2) as capped
+        from b
+    """),
+    "energy_water_intensity": (["quarter", "district_code", "division"], f"""
+        with x as (
+          select {quarter_of.format(d='o.period_end')} as q, e.district_code as d, e.industry_code[1:2] as dv, o.*
+          from operations o join ind e on e.uscc = o.uscc and e.as_of = o.period_end
+          where e.division between 6 and 46),
+        b as (
+          select q, coalesce(d, 'ALL') as d, coalesce(dv, 'ALL') as dv, count(*) as n,
+                 sum(energy_tce) as en, sum(water_m3) as wa, sum(output_value) as ou
+          from x group by grouping sets ((q, d, dv), (q, d), (q, dv), (q))),
+        r as (select *, en::double / (nullif(ou, 0)::double / 10000) as ei, wa::double / (nullif(ou, 0)::double / 10000) as wi from b)
+        select c.q as quarter, c.d as district_code, c.dv as division, c.n as enterprises,
+               c.en::decimal(20,2) as energy_tce, c.wa::decimal(20,2) as water_m3, c.ou::decimal(20,2) as output_value,
+               round(c.ei, 4)::decimal(14,4) as energy_per_10k_yuan, round(c.wi, 4)::decimal(14,4) as water_per_10k_yuan,
+               round((c.ei / nullif(p.ei, 0) - 1) * 100, 2)::decimal(10,2) as energy_intensity_yoy_pct,
+               round((c.wi / nullif(p.wi, 0) - 1) * 100, 2)::decimal(10,2) as water_intensity_yoy_pct
+        from r c left join r p on p.d = c.d and p.dv = c.dv and p.q = {prev_q.format(q='c.q')}
+    """),
+    # Trailing four quarters by dates here (the report's date within a year up to the snapshot), by quarter numbers in ironlake.
+    "enterprise_profile": (["quarter", "uscc"], f"""
+        with t as (
+          select e.uscc, e.as_of, count(*) as n, sum(o.revenue) as rev, sum(o.total_profit) as pr,
+                 sum(o.financial_expenses) as fin, sum(o.main_business_cost) as cost
+          from enterprises e join operations o
+            on o.uscc = e.uscc and o.period_end > e.as_of - interval 1 year and o.period_end <= e.as_of
+          group by all),
+        l as (
+          select uscc, period_end, sum(balance) as bal, count(distinct bank_code) filter (where balance > 0) as banks
+          from bank_loans group by all),
+        d as (
+          select e.uscc, e.as_of, count(*) as n, sum(d.amount) as amt
+          from enterprises e join financing_demands d
+            on d.uscc = e.uscc and d.submitted_on > e.as_of - interval 1 year and d.submitted_on <= e.as_of
+          where d.status in ('submitted', 'screened', 'recommended')
+          group by all),
+        f as (
+          select e.uscc, e.as_of,
+                 coalesce(sum(f.amount) filter (where f.instrument in {bonds}), 0) as b,
+                 coalesce(sum(f.amount) filter (where f.instrument in {equity}), 0) as eq
+          from enterprises e join direct_financing f
+            on f.uscc = e.uscc and f.issued_on > e.as_of - interval 1 year and f.issued_on <= e.as_of
+          group by all)
+        select {quarter_of.format(d='e.as_of')} as quarter, e.uscc, e.name, e.district_code, e.industry_code[1:2] as division,
+               e.size_class, coalesce(e.key_enterprise, false) as key_enterprise,
+               coalesce(e.growth_enterprise, false) as growth_enterprise,
+               coalesce(e.specialized_sme, false) as specialized_sme, coalesce(e.listing_reserve, false) as listing_reserve,
+               coalesce(t.n, 0) as reported_quarters, t.rev::decimal(20,2) as revenue_ttm, t.pr::decimal(20,2) as total_profit_ttm,
+               round(t.fin::double / nullif(t.cost, 0)::double * 100, 2)::decimal(10,2) as fin_expense_ratio_pct,
+               round(o.total_liabilities::double / nullif(o.total_assets, 0)::double * 100, 2)::decimal(10,2) as debt_ratio_pct,
+               coalesce(l.bal, 0)::decimal(20,2) as loan_balance, coalesce(l.banks, 0) as lending_banks,
+               coalesce(d.n, 0) as open_demands, coalesce(d.amt, 0)::decimal(20,2) as open_demand_amount,
+               coalesce(f.b, 0)::decimal(20,2) as bond_raised_ttm, coalesce(f.eq, 0)::decimal(20,2) as equity_raised_ttm,
+               round(o.energy_tce::double / (nullif(o.output_value, 0)::double / 10000), 4)::decimal(14,4) as energy_per_10k_yuan,
+               round(o.water_m3::double / (nullif(o.output_value, 0)::double / 10000), 4)::decimal(14,4) as water_per_10k_yuan
+        from enterprises e
+        left join t on t.uscc = e.uscc and t.as_of = e.as_of
+        left join operations o on o.uscc = e.uscc and o.period_end = e.as_of
+        left join l on l.uscc = e.uscc and l.period_end = e.as_of
+        left join d on d.uscc = e.uscc and d.as_of = e.as_of
+        left join f on f.uscc = e.uscc and f.as_of = e.as_of
+    """),
   }
 
 
@@ -141,10 +253,10 @@ def norm(v):
     return str(v)
 
 
-def main(root, divisions, share, cap):
+def main(root, policy):
   con = connect(root)
   out = {}
-  for name, (key, sql) in expected_sql(divisions, share, cap).items():
+  for name, (key, sql) in expected_sql(policy).items():
       expected = con.sql(sql)
       cols = expected.columns
       exp_rows = {tuple(norm(r[cols.index(k)]) for k in key): r for r in expected.fetchall()}
@@ -171,4 +283,4 @@ def main(root, divisions, share, cap):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2].split(","), sys.argv[3], sys.argv[4])
+    main(sys.argv[1], json.loads(sys.argv[2]))

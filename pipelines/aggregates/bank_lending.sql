@@ -1,0 +1,64 @@
+-- 银行业金融机构工业贷款情况监测: each reporting bank's lending to industry
+-- (GB/T 4754 divisions 06–46; manufacturing 13–43), per quarter and bank,
+-- plus bank_code 'ALL' for all banks together. A borrower's division comes
+-- from the registry snapshot of the same quarter; loans to borrowers missing
+-- from it count nowhere. Money sums are exact; shares and growth are computed
+-- in double precision and rounded half away from zero to 2 places, the rate
+-- to 4; a yoy is null without the bank's balance a year earlier or when it was zero.
+-- column: quarter | 季度 | | quarter of the loans' reporting date (YYYYQn)
+-- column: bank_code | 金融机构代码 | | reporting bank's institution code, or ALL for all banks
+-- column: industry_balance | 工业贷款余额 | CNY yuan | Σ balance of loans to industrial borrowers (divisions 06–46)
+-- column: manufacturing_balance | 制造业贷款余额 | CNY yuan | Σ balance of loans to manufacturing borrowers (divisions 13–43)
+-- column: industry_yoy_pct | 工业贷款余额同比 | percent | (industry_balance ÷ the same bank's industry_balance a year earlier − 1) × 100
+-- column: new_industry_loans | 新发放工业贷款 | CNY yuan | Σ disbursed (drawn in the quarter) on loans to industrial borrowers
+-- column: credit_share_pct | 信用贷款占比 | percent | balance of industrial loans with guarantee = credit ÷ industry_balance × 100
+-- column: medium_long_share_pct | 中长期贷款占比 | percent | balance of industrial loans with term = medium_long ÷ industry_balance × 100
+-- column: avg_rate_pct | 工业贷款加权平均利率 | percent per year | Σ (balance × rate_pct) ÷ Σ balance over industrial loans with balance > 0
+-- column: loans | 贷款笔数 | | industrial loans reported in the quarter
+-- ironlake: partition_by = quarter
+-- ironlake: lags = 0, 4
+WITH ind AS (
+  SELECT
+    l.quarter, l.bank_code, l.balance, l.disbursed, l.rate_pct, l.term, l.guarantee,
+    CAST(substr(e.industry_code, 1, 2) AS INT) BETWEEN 13 AND 43 AS manufacturing
+  FROM bank_loans l
+  JOIN enterprises e ON e.uscc = l.uscc AND e.quarter = l.quarter
+  WHERE CAST(substr(e.industry_code, 1, 2) AS INT) BETWEEN 6 AND 46
+),
+per_bank AS (
+  SELECT
+    quarter,
+    bank_code,
+    SUM(balance) AS ib,
+    SUM(CASE WHEN manufacturing THEN balance ELSE 0 END) AS mb,
+    SUM(disbursed) AS nd,
+    SUM(CASE WHEN guarantee = 'credit' THEN balance ELSE 0 END) AS cb,
+    SUM(CASE WHEN term = 'medium_long' THEN balance ELSE 0 END) AS mlb,
+    SUM(CASE WHEN balance > 0 THEN balance * rate_pct END) AS wr,
+    SUM(CASE WHEN balance > 0 THEN balance END) AS w,
+    COUNT(*) AS n
+  FROM ind
+  GROUP BY quarter, bank_code
+),
+b AS (
+  SELECT quarter, bank_code, ib, mb, nd, cb, mlb, wr, w, n FROM per_bank
+  UNION ALL
+  SELECT quarter, 'ALL' AS bank_code, SUM(ib), SUM(mb), SUM(nd), SUM(cb), SUM(mlb), SUM(wr), SUM(w), SUM(n)
+  FROM per_bank
+  GROUP BY quarter
+)
+SELECT
+  c.quarter,
+  c.bank_code,
+  CAST(c.ib AS DECIMAL(20, 2)) AS industry_balance,
+  CAST(c.mb AS DECIMAL(20, 2)) AS manufacturing_balance,
+  CAST(ROUND((CAST(c.ib AS DOUBLE) / CAST(NULLIF(p.ib, 0) AS DOUBLE) - 1) * 100, 2) AS DECIMAL(10, 2)) AS industry_yoy_pct,
+  CAST(c.nd AS DECIMAL(20, 2)) AS new_industry_loans,
+  CAST(ROUND(CAST(c.cb AS DOUBLE) / CAST(NULLIF(c.ib, 0) AS DOUBLE) * 100, 2) AS DECIMAL(10, 2)) AS credit_share_pct,
+  CAST(ROUND(CAST(c.mlb AS DOUBLE) / CAST(NULLIF(c.ib, 0) AS DOUBLE) * 100, 2) AS DECIMAL(10, 2)) AS medium_long_share_pct,
+  CAST(ROUND(CAST(c.wr AS DOUBLE) / CAST(NULLIF(c.w, 0) AS DOUBLE), 4) AS DECIMAL(10, 4)) AS avg_rate_pct,
+  c.n AS loans
+FROM b c
+LEFT JOIN b p
+  ON p.bank_code = c.bank_code
+ AND p.quarter = CAST(CAST(substr(c.quarter, 1, 4) AS INT) - 1 AS VARCHAR) || substr(c.quarter, 5, 2)
