@@ -18,6 +18,21 @@ if [[ -f ops/requirements-test.txt ]]; then
     export IRONLAKE_TEST_PYTHON="$VENV/bin/python"
 fi
 
+# The dashboard's browser tests: Debian's chromium (with a CJK font, so the
+# screenshots show the Chinese labels) driven by playwright-core from npm,
+# pinned by tests/browser/package-lock.json.
+missing=()
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || missing+=(fonts-wqy-microhei)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if ((${#missing[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.installed-lock; then
+    npm ci --prefix tests/browser --no-audit --no-fund --silent
+    cp tests/browser/package-lock.json tests/browser/node_modules/.installed-lock
+fi
+
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 echo "== cargo fmt --check"

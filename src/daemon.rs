@@ -304,6 +304,8 @@ pub struct Daemon {
     sql_permits: Arc<tokio::sync::Semaphore>,
     /// Encoded aggregate responses by representation (`api.response_cache_mb`).
     responses: crate::serve::ResponseCache,
+    /// Dashboard login sessions (in memory: a restart logs everyone out).
+    sessions: crate::dashboard::Sessions,
     /// Held for the daemon's life: a second daemon on the warehouse refuses to start.
     _daemon_lock: crate::warehouse::fsutil::FileLock,
 }
@@ -351,6 +353,7 @@ impl Daemon {
             schedules: Mutex::new(CancellationToken::new()),
             sql_permits: Arc::new(tokio::sync::Semaphore::new(sql_slots)),
             responses: crate::serve::ResponseCache::new(cache_bytes),
+            sessions: crate::dashboard::Sessions::default(),
             _daemon_lock: daemon_lock,
         });
         d.sync_run_metrics();
@@ -691,6 +694,11 @@ impl Daemon {
             );
         }
         finished
+    }
+
+    /// The dashboard's login sessions.
+    pub fn sessions(&self) -> &crate::dashboard::Sessions {
+        &self.sessions
     }
 
     /// The cache of encoded aggregate responses.

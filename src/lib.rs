@@ -39,6 +39,7 @@ pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod decode;
 pub mod domain;
 pub mod feedsim;

@@ -40,6 +40,17 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// The role's name in config, logs and the dashboard.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 /// An error at the HTTP edge: 4xx messages for the client, 5xx details in the log.
 #[derive(Debug)]
 pub enum ApiError {
@@ -47,6 +58,8 @@ pub enum ApiError {
     Unauthorized,
     /// The token's role is not enough.
     Forbidden(Role),
+    /// A dashboard session's state-changing request without its CSRF token.
+    Csrf,
     /// Nothing there.
     NotFound(String),
     /// A run is in flight.
@@ -77,6 +90,10 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(r) => (
                 StatusCode::FORBIDDEN,
                 format!("this needs the {r:?} role").to_lowercase(),
+            ),
+            ApiError::Csrf => (
+                StatusCode::FORBIDDEN,
+                "a dashboard session's request that changes something needs the session's X-CSRF-Token header (GET /ui/session)".to_string(),
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
@@ -118,14 +135,17 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The role a request's bearer token grants, if any.
+/// The role a request grants: its bearer token's if it has an
+/// `Authorization` header, else its dashboard session's.
 pub fn role_of(d: &Daemon, headers: &HeaderMap) -> Option<Role> {
-    let token = headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")?
-        .trim();
+    match headers.get(header::AUTHORIZATION) {
+        Some(v) => role_for_token(d, v.to_str().ok()?.strip_prefix("Bearer ")?.trim()),
+        None => crate::dashboard::session_of(d, headers).map(|s| s.role),
+    }
+}
+
+/// The role a token grants, if any (compared in constant time).
+pub fn role_for_token(d: &Daemon, token: &str) -> Option<Role> {
     let t = d.tokens();
     let matches = |want: &Option<String>| {
         want.as_ref()
@@ -144,7 +164,17 @@ pub fn role_of(d: &Daemon, headers: &HeaderMap) -> Option<Role> {
     }
 }
 
-fn require(d: &Daemon, headers: &HeaderMap, need: Role) -> Result<Role, ApiError> {
+/// [`require`] for a request that changes something: one made with a
+/// dashboard session (not a bearer token) must also carry its CSRF token.
+fn require_write(d: &Daemon, headers: &HeaderMap, need: Role) -> Result<Role, ApiError> {
+    let role = require(d, headers, need)?;
+    if !headers.contains_key(header::AUTHORIZATION) {
+        crate::dashboard::check_csrf(d, headers)?;
+    }
+    Ok(role)
+}
+
+pub(crate) fn require(d: &Daemon, headers: &HeaderMap, need: Role) -> Result<Role, ApiError> {
     match role_of(d, headers) {
         None => Err(ApiError::Unauthorized),
         Some(r) if r < need => Err(ApiError::Forbidden(need)),
@@ -241,7 +271,7 @@ async fn trigger(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&d, &headers, Role::Admin)?;
+    require_write(&d, &headers, Role::Admin)?;
     match d.trigger(&name, RunKind::Ingest) {
         Ok(()) => Ok((
             StatusCode::ACCEPTED,
@@ -259,7 +289,7 @@ async fn trigger(
 }
 
 async fn reload(State(d): S, headers: HeaderMap) -> Result<Response, ApiError> {
-    require(&d, &headers, Role::Admin)?;
+    require_write(&d, &headers, Role::Admin)?;
     match d.reload() {
         Ok(n) => Ok(
             axum::Json(serde_json::json!({"status": "reloaded", "pipelines": n})).into_response(),
@@ -426,7 +456,7 @@ fn engine_error(e: datafusion::error::DataFusionError) -> ApiError {
 async fn sql(State(d): S, req: Request) -> Result<Response, ApiError> {
     // The token is checked before a byte of the body is read.
     let (parts, body) = req.into_parts();
-    require(&d, &parts.headers, Role::Analyst)?;
+    require_write(&d, &parts.headers, Role::Analyst)?;
     let api = d.project().settings.api.clone();
     let Ok(_permit) = d.sql_permits().try_acquire_owned() else {
         return Err(ApiError::Busy(format!(
@@ -458,7 +488,7 @@ async fn sql(State(d): S, req: Request) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
-fn viewer_or_public(d: &Daemon, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn viewer_or_public(d: &Daemon, headers: &HeaderMap) -> Result<(), ApiError> {
     if d.project().settings.api.public_aggregates {
         return Ok(());
     }
@@ -490,7 +520,27 @@ async fn aggregates(State(d): S, headers: HeaderMap) -> Result<Response, ApiErro
             })
         })
         .collect();
-    Ok(axum::Json(serde_json::json!({ "aggregates": list })).into_response())
+    // Dashboards poll this list for new versions: a validator over the body
+    // answers an unchanged list with a 304.
+    let body = serde_json::json!({ "aggregates": list }).to_string();
+    let etag = format!(
+        "\"l{}-{}\"",
+        m.version,
+        &crate::primitives::fingerprint(&body, None, "")[..12]
+    );
+    let mut resp = if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| if_none_match(v, &etag))
+    {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
 }
 
 /// An aggregate's columns in output order with Arrow type, nullability,
@@ -748,6 +798,19 @@ async fn read_aggregate(
     filters: &[String],
     format: OutputFormat,
 ) -> Result<Vec<u8>, ApiError> {
+    let (schema, batches) = aggregate_rows(d, manifest, name, meta, filters).await?;
+    encode(&batches, &schema, format)
+}
+
+/// The rows of a published aggregate in `manifest`'s version, filtered, in
+/// key order; aggregates by district also carry the district's name (全市 for the city).
+pub(crate) async fn aggregate_rows(
+    d: &Daemon,
+    manifest: &crate::warehouse::Manifest,
+    name: &str,
+    meta: &crate::warehouse::PublishedMeta,
+    filters: &[String],
+) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), ApiError> {
     let snapshot = d
         .catalog()
         .snapshot_at(manifest.clone())
@@ -763,7 +826,6 @@ async fn read_aggregate(
     } else {
         format!(" WHERE {}", filters.join(" AND "))
     };
-    // Aggregates by district also carry the district's name (全市 for the city).
     let sql = if meta.columns.iter().any(|c| c == "district_code") {
         format!(
             "SELECT a.*, CASE WHEN a.district_code = 'ALL' THEN '全市' ELSE d.name END AS district_name \
@@ -782,13 +844,13 @@ async fn read_aggregate(
         .collect()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    encode(&batches, &schema, format)
+    Ok((schema, batches))
 }
 
 /// The SQL conditions of an aggregate request's filters, in a stable
 /// order (equal requests get equal validators): `quarter` (several values,
 /// comma-separated), `from`/`to` (a range) and `district_code`.
-fn filters_of(
+pub(crate) fn filters_of(
     name: &str,
     meta: &crate::warehouse::PublishedMeta,
     q: &HashMap<String, String>,
@@ -935,6 +997,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/api/v1/aggregates", get(aggregates))
         .route("/api/v1/aggregates/{name}", get(aggregate))
         .route("/api/v1/aggregates/{name}/definition", get(definition))
+        .merge(crate::dashboard::routes())
         .route_layer(middleware::from_fn_with_state(d.clone(), record_metrics))
         .with_state(d)
 }
