@@ -256,6 +256,12 @@ fn demo_handover(
     println!();
     println!("The daemon is serving on http://{api} (Ctrl-C stops it).");
     println!();
+    println!(
+        "Dashboard: http://{api}/ — log in with the viewer token {} (the admin token {} may also run pipelines from http://{api}/ops).",
+        token("viewer"),
+        token("admin")
+    );
+    println!();
     println!("In another terminal, put ironlake on the PATH and load this demo's environment");
     println!(
         "(feed URL and token, API tokens), so every command of ops/RUNBOOK.md works against it:"

@@ -125,7 +125,7 @@ async fn every_role_against_every_route() {
     a.daemon.start_schedules();
     let b = &a.base;
     // (method, path, body, minimum role: 0 none, 1 viewer, 2 analyst, 3 admin)
-    let routes: [(&str, String, Option<&str>, u8); 11] = [
+    let routes: [(&str, String, Option<&str>, u8); 13] = [
         ("GET", format!("{b}/healthz"), None, 0),
         ("GET", format!("{b}/readyz"), None, 0),
         ("GET", format!("{b}/metrics"), None, 0),
@@ -139,6 +139,13 @@ async fn every_role_against_every_route() {
             None,
             1,
         ),
+        (
+            "GET",
+            format!("{b}/api/v1/aggregates/loan_growth/chart.svg?y=industry_balance"),
+            None,
+            1,
+        ),
+        ("GET", format!("{b}/api/v1/tables"), None, 1),
         ("POST", format!("{b}/api/v1/sql"), Some("SELECT 1 AS x"), 2),
         ("POST", format!("{b}/api/v1/pipelines/nosuch/runs"), None, 3),
         // Last: a reload re-reads ./ironlake.toml, which does not name this test's token files.
@@ -213,6 +220,34 @@ async fn public_aggregates_need_no_token_but_sql_still_does() {
             .status(),
         401
     );
+    // The dashboard's charts are public too; its operations data is not.
+    let chart = call(
+        "GET",
+        &format!("{b}/api/v1/aggregates/financing_cost/chart.svg?y=avg_loan_rate_pct&district_code=ALL&kind=line"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(chart.status(), 200);
+    assert_eq!(chart.headers()["content-type"], "image/svg+xml");
+    let svg = chart.text().await.unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("data-points=\"12\""),
+        "{svg}"
+    );
+    assert_eq!(
+        call("GET", &format!("{b}/api/v1/tables"), None, None)
+            .await
+            .status(),
+        401
+    );
+    let session: serde_json::Value = call("GET", &format!("{b}/ui/session"), None, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["public_aggregates"], true);
+    assert!(session["role"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

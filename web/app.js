@@ -113,10 +113,15 @@ function prevYear(q) {
   return String(Number(q.slice(0, 4)) - 1) + q.slice(4);
 }
 
-function when(ts) {
+function when(ts, timeZone) {
   if (!ts) return '—';
   const d = new Date(ts);
-  return isNaN(d) ? String(ts) : d.toLocaleString('zh-CN', { hour12: false });
+  if (isNaN(d)) return String(ts);
+  try {
+    return d.toLocaleString('zh-CN', { hour12: false, timeZone: timeZone || undefined });
+  } catch (_) {
+    return d.toLocaleString('zh-CN', { hour12: false });
+  }
 }
 
 function age(secs) {
@@ -531,7 +536,7 @@ async function opsPage(view) {
     setTimeout(() => state.render && state.render(), 800);
   };
   const pipelines = h('table', { 'data-testid': 'pipelines' },
-    h('thead', {}, h('tr', {}, ['管道 Pipeline', '表 Table', '计划 Schedule', '下次运行 Next', '上次运行 Last', '结果 Outcome', ''].map(x => h('th', {}, x)))),
+    h('thead', {}, h('tr', {}, ['管道 Pipeline', '表 Table', '计划 Schedule', '下次运行 Next (pipeline time)', '上次运行 Last', '结果 Outcome', ''].map(x => h('th', {}, x)))),
     h('tbody', {}, p.pipelines.map(x => {
       const last = x.last_run || {};
       const outcome = x.running ? 'running' : (last.outcome || '—');
@@ -541,7 +546,7 @@ async function opsPage(view) {
       }, '立即运行 Run now');
       btn.addEventListener('click', () => trigger(x.name, btn));
       return h('tr', {}, h('td', {}, x.name), h('td', {}, x.table), h('td', {}, x.schedule + ' (' + x.time_zone + ')'),
-        h('td', {}, when(x.next_run)), h('td', {}, when(last.ended_at || last.started_at)),
+        h('td', {}, when(x.next_run, x.time_zone)), h('td', {}, when(last.ended_at || last.started_at, x.time_zone)),
         h('td', {}, h('span', { class: 'badge ' + outcome }, outcome)), h('td', {}, btn));
     })));
   const tables = h('table', { 'data-testid': 'tables' },
