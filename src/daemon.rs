@@ -199,6 +199,19 @@ pub struct Tokens {
     pub analyst: Option<String>,
     /// Viewer token: aggregates.
     pub viewer: Option<String>,
+    /// Partners' tokens: each may push to its pipelines and nothing else.
+    pub partners: Vec<PartnerToken>,
+}
+
+/// A partner's token and what it may push to.
+#[derive(Debug, Clone)]
+pub struct PartnerToken {
+    /// Partner name.
+    pub name: String,
+    /// Its token.
+    pub token: String,
+    /// Push pipelines it may push to.
+    pub pipelines: Vec<String>,
 }
 
 impl Tokens {
@@ -208,17 +221,35 @@ impl Tokens {
     /// locked out); a file others can read is refused too.
     pub fn load(project: &Project) -> Result<Tokens, TokenError> {
         let api = &project.settings.api;
+        let mut partners = Vec::new();
+        for p in &api.partners {
+            let env = p.token_env.as_deref().unwrap_or("");
+            match read_token(env, p.token_file.as_deref())? {
+                Some(token) => partners.push(PartnerToken {
+                    name: p.name.clone(),
+                    token,
+                    pipelines: p.pipelines.clone(),
+                }),
+                None => tracing::warn!(
+                    partner = %p.name,
+                    token_env = env,
+                    "The partner has no token (its variable is unset and no file is named); it cannot push until it has one."
+                ),
+            }
+        }
         Ok(Tokens {
             admin: read_token("IRONLAKE_TOKEN_ADMIN", api.admin_token_file.as_deref())?,
             analyst: read_token("IRONLAKE_TOKEN_ANALYST", api.analyst_token_file.as_deref())?,
             viewer: read_token("IRONLAKE_TOKEN_VIEWER", api.viewer_token_file.as_deref())?,
+            partners,
         })
     }
 }
 
 /// One role's token: the environment first, then the configured file.
 fn read_token(env: &str, file: Option<&std::path::Path>) -> Result<Option<String>, TokenError> {
-    if let Ok(v) = std::env::var(env)
+    if !env.is_empty()
+        && let Ok(v) = std::env::var(env)
         && !v.trim().is_empty()
     {
         return Ok(Some(v.trim().to_string()));
@@ -306,6 +337,8 @@ pub struct Daemon {
     responses: crate::serve::ResponseCache,
     /// Dashboard login sessions (in memory: a restart logs everyone out).
     sessions: crate::dashboard::Sessions,
+    /// Pushed records: queues, group commits, idempotency answers.
+    intake: crate::intake::Intake,
     /// Held for the daemon's life: a second daemon on the warehouse refuses to start.
     _daemon_lock: crate::warehouse::fsutil::FileLock,
 }
@@ -354,6 +387,7 @@ impl Daemon {
             sql_permits: Arc::new(tokio::sync::Semaphore::new(sql_slots)),
             responses: crate::serve::ResponseCache::new(cache_bytes),
             sessions: crate::dashboard::Sessions::default(),
+            intake: crate::intake::Intake::default(),
             _daemon_lock: daemon_lock,
         });
         d.sync_run_metrics();
@@ -694,6 +728,11 @@ impl Daemon {
             );
         }
         finished
+    }
+
+    /// The intake of pushed records.
+    pub fn intake(&self) -> &crate::intake::Intake {
+        &self.intake
     }
 
     /// The dashboard's login sessions.

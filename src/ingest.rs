@@ -164,13 +164,13 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// A run's staging directory, removed when the run ends however it ends.
-struct Staging {
+pub(crate) struct Staging {
     path: std::path::PathBuf,
     _lock: crate::warehouse::fsutil::FileLock,
 }
 
 impl Staging {
-    fn new(wh: &Warehouse, run_id: &str) -> Result<Staging, IngestError> {
+    pub(crate) fn new(wh: &Warehouse, run_id: &str) -> Result<Staging, IngestError> {
         let (path, lock) = wh.staging_dir(run_id)?;
         Ok(Staging { path, _lock: lock })
     }
@@ -571,18 +571,18 @@ pub async fn run(
 
 /// What a run has counted so far.
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     stats: FetchStats,
-    pages: u64,
-    rows_in: u64,
-    rows_valid: u64,
-    rejected: u64,
+    pub(crate) pages: u64,
+    pub(crate) rows_in: u64,
+    pub(crate) rows_valid: u64,
+    pub(crate) rejected: u64,
     unknown: BTreeMap<String, u64>,
 }
 
 impl Counters {
     /// Copies the counts into the run's record.
-    fn record_into(&self, record: &mut RunRecord) {
+    pub(crate) fn record_into(&self, record: &mut RunRecord) {
         record.requests = self.stats.requests;
         record.retries = self.stats.retries;
         record.bytes = self.stats.bytes;
@@ -597,27 +597,57 @@ impl Counters {
 /// Where decoded pages go: validation, the partitioner (valid rows by
 /// quarter, everything else to the quarantine), the counters, and the
 /// highest value of the incremental cursor's column.
-struct Absorber {
+pub(crate) struct Absorber {
     validator: Validator,
-    part: Partitioner,
+    pub(crate) part: Partitioner,
     cursor_col: Option<usize>,
     max_cursor: Option<String>,
-    counters: Counters,
+    pub(crate) counters: Counters,
+    /// When set (pushes), the first rejected records of the page, to answer with.
+    pub(crate) errors: Option<Vec<warehouse::IntakeError>>,
 }
 
+/// Rejected records an intake answer lists (all are counted and quarantined).
+pub(crate) const MAX_ANSWER_ERRORS: usize = 100;
+
 impl Absorber {
-    fn new(table: &TableSchema, staging: &std::path::Path, run_id: &str, name: &str) -> Absorber {
+    pub(crate) fn new(
+        table: &TableSchema,
+        staging: &std::path::Path,
+        run_id: &str,
+        name: &str,
+    ) -> Absorber {
         Absorber {
             validator: Validator::new(table),
             part: Partitioner::new(table, staging, run_id, name),
             cursor_col: None,
             max_cursor: None,
             counters: Counters::default(),
+            errors: None,
+        }
+    }
+
+    fn note_error(&mut self, record_no: u64, field: Option<&String>, reason: &str) {
+        if let Some(errors) = &mut self.errors
+            && errors.len() < MAX_ANSWER_ERRORS
+        {
+            errors.push(warehouse::IntakeError {
+                record_no,
+                field: field.cloned(),
+                reason: reason.to_string(),
+            });
         }
     }
 
     /// Validates one decoded page from `source` (its URL or file, for the quarantine).
-    fn absorb(&mut self, page: &decode::DecodedPage, source: &str) -> Result<(), PartitionError> {
+    pub(crate) fn absorb(
+        &mut self,
+        page: &decode::DecodedPage,
+        source: &str,
+    ) -> Result<(), PartitionError> {
+        for bad in &page.bad {
+            self.note_error(bad.no, None, &bad.reason);
+        }
         let c = &mut self.counters;
         c.pages += 1;
         c.rows_in += page.items;
@@ -652,6 +682,15 @@ impl Absorber {
                 }
                 Err(rej) => {
                     c.rejected += 1;
+                    if let Some(errors) = &mut self.errors
+                        && errors.len() < MAX_ANSWER_ERRORS
+                    {
+                        errors.push(warehouse::IntakeError {
+                            record_no: rec.no,
+                            field: rej.field.clone(),
+                            reason: rej.reason.clone(),
+                        });
+                    }
                     self.part.reject(
                         self.validator.quarter_of(rec),
                         QuarantineRow {

@@ -44,6 +44,7 @@ pub mod decode;
 pub mod domain;
 pub mod feedsim;
 pub mod ingest;
+pub mod intake;
 pub mod metrics;
 pub mod models;
 pub mod partition;

@@ -32,6 +32,8 @@ use std::time::Duration;
 /// A role of an API token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
+    /// A partner system: pushes to its pipelines, nothing else.
+    Partner,
     /// Reads aggregates, pipelines and runs.
     Viewer,
     /// Also runs SQL.
@@ -44,6 +46,7 @@ impl Role {
     /// The role's name in config, logs and the dashboard.
     pub fn name(self) -> &'static str {
         match self {
+            Role::Partner => "partner",
             Role::Viewer => "viewer",
             Role::Analyst => "analyst",
             Role::Admin => "admin",
@@ -60,6 +63,11 @@ pub enum ApiError {
     Forbidden(Role),
     /// A dashboard session's state-changing request without its CSRF token.
     Csrf,
+    /// A partner token used for something other than pushing, or a push by
+    /// someone who may not push there.
+    PushForbidden(String),
+    /// The body's media type is not one the route reads.
+    UnsupportedMediaType(String),
     /// Nothing there.
     NotFound(String),
     /// A run is in flight.
@@ -91,6 +99,8 @@ impl IntoResponse for ApiError {
                 StatusCode::FORBIDDEN,
                 format!("this needs the {r:?} role").to_lowercase(),
             ),
+            ApiError::PushForbidden(m) => (StatusCode::FORBIDDEN, m),
+            ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
             ApiError::Csrf => (
                 StatusCode::FORBIDDEN,
                 "a dashboard session's request that changes something needs the session's X-CSRF-Token header (GET /ui/session)".to_string(),
@@ -151,17 +161,34 @@ pub fn role_for_token(d: &Daemon, token: &str) -> Option<Role> {
         want.as_ref()
             .is_some_and(|w| constant_time_eq(w.as_bytes(), token.as_bytes()))
     };
-    // Check all three every time, so timing does not reveal which one matched.
+    // Check every token every time, so timing does not reveal which one matched.
     let (admin, analyst, viewer) = (matches(&t.admin), matches(&t.analyst), matches(&t.viewer));
+    let partner = partner_for_token(&t, token).is_some();
     if admin {
         Some(Role::Admin)
     } else if analyst {
         Some(Role::Analyst)
     } else if viewer {
         Some(Role::Viewer)
+    } else if partner {
+        Some(Role::Partner)
     } else {
         None
     }
+}
+
+/// The partner whose token this is, if any (every partner compared in constant time).
+pub fn partner_for_token(
+    t: &crate::daemon::Tokens,
+    token: &str,
+) -> Option<crate::daemon::PartnerToken> {
+    let mut found = None;
+    for p in &t.partners {
+        if constant_time_eq(p.token.as_bytes(), token.as_bytes()) && found.is_none() {
+            found = Some(p.clone());
+        }
+    }
+    found
 }
 
 /// [`require`] for a request that changes something: one made with a
@@ -296,6 +323,140 @@ async fn reload(State(d): S, headers: HeaderMap) -> Result<Response, ApiError> {
         ),
         Err(e) => Err(ApiError::BadRequest(format!(
             "the configuration has errors; the previous pipelines keep running:\n{e}"
+        ))),
+    }
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// The format of a push body, from its `Content-Type`.
+fn push_format(headers: &HeaderMap) -> Result<crate::config::pipeline::Format, ApiError> {
+    use crate::config::pipeline::Format;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match media.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl"
+        | "application/x-jsonlines" => Ok(Format::Ndjson),
+        "text/csv" => Ok(Format::Csv),
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {ct:?} is not one a push reads: application/json (an object or an array), application/x-ndjson or text/csv (with a header row)"
+        ))),
+    }
+}
+
+/// The answer to a push as the client sees it: 200 when a record was accepted, else 422.
+fn intake_response(a: &crate::warehouse::IntakeAnswer, replayed: bool) -> Response {
+    let status = if a.accepted > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    let mut resp = (
+        status,
+        axum::Json(serde_json::json!({
+            "run_id": a.run_id,
+            "accepted": a.accepted,
+            "rejected": a.rejected,
+            "errors": a.errors,
+        })),
+    )
+        .into_response();
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// `POST /api/v1/intake/{pipeline}`: records a partner pushes. The token is
+/// checked before a byte of the body is read; the answer comes after the commit.
+async fn intake(
+    State(d): S,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    use crate::intake::{Intake, Pushed, Refused};
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    let token = bearer(headers).ok_or(ApiError::Unauthorized)?;
+    let Some(partner) = partner_for_token(&d.tokens(), token) else {
+        return match role_for_token(&d, token) {
+            Some(r) => Err(ApiError::PushForbidden(format!(
+                "the {} role cannot push; pushes need a partner's token ([[api.partners]])",
+                r.name()
+            ))),
+            None => Err(ApiError::Unauthorized),
+        };
+    };
+    let project = d.project();
+    let Some(pipeline) = project.push_pipeline(&name) else {
+        return Err(ApiError::NotFound(format!(
+            "no push pipeline named {name:?}"
+        )));
+    };
+    if !partner.pipelines.contains(&name) {
+        return Err(ApiError::PushForbidden(format!(
+            "partner {} may not push to {name} (it may push to: {})",
+            partner.name,
+            partner.pipelines.join(", ")
+        )));
+    }
+    let format = push_format(headers)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().unwrap_or("").trim();
+            if k.is_empty() || k.len() > 255 {
+                return Err(ApiError::BadRequest(
+                    "an Idempotency-Key is 1 to 255 visible ASCII characters".into(),
+                ));
+            }
+            Some(k.to_string())
+        }
+    };
+    if let Some(k) = &key
+        && let Some(a) = d.intake().answered(&d, &name, k)
+    {
+        return Ok(intake_response(&a, true));
+    }
+    let max = pipeline.max_body_bytes;
+    let body = read_body(&d, body, max).await?;
+    let pushed = Pushed {
+        partner: partner.name.clone(),
+        key,
+        format,
+        body,
+        request_no: d.intake().next_request_no(),
+    };
+    match Intake::push(&d, &name, pushed).await {
+        Ok(a) => Ok(intake_response(&a, false)),
+        Err(Refused::Undecodable(m)) => Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(serde_json::json!({
+                "error": format!("the body could not be read; nothing of it was committed: {m}"),
+                "accepted": 0,
+                "rejected": 0,
+                "errors": [],
+            })),
+        )
+            .into_response()),
+        Err(Refused::Busy) => Err(ApiError::Busy(
+            "too many pushes are queued; retry shortly".into(),
+        )),
+        Err(Refused::NotCommitted(m)) => Err(ApiError::Unavailable(format!(
+            "nothing was committed ({m}); retry with the same Idempotency-Key"
         ))),
     }
 }
@@ -997,6 +1158,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/api/v1/aggregates", get(aggregates))
         .route("/api/v1/aggregates/{name}", get(aggregate))
         .route("/api/v1/aggregates/{name}/definition", get(definition))
+        .route("/api/v1/intake/{pipeline}", post(intake))
         .merge(crate::dashboard::routes())
         .route_layer(middleware::from_fn_with_state(d.clone(), record_metrics))
         .with_state(d)

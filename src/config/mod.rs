@@ -11,7 +11,7 @@ pub mod schema;
 pub mod settings;
 
 pub use diag::{Diagnostic, Diagnostics, Severity, SourceFile};
-pub use pipeline::Pipeline;
+pub use pipeline::{Pipeline, PushPipeline};
 pub use schema::TableSchema;
 pub use settings::Settings;
 
@@ -33,6 +33,8 @@ pub struct Project {
     pub tables: Vec<TableSchema>,
     /// Pipelines, sorted by name.
     pub pipelines: Vec<Pipeline>,
+    /// Push pipelines (partners post records), sorted by name.
+    pub push_pipelines: Vec<PushPipeline>,
     /// Warnings found while loading.
     pub warnings: Vec<Diagnostic>,
 }
@@ -46,6 +48,11 @@ impl Project {
     /// The pipeline with this name.
     pub fn pipeline(&self, name: &str) -> Option<&Pipeline> {
         self.pipelines.iter().find(|p| p.name == name)
+    }
+
+    /// The push pipeline with this name.
+    pub fn push_pipeline(&self, name: &str) -> Option<&PushPipeline> {
+        self.push_pipelines.iter().find(|p| p.name == name)
     }
 }
 
@@ -286,6 +293,9 @@ fn load_pipelines(
 ) -> Vec<Pipeline> {
     let mut pipelines = Vec::new();
     for (stem, file) in files {
+        if pipeline::is_push(file) {
+            continue;
+        }
         match pipeline::load(file, stem) {
             Ok((p, warnings)) => {
                 let ok = check_against_tables(report, file, &p, tables, schemas_dir);
@@ -313,6 +323,58 @@ fn load_pipelines(
     }
     pipelines.sort_by(|a, b| a.name.cmp(&b.name));
     pipelines
+}
+
+/// Loads every push pipeline (`[source] kind = "push"`) and checks its table.
+fn load_push_pipelines(
+    report: &mut LoadReport,
+    files: &[(String, SourceFile)],
+    tables: &[TableSchema],
+    schemas_dir: &Path,
+) -> Vec<PushPipeline> {
+    let mut out = Vec::new();
+    for (stem, file) in files.iter().filter(|(_, f)| pipeline::is_push(f)) {
+        match pipeline::load_push(file, stem) {
+            Ok(p) => {
+                if !tables.iter().any(|t| t.name == p.table) {
+                    let d = missing_table(file, &p.table, p.table_span.clone(), tables, schemas_dir);
+                    report.diagnostics.push(d);
+                    continue;
+                }
+                report.summaries.push((
+                    file.name.clone(),
+                    format!(
+                        "{} <- push (POST /api/v1/intake/{}, JSON, NDJSON or CSV, at most {} bytes a request)",
+                        p.table, p.name, p.max_body_bytes
+                    ),
+                ));
+                out.push(p);
+            }
+            Err(errs) => errs.into_iter().for_each(|e| report.diagnostics.push(e)),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Every partner may push only to push pipelines that exist.
+fn check_partners(report: &mut LoadReport, config: &SourceFile, settings: &Settings, push: &[PushPipeline]) {
+    for partner in &settings.api.partners {
+        for p in &partner.pipelines {
+            if !push.iter().any(|x| &x.name == p) {
+                let known: Vec<&str> = push.iter().map(|x| x.name.as_str()).collect();
+                report.diagnostics.push(config.error(
+                    None,
+                    "api.partners.pipelines",
+                    format!(
+                        "partner {:?} may push to {p:?}, which is not a push pipeline; push pipelines: {}",
+                        partner.name,
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// Loads config, schemas and pipelines, collecting every problem.
@@ -349,11 +411,20 @@ pub fn load(opts: &LoadOptions) -> LoadReport {
     );
     let tables = load_tables(&mut report, &schema_files);
     let pipelines = load_pipelines(&mut report, &pipeline_files, &tables, &settings.schemas_dir);
+    let push_pipelines =
+        load_push_pipelines(&mut report, &pipeline_files, &tables, &settings.schemas_dir);
+    check_partners(&mut report, &config, &settings, &push_pipelines);
     let summary = format!(
-        "warehouse {}, {} tables, {} pipelines",
+        "warehouse {}, {} tables, {} pipelines{}",
         settings.warehouse_dir.display(),
         tables.len(),
-        pipelines.len()
+        pipelines.len(),
+        if push_pipelines.is_empty() {
+            String::new()
+        } else {
+            let n = push_pipelines.len();
+            format!(" and {n} push pipeline{}", if n == 1 { "" } else { "s" })
+        }
     );
     report.summaries.insert(0, (config.name.clone(), summary));
     let warnings = report.diagnostics.all().to_vec();
@@ -361,6 +432,7 @@ pub fn load(opts: &LoadOptions) -> LoadReport {
         settings,
         tables,
         pipelines,
+        push_pipelines,
         warnings,
     };
     if report.diagnostics.has_errors() {

@@ -448,6 +448,87 @@ pub fn declared_table(file: &SourceFile) -> Option<(String, std::ops::Range<usiz
     Some((t.table.get_ref().clone(), t.table.span()))
 }
 
+/// A pipeline fed by partners pushing records (`[source] kind = "push"`):
+/// `POST /api/v1/intake/{name}` puts each request through the same
+/// validation, quarantine and commit as pulled data.
+#[derive(Debug, Clone)]
+pub struct PushPipeline {
+    /// Pipeline name (the file stem).
+    pub name: String,
+    /// File it was loaded from.
+    pub file: String,
+    /// What is pushed.
+    pub description: String,
+    /// Target table.
+    pub table: String,
+    /// Byte span of the `table` value in the file, for cross-file diagnostics.
+    pub table_span: std::ops::Range<usize>,
+    /// Largest request body accepted (413 past it).
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPushPipeline {
+    #[serde(default)]
+    description: String,
+    table: Spanned<String>,
+    source: RawPushSource,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPushSource {
+    #[allow(dead_code)]
+    kind: Spanned<String>,
+    #[serde(default)]
+    max_body_bytes: Option<Spanned<u64>>,
+}
+
+/// A push request's body limit unless the pipeline sets `source.max_body_bytes`.
+const DEFAULT_PUSH_MAX_BODY_BYTES: u64 = 64 << 20;
+
+/// Whether a pipeline file declares `[source] kind = "push"`.
+pub fn is_push(file: &SourceFile) -> bool {
+    #[derive(Deserialize)]
+    struct Kind {
+        source: Option<KindOnly>,
+    }
+    #[derive(Deserialize)]
+    struct KindOnly {
+        kind: Option<String>,
+    }
+    toml::from_str::<Kind>(&file.text)
+        .ok()
+        .and_then(|k| k.source?.kind)
+        .is_some_and(|k| k == "push")
+}
+
+/// Parses and validates a push pipeline file.
+pub fn load_push(file: &SourceFile, name: &str) -> Result<PushPipeline, Vec<Diagnostic>> {
+    let raw: RawPushPipeline = file.parse().map_err(|d| vec![d])?;
+    let max = raw
+        .source
+        .max_body_bytes
+        .as_ref()
+        .map_or(DEFAULT_PUSH_MAX_BODY_BYTES, |m| *m.get_ref());
+    if !(1..=1 << 30).contains(&max) {
+        return Err(vec![file.error(
+            raw.source.max_body_bytes.as_ref().map(|m| m.span()),
+            "source.max_body_bytes",
+            format!("{max}: a push body limit is 1 byte to 1 GiB"),
+        )]);
+    }
+    Ok(PushPipeline {
+        name: name.to_string(),
+        file: file.name.clone(),
+        description: raw.description,
+        table: raw.table.get_ref().clone(),
+        table_span: raw.table.span(),
+        max_body_bytes: max as usize,
+    })
+}
+
 /// The HTTP source of a pipeline.
 #[derive(Debug, Clone)]
 pub struct HttpSource {

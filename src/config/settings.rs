@@ -162,6 +162,32 @@ struct RawApi {
     body_timeout_secs: u64,
     #[serde(default = "default_response_cache_mb")]
     response_cache_mb: u64,
+    #[serde(default)]
+    partners: Vec<RawPartner>,
+    #[serde(default = "default_intake_wait_ms")]
+    intake_wait_ms: u64,
+    #[serde(default = "default_intake_refresh_debounce_ms")]
+    intake_refresh_debounce_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartner {
+    name: String,
+    #[serde(default)]
+    token_env: Option<String>,
+    #[serde(default)]
+    token_file: Option<String>,
+    #[serde(default)]
+    pipelines: Vec<String>,
+}
+
+fn default_intake_wait_ms() -> u64 {
+    5
+}
+
+fn default_intake_refresh_debounce_ms() -> u64 {
+    1000
 }
 
 fn default_response_cache_mb() -> u64 {
@@ -184,6 +210,9 @@ impl Default for RawApi {
             header_timeout_secs: default_header_timeout_secs(),
             body_timeout_secs: default_body_timeout_secs(),
             response_cache_mb: default_response_cache_mb(),
+            partners: Vec::new(),
+            intake_wait_ms: default_intake_wait_ms(),
+            intake_refresh_debounce_ms: default_intake_refresh_debounce_ms(),
         }
     }
 }
@@ -280,6 +309,26 @@ pub struct ApiSettings {
     pub body_timeout_secs: u64,
     /// Memory for encoded aggregate responses, MiB (published versions never change).
     pub response_cache_mb: u64,
+    /// Partners that may push records (`[[api.partners]]`).
+    pub partners: Vec<Partner>,
+    /// How long a push waits for others to share its commit (`api.intake_wait_ms`).
+    pub intake_wait: std::time::Duration,
+    /// Quiet time after pushes before the aggregates are refreshed
+    /// (`api.intake_refresh_debounce_ms`).
+    pub intake_refresh_debounce: std::time::Duration,
+}
+
+/// A partner system that pushes records (an enterprise portal).
+#[derive(Debug, Clone)]
+pub struct Partner {
+    /// Name, in logs and the quarantine's source.
+    pub name: String,
+    /// Environment variable holding its token.
+    pub token_env: Option<String>,
+    /// File holding its token (mode 600), if not in the environment.
+    pub token_file: Option<PathBuf>,
+    /// Push pipelines it may push to.
+    pub pipelines: Vec<String>,
 }
 
 /// Policy parameters of the programme (the plan's percentages are parameters, not constants).
@@ -601,6 +650,21 @@ pub fn load(file: &SourceFile, base: &Path) -> Result<Settings, Vec<Diagnostic>>
             header_timeout_secs: raw.api.header_timeout_secs.max(1),
             body_timeout_secs: raw.api.body_timeout_secs.max(1),
             response_cache_mb: raw.api.response_cache_mb,
+            partners: raw
+                .api
+                .partners
+                .into_iter()
+                .map(|p| Partner {
+                    name: p.name,
+                    token_env: p.token_env,
+                    token_file: p.token_file.map(|f| resolve(base, &f)),
+                    pipelines: p.pipelines,
+                })
+                .collect(),
+            intake_wait: std::time::Duration::from_millis(raw.api.intake_wait_ms.min(1000)),
+            intake_refresh_debounce: std::time::Duration::from_millis(
+                raw.api.intake_refresh_debounce_ms.min(60_000),
+            ),
         },
         policy,
         warehouse_dir,

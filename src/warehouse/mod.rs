@@ -297,6 +297,8 @@ pub enum RunType {
     Import,
     /// A refresh of published aggregates.
     Refresh,
+    /// Records partners pushed (one commit for a group of requests).
+    Push,
 }
 
 impl RunType {
@@ -307,6 +309,7 @@ impl RunType {
             RunType::Backfill => "backfill",
             RunType::Import => "import",
             RunType::Refresh => "refresh",
+            RunType::Push => "push",
         }
     }
 }
@@ -364,6 +367,37 @@ pub struct RunRecord {
     pub cursor_after: Option<String>,
     /// Manifest version the run committed.
     pub manifest_version: Option<u64>,
+    /// For a push: the answers of its requests that carried an
+    /// `Idempotency-Key`, committed with the data so a retry gets the same answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intake: Vec<IntakeAnswer>,
+}
+
+/// What a push request was answered (`POST /api/v1/intake/{pipeline}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IntakeAnswer {
+    /// The request's `Idempotency-Key`, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The run that committed it.
+    pub run_id: String,
+    /// Records accepted (valid; new or replacing a row with the same key).
+    pub accepted: u64,
+    /// Records rejected (quarantined).
+    pub rejected: u64,
+    /// The first rejected records: position in the request (1-based), field, reason.
+    pub errors: Vec<IntakeError>,
+}
+
+/// One rejected record of a push.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IntakeError {
+    /// Position in the request (1-based; CSV rows after the header).
+    pub record_no: u64,
+    /// Field concerned, if one.
+    pub field: Option<String>,
+    /// What is wrong and what was expected.
+    pub reason: String,
 }
 
 impl RunRecord {
@@ -392,6 +426,7 @@ impl RunRecord {
             cursor_before: None,
             cursor_after: None,
             manifest_version: None,
+            intake: Vec::new(),
         }
     }
 }
