@@ -1092,10 +1092,10 @@ fn moved_keys(
         }
     }
     for part in state.partitions.keys() {
-        if let Some(existing) = read_dir_state(wh, state, part, &schema)? {
-            for k in merge::encode_keys(&schema, &existing, pk)? {
-                if new_keys.get(&k).is_some_and(|q| q != part) {
-                    removals.entry(part.clone()).or_default().insert(k);
+        for path in partition_files(wh, state, part) {
+            for k in file_keys(&path, &schema, pk)?.iter() {
+                if new_keys.get(k).is_some_and(|q| q != part) {
+                    removals.entry(part.clone()).or_default().insert(k.clone());
                 }
             }
         }
@@ -1112,10 +1112,114 @@ struct CommitInput<'a> {
     table: &'a TableSchema,
     spilled: &'a Spilled,
     run_id: &'a str,
+    /// New rows whose keys a partition does not hold yet may go into a file
+    /// of their own beside its files (pushes), instead of a rewrite.
+    append: bool,
+}
+
+/// Files a partition may have before an appending commit rewrites it whole.
+const MAX_PARTITION_FILES: usize = 24;
+
+/// The primary keys in a committed file, by the file's identity (device,
+/// inode, size, modification time): committed files never change, and a
+/// hard link into a later generation is the same file. Bounded by `KEY_CACHE_KEYS`.
+static KEY_CACHE: std::sync::LazyLock<std::sync::Mutex<HashMap<FileId, Keys>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A committed file's identity: device, inode, size, modification time (s, ns).
+type FileId = (u64, u64, u64, i64, i64);
+
+/// The encoded primary keys of a file's rows.
+type Keys = Arc<HashSet<Vec<u8>>>;
+
+/// Keys held in [`KEY_CACHE`] before it is emptied.
+const KEY_CACHE_KEYS: usize = 4_000_000;
+
+fn file_identity(path: &std::path::Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// The primary keys of one committed file (cached by identity).
+fn file_keys(
+    path: &std::path::Path,
+    schema: &arrow::datatypes::SchemaRef,
+    pk: &[usize],
+) -> Result<Keys, IngestError> {
+    let id = file_identity(path);
+    if let Some(id) = id
+        && let Some(k) = KEY_CACHE.lock().expect("key cache").get(&id)
+    {
+        return Ok(k.clone());
+    }
+    let batch = merge::read_parquet(path, schema)?;
+    let keys: Arc<HashSet<Vec<u8>>> = Arc::new(
+        merge::encode_keys(schema, &batch, pk)?
+            .into_iter()
+            .collect(),
+    );
+    if let Some(id) = id {
+        remember_keys(id, keys.clone());
+    }
+    Ok(keys)
+}
+
+fn remember_keys(id: FileId, keys: Keys) {
+    let mut cache = KEY_CACHE.lock().expect("key cache");
+    let held: usize = cache.values().map(|k| k.len()).sum();
+    if held + keys.len() > KEY_CACHE_KEYS {
+        cache.clear();
+    }
+    cache.insert(id, keys);
 }
 
 /// Merges the run's valid rows into a new generation of the table, one
 /// partition at a time (newest delivery wins per key).
+/// Writes `new` rows as a file of their own in `part` when that changes
+/// nothing else: none of their keys is in the partition or repeated among
+/// them, and the partition has fewer than [`MAX_PARTITION_FILES`] files.
+/// `None`: the caller merges and rewrites the partition.
+fn append_rows(
+    c: &CommitInput,
+    state: &warehouse::DirState,
+    g: &mut warehouse::GenBuilder,
+    part: &str,
+    new: &[arrow::array::RecordBatch],
+) -> Result<Option<warehouse::FileEntry>, IngestError> {
+    let schema = c.table.arrow_schema();
+    let pk = &c.table.primary_key;
+    let files: Vec<std::path::PathBuf> = partition_files(c.wh, state, part).collect();
+    if new.is_empty() || files.len() >= MAX_PARTITION_FILES {
+        return Ok(None);
+    }
+    let all = arrow::compute::concat_batches(&schema, new)
+        .map_err(|e| IngestError::Internal(e.to_string()))?;
+    let keys = merge::encode_keys(&schema, &all, pk)?;
+    let mut fresh: HashSet<Vec<u8>> = HashSet::with_capacity(keys.len());
+    for k in &keys {
+        if !fresh.insert(k.clone()) {
+            return Ok(None);
+        }
+    }
+    for path in &files {
+        let held = file_keys(path, &schema, pk)?;
+        if keys.iter().any(|k| held.contains(k)) {
+            return Ok(None);
+        }
+    }
+    // Sorted by key within the file, like a merged partition.
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    order.sort_by(|a, b| keys[*a as usize].cmp(&keys[*b as usize]));
+    let n = state.partitions.get(part).map_or(0, |p| p.files.len());
+    let path = g.partition_dir(part)?.join(g.file_name(n));
+    let entry = merge::write_parquet_rows(&path, &all, &order)?;
+    if let Some(id) = file_identity(&path) {
+        remember_keys(id, Arc::new(fresh));
+    }
+    Ok(Some(entry))
+}
+
 fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
     let CommitInput {
         wh,
@@ -1124,6 +1228,7 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
         table,
         spilled,
         run_id,
+        ..
     } = *c;
     let key = DirKey::Table(table.name.clone()).key();
     let schema = table.arrow_schema();
@@ -1142,12 +1247,22 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
     let mut g = wh.begin_generation(guard, base, &key, run_id)?;
     let empty = HashSet::new();
     for part in &affected {
-        let existing = read_dir_state(wh, &state, part, &schema)?;
         let new = match new_by_part.get(part) {
             Some(paths) => partition::read_spills(paths)?,
             None => Vec::new(),
         };
         let remove = removals.get(part).unwrap_or(&empty);
+        if c.append
+            && remove.is_empty()
+            && let Some(entry) = append_rows(c, &state, &mut g, part, &new)?
+        {
+            out.rows_changed += entry.rows;
+            out.rows_written += entry.rows;
+            out.touched.push(part.clone());
+            g.add_files(part, vec![entry]);
+            continue;
+        }
+        let existing = read_dir_state(wh, &state, part, &schema)?;
         let Some(m) = merge::merge(&schema, existing, &new, &table.primary_key, remove)? else {
             continue;
         };
@@ -1196,6 +1311,7 @@ fn append_quarantine(c: &CommitInput) -> Result<Option<warehouse::DirChange>, In
         table,
         spilled,
         run_id,
+        ..
     } = *c;
     if spilled.quarantine.is_empty() {
         return Ok(None);
@@ -1257,7 +1373,21 @@ pub fn commit_run(
     pipeline: &str,
     spilled: Spilled,
     cursor_after: Option<String>,
+    record: RunRecord,
+) -> Result<RunRecord, IngestError> {
+    commit_rows(wh, table, pipeline, spilled, cursor_after, record, false)
+}
+
+/// [`commit_run`], letting new keys go into files of their own beside a
+/// partition's files when `append` (pushes: no rewrite of the partition per request).
+pub fn commit_rows(
+    wh: &Warehouse,
+    table: &TableSchema,
+    pipeline: &str,
+    spilled: Spilled,
+    cursor_after: Option<String>,
     mut record: RunRecord,
+    append: bool,
 ) -> Result<RunRecord, IngestError> {
     let guard = wh.lock()?;
     let base = wh.manifest()?;
@@ -1268,6 +1398,7 @@ pub fn commit_run(
         table,
         spilled: &spilled,
         run_id: &record.run_id,
+        append,
     };
     let merged = merge_rows(&input)?;
     let quarantined = append_quarantine(&input)?;

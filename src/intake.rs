@@ -17,7 +17,7 @@ use crate::config::pipeline::Format;
 use crate::config::{PushPipeline, TableSchema};
 use crate::daemon::Daemon;
 use crate::decode::{self, Columns};
-use crate::ingest::{Absorber, IngestError, Staging, commit_run};
+use crate::ingest::{Absorber, IngestError, Staging, commit_rows};
 use crate::warehouse::{self, IntakeAnswer, Outcome, RunRecord, RunType, Warehouse};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -124,7 +124,7 @@ pub fn commit_pushes(
         .collect();
     let spilled = sink.part.finish()?;
     crate::failpoint_panic("intake.before_commit");
-    let done = commit_run(wh, table, &pipeline.name, spilled, None, record)?;
+    let done = commit_rows(wh, table, &pipeline.name, spilled, None, record, true)?;
     drop(staging);
     Ok((done, replies))
 }

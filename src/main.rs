@@ -42,6 +42,8 @@ enum Command {
     Check,
     /// Serve realistic partner feeds for every table (the partner stand-in).
     FeedSim(ironlake::feedsim::SimOptions),
+    /// Act as the enterprise portal: many enterprises pushing financing applications; prints a JSON report.
+    PortalSim(ironlake::feedsim::portal::PortalOptions),
     /// Run pipelines once now.
     Ingest {
         /// Pipelines to run.
@@ -422,6 +424,13 @@ fn main() -> Result<ExitCode> {
             Ok(ExitCode::from(outcome.exit_code as u8))
         }
         Command::FeedSim(sim) => feed_sim(sim),
+        Command::PortalSim(opts) => runtime()?.block_on(async move {
+            let report = ironlake::feedsim::portal::run(opts)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Ingest { pipelines, all } => {
             let project = load_project(&opts)?;
             let names: Vec<String> = if all {

@@ -344,10 +344,17 @@ fn push_format(headers: &HeaderMap) -> Result<crate::config::pipeline::Format, A
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match media.as_str() {
         "application/json" => Ok(Format::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl"
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
         | "application/x-jsonlines" => Ok(Format::Ndjson),
         "text/csv" => Ok(Format::Csv),
         _ => Err(ApiError::UnsupportedMediaType(format!(
@@ -382,11 +389,7 @@ fn intake_response(a: &crate::warehouse::IntakeAnswer, replayed: bool) -> Respon
 
 /// `POST /api/v1/intake/{pipeline}`: records a partner pushes. The token is
 /// checked before a byte of the body is read; the answer comes after the commit.
-async fn intake(
-    State(d): S,
-    Path(name): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
+async fn intake(State(d): S, Path(name): Path<String>, req: Request) -> Result<Response, ApiError> {
     use crate::intake::{Intake, Pushed, Refused};
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;

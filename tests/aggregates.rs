@@ -304,6 +304,10 @@ fn hand_worked_plan_measures_on_a_second_fixture() {
             "dual_hundred_subsidy_cap_yuan = \"500000.00\"",
             "dual_hundred_subsidy_cap_yuan = \"1999.99\"",
         )
+        .replace(
+            "screening_max_amount_to_revenue = \"1.00\"",
+            "screening_max_amount_to_revenue = \"2.00\"",
+        )
     });
     let wh = p.path().join("wh");
     load_fixture(p.path(), &wh, "indicators");
@@ -631,6 +635,109 @@ fn hand_worked_plan_measures_on_a_second_fixture() {
         w["revenue_ttm"].is_null() && w["fin_expense_ratio_pct"].is_null(),
         "{w}"
     );
+
+    // demand_screening (policy: strategic divisions 27, 34–36, 38, 39; reports within 2 quarters;
+    // amount ≤ 2.00 × the last four reported quarters' revenue). Open demands: G1, G2, G4, G5, G6 (G3 is funded).
+    //   G1 A (36, 双百重点) 2018Q3: reports up to 2018Q3: 2018Q3 only → 900,000; 1,000,000 ≤ 1,800,000 → priority.
+    //   G2 A 2019Q2: last four reports 2019Q2, 2019Q1, 2018Q4, 2018Q3 → 4,200,000; 5,000,000 ≤ 8,400,000 → priority.
+    //   G4 C (26, 专精特新) 2019Q1: latest report 2018Q3 = 2019Q1 − 2, still current; 300,000 × 2 < 800,000 → review.
+    //   G5 D (06) 2020Q2: latest report 2019Q3 < 2020Q2 − 2 → not current → review; 五类项目 transformation.
+    //   G6 W (51) 2019Q3: current, 50,000 ≤ 200,000, none of the plan's kinds → eligible, no reasons.
+    let ds = query(
+        p.path(),
+        &wh,
+        "SELECT * FROM published.demand_screening ORDER BY demand_id",
+    );
+    let got: Vec<String> = ds
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["demand_id"].as_str().unwrap(),
+                r["result"].as_str().unwrap(),
+                r["reasons"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "G1 priority 三类企业: 战略性产业 36；三类企业: 双百企业",
+            "G2 priority 三类企业: 战略性产业 36；三类企业: 双百企业",
+            "G4 review 三类企业: 专精特新；金额超过近四期营业收入的 2.00 倍",
+            "G5 review 五类项目: transformation；数据未更新: 最近报表 2019Q3",
+            "G6 eligible ",
+        ]
+    );
+    let g2 = row(&ds, &[("demand_id", "G2")]);
+    assert_eq!(
+        (
+            &g2["latest_report_quarter"],
+            &g2["revenue_4q"],
+            &g2["three_kinds"],
+            &g2["data_current"],
+            &g2["amount_plausible"]
+        ),
+        (
+            &"2019Q2".into(),
+            &"4200000.00".into(),
+            &true.into(),
+            &true.into(),
+            &true.into()
+        )
+    );
+    let g4 = row(&ds, &[("demand_id", "G4")]);
+    assert_eq!(
+        (
+            &g4["latest_report_quarter"],
+            &g4["revenue_4q"],
+            &g4["data_current"],
+            &g4["amount_plausible"]
+        ),
+        (
+            &"2018Q3".into(),
+            &"300000.00".into(),
+            &true.into(),
+            &false.into()
+        )
+    );
+
+    // demand_recommendations: the last 4 quarters of loan reports end at 2019Q3, so only 2019Q3's drawn loans count.
+    //   G1, G2 (loan; 36, 500112): K1 drew L4 300,001 + L10 100,000 to A (36, 500112) → 2 loans, 400,001.00, both local.
+    //   G4 (loan; 26, 500115): K2 drew L5 250,000 to C. G6 (loan; 51, 500105): K2 drew L8 50,000 to W.
+    //   G5 wants receivables_pledge: no 2019Q3 loan to division 06 is pledged on receivables or supply-chain → none.
+    let dr = query(
+        p.path(),
+        &wh,
+        "SELECT * FROM published.demand_recommendations ORDER BY demand_id, rank",
+    );
+    let got: Vec<String> = dr
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {} {} {}",
+                r["demand_id"].as_str().unwrap(),
+                r["rank"].as_str().unwrap(),
+                r["bank_code"].as_str().unwrap(),
+                r["matched_loans"].as_str().unwrap(),
+                r["matched_amount"].as_str().unwrap(),
+                r["local_loans"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "G1 1 102653000013 2 400001.00 2",
+            "G2 1 102653000013 2 400001.00 2",
+            "G4 1 105653000010 1 250000.00 1",
+            "G6 1 105653000010 1 50000.00 1",
+        ]
+    );
+    assert_eq!(
+        dr[0]["reason"],
+        "近4个季度向36行业企业发放匹配贷款 2 笔 400001.00 元，其中同区县 2 笔"
+    );
 }
 
 fn published_digests(wh: &Path) -> serde_json::Value {
@@ -674,7 +781,7 @@ async fn duckdb_computes_the_same_indicators_independently() {
         );
         assert_eq!(v["mismatches"].as_array().unwrap().len(), 0, "{name}: {v}");
     }
-    assert_eq!(r.as_object().unwrap().len(), 11);
+    assert_eq!(r.as_object().unwrap().len(), 13);
     // The simulated city gives the plan's measures something to measure.
     let count = |sql: &str| -> u64 {
         let out = run_ok(
@@ -771,7 +878,7 @@ async fn incremental_refreshes_equal_a_full_rebuild_over_random_ingest_orders() 
     );
     let inc = published_digests(&wh);
     let full = published_digests(&copy);
-    assert_eq!(inc.as_object().unwrap().len(), 13);
+    assert_eq!(inc.as_object().unwrap().len(), 15);
     for (name, v) in full.as_object().unwrap() {
         assert!(v["rows"].as_u64().unwrap() > 0, "{name} is empty");
         assert_eq!(

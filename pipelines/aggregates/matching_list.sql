@@ -3,7 +3,8 @@
 -- for banks: priority = 3·双百重点 + 2·双百成长 + 2·专精特新 + 1·上市后备
 -- + 2·(a 五类项目 category) + 1·(already recommended); ties go to the older
 -- demand, then the demand id. days_open counts to the latest status date in
--- the feed (the data's "today"). quarter is the submission quarter.
+-- the feed (the data's "today"). quarter is the submission quarter. Each
+-- demand carries its screening (甄别筛选) and recommended banks (分类推荐).
 -- column: quarter | 季度 | | quarter the demand was submitted in (YYYYQn)
 -- column: rank | 排名 | | position in the list: priority descending, then the older demand, then demand_id
 -- column: priority | 优先级 | | 3·双百重点 + 2·双百成长 + 2·专精特新 + 1·上市后备 + 2·(a 五类项目 category) + 1·(already recommended)
@@ -27,6 +28,10 @@
 -- column: submitted_on | 提交日期 | | date the demand was submitted
 -- column: bank_code | 对接银行代码 | | bank the demand was recommended to, if any
 -- column: days_open | 已等待天数 | days | latest status date in the feed − submitted_on
+-- column: screening | 甄别结果 | | result in published.demand_screening: priority, eligible or review
+-- column: screening_reasons | 甄别理由 | | the screening's findings
+-- column: recommended_banks | 推荐银行 | | up to three banks from published.demand_recommendations, best first, comma-separated
+-- column: recommendation_reason | 推荐理由 | | why the first of them
 -- ironlake: partition_by = quarter
 WITH latest AS (
   SELECT uscc, MAX(as_of) AS as_of FROM enterprises GROUP BY uscc
@@ -78,5 +83,22 @@ SELECT
   o.status_on,
   o.submitted_on,
   o.bank_code,
-  CAST(dd.today AS INT) - CAST(o.submitted_on AS INT) AS days_open
-FROM open_demands o CROSS JOIN data_date dd
+  CAST(dd.today AS INT) - CAST(o.submitted_on AS INT) AS days_open,
+  s.result AS screening,
+  s.reasons AS screening_reasons,
+  r.banks AS recommended_banks,
+  r.top_reason AS recommendation_reason
+FROM open_demands o
+CROSS JOIN data_date dd
+LEFT JOIN published.demand_screening s ON s.demand_id = o.demand_id
+LEFT JOIN (
+  SELECT
+    demand_id,
+    concat_ws(',',
+      MAX(CASE WHEN rank = 1 THEN bank_code END),
+      MAX(CASE WHEN rank = 2 THEN bank_code END),
+      MAX(CASE WHEN rank = 3 THEN bank_code END)) AS banks,
+    MAX(CASE WHEN rank = 1 THEN reason END) AS top_reason
+  FROM published.demand_recommendations
+  GROUP BY demand_id
+) r ON r.demand_id = o.demand_id

@@ -337,7 +337,8 @@ fn load_push_pipelines(
         match pipeline::load_push(file, stem) {
             Ok(p) => {
                 if !tables.iter().any(|t| t.name == p.table) {
-                    let d = missing_table(file, &p.table, p.table_span.clone(), tables, schemas_dir);
+                    let d =
+                        missing_table(file, &p.table, p.table_span.clone(), tables, schemas_dir);
                     report.diagnostics.push(d);
                     continue;
                 }
@@ -358,7 +359,12 @@ fn load_push_pipelines(
 }
 
 /// Every partner may push only to push pipelines that exist.
-fn check_partners(report: &mut LoadReport, config: &SourceFile, settings: &Settings, push: &[PushPipeline]) {
+fn check_partners(
+    report: &mut LoadReport,
+    config: &SourceFile,
+    settings: &Settings,
+    push: &[PushPipeline],
+) {
     for partner in &settings.api.partners {
         for p in &partner.pipelines {
             if !push.iter().any(|x| &x.name == p) {

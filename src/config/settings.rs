@@ -253,6 +253,9 @@ struct RawPolicy {
     guarantee_fee_subsidy_pp: Option<Spanned<String>>,
     dual_hundred_subsidy_share_pct: Option<Spanned<String>>,
     dual_hundred_subsidy_cap_yuan: Option<Spanned<String>>,
+    screening_report_within_quarters: Option<Spanned<u32>>,
+    screening_max_amount_to_revenue: Option<Spanned<String>>,
+    recommendation_lookback_quarters: Option<Spanned<u32>>,
 }
 
 /// Ingestion limits.
@@ -351,6 +354,14 @@ pub struct Policy {
     pub dual_hundred_subsidy_share_pct: i128,
     /// Cap on one 双百 enterprise's working-capital subsidy per quarter, CNY yuan, scale 2.
     pub dual_hundred_subsidy_cap_yuan: i128,
+    /// Screening: an operating report must be at most this many quarters
+    /// older than a demand's submission quarter for its data to be current.
+    pub screening_report_within_quarters: u32,
+    /// Screening: a demand's amount is plausible up to this multiple of the
+    /// enterprise's last four reported quarters' revenue, scale 2 (`100` = 1.00).
+    pub screening_max_amount_to_revenue: i128,
+    /// Recommendation: banks' lending over this many latest quarters of loan reports counts.
+    pub recommendation_lookback_quarters: u32,
 }
 
 impl Policy {
@@ -390,6 +401,18 @@ impl Policy {
                 "dual_hundred_subsidy_cap_yuan",
                 format_decimal(self.dual_hundred_subsidy_cap_yuan, 2),
             ),
+            (
+                "screening_report_within_quarters",
+                self.screening_report_within_quarters.to_string(),
+            ),
+            (
+                "screening_max_amount_to_revenue",
+                format_decimal(self.screening_max_amount_to_revenue, 2),
+            ),
+            (
+                "recommendation_lookback_quarters",
+                self.recommendation_lookback_quarters.to_string(),
+            ),
         ]
     }
 }
@@ -406,6 +429,9 @@ impl Default for Policy {
             guarantee_fee_subsidy_pp: 10_000,
             dual_hundred_subsidy_share_pct: 5000,
             dual_hundred_subsidy_cap_yuan: 50_000_000,
+            screening_report_within_quarters: 2,
+            screening_max_amount_to_revenue: 100,
+            recommendation_lookback_quarters: 4,
         }
     }
 }
@@ -517,6 +543,13 @@ fn policy(file: &SourceFile, p: &RawPolicy, errors: &mut Vec<Diagnostic>) -> Pol
         2,
         defaults.dual_hundred_subsidy_cap_yuan,
     );
+    let ratio = optional(
+        &p.screening_max_amount_to_revenue,
+        "policy.screening_max_amount_to_revenue",
+        9,
+        2,
+        defaults.screening_max_amount_to_revenue,
+    );
     let shares = [
         (
             Some(&p.interest_subsidy_share_pct),
@@ -564,7 +597,31 @@ fn policy(file: &SourceFile, p: &RawPolicy, errors: &mut Vec<Diagnostic>) -> Pol
             errors.push(file.error(v.map(|v| v.span()), key, "must not be negative"));
         }
     }
+    let mut quarters = |v: &Option<Spanned<u32>>, key: &str, default: u32| -> u32 {
+        let n = v.as_ref().map_or(default, |v| *v.get_ref());
+        if !(1..=40).contains(&n) {
+            errors.push(file.error(
+                v.as_ref().map(|v| v.span()),
+                key,
+                format!("{n}: a number of quarters is 1..40"),
+            ));
+        }
+        n
+    };
+    let within = quarters(
+        &p.screening_report_within_quarters,
+        "policy.screening_report_within_quarters",
+        defaults.screening_report_within_quarters,
+    );
+    let lookback = quarters(
+        &p.recommendation_lookback_quarters,
+        "policy.recommendation_lookback_quarters",
+        defaults.recommendation_lookback_quarters,
+    );
     Policy {
+        screening_report_within_quarters: within,
+        screening_max_amount_to_revenue: ratio,
+        recommendation_lookback_quarters: lookback,
         strategic_divisions: divisions,
         interest_subsidy_share_pct: share,
         interest_subsidy_cap_yuan: cap,

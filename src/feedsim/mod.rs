@@ -15,6 +15,7 @@
 //!
 //! `GET /truth` tells what a complete, correct crawl must find.
 
+pub mod portal;
 pub mod render;
 pub mod rng;
 pub mod world;

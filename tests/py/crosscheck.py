@@ -30,7 +30,10 @@ def expected_sql(policy):
   share, cap = policy["interest_subsidy_share_pct"], policy["interest_subsidy_cap_yuan"]
   fee_ceiling, fee_pp = policy["guarantee_fee_ceiling_pct"], policy["guarantee_fee_subsidy_pp"]
   dual_share, dual_cap = policy["dual_hundred_subsidy_share_pct"], policy["dual_hundred_subsidy_cap_yuan"]
+  within, ratio = policy["screening_report_within_quarters"], policy["screening_max_amount_to_revenue"]
+  lookback = policy["recommendation_lookback_quarters"]
   quarter_of = "strftime({d}, '%Y') || 'Q' || quarter({d})"
+  qnum = "(year({d}) * 4 + quarter({d}))"
   return {
     "loan_growth": (["quarter"], f"""
         with b as (
@@ -241,6 +244,70 @@ def expected_sql(policy):
         left join l on l.uscc = e.uscc and l.period_end = e.as_of
         left join d on d.uscc = e.uscc and d.as_of = e.as_of
         left join f on f.uscc = e.uscc and f.as_of = e.as_of
+    """),
+    # Quarter arithmetic on dates here (year × 4 + quarter), on quarter labels in ironlake.
+    "demand_screening": (["demand_id"], f"""
+        with latest as (select * from enterprises qualify row_number() over (partition by uscc order by as_of desc) = 1),
+        d as (select *, {qnum.format(d='submitted_on')} as qn, {quarter_of.format(d='submitted_on')} as q
+              from financing_demands where status in ('submitted', 'screened', 'recommended')),
+        ro as (select d.demand_id, {quarter_of.format(d='o.period_end')} as q, {qnum.format(d='o.period_end')} as qn, o.revenue,
+                      row_number() over (partition by d.demand_id order by o.period_end desc) as k
+               from d join operations o on o.uscc = d.uscc and {qnum.format(d='o.period_end')} <= d.qn),
+        r as (select demand_id, max(q) as latest, max(qn) as latest_qn, sum(revenue) as rev from ro where k <= 4 group by demand_id),
+        s as (
+          select d.q as quarter, d.demand_id, d.uscc, e.name, e.district_code, e.industry_code[1:2] as division,
+                 d.amount, d.instrument, d.project_category,
+                 coalesce(e.industry_code[1:2] in ({div_list}), false) as strategic_industry,
+                 coalesce(e.specialized_sme, false) as specialized_sme,
+                 coalesce(e.key_enterprise, false) or coalesce(e.growth_enterprise, false) as dual_hundred,
+                 d.project_category != 'none' as five_projects,
+                 r.latest as latest_report_quarter,
+                 coalesce(r.latest_qn >= d.qn - {within}, false) as data_current,
+                 r.rev::decimal(20,2) as revenue_4q,
+                 coalesce(r.rev > 0 and d.amount <= r.rev * {ratio}::decimal(9,2), false) as amount_plausible
+          from d left join latest e on e.uscc = d.uscc left join r on r.demand_id = d.demand_id)
+        select *, strategic_industry or specialized_sme or dual_hundred as three_kinds,
+               case when not data_current or not amount_plausible then 'review'
+                    when strategic_industry or specialized_sme or dual_hundred or five_projects then 'priority'
+                    else 'eligible' end as result,
+               concat_ws('；',
+                 case when strategic_industry then '三类企业: 战略性产业 ' || division end,
+                 case when specialized_sme then '三类企业: 专精特新' end,
+                 case when dual_hundred then '三类企业: 双百企业' end,
+                 case when five_projects then '五类项目: ' || project_category end,
+                 case when latest_report_quarter is null then '无经营报表 (no operating report)'
+                      when not data_current then '数据未更新: 最近报表 ' || latest_report_quarter end,
+                 case when revenue_4q is null or revenue_4q <= 0 then '无营业收入 (no revenue reported)'
+                      when not amount_plausible then '金额超过近四期营业收入的 {ratio} 倍' end) as reasons
+        from s
+    """),
+    "demand_recommendations": (["demand_id", "rank"], f"""
+        with latest as (select uscc, district_code, industry_code[1:2] as division from enterprises
+                        qualify row_number() over (partition by uscc order by as_of desc) = 1),
+        d as (select {quarter_of.format(d='f.submitted_on')} as quarter, f.demand_id, f.uscc, f.instrument, e.division, e.district_code
+              from financing_demands f join latest e on e.uscc = f.uscc
+              where f.status in ('submitted', 'screened', 'recommended')
+                and f.instrument in ('loan', 'syndicated', 'receivables_pledge', 'ip_pledge')),
+        lq as (select max({qnum.format(d='period_end')}) as qn from bank_loans),
+        g as (select l.bank_code, l.disbursed, l.guarantee, l.product, b.industry_code[1:2] as division, b.district_code
+              from bank_loans l join enterprises b on b.uscc = l.uscc and b.as_of = l.period_end, lq
+              where l.disbursed > 0 and {qnum.format(d='l.period_end')} > lq.qn - {lookback}),
+        c as (select d.quarter, d.demand_id, d.uscc, d.instrument, d.division, d.district_code, g.bank_code,
+                     count(*) as matched_loans, sum(g.disbursed) as matched_amount,
+                     count(*) filter (where g.district_code = d.district_code) as local_loans,
+                     coalesce(sum(g.disbursed) filter (where g.district_code = d.district_code), 0) as local_amount
+              from d join g on g.division = d.division
+              where d.instrument = 'loan'
+                 or (d.instrument = 'syndicated' and g.product = 'syndicated')
+                 or (d.instrument = 'receivables_pledge' and (g.guarantee = 'pledge_receivables' or g.product = 'supply_chain'))
+                 or (d.instrument = 'ip_pledge' and g.guarantee = 'pledge_ip')
+              group by all),
+        r as (select *, row_number() over (partition by demand_id order by local_amount desc, matched_amount desc, bank_code) as rank from c)
+        select quarter, demand_id, uscc, instrument, division, district_code, rank, bank_code, matched_loans,
+               matched_amount::decimal(20,2) as matched_amount, local_loans, local_amount::decimal(20,2) as local_amount,
+               '近' || {lookback} || '个季度向' || division || '行业企业发放匹配贷款 ' || matched_loans || ' 笔 '
+                 || matched_amount::decimal(20,2)::varchar || ' 元，其中同区县 ' || local_loans || ' 笔' as reason
+        from r where rank <= 3
     """),
   }
 

@@ -1,0 +1,86 @@
+-- 分类推荐: up to three banks recommended for each open demand (submitted,
+-- screened, recommended) that banks can serve, ranked by their recent
+-- lending to enterprises like the applicant with a loan that fits the
+-- instrument sought. Recent = the last [policy]
+-- recommendation_lookback_quarters quarters of bank loan reports in the
+-- warehouse. Like = the same industry division (from the borrower's registry
+-- snapshot of the loan's quarter; the applicant's from its latest entry).
+-- Fits: loan — any loan; syndicated — product syndicated; receivables_pledge
+-- — guarantee pledge_receivables or product supply_chain; ip_pledge —
+-- guarantee pledge_ip (知识产权质押). Bonds, equity and leasing are not
+-- recommended to banks. Banks rank by the amount disbursed to the same
+-- division in the same district, then in the whole city, then bank_code.
+-- column: quarter | 季度 | | quarter the demand was submitted in (YYYYQn)
+-- column: demand_id | 需求编号 | | demand number
+-- column: uscc | 统一社会信用代码 | | applicant
+-- column: instrument | 融资方式 | | financing instrument sought
+-- column: division | 行业大类 | | applicant's division
+-- column: district_code | 区县代码 | | applicant's district
+-- column: rank | 推荐顺序 | | 1 to 3
+-- column: bank_code | 推荐银行 | | bank's institution code
+-- column: matched_loans | 匹配贷款笔数 | | fitting loans drawn in the lookback to borrowers of the division
+-- column: matched_amount | 匹配贷款金额 | CNY yuan | Σ disbursed of those loans
+-- column: local_loans | 同区县笔数 | | of them, to borrowers in the applicant's district
+-- column: local_amount | 同区县金额 | CNY yuan | Σ disbursed of the local ones
+-- column: reason | 推荐理由 | | why this bank
+-- ironlake: partition_by = quarter
+WITH latest AS (
+  SELECT uscc, MAX(as_of) AS as_of FROM enterprises GROUP BY uscc
+),
+ent AS (
+  SELECT e.uscc, e.district_code, substr(e.industry_code, 1, 2) AS division
+  FROM enterprises e JOIN latest l ON e.uscc = l.uscc AND e.as_of = l.as_of
+),
+demands AS (
+  SELECT d.quarter, d.demand_id, d.uscc, d.instrument, e.division, e.district_code
+  FROM financing_demands d
+  JOIN ent e ON e.uscc = d.uscc
+  WHERE d.status IN ('submitted', 'screened', 'recommended')
+    AND d.instrument IN ('loan', 'syndicated', 'receivables_pledge', 'ip_pledge')
+),
+last_quarter AS (
+  SELECT MAX(CAST(substr(quarter, 1, 4) AS INT) * 4 + CAST(substr(quarter, 6, 1) AS INT)) AS qn FROM bank_loans
+),
+lending AS (
+  SELECT
+    l.bank_code, l.disbursed, l.guarantee, l.product,
+    substr(b.industry_code, 1, 2) AS division, b.district_code
+  FROM bank_loans l
+  JOIN enterprises b ON b.uscc = l.uscc AND b.quarter = l.quarter
+  CROSS JOIN last_quarter lq
+  WHERE l.disbursed > 0
+    AND CAST(substr(l.quarter, 1, 4) AS INT) * 4 + CAST(substr(l.quarter, 6, 1) AS INT)
+        > lq.qn - {{recommendation_lookback_quarters}}
+),
+candidates AS (
+  SELECT
+    dm.quarter, dm.demand_id, dm.uscc, dm.instrument, dm.division, dm.district_code, g.bank_code,
+    COUNT(*) AS matched_loans,
+    SUM(g.disbursed) AS matched_amount,
+    SUM(CASE WHEN g.district_code = dm.district_code THEN 1 ELSE 0 END) AS local_loans,
+    SUM(CASE WHEN g.district_code = dm.district_code THEN g.disbursed ELSE 0 END) AS local_amount
+  FROM demands dm
+  JOIN lending g ON g.division = dm.division
+  WHERE dm.instrument = 'loan'
+     OR (dm.instrument = 'syndicated' AND g.product = 'syndicated')
+     OR (dm.instrument = 'receivables_pledge' AND (g.guarantee = 'pledge_receivables' OR g.product = 'supply_chain'))
+     OR (dm.instrument = 'ip_pledge' AND g.guarantee = 'pledge_ip')
+  GROUP BY dm.quarter, dm.demand_id, dm.uscc, dm.instrument, dm.division, dm.district_code, g.bank_code
+),
+ranked AS (
+  SELECT
+    c.*,
+    ROW_NUMBER() OVER (PARTITION BY c.demand_id ORDER BY c.local_amount DESC, c.matched_amount DESC, c.bank_code) AS rank
+  FROM candidates c
+)
+SELECT
+  quarter, demand_id, uscc, instrument, division, district_code, rank, bank_code,
+  matched_loans,
+  CAST(matched_amount AS DECIMAL(20, 2)) AS matched_amount,
+  local_loans,
+  CAST(local_amount AS DECIMAL(20, 2)) AS local_amount,
+  '近' || CAST({{recommendation_lookback_quarters}} AS VARCHAR) || '个季度向' || division || '行业企业发放匹配贷款 '
+    || CAST(matched_loans AS VARCHAR) || ' 笔 ' || CAST(CAST(matched_amount AS DECIMAL(20, 2)) AS VARCHAR) || ' 元，其中同区县 '
+    || CAST(local_loans AS VARCHAR) || ' 笔' AS reason
+FROM ranked
+WHERE rank <= 3
