@@ -135,6 +135,7 @@ fn demo_environment(
             ("IRONLAKE_TOKEN_ADMIN", "admin"),
             ("IRONLAKE_TOKEN_ANALYST", "analyst"),
             ("IRONLAKE_TOKEN_VIEWER", "viewer"),
+            ("IRONLAKE_TOKEN_PARTNER_PORTAL", "partner_portal"),
         ] {
             let v = match std::env::var(env) {
                 Ok(v) if !v.is_empty() => v,
@@ -301,6 +302,15 @@ fn demo_handover(
         token("admin")
     );
     println!("  curl 'http://{api}/metrics'");
+    println!(
+        "The enterprise portal pushing online applications (网上申请), 50 a second for a minute:"
+    );
+    println!(
+        "  ironlake portal-sim --url 'http://{api}/api/v1/intake/financing_applications' --requests 3000 --rate 50 --bad-share 0.05"
+    );
+    println!(
+        "  (then see them screened and matched to banks: ironlake sql \"SELECT demand_id, screening, recommended_banks FROM published.matching_list ORDER BY rank LIMIT 10\")"
+    );
 }
 
 /// `ironlake demo`: the simulator and the daemon, a backfill of the plan's period, the indicators.

@@ -1093,8 +1093,10 @@ fn moved_keys(
     }
     for part in state.partitions.keys() {
         for path in partition_files(wh, state, part) {
-            for k in file_keys(&path, &schema, pk)?.iter() {
-                if new_keys.get(k).is_some_and(|q| q != part) {
+            let held = file_keys(&path, &schema, pk)?;
+            // Look the (few) new keys up in the (many) held ones.
+            for (k, q) in &new_keys {
+                if q != part && held.contains(k) {
                     removals.entry(part.clone()).or_default().insert(k.clone());
                 }
             }

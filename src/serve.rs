@@ -246,13 +246,14 @@ async fn pipelines(State(d): S, headers: HeaderMap) -> Result<Response, ApiError
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let running = d.running();
     let now = d.now();
-    let list: Vec<serde_json::Value> = project
+    let mut list: Vec<serde_json::Value> = project
         .pipelines
         .iter()
         .map(|p| {
             let last = runs.iter().find(|r| r.pipeline == p.name);
             serde_json::json!({
                 "name": p.name,
+                "kind": "pull",
                 "table": p.table,
                 "description": p.description,
                 "schedule": p.schedule.expression,
@@ -265,6 +266,22 @@ async fn pipelines(State(d): S, headers: HeaderMap) -> Result<Response, ApiError
             })
         })
         .collect();
+    // Push pipelines run when partners push: no schedule, no cursor.
+    list.extend(project.push_pipelines.iter().map(|p| {
+        let last = runs.iter().find(|r| r.pipeline == p.name);
+        serde_json::json!({
+            "name": p.name,
+            "kind": "push",
+            "table": p.table,
+            "description": p.description,
+            "intake": format!("/api/v1/intake/{}", p.name),
+            "schedule": null,
+            "time_zone": null,
+            "next_run": null,
+            "running": false,
+            "last_run": last.map(|r| serde_json::json!({"run_id": r.run_id, "outcome": r.outcome, "started_at": r.started_at, "ended_at": r.ended_at, "error": r.error})),
+        })
+    }));
     Ok(axum::Json(serde_json::json!({ "pipelines": list })).into_response())
 }
 
@@ -305,6 +322,11 @@ async fn trigger(
             axum::Json(serde_json::json!({"pipeline": name, "status": "started"})),
         )
             .into_response()),
+        Err(TriggerError::Unknown(n)) if d.project().push_pipeline(&n).is_some() => {
+            Err(ApiError::Conflict(format!(
+                "{n} is a push pipeline: it runs when partners push to POST /api/v1/intake/{n}"
+            )))
+        }
         Err(TriggerError::Unknown(n)) => {
             Err(ApiError::NotFound(format!("no pipeline named {n:?}")))
         }

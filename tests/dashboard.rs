@@ -155,7 +155,7 @@ async fn the_dashboard_in_a_real_browser() {
 
     // Operations: a viewer sees pipelines and tables but cannot run one; an admin can.
     let ops = &report["viewer_ops"];
-    assert_eq!(ops["pipelines"], 5, "{ops}");
+    assert_eq!(ops["pipelines"], 6, "five pulled and one pushed: {ops}");
     assert_eq!(ops["tables"].as_array().unwrap().len(), 5, "{ops}");
     assert_eq!(ops["run_buttons_disabled"], true, "{ops}");
     assert_eq!(report["viewer_forced_status"], 403);

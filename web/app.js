@@ -540,12 +540,14 @@ async function opsPage(view) {
     h('tbody', {}, p.pipelines.map(x => {
       const last = x.last_run || {};
       const outcome = x.running ? 'running' : (last.outcome || '—');
-      const btn = h('button', {
+      const push = x.kind === 'push';
+      const btn = push ? h('span', { class: 'meta' }, '合作方推送 (partners push)') : h('button', {
         type: 'button', 'data-testid': 'run-' + x.name, disabled: !admin || x.running,
         title: admin ? '立即运行 Run now' : '需要管理员权限 (admin only)',
       }, '立即运行 Run now');
-      btn.addEventListener('click', () => trigger(x.name, btn));
-      return h('tr', {}, h('td', {}, x.name), h('td', {}, x.table), h('td', {}, x.schedule + ' (' + x.time_zone + ')'),
+      if (!push) btn.addEventListener('click', () => trigger(x.name, btn));
+      const schedule = push ? '推送 POST ' + x.intake : x.schedule + ' (' + x.time_zone + ')';
+      return h('tr', {}, h('td', {}, x.name), h('td', {}, x.table), h('td', {}, schedule),
         h('td', {}, when(x.next_run, x.time_zone)), h('td', {}, when(last.ended_at || last.started_at, x.time_zone)),
         h('td', {}, h('span', { class: 'badge ' + outcome }, outcome)), h('td', {}, btn));
     })));

@@ -41,46 +41,65 @@ demands AS (
 last_quarter AS (
   SELECT MAX(CAST(substr(quarter, 1, 4) AS INT) * 4 + CAST(substr(quarter, 6, 1) AS INT)) AS qn FROM bank_loans
 ),
+-- Drawn loans of the lookback, with the instruments each fits.
 lending AS (
   SELECT
-    l.bank_code, l.disbursed, l.guarantee, l.product,
-    substr(b.industry_code, 1, 2) AS division, b.district_code
+    l.bank_code, l.disbursed,
+    substr(b.industry_code, 1, 2) AS division, b.district_code,
+    i.instrument
   FROM bank_loans l
   JOIN enterprises b ON b.uscc = l.uscc AND b.quarter = l.quarter
   CROSS JOIN last_quarter lq
+  CROSS JOIN (VALUES ('loan'), ('syndicated'), ('receivables_pledge'), ('ip_pledge')) AS i(instrument)
   WHERE l.disbursed > 0
     AND CAST(substr(l.quarter, 1, 4) AS INT) * 4 + CAST(substr(l.quarter, 6, 1) AS INT)
         > lq.qn - {{recommendation_lookback_quarters}}
+    AND (i.instrument = 'loan'
+      OR (i.instrument = 'syndicated' AND l.product = 'syndicated')
+      OR (i.instrument = 'receivables_pledge' AND (l.guarantee = 'pledge_receivables' OR l.product = 'supply_chain'))
+      OR (i.instrument = 'ip_pledge' AND l.guarantee = 'pledge_ip'))
 ),
-candidates AS (
-  SELECT
-    dm.quarter, dm.demand_id, dm.uscc, dm.instrument, dm.division, dm.district_code, g.bank_code,
-    COUNT(*) AS matched_loans,
-    SUM(g.disbursed) AS matched_amount,
-    SUM(CASE WHEN g.district_code = dm.district_code THEN 1 ELSE 0 END) AS local_loans,
-    SUM(CASE WHEN g.district_code = dm.district_code THEN g.disbursed ELSE 0 END) AS local_amount
-  FROM demands dm
-  JOIN lending g ON g.division = dm.division
-  WHERE dm.instrument = 'loan'
-     OR (dm.instrument = 'syndicated' AND g.product = 'syndicated')
-     OR (dm.instrument = 'receivables_pledge' AND (g.guarantee = 'pledge_receivables' OR g.product = 'supply_chain'))
-     OR (dm.instrument = 'ip_pledge' AND g.guarantee = 'pledge_ip')
-  GROUP BY dm.quarter, dm.demand_id, dm.uscc, dm.instrument, dm.division, dm.district_code, g.bank_code
+by_district AS (
+  SELECT instrument, division, district_code, bank_code, COUNT(*) AS loans, SUM(disbursed) AS amount
+  FROM lending
+  GROUP BY instrument, division, district_code, bank_code
+),
+by_division AS (
+  SELECT instrument, division, bank_code, SUM(loans) AS loans, SUM(amount) AS amount
+  FROM by_district
+  GROUP BY instrument, division, bank_code
+),
+-- Demands alike (instrument, division, district) get the same banks: rank once per kind.
+kinds AS (
+  SELECT DISTINCT instrument, division, district_code FROM demands
 ),
 ranked AS (
   SELECT
-    c.*,
-    ROW_NUMBER() OVER (PARTITION BY c.demand_id ORDER BY c.local_amount DESC, c.matched_amount DESC, c.bank_code) AS rank
-  FROM candidates c
+    k.instrument, k.division, k.district_code, v.bank_code,
+    v.loans AS matched_loans,
+    v.amount AS matched_amount,
+    COALESCE(t.loans, 0) AS local_loans,
+    COALESCE(t.amount, 0) AS local_amount,
+    ROW_NUMBER() OVER (
+      PARTITION BY k.instrument, k.division, k.district_code
+      ORDER BY COALESCE(t.amount, 0) DESC, v.amount DESC, v.bank_code
+    ) AS rank
+  FROM kinds k
+  JOIN by_division v ON v.instrument = k.instrument AND v.division = k.division
+  LEFT JOIN by_district t
+    ON t.instrument = k.instrument AND t.division = k.division
+   AND t.district_code = k.district_code AND t.bank_code = v.bank_code
 )
 SELECT
-  quarter, demand_id, uscc, instrument, division, district_code, rank, bank_code,
-  matched_loans,
-  CAST(matched_amount AS DECIMAL(20, 2)) AS matched_amount,
-  local_loans,
-  CAST(local_amount AS DECIMAL(20, 2)) AS local_amount,
-  '近' || CAST({{recommendation_lookback_quarters}} AS VARCHAR) || '个季度向' || division || '行业企业发放匹配贷款 '
-    || CAST(matched_loans AS VARCHAR) || ' 笔 ' || CAST(CAST(matched_amount AS DECIMAL(20, 2)) AS VARCHAR) || ' 元，其中同区县 '
-    || CAST(local_loans AS VARCHAR) || ' 笔' AS reason
-FROM ranked
-WHERE rank <= 3
+  dm.quarter, dm.demand_id, dm.uscc, dm.instrument, dm.division, dm.district_code, r.rank, r.bank_code,
+  r.matched_loans,
+  CAST(r.matched_amount AS DECIMAL(20, 2)) AS matched_amount,
+  r.local_loans,
+  CAST(r.local_amount AS DECIMAL(20, 2)) AS local_amount,
+  '近' || CAST({{recommendation_lookback_quarters}} AS VARCHAR) || '个季度向' || dm.division || '行业企业发放匹配贷款 '
+    || CAST(r.matched_loans AS VARCHAR) || ' 笔 ' || CAST(CAST(r.matched_amount AS DECIMAL(20, 2)) AS VARCHAR) || ' 元，其中同区县 '
+    || CAST(r.local_loans AS VARCHAR) || ' 笔' AS reason
+FROM demands dm
+JOIN ranked r
+  ON r.instrument = dm.instrument AND r.division = dm.division AND r.district_code = dm.district_code
+WHERE r.rank <= 3

@@ -34,7 +34,7 @@ pub mod merge;
 
 use fsutil::FileLock;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -522,10 +522,24 @@ pub struct Warehouse {
     retention: std::time::Duration,
     runs_cache: std::sync::Arc<std::sync::Mutex<Option<RunsCache>>>,
     manifest_cache: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<Manifest>>>>,
+    /// The generations each retained manifest version references (manifests
+    /// never change), so garbage collection reads each manifest once.
+    gc_refs: std::sync::Arc<std::sync::Mutex<HashMap<u64, std::sync::Arc<Vec<PathBuf>>>>>,
 }
 
 /// The runs directory's modification time and the run records read at it.
-type RunsCache = (std::time::SystemTime, std::sync::Arc<Vec<RunRecord>>);
+/// The run history as last read: the directory's modification time, the
+/// records newest first, and each file's (modification time, size) with its
+/// record, so a change re-reads only the files that changed.
+#[derive(Debug)]
+struct RunsCache {
+    dir_mtime: std::time::SystemTime,
+    runs: std::sync::Arc<Vec<RunRecord>>,
+    files: RunFiles,
+}
+
+/// Run records by file name, with the file's modification time and size.
+type RunFiles = HashMap<std::ffi::OsString, (std::time::SystemTime, u64, RunRecord)>;
 
 /// Proof that the warehouse lock is held.
 #[derive(Debug)]
@@ -687,6 +701,7 @@ impl Warehouse {
             root: root.to_path_buf(),
             retention,
             runs_cache: Default::default(),
+            gc_refs: Default::default(),
             manifest_cache: Default::default(),
         }
     }
@@ -1144,21 +1159,35 @@ impl Warehouse {
             .runs_cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let (Some(t), Some((cached, runs))) = (mtime, cache.as_ref())
-            && *cached == t
+        if let (Some(t), Some(c)) = (mtime, cache.as_ref())
+            && c.dir_mtime == t
         {
-            return Ok(runs.clone());
+            return Ok(c.runs.clone());
         }
-        let runs = std::sync::Arc::new(self.read_runs()?);
+        let old = cache.take().map(|c| c.files).unwrap_or_default();
+        let files = self.read_runs(old)?;
+        let mut runs: Vec<RunRecord> = files.values().map(|(_, _, r)| r.clone()).collect();
+        runs.sort_by(|a, b| {
+            b.started_at
+                .cmp(&a.started_at)
+                .then(b.run_id.cmp(&a.run_id))
+        });
+        let runs = std::sync::Arc::new(runs);
         if let Some(t) = mtime {
-            *cache = Some((t, runs.clone()));
+            *cache = Some(RunsCache {
+                dir_mtime: t,
+                runs: runs.clone(),
+                files,
+            });
         }
         Ok(runs)
     }
 
-    fn read_runs(&self) -> Result<Vec<RunRecord>> {
+    /// The run records on disk, reusing those of `known` whose file has
+    /// the same modification time and size (run files are replaced whole).
+    fn read_runs(&self, mut known: RunFiles) -> Result<RunFiles> {
         let dir = self.meta("runs");
-        let mut out = Vec::new();
+        let mut out = HashMap::new();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
@@ -1166,18 +1195,25 @@ impl Warehouse {
         };
         for e in entries.filter_map(|e| e.ok()) {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                match Self::read_json::<RunRecord>(&p) {
-                    Ok(r) => out.push(r),
-                    Err(e) => tracing::warn!(error = %e, "Skipping unreadable run record."),
+            if !p.extension().is_some_and(|x| x == "json") {
+                continue;
+            }
+            let Ok(meta) = e.metadata() else { continue };
+            let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
+            let name = e.file_name();
+            if let Some(k) = known.remove(&name)
+                && (k.0, k.1) == stamp
+            {
+                out.insert(name, k);
+                continue;
+            }
+            match Self::read_json::<RunRecord>(&p) {
+                Ok(r) => {
+                    out.insert(name, (stamp.0, stamp.1, r));
                 }
+                Err(e) => tracing::warn!(error = %e, "Skipping unreadable run record."),
             }
         }
-        out.sort_by(|a, b| {
-            b.started_at
-                .cmp(&a.started_at)
-                .then(b.run_id.cmp(&a.run_id))
-        });
         Ok(out)
     }
 
@@ -1284,26 +1320,46 @@ impl Warehouse {
                 _ => keep_from -= 1,
             }
         }
-        let mut referenced: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut held: Vec<std::sync::Arc<Vec<PathBuf>>> = Vec::new();
+        let mut refs = self
+            .gc_refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for &v in &versions[keep_from..] {
-            let m: Manifest = Self::read_json(&self.manifest_path(v))?;
-            for d in m.dirs.values() {
-                referenced.insert(self.root.join(&d.generation));
-            }
-            for p in m.published.values() {
-                for v in &p.versions {
-                    referenced.insert(self.root.join(&v.generation));
+            let gens = match refs.get(&v) {
+                Some(g) => g.clone(),
+                None => {
+                    let m: Manifest = Self::read_json(&self.manifest_path(v))?;
+                    let mut g: Vec<PathBuf> = m
+                        .dirs
+                        .values()
+                        .map(|d| self.root.join(&d.generation))
+                        .collect();
+                    for p in m.published.values() {
+                        g.extend(p.versions.iter().map(|v| self.root.join(&v.generation)));
+                    }
+                    let g = std::sync::Arc::new(g);
+                    refs.insert(v, g.clone());
+                    g
                 }
-            }
+            };
+            held.push(gens);
         }
         for &v in &versions[..keep_from] {
             let p = self.manifest_path(v);
             std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
         }
+        let oldest = versions.get(keep_from).copied().unwrap_or(u64::MAX);
+        refs.retain(|v, _| *v >= oldest);
+        drop(refs);
+        let referenced: std::collections::HashSet<&Path> = held
+            .iter()
+            .flat_map(|g| g.iter().map(PathBuf::as_path))
+            .collect();
         let gen_root = self.meta("gen");
         for dir in subdirs(&gen_root)? {
             for g in subdirs(&dir)? {
-                if referenced.contains(&g) || is_being_built(&g) {
+                if referenced.contains(g.as_path()) || is_being_built(&g) {
                     continue;
                 }
                 std::fs::remove_dir_all(&g).map_err(io_err("remove", &g))?;
