@@ -1195,7 +1195,7 @@ impl Warehouse {
         };
         for e in entries.filter_map(|e| e.ok()) {
             let p = e.path();
-            if !p.extension().is_some_and(|x| x == "json") {
+            if p.extension().is_none_or(|x| x != "json") {
                 continue;
             }
             let Ok(meta) = e.metadata() else { continue };
