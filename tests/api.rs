@@ -675,13 +675,23 @@ async fn a_run_can_be_triggered_once_at_a_time_and_is_counted() {
         .unwrap()
         .clone();
     assert_eq!(df["running"], true);
-    // Enum names as the config spells them.
+    // Enum names as the config spells them (pulled pipelines; pushed ones have no schedule).
     let catch_up: Vec<&str> = p["pipelines"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|x| x["kind"] == "pull")
         .map(|x| x["catch_up"].as_str().unwrap())
         .collect();
+    assert_eq!(catch_up.len(), 5);
+    let push: Vec<&serde_json::Value> = p["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["kind"] == "push")
+        .collect();
+    assert_eq!(push.len(), 1);
+    assert_eq!(push[0]["intake"], "/api/v1/intake/financing_applications");
     assert!(catch_up.contains(&"run_once"), "{catch_up:?}");
     assert!(
         catch_up.iter().all(|c| ["run_once", "skip"].contains(c)),
