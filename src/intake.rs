@@ -329,7 +329,8 @@ async fn commit_group(d: &Arc<Daemon>, pipeline: &str, jobs: Vec<Job>) {
 
 /// Refreshes the aggregates after pushes changed rows, once the pushes have
 /// been quiet for the debounce time (or at the latest four debounce times
-/// after the first), so a burst costs one refresh.
+/// after the first), so a burst costs one refresh; after a refresh it waits
+/// as long as the refresh took, so refreshes never crowd out the pushes.
 async fn refresher(d: Arc<Daemon>, notify: Arc<Notify>) {
     loop {
         notify.notified().await;
@@ -352,8 +353,11 @@ async fn refresher(d: Arc<Daemon>, notify: Arc<Notify>) {
             .iter()
             .map(|p| p.table.clone())
             .collect();
+        let started = tokio::time::Instant::now();
         for t in tables {
             d.refresh_for_table(&t).await;
         }
+        // Under a steady stream of pushes, refreshes take at most half the time.
+        tokio::time::sleep(started.elapsed()).await;
     }
 }
