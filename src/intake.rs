@@ -329,8 +329,8 @@ async fn commit_group(d: &Arc<Daemon>, pipeline: &str, jobs: Vec<Job>) {
 
 /// Refreshes the aggregates after pushes changed rows, once the pushes have
 /// been quiet for the debounce time (or at the latest four debounce times
-/// after the first), so a burst costs one refresh; after a refresh it waits
-/// as long as the refresh took, so refreshes never crowd out the pushes.
+/// after the first), so a burst costs one refresh; after a refresh it pauses
+/// as long as the refresh took (at most the debounce time).
 async fn refresher(d: Arc<Daemon>, notify: Arc<Notify>) {
     loop {
         notify.notified().await;
@@ -357,7 +357,8 @@ async fn refresher(d: Arc<Daemon>, notify: Arc<Notify>) {
         for t in tables {
             d.refresh_for_table(&t).await;
         }
-        // Under a steady stream of pushes, refreshes take at most half the time.
-        tokio::time::sleep(started.elapsed()).await;
+        // Under a steady stream of pushes, a pause as long as the refresh
+        // took (at most the debounce time, so a new push still shows in seconds).
+        tokio::time::sleep(started.elapsed().min(debounce)).await;
     }
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{client, run_ok, start_sim};
+use common::{Daemon, client, get_json, run_ok, start_sim};
 use ironlake::feedsim::SimOptions;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,19 +16,6 @@ const BANK: &str = "intake-bank-gateway-token-0123456789";
 const VIEWER: &str = "intake-viewer-token-0123456789";
 const ADMIN: &str = "intake-admin-token-0123456789";
 const ANALYST: &str = "intake-analyst-token-0123456789";
-
-/// A running daemon, killed when dropped.
-struct Daemon {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The bundled project with a second partner (`bank_gateway`, which may push
 /// nowhere) and a 4 KiB body limit on pushes.
@@ -56,8 +43,7 @@ fn start(config: &Path, wh: &Path, feed: &str) -> Daemon {
         .env("IRONLAKE_TOKEN_VIEWER", VIEWER)
         .env("IRONLAKE_TOKEN_ADMIN", ADMIN)
         .env("IRONLAKE_TOKEN_ANALYST", ANALYST);
-    let (child, base) = common::spawn_daemon(&mut cmd);
-    Daemon { child, base }
+    Daemon::spawn(&mut cmd)
 }
 
 /// The binary on `config` and warehouse `wh` (the feed at an unused port unless set).
@@ -90,6 +76,10 @@ fn application(id: &str, uscc: &str, amount: &str, status: &str) -> serde_json::
         "bank_code": null, "funded_amount": null, "rate_pct": null
     })
 }
+
+/// The freshness check and the kill -9 burst must not share the 2 cores:
+/// the tests that load the machine take this in turn.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const A: &str = "91500112MA5U00000E";
 const BAD_USCC: &str = "91500112MA5U00000X";
@@ -290,17 +280,11 @@ async fn a_retried_key_gets_the_same_answer_and_commits_nothing_even_after_a_res
     assert_eq!(s, 200, "{first}");
     assert!(!replayed);
     let runs = |base: String| async move {
-        let r: serde_json::Value = client()
-            .get(format!(
-                "{base}/api/v1/runs?pipeline=financing_applications"
-            ))
-            .bearer_auth(VIEWER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: serde_json::Value = get_json(
+            &format!("{base}/api/v1/runs?pipeline=financing_applications"),
+            VIEWER,
+        )
+        .await;
         r["runs"].as_array().unwrap().len()
     };
     let before = runs(d.base.clone()).await;
@@ -355,6 +339,7 @@ fn portal(base: &str, args: &[&str]) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pushes_share_commits_and_show_in_the_indicators_within_seconds() {
+    let _turn = HEAVY.lock().await;
     // A small city with published indicators, then the portal's applications.
     let mut o = SimOptions::new(95, 150);
     o.token = Some(FEED.into());
@@ -411,18 +396,14 @@ async fn concurrent_pushes_share_commits_and_show_in_the_indicators_within_secon
     );
     assert!(report["rejected"].as_u64().unwrap() > 10, "{report}");
     // Group commit: far fewer commits than requests.
-    let runs: serde_json::Value = client()
-        .get(format!(
+    let runs: serde_json::Value = get_json(
+        &format!(
             "{}/api/v1/runs?pipeline=financing_applications&limit=1000",
             d.base
-        ))
-        .bearer_auth(VIEWER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+        VIEWER,
+    )
+    .await;
     let push_runs = runs["runs"].as_array().unwrap();
     let requests: u64 = push_runs
         .iter()
@@ -437,15 +418,7 @@ async fn concurrent_pushes_share_commits_and_show_in_the_indicators_within_secon
 
     // One more application: in the funnel and the matching list within 5 s.
     let version = |name: &'static str, base: String| async move {
-        let r: serde_json::Value = client()
-            .get(format!("{base}/api/v1/aggregates"))
-            .bearer_auth(VIEWER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: serde_json::Value = get_json(&format!("{base}/api/v1/aggregates"), VIEWER).await;
         r["aggregates"]
             .as_array()
             .unwrap()
@@ -474,15 +447,11 @@ async fn concurrent_pushes_share_commits_and_show_in_the_indicators_within_secon
     let _ = version("matching_list", d.base.clone()).await;
     let mut found = false;
     while sent.elapsed() < Duration::from_secs(5) {
-        let rows: serde_json::Value = client()
-            .get(format!("{}/api/v1/aggregates/matching_list", d.base))
-            .bearer_auth(VIEWER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let rows: serde_json::Value = get_json(
+            &format!("{}/api/v1/aggregates/matching_list", d.base),
+            VIEWER,
+        )
+        .await;
         if rows
             .as_array()
             .unwrap()
@@ -499,18 +468,11 @@ async fn concurrent_pushes_share_commits_and_show_in_the_indicators_within_secon
         "FRESH1 not in the matching list after {:?}",
         sent.elapsed()
     );
-    let funnel: serde_json::Value = client()
-        .get(format!(
-            "{}/api/v1/aggregates/demand_funnel?quarter=2019Q4",
-            d.base
-        ))
-        .bearer_auth(VIEWER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let funnel: serde_json::Value = get_json(
+        &format!("{}/api/v1/aggregates/demand_funnel?quarter=2019Q4", d.base),
+        VIEWER,
+    )
+    .await;
     let total: u64 = funnel
         .as_array()
         .unwrap()
@@ -534,6 +496,7 @@ async fn concurrent_pushes_share_commits_and_show_in_the_indicators_within_secon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_a_burst_keeps_every_acknowledged_application_exactly_once() {
+    let _turn = HEAVY.lock().await;
     let p = project();
     let config = p.path().join("ironlake.toml");
     let wh = p.path().join("wh");

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::Daemon;
+
 use common::{ironlake, project_copy, run_ok, start_sim};
 use ironlake::feedsim::SimOptions;
 use std::io::{Read as _, Write as _};
@@ -15,19 +17,6 @@ use std::time::{Duration, Instant};
 const FEED: &str = "robust-feed-token";
 const ADMIN: &str = "robust-admin-token";
 const ANALYST: &str = "robust-analyst-token";
-
-/// A daemon (`ironlake run`) on a free port, killed when dropped.
-struct Daemon {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The binary on `config` and warehouse `wh`, with this file's tokens.
 fn bin(config: &Path, wh: &Path) -> std::process::Command {
@@ -52,8 +41,7 @@ fn start_daemon(config: &Path, wh: &Path, feed: &str, env: &[(&str, &str)]) -> D
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let (child, base) = common::spawn_daemon(&mut cmd);
-    Daemon { child, base }
+    Daemon::spawn(&mut cmd)
 }
 
 fn repo_config() -> PathBuf {

@@ -25,15 +25,7 @@ done
 IRONLAKE_LOG=warn "$BIN" --config "$ROOT/ironlake.toml" --warehouse "$WH" refresh >/dev/null
 
 VIEWER=bench-viewer-token
-IRONLAKE_TOKEN_VIEWER=$VIEWER IRONLAKE_FEED_URL=$URL IRONLAKE_FEED_TOKEN=$TOKEN IRONLAKE_LOG=warn \
-    "$BIN" --config "$ROOT/ironlake.toml" --warehouse "$WH" run --listen 127.0.0.1:0 >"$WORK/run.out" 2>"$WORK/run.err" &
-RUN_PID=$!
-SIM_PIDS+=("$RUN_PID")
-for _ in $(seq 300); do
-    if grep -q "api listening" "$WORK/run.out" 2>/dev/null; then break; fi
-    sleep 0.1
-done
-API=$(sed -n 's/^api listening on //p' "$WORK/run.out")
+start_daemon "$WH" IRONLAKE_TOKEN_VIEWER="$VIEWER"
 AUTH="Authorization: Bearer $VIEWER"
 LG="$API/api/v1/aggregates/loan_growth"
 FC="$API/api/v1/aggregates/financing_cost?from=2019Q1&to=2019Q4&district_code=ALL,500101,500103"

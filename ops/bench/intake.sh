@@ -21,15 +21,7 @@ IRONLAKE_FEED_URL=$URL IRONLAKE_FEED_TOKEN=$TOKEN IRONLAKE_LOG=warn \
 IRONLAKE_LOG=warn "$BIN" --config "$ROOT/ironlake.toml" --warehouse "$WH" refresh >/dev/null
 
 export IRONLAKE_TOKEN_PARTNER_PORTAL=bench-portal-token
-IRONLAKE_TOKEN_VIEWER=bench-viewer IRONLAKE_FEED_URL=$URL IRONLAKE_FEED_TOKEN=$TOKEN IRONLAKE_LOG=warn \
-    "$BIN" --config "$ROOT/ironlake.toml" --warehouse "$WH" run --listen 127.0.0.1:0 >"$WORK/run.out" 2>"$WORK/run.err" &
-RUN_PID=$!
-SIM_PIDS+=("$RUN_PID")
-for _ in $(seq 300); do
-    if grep -q "api listening" "$WORK/run.out" 2>/dev/null; then break; fi
-    sleep 0.1
-done
-API=$(sed -n 's/^api listening on //p' "$WORK/run.out")
+start_daemon "$WH" IRONLAKE_TOKEN_VIEWER=bench-viewer
 INTAKE="$API/api/v1/intake/financing_applications"
 
 portal() { # NAME ARGS…

@@ -162,3 +162,42 @@ pub fn spawn_daemon(cmd: &mut std::process::Command) -> (std::process::Child, St
     assert!(!base.ends_with(":0"), "{base}");
     (child, base)
 }
+
+/// A daemon (`ironlake run`) started with [`spawn_daemon`], killed when dropped.
+#[allow(dead_code)]
+pub struct Daemon {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its API's base URL.
+    pub base: String,
+}
+
+#[allow(dead_code)]
+impl Daemon {
+    /// Spawns `cmd` (an `ironlake run`) and waits until it listens.
+    pub fn spawn(cmd: &mut std::process::Command) -> Daemon {
+        let (child, base) = spawn_daemon(cmd);
+        Daemon { child, base }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `url` with a bearer token; the JSON body.
+#[allow(dead_code)]
+pub async fn get_json(url: &str, token: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
