@@ -1288,18 +1288,65 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
 }
 
 /// The fingerprints already in a quarantine partition (only that column is read).
+/// The fingerprints of a quarantine partition's records: those of its
+/// committed files (read once per file, cached by file identity like keys)
+/// and those added by the commit under way.
+struct Fingerprints {
+    held: Vec<Arc<HashSet<String>>>,
+    new: HashSet<String>,
+}
+
+impl Fingerprints {
+    /// Adds `fp`; false when the partition already holds it.
+    fn insert(&mut self, fp: &str) -> bool {
+        !self.held.iter().any(|h| h.contains(fp)) && self.new.insert(fp.to_string())
+    }
+}
+
+/// Fingerprint sets of committed quarantine files, by file identity.
+static FINGERPRINT_CACHE: std::sync::LazyLock<
+    std::sync::Mutex<HashMap<FileId, Arc<HashSet<String>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
 fn quarantined_fingerprints(
     wh: &Warehouse,
     state: &warehouse::DirState,
     part: &str,
-) -> Result<HashSet<String>, IngestError> {
-    let mut seen = HashSet::new();
+) -> Result<Fingerprints, IngestError> {
+    let mut held = Vec::new();
     for path in partition_files(wh, state, part) {
-        merge::read_strings(&path, 0, |v| {
-            seen.insert(v.to_string());
-        })?;
+        let id = file_identity(&path);
+        let cached = id.and_then(|id| {
+            FINGERPRINT_CACHE
+                .lock()
+                .expect("fingerprint cache")
+                .get(&id)
+                .cloned()
+        });
+        let set = match cached {
+            Some(s) => s,
+            None => {
+                let mut set = HashSet::new();
+                merge::read_strings(&path, 0, |v| {
+                    set.insert(v.to_string());
+                })?;
+                let set = Arc::new(set);
+                if let Some(id) = id {
+                    let mut cache = FINGERPRINT_CACHE.lock().expect("fingerprint cache");
+                    if cache.values().map(|s| s.len()).sum::<usize>() + set.len() > KEY_CACHE_KEYS {
+                        cache.clear();
+                    }
+                    cache.insert(id, set.clone());
+                }
+                set
+            }
+        };
+        held.push(set);
     }
-    Ok(seen)
+    Ok(Fingerprints {
+        held,
+        new: HashSet::new(),
+    })
 }
 
 /// Appends the run's rejected records not quarantined before (same raw
@@ -1336,7 +1383,7 @@ fn append_quarantine(c: &CommitInput) -> Result<Option<warehouse::DirChange>, In
                     .downcast_ref::<arrow::array::StringArray>()
                     .expect("fingerprint is Utf8");
                 let keep: Vec<u32> = (0..batch.num_rows())
-                    .filter(|&i| seen.insert(fp.value(i).to_string()))
+                    .filter(|&i| seen.insert(fp.value(i)))
                     .map(|i| i as u32)
                     .collect();
                 if keep.is_empty() {
