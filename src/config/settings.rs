@@ -469,7 +469,58 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
     }
 }
 
-/// The `[policy]` section: strategic divisions and the subsidy's share and cap, exact.
+/// Reads `[policy]` values, reporting each bad one at its place.
+struct PolicyReader<'a> {
+    file: &'a SourceFile,
+    errors: &'a mut Vec<Diagnostic>,
+}
+
+impl PolicyReader<'_> {
+    /// An exact decimal of `precision`/`scale` within `range` (`default` when absent).
+    fn decimal(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        key: &str,
+        (precision, scale): (u8, u8),
+        default: i128,
+        (range, why): (std::ops::RangeInclusive<i128>, &str),
+    ) -> i128 {
+        let Some(v) = v else { return default };
+        let key = format!("policy.{key}");
+        match parse_decimal(v.get_ref(), precision, scale) {
+            Ok(n) if range.contains(&n) => n,
+            Ok(n) => {
+                self.errors.push(self.file.error(Some(v.span()), &key, why));
+                n
+            }
+            Err(e) => {
+                self.errors.push(self.file.error(
+                    Some(v.span()),
+                    &key,
+                    format!("{e}; write the value as a decimal string, e.g. \"50.00\""),
+                ));
+                0
+            }
+        }
+    }
+
+    /// A number of quarters, 1..40 (`default` when absent).
+    fn quarters(&mut self, v: Option<&Spanned<u32>>, key: &str, default: u32) -> u32 {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if !(1..=40).contains(&n) {
+            self.errors.push(self.file.error(
+                Some(v.span()),
+                &format!("policy.{key}"),
+                format!("{n}: a number of quarters is 1..40"),
+            ));
+        }
+        n
+    }
+}
+
+/// The `[policy]` section: strategic divisions and the programme's
+/// percentages, caps and windows, exact; absent optional keys take the defaults.
 fn policy(file: &SourceFile, p: &RawPolicy, errors: &mut Vec<Diagnostic>) -> Policy {
     let mut divisions = Vec::new();
     for d in p.strategic_divisions.get_ref() {
@@ -489,146 +540,71 @@ fn policy(file: &SourceFile, p: &RawPolicy, errors: &mut Vec<Diagnostic>) -> Pol
         }
         divisions.push(d.get_ref().clone());
     }
-    let mut dec = |v: &Spanned<String>, key: &str, p: u8, s: u8| {
-        parse_decimal(v.get_ref(), p, s).unwrap_or_else(|e| {
-            errors.push(file.error(
-                Some(v.span()),
-                key,
-                format!("{e}; write the value as a decimal string, e.g. \"50.00\""),
-            ));
-            0
-        })
-    };
-    let share = dec(
-        &p.interest_subsidy_share_pct,
-        "policy.interest_subsidy_share_pct",
-        5,
-        2,
-    );
-    let cap = dec(
-        &p.interest_subsidy_cap_yuan,
-        "policy.interest_subsidy_cap_yuan",
-        18,
-        2,
-    );
-    let defaults = Policy::default();
-    let mut optional = |v: &Option<Spanned<String>>, key: &str, p: u8, s: u8, default: i128| {
-        v.as_ref().map_or(default, |v| dec(v, key, p, s))
-    };
-    let fee_ceiling = optional(
-        &p.guarantee_fee_ceiling_pct,
-        "policy.guarantee_fee_ceiling_pct",
-        9,
-        4,
-        defaults.guarantee_fee_ceiling_pct,
-    );
-    let fee_pp = optional(
-        &p.guarantee_fee_subsidy_pp,
-        "policy.guarantee_fee_subsidy_pp",
-        9,
-        4,
-        defaults.guarantee_fee_subsidy_pp,
-    );
-    let dual_share = optional(
-        &p.dual_hundred_subsidy_share_pct,
-        "policy.dual_hundred_subsidy_share_pct",
-        5,
-        2,
-        defaults.dual_hundred_subsidy_share_pct,
-    );
-    let dual_cap = optional(
-        &p.dual_hundred_subsidy_cap_yuan,
-        "policy.dual_hundred_subsidy_cap_yuan",
-        18,
-        2,
-        defaults.dual_hundred_subsidy_cap_yuan,
-    );
-    let ratio = optional(
-        &p.screening_max_amount_to_revenue,
-        "policy.screening_max_amount_to_revenue",
-        9,
-        2,
-        defaults.screening_max_amount_to_revenue,
-    );
-    let shares = [
-        (
-            Some(&p.interest_subsidy_share_pct),
-            share,
-            "policy.interest_subsidy_share_pct",
-        ),
-        (
-            p.dual_hundred_subsidy_share_pct.as_ref(),
-            dual_share,
-            "policy.dual_hundred_subsidy_share_pct",
-        ),
-    ];
-    for (v, value, key) in shares {
-        if !(0..=10000).contains(&value) {
-            errors.push(file.error(
-                v.map(|v| v.span()),
-                key,
-                "a share must be between 0 and 100 percent",
-            ));
-        }
-    }
-    for (v, value, key) in [
-        (
-            Some(&p.interest_subsidy_cap_yuan),
-            cap,
-            "policy.interest_subsidy_cap_yuan",
-        ),
-        (
-            p.guarantee_fee_ceiling_pct.as_ref(),
-            fee_ceiling,
-            "policy.guarantee_fee_ceiling_pct",
-        ),
-        (
-            p.guarantee_fee_subsidy_pp.as_ref(),
-            fee_pp,
-            "policy.guarantee_fee_subsidy_pp",
-        ),
-        (
-            p.dual_hundred_subsidy_cap_yuan.as_ref(),
-            dual_cap,
-            "policy.dual_hundred_subsidy_cap_yuan",
-        ),
-    ] {
-        if value < 0 {
-            errors.push(file.error(v.map(|v| v.span()), key, "must not be negative"));
-        }
-    }
-    let mut quarters = |v: &Option<Spanned<u32>>, key: &str, default: u32| -> u32 {
-        let n = v.as_ref().map_or(default, |v| *v.get_ref());
-        if !(1..=40).contains(&n) {
-            errors.push(file.error(
-                v.as_ref().map(|v| v.span()),
-                key,
-                format!("{n}: a number of quarters is 1..40"),
-            ));
-        }
-        n
-    };
-    let within = quarters(
-        &p.screening_report_within_quarters,
-        "policy.screening_report_within_quarters",
-        defaults.screening_report_within_quarters,
-    );
-    let lookback = quarters(
-        &p.recommendation_lookback_quarters,
-        "policy.recommendation_lookback_quarters",
-        defaults.recommendation_lookback_quarters,
-    );
+    let share = || (0..=10_000, "a share must be between 0 and 100 percent");
+    let amount = || (0..=i128::MAX, "must not be negative");
+    let d = Policy::default();
+    let mut r = PolicyReader { file, errors };
     Policy {
-        screening_report_within_quarters: within,
-        screening_max_amount_to_revenue: ratio,
-        recommendation_lookback_quarters: lookback,
         strategic_divisions: divisions,
-        interest_subsidy_share_pct: share,
-        interest_subsidy_cap_yuan: cap,
-        guarantee_fee_ceiling_pct: fee_ceiling,
-        guarantee_fee_subsidy_pp: fee_pp,
-        dual_hundred_subsidy_share_pct: dual_share,
-        dual_hundred_subsidy_cap_yuan: dual_cap,
+        interest_subsidy_share_pct: r.decimal(
+            Some(&p.interest_subsidy_share_pct),
+            "interest_subsidy_share_pct",
+            (5, 2),
+            d.interest_subsidy_share_pct,
+            share(),
+        ),
+        interest_subsidy_cap_yuan: r.decimal(
+            Some(&p.interest_subsidy_cap_yuan),
+            "interest_subsidy_cap_yuan",
+            (18, 2),
+            d.interest_subsidy_cap_yuan,
+            amount(),
+        ),
+        guarantee_fee_ceiling_pct: r.decimal(
+            p.guarantee_fee_ceiling_pct.as_ref(),
+            "guarantee_fee_ceiling_pct",
+            (9, 4),
+            d.guarantee_fee_ceiling_pct,
+            amount(),
+        ),
+        guarantee_fee_subsidy_pp: r.decimal(
+            p.guarantee_fee_subsidy_pp.as_ref(),
+            "guarantee_fee_subsidy_pp",
+            (9, 4),
+            d.guarantee_fee_subsidy_pp,
+            amount(),
+        ),
+        dual_hundred_subsidy_share_pct: r.decimal(
+            p.dual_hundred_subsidy_share_pct.as_ref(),
+            "dual_hundred_subsidy_share_pct",
+            (5, 2),
+            d.dual_hundred_subsidy_share_pct,
+            share(),
+        ),
+        dual_hundred_subsidy_cap_yuan: r.decimal(
+            p.dual_hundred_subsidy_cap_yuan.as_ref(),
+            "dual_hundred_subsidy_cap_yuan",
+            (18, 2),
+            d.dual_hundred_subsidy_cap_yuan,
+            amount(),
+        ),
+        screening_report_within_quarters: r.quarters(
+            p.screening_report_within_quarters.as_ref(),
+            "screening_report_within_quarters",
+            d.screening_report_within_quarters,
+        ),
+        screening_max_amount_to_revenue: r.decimal(
+            p.screening_max_amount_to_revenue.as_ref(),
+            "screening_max_amount_to_revenue",
+            (9, 2),
+            d.screening_max_amount_to_revenue,
+            (i128::MIN..=i128::MAX, ""),
+        ),
+        recommendation_lookback_quarters: r.quarters(
+            p.recommendation_lookback_quarters.as_ref(),
+            "recommendation_lookback_quarters",
+            d.recommendation_lookback_quarters,
+        ),
     }
 }
 
