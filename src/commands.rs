@@ -425,18 +425,10 @@ pub fn status(project: &Project) -> Result<ExitCode> {
         "table", "rows", "quarters", "latest", "last success"
     );
     for t in &project.tables {
-        let state = manifest
-            .dirs
-            .get(&ironlake::warehouse::DirKey::Table(t.name.clone()).key());
-        let rows = state.map_or(0, |s| s.rows());
-        let quarters = state.map_or(0, |s| s.partitions.len());
-        let latest = state
-            .and_then(|s| s.partitions.keys().next_back().cloned())
-            .unwrap_or_else(|| "-".into());
-        let last = runs
-            .iter()
-            .find(|r| r.table == t.name && r.outcome == ironlake::warehouse::Outcome::Succeeded);
-        let (when, age) = match last.and_then(|r| r.ended_at) {
+        let s = ironlake::warehouse::TableStatus::of(&t.name, &manifest, &runs);
+        let (rows, quarters) = (s.rows, s.quarters);
+        let latest = s.latest_quarter.unwrap_or_else(|| "-".into());
+        let (when, age) = match s.last_success {
             Some(t) => {
                 let secs = (now - t).num_seconds().max(0);
                 let age = if secs < 120 {

@@ -714,19 +714,10 @@ async fn aggregates(State(d): S, headers: HeaderMap) -> Result<Response, ApiErro
         m.version,
         &crate::primitives::fingerprint(&body, None, "")[..12]
     );
-    let mut resp = if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| if_none_match(v, &etag))
-    {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-    };
-    let h = resp.headers_mut();
-    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(resp)
+    validated(&headers, &etag, "application/json", async {
+        Ok(Bytes::from(body))
+    })
+    .await
 }
 
 /// An aggregate's columns in output order with Arrow type, nullability,
@@ -945,33 +936,14 @@ async fn aggregate(
     // One validator per representation: version, format and filters.
     let filter_tag = crate::primitives::fingerprint(&filters.join("&"), None, "");
     let etag = format!("\"v{version}-{}-{}\"", format.name(), &filter_tag[..12]);
-    let cache_headers = |resp: &mut Response| {
-        let h = resp.headers_mut();
-        h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert(header::VARY, HeaderValue::from_static("Accept"));
-    };
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| if_none_match(v, &etag))
-    {
-        let mut resp = StatusCode::NOT_MODIFIED.into_response();
-        cache_headers(&mut resp);
-        return Ok(resp);
-    }
-    let key = format!("{name} {etag}");
-    let body = match d.responses().get(&key) {
-        Some(body) => body,
-        None => {
-            let body =
-                Bytes::from(read_aggregate(&d, &manifest, &name, meta, &filters, format).await?);
-            d.responses().put(key, body.clone());
-            body
-        }
-    };
-    let mut resp = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
-    cache_headers(&mut resp);
+    let body = cached(&d, format!("{name} {etag}"), async {
+        Ok(Bytes::from(
+            read_aggregate(&d, &manifest, &name, meta, &filters, format).await?,
+        ))
+    });
+    let mut resp = validated(&headers, &etag, format.content_type(), body).await?;
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
     Ok(resp)
 }
 
@@ -1097,6 +1069,45 @@ pub fn if_none_match(header: &str, etag: &str) -> bool {
     header
         .split(',')
         .any(|t| t.trim() == "*" || bare(t) == want)
+}
+
+/// A representation with a validator: 304 when the request's
+/// `If-None-Match` matches `etag`, else `body` (awaited only then) as
+/// `content_type`. Both carry the ETag and `Cache-Control: no-cache`.
+pub(crate) async fn validated(
+    headers: &HeaderMap,
+    etag: &str,
+    content_type: &'static str,
+    body: impl std::future::Future<Output = Result<Bytes, ApiError>>,
+) -> Result<Response, ApiError> {
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| if_none_match(v, etag));
+    let mut resp = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, content_type)], body.await?).into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, HeaderValue::from_str(etag).expect("ascii"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}
+
+/// The encoded response cached under `key` (a published version never
+/// changes), or `build`'s, then cached.
+pub(crate) async fn cached(
+    d: &Daemon,
+    key: String,
+    build: impl std::future::Future<Output = Result<Bytes, ApiError>>,
+) -> Result<Bytes, ApiError> {
+    if let Some(body) = d.responses().get(&key) {
+        return Ok(body);
+    }
+    let body = build.await?;
+    d.responses().put(key, body.clone());
+    Ok(body)
 }
 
 async fn record_metrics(State(d): S, req: Request, next: Next) -> Response {

@@ -17,11 +17,11 @@ pub mod svg;
 
 use crate::daemon::Daemon;
 use crate::primitives::{constant_time_eq, random_hex};
-use crate::serve::{ApiError, Role, filters_of, if_none_match, require, viewer_or_public};
+use crate::serve::{ApiError, Role, cached, filters_of, require, validated, viewer_or_public};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -142,24 +142,17 @@ pub fn routes() -> Router<Arc<Daemon>> {
 }
 
 /// Static text with a validator, revalidated on every use.
-fn asset(
+async fn asset(
     headers: &HeaderMap,
     body: &'static str,
     etag: &str,
     content_type: &'static str,
 ) -> Response {
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| if_none_match(v, etag))
-    {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag.to_string())]).into_response();
-    }
-    let mut resp = ([(header::CONTENT_TYPE, content_type)], body).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::ETAG, HeaderValue::from_str(etag).expect("ascii"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(
+    let body = async { Ok(Bytes::from_static(body.as_bytes())) };
+    let mut resp = validated(headers, etag, content_type, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    resp.headers_mut().insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
@@ -183,7 +176,8 @@ async fn page(headers: HeaderMap) -> Response {
         INDEX_HTML,
         &INDEX_ETAG,
         "text/html; charset=utf-8",
-    );
+    )
+    .await;
     let h = resp.headers_mut();
     // Everything comes from this server; nothing is framed or inlined.
     h.insert(
@@ -201,11 +195,11 @@ async fn page(headers: HeaderMap) -> Response {
 }
 
 async fn app_js(headers: HeaderMap) -> Response {
-    asset(&headers, APP_JS, &JS_ETAG, "text/javascript; charset=utf-8")
+    asset(&headers, APP_JS, &JS_ETAG, "text/javascript; charset=utf-8").await
 }
 
 async fn app_css(headers: HeaderMap) -> Response {
-    asset(&headers, APP_CSS, &CSS_ETAG, "text/css; charset=utf-8")
+    asset(&headers, APP_CSS, &CSS_ETAG, "text/css; charset=utf-8").await
 }
 
 #[derive(Deserialize)]
@@ -310,22 +304,16 @@ async fn tables(State(d): S, headers: HeaderMap) -> Result<Response, ApiError> {
         .tables
         .iter()
         .map(|t| {
-            use crate::warehouse::DirKey;
-            let state = manifest.dirs.get(&DirKey::Table(t.name.clone()).key());
-            let quarantine = manifest.dirs.get(&DirKey::Quarantine(t.name.clone()).key());
-            let last = runs
-                .iter()
-                .find(|r| r.table == t.name && r.outcome == crate::warehouse::Outcome::Succeeded);
-            let ended = last.and_then(|r| r.ended_at);
+            let s = crate::warehouse::TableStatus::of(&t.name, &manifest, &runs);
             serde_json::json!({
                 "table": t.name,
                 "description": t.description,
-                "rows": state.map_or(0, |s| s.rows()),
-                "quarters": state.map_or(0, |s| s.partitions.len()),
-                "latest_quarter": state.and_then(|s| s.partitions.keys().next_back().cloned()),
-                "quarantined_rows": quarantine.map_or(0, |s| s.rows()),
-                "last_success": ended,
-                "age_secs": ended.map(|t| (now - t).num_seconds().max(0)),
+                "rows": s.rows,
+                "quarters": s.quarters,
+                "latest_quarter": s.latest_quarter,
+                "quarantined_rows": s.quarantined_rows,
+                "last_success": s.last_success,
+                "age_secs": s.last_success.map(|t| (now - t).num_seconds().max(0)),
             })
         })
         .collect();
@@ -401,40 +389,31 @@ async fn chart(
         "",
     );
     let etag = format!("\"v{version}-svg-{}\"", &tag[..12]);
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| if_none_match(v, &etag))
-    {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
-    }
-    let key = format!("{name} {etag}");
-    let body = match d.responses().get(&key) {
-        Some(b) => b,
-        None => {
-            let (schema, batches) =
-                crate::serve::aggregate_rows(&d, &manifest, &name, meta, &filters).await?;
-            let defs = d.aggregate_definitions();
-            let doc = defs.get(&name);
-            let label = |c: &str| {
-                doc.and_then(|d| d.columns.iter().find(|x| x.name == c))
-                    .map_or_else(|| c.to_string(), |x| x.label.clone())
-            };
-            let unit = doc
-                .and_then(|d| d.columns.iter().find(|x| x.name == y[0]))
-                .and_then(|x| x.unit.clone());
-            let data = svg::collect(&schema, &batches, &y).map_err(ApiError::Internal)?;
-            let labels: Vec<String> = y.iter().map(|c| label(c)).collect();
-            let svg = svg::render(kind, &data, &labels, unit.as_deref(), w, h);
-            let b = Bytes::from(svg);
-            d.responses().put(key, b.clone());
-            b
-        }
-    };
-    let mut resp = ([(header::CONTENT_TYPE, "image/svg+xml")], body).into_response();
+    let body = cached(&d, format!("{name} {etag}"), async {
+        let (schema, batches) =
+            crate::serve::aggregate_rows(&d, &manifest, &name, meta, &filters).await?;
+        let defs = d.aggregate_definitions();
+        let doc = defs.get(&name);
+        let label = |c: &str| {
+            doc.and_then(|d| d.columns.iter().find(|x| x.name == c))
+                .map_or_else(|| c.to_string(), |x| x.label.clone())
+        };
+        let unit = doc
+            .and_then(|d| d.columns.iter().find(|x| x.name == y[0]))
+            .and_then(|x| x.unit.clone());
+        let data = svg::collect(&schema, &batches, &y).map_err(ApiError::Internal)?;
+        let labels: Vec<String> = y.iter().map(|c| label(c)).collect();
+        Ok(Bytes::from(svg::render(
+            kind,
+            &data,
+            &labels,
+            unit.as_deref(),
+            w,
+            h,
+        )))
+    });
+    let mut resp = validated(&headers, &etag, "image/svg+xml", body).await?;
     let hm = resp.headers_mut();
-    hm.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
-    hm.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     hm.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),

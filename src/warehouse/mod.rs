@@ -195,6 +195,41 @@ impl DirState {
     }
 }
 
+/// What the warehouse holds of one table, and when a run last loaded it.
+#[derive(Debug, Clone)]
+pub struct TableStatus {
+    /// Rows committed.
+    pub rows: u64,
+    /// Quarters (partitions) committed.
+    pub quarters: usize,
+    /// The latest of them.
+    pub latest_quarter: Option<String>,
+    /// Rows in the table's quarantine.
+    pub quarantined_rows: u64,
+    /// When the last successful run into it ended.
+    pub last_success: Option<Timestamp>,
+}
+
+impl TableStatus {
+    /// The status of `table` in `manifest`, with `runs` (newest first).
+    pub fn of(table: &str, manifest: &Manifest, runs: &[RunRecord]) -> TableStatus {
+        let state = manifest.dirs.get(&DirKey::Table(table.to_string()).key());
+        let quarantine = manifest
+            .dirs
+            .get(&DirKey::Quarantine(table.to_string()).key());
+        TableStatus {
+            rows: state.map_or(0, DirState::rows),
+            quarters: state.map_or(0, |s| s.partitions.len()),
+            latest_quarter: state.and_then(|s| s.partitions.keys().next_back().cloned()),
+            quarantined_rows: quarantine.map_or(0, DirState::rows),
+            last_success: runs
+                .iter()
+                .find(|r| r.table == table && r.outcome == Outcome::Succeeded)
+                .and_then(|r| r.ended_at),
+        }
+    }
+}
+
 /// A pipeline's stored cursor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
