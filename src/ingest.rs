@@ -1122,20 +1122,8 @@ struct CommitInput<'a> {
 /// Files a partition may have before an appending commit rewrites it whole.
 const MAX_PARTITION_FILES: usize = 24;
 
-/// The primary keys in a committed file, by the file's identity (device,
-/// inode, size, modification time): committed files never change, and a
-/// hard link into a later generation is the same file. Bounded by `KEY_CACHE_KEYS`.
-static KEY_CACHE: std::sync::LazyLock<std::sync::Mutex<HashMap<FileId, Keys>>> =
-    std::sync::LazyLock::new(Default::default);
-
 /// A committed file's identity: device, inode, size, modification time (s, ns).
 type FileId = (u64, u64, u64, i64, i64);
-
-/// The encoded primary keys of a file's rows.
-type Keys = Arc<HashSet<Vec<u8>>>;
-
-/// Keys held in [`KEY_CACHE`] before it is emptied.
-const KEY_CACHE_KEYS: usize = 4_000_000;
 
 fn file_identity(path: &std::path::Path) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt as _;
@@ -1143,37 +1131,67 @@ fn file_identity(path: &std::path::Path) -> Option<FileId> {
     Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
+/// Items all [`FileSets`] of one kind hold before they are emptied.
+const FILE_SET_ITEMS: usize = 4_000_000;
+
+/// Sets read from committed files (primary keys, quarantine fingerprints),
+/// kept by the file's identity: committed files never change, and a hard
+/// link into a later generation is the same file.
+struct FileSets<T>(std::sync::LazyLock<std::sync::Mutex<HashMap<FileId, Arc<HashSet<T>>>>>);
+
+impl<T: Eq + std::hash::Hash> FileSets<T> {
+    const fn new() -> FileSets<T> {
+        FileSets(std::sync::LazyLock::new(Default::default))
+    }
+
+    /// The set of the file at `path`, read by `read` the first time.
+    fn get_or_read(
+        &self,
+        path: &std::path::Path,
+        read: impl FnOnce() -> Result<HashSet<T>, IngestError>,
+    ) -> Result<Arc<HashSet<T>>, IngestError> {
+        let id = file_identity(path);
+        if let Some(id) = id
+            && let Some(set) = self.0.lock().expect("file sets").get(&id)
+        {
+            return Ok(set.clone());
+        }
+        let set = Arc::new(read()?);
+        if let Some(id) = id {
+            self.remember(id, set.clone());
+        }
+        Ok(set)
+    }
+
+    /// Keeps the set of a file just written.
+    fn remember(&self, id: FileId, set: Arc<HashSet<T>>) {
+        let mut cache = self.0.lock().expect("file sets");
+        let held: usize = cache.values().map(|s| s.len()).sum();
+        if held + set.len() > FILE_SET_ITEMS {
+            cache.clear();
+        }
+        cache.insert(id, set);
+    }
+}
+
+/// The encoded primary keys of committed table files.
+static KEYS: FileSets<Vec<u8>> = FileSets::new();
+
+/// The record fingerprints of committed quarantine files.
+static FINGERPRINTS: FileSets<String> = FileSets::new();
+
 /// The primary keys of one committed file (cached by identity).
 fn file_keys(
     path: &std::path::Path,
     schema: &arrow::datatypes::SchemaRef,
     pk: &[usize],
-) -> Result<Keys, IngestError> {
-    let id = file_identity(path);
-    if let Some(id) = id
-        && let Some(k) = KEY_CACHE.lock().expect("key cache").get(&id)
-    {
-        return Ok(k.clone());
-    }
-    let batch = merge::read_parquet(path, schema)?;
-    let keys: Arc<HashSet<Vec<u8>>> = Arc::new(
-        merge::encode_keys(schema, &batch, pk)?
+) -> Result<Arc<HashSet<Vec<u8>>>, IngestError> {
+    KEYS.get_or_read(path, || {
+        let batch = merge::read_parquet(path, schema)?;
+        Ok(merge::encode_keys(schema, &batch, pk)?
             .into_iter()
-            .collect(),
-    );
-    if let Some(id) = id {
-        remember_keys(id, keys.clone());
-    }
-    Ok(keys)
-}
-
-fn remember_keys(id: FileId, keys: Keys) {
-    let mut cache = KEY_CACHE.lock().expect("key cache");
-    let held: usize = cache.values().map(|k| k.len()).sum();
-    if held + keys.len() > KEY_CACHE_KEYS {
-        cache.clear();
-    }
-    cache.insert(id, keys);
+            .collect())
+    })
 }
 
 /// Merges the run's valid rows into a new generation of the table, one
@@ -1217,7 +1235,7 @@ fn append_rows(
     let path = g.partition_dir(part)?.join(g.file_name(n));
     let entry = merge::write_parquet_rows(&path, &all, &order)?;
     if let Some(id) = file_identity(&path) {
-        remember_keys(id, Arc::new(fresh));
+        KEYS.remember(id, Arc::new(fresh));
     }
     Ok(Some(entry))
 }
@@ -1287,10 +1305,9 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
     Ok(out)
 }
 
-/// The fingerprints already in a quarantine partition (only that column is read).
 /// The fingerprints of a quarantine partition's records: those of its
-/// committed files (read once per file, cached by file identity like keys)
-/// and those added by the commit under way.
+/// committed files (only that column is read, once per file) and those
+/// added by the commit under way.
 struct Fingerprints {
     held: Vec<Arc<HashSet<String>>>,
     new: HashSet<String>,
@@ -1303,46 +1320,22 @@ impl Fingerprints {
     }
 }
 
-/// Fingerprint sets of committed quarantine files, by file identity.
-static FINGERPRINT_CACHE: std::sync::LazyLock<
-    std::sync::Mutex<HashMap<FileId, Arc<HashSet<String>>>>,
-> = std::sync::LazyLock::new(Default::default);
-
 fn quarantined_fingerprints(
     wh: &Warehouse,
     state: &warehouse::DirState,
     part: &str,
 ) -> Result<Fingerprints, IngestError> {
-    let mut held = Vec::new();
-    for path in partition_files(wh, state, part) {
-        let id = file_identity(&path);
-        let cached = id.and_then(|id| {
-            FINGERPRINT_CACHE
-                .lock()
-                .expect("fingerprint cache")
-                .get(&id)
-                .cloned()
-        });
-        let set = match cached {
-            Some(s) => s,
-            None => {
+    let held = partition_files(wh, state, part)
+        .map(|path| {
+            FINGERPRINTS.get_or_read(&path, || {
                 let mut set = HashSet::new();
                 merge::read_strings(&path, 0, |v| {
                     set.insert(v.to_string());
                 })?;
-                let set = Arc::new(set);
-                if let Some(id) = id {
-                    let mut cache = FINGERPRINT_CACHE.lock().expect("fingerprint cache");
-                    if cache.values().map(|s| s.len()).sum::<usize>() + set.len() > KEY_CACHE_KEYS {
-                        cache.clear();
-                    }
-                    cache.insert(id, set.clone());
-                }
-                set
-            }
-        };
-        held.push(set);
-    }
+                Ok(set)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Fingerprints {
         held,
         new: HashSet::new(),
