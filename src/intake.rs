@@ -110,11 +110,9 @@ pub fn commit_pushes(
             rejected: sink.counters.rejected - rejected,
             errors: sink.errors.take().unwrap_or_default(),
         }));
-        record.bytes += req.body.len() as u64;
     }
-    let bytes = record.bytes;
     sink.counters.record_into(&mut record);
-    record.bytes = bytes;
+    record.bytes = batch.iter().map(|r| r.body.len() as u64).sum();
     record.requests = batch.len() as u64;
     record.intake = replies
         .iter()
@@ -301,13 +299,8 @@ async fn commit_group(d: &Arc<Daemon>, pipeline: &str, jobs: Vec<Job>) {
                 secs = started.elapsed().as_secs_f64(),
                 "Push committed."
             );
-            let keyed: Vec<IntakeAnswer> = answers
-                .iter()
-                .filter_map(|a| a.as_ref().ok())
-                .filter(|a| a.key.is_some())
-                .cloned()
-                .collect();
-            intake.remember(pipeline, &keyed);
+            // The committed run holds exactly the answers to keyed requests.
+            intake.remember(pipeline, &record.intake);
             if record.rows_changed > 0 {
                 intake.refresh.notify_one();
             }
