@@ -293,9 +293,6 @@ fn load_pipelines(
 ) -> Vec<Pipeline> {
     let mut pipelines = Vec::new();
     for (stem, file) in files {
-        if pipeline::is_push(file) {
-            continue;
-        }
         match pipeline::load(file, stem) {
             Ok((p, warnings)) => {
                 let ok = check_against_tables(report, file, &p, tables, schemas_dir);
@@ -325,7 +322,7 @@ fn load_pipelines(
     pipelines
 }
 
-/// Loads every push pipeline (`[source] kind = "push"`) and checks its table.
+/// Loads the push pipelines (`[source] kind = "push"`) and checks their tables.
 fn load_push_pipelines(
     report: &mut LoadReport,
     files: &[(String, SourceFile)],
@@ -333,7 +330,7 @@ fn load_push_pipelines(
     schemas_dir: &Path,
 ) -> Vec<PushPipeline> {
     let mut out = Vec::new();
-    for (stem, file) in files.iter().filter(|(_, f)| pipeline::is_push(f)) {
+    for (stem, file) in files {
         match pipeline::load_push(file, stem) {
             Ok(p) => {
                 if !tables.iter().any(|t| t.name == p.table) {
@@ -416,9 +413,12 @@ pub fn load(opts: &LoadOptions) -> LoadReport {
         &base,
     );
     let tables = load_tables(&mut report, &schema_files);
-    let pipelines = load_pipelines(&mut report, &pipeline_files, &tables, &settings.schemas_dir);
+    let (push_files, pull_files): (Vec<_>, Vec<_>) = pipeline_files
+        .into_iter()
+        .partition(|(_, f)| pipeline::is_push(f));
+    let pipelines = load_pipelines(&mut report, &pull_files, &tables, &settings.schemas_dir);
     let push_pipelines =
-        load_push_pipelines(&mut report, &pipeline_files, &tables, &settings.schemas_dir);
+        load_push_pipelines(&mut report, &push_files, &tables, &settings.schemas_dir);
     check_partners(&mut report, &config, &settings, &push_pipelines);
     let summary = format!(
         "warehouse {}, {} tables, {} pipelines{}",
