@@ -190,6 +190,258 @@ fn nice_step(span: f64) -> f64 {
     }
 }
 
+/// The smallest and largest value to draw (stacked: the tallest stack),
+/// including zero but for sparklines; never an empty range.
+fn value_range(kind: Kind, series: &[&Vec<Option<f64>>], n: usize) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for i in 0..n {
+        if kind == Kind::Stacked {
+            let total: f64 = series
+                .iter()
+                .filter_map(|s| s[i])
+                .filter(|v| *v > 0.0)
+                .sum();
+            hi = hi.max(total);
+            lo = lo.min(0.0);
+        } else {
+            for v in series.iter().filter_map(|s| s[i]) {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+    }
+    if kind != Kind::Spark {
+        lo = lo.min(0.0);
+        hi = hi.max(0.0);
+    }
+    if !lo.is_finite() || !hi.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    if hi - lo < 1e-12 {
+        hi = lo + 1.0;
+    }
+    (lo, hi)
+}
+
+/// Where things go: the plot area inside the margins, the value scale,
+/// one band per quarter, and how values are written.
+struct Frame {
+    left: f64,
+    top: f64,
+    width: f64,
+    height: f64,
+    lo: f64,
+    hi: f64,
+    step: f64,
+    band: f64,
+    div: f64,
+    suffix: &'static str,
+}
+
+impl Frame {
+    fn new(
+        kind: Kind,
+        (lo, hi): (f64, f64),
+        unit: Option<&str>,
+        (w, h): (f64, f64),
+        n: usize,
+    ) -> Frame {
+        let spark = kind == Kind::Spark;
+        let (ml, mr, mt, mb) = if spark {
+            (3.0, 3.0, 3.0, 3.0)
+        } else {
+            (72.0, 16.0, 34.0, 40.0)
+        };
+        let (width, height) = ((w - ml - mr).max(10.0), (h - mt - mb).max(10.0));
+        let step = nice_step(hi - lo);
+        let (lo, hi) = if spark {
+            (lo, hi)
+        } else {
+            ((lo / step).floor() * step, (hi / step).ceil() * step)
+        };
+        let (div, suffix) = scale_of(unit, lo.abs().max(hi.abs()));
+        Frame {
+            left: ml,
+            top: mt,
+            width,
+            height,
+            lo,
+            hi,
+            step,
+            band: width / n as f64,
+            div,
+            suffix,
+        }
+    }
+
+    fn x(&self, i: usize) -> f64 {
+        self.left + self.band * (i as f64 + 0.5)
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        self.top + self.height - (v - self.lo) / (self.hi - self.lo) * self.height
+    }
+
+    /// A value as a tooltip shows it, in the axis's unit.
+    fn shown(&self, v: f64) -> String {
+        format!("{}{}", format_number(v / self.div, 2), self.suffix)
+    }
+}
+
+/// Grid lines with their values, the unit, and the quarters under the plot.
+fn axes(out: &mut String, f: &Frame, quarters: &[String]) {
+    let mut t = f.lo;
+    while t <= f.hi + f.step / 2.0 {
+        let y = f.y(t);
+        let _ = write!(
+            out,
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{}\"/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#555\">{}</text>",
+            f.left,
+            f.left + f.width,
+            if t.abs() < f.step / 1e6 {
+                "#999"
+            } else {
+                "#e5e5e5"
+            },
+            f.left - 6.0,
+            y + 4.0,
+            esc(&format_number(t / f.div, 2))
+        );
+        t += f.step;
+    }
+    if !f.suffix.is_empty() {
+        let _ = write!(
+            out,
+            "<text x=\"4\" y=\"14\" fill=\"#555\">{}</text>",
+            esc(f.suffix)
+        );
+    }
+    let n = quarters.len();
+    let every = ((n as f64 * 60.0 / f.width).ceil() as usize).max(1);
+    for (i, q) in quarters.iter().enumerate() {
+        if i % every == 0 || i + 1 == n {
+            let _ = write!(
+                out,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">{}</text>",
+                f.x(i),
+                f.top + f.height + 18.0,
+                esc(q)
+            );
+        }
+    }
+}
+
+/// A colour swatch and name per series, above the plot.
+fn legend(out: &mut String, f: &Frame, labels: &[String], series: usize) {
+    let mut x = f.left;
+    for (k, l) in labels.iter().enumerate().take(series) {
+        let _ = write!(
+            out,
+            "<rect x=\"{x:.1}\" y=\"8\" width=\"12\" height=\"12\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"18\" fill=\"#333\">{}</text>",
+            COLORS[k % COLORS.len()],
+            x + 16.0,
+            esc(l)
+        );
+        x += 28.0 + 13.0 * l.chars().count() as f64;
+    }
+}
+
+/// One line per series, broken where a value is missing, with a point per
+/// value (sparklines: the last one only).
+fn lines(
+    out: &mut String,
+    f: &Frame,
+    data: &Data,
+    series: &[&Vec<Option<f64>>],
+    labels: &[String],
+    spark: bool,
+) {
+    let n = data.quarters.len();
+    for (k, s) in series.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        let mut path = String::new();
+        let mut pen_down = false;
+        for (i, v) in s.iter().enumerate() {
+            match v {
+                Some(v) => {
+                    let pen = if pen_down { "L" } else { "M" };
+                    let _ = write!(path, "{pen}{:.1},{:.1} ", f.x(i), f.y(*v));
+                    pen_down = true;
+                }
+                None => pen_down = false,
+            }
+        }
+        let _ = write!(
+            out,
+            "<path d=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"{}\"/>",
+            path.trim_end(),
+            if spark { 1.5 } else { 2.0 }
+        );
+        for (i, v) in s.iter().enumerate() {
+            let Some(v) = v else { continue };
+            if spark && i + 1 != n {
+                continue;
+            }
+            let _ = write!(
+                out,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"{}\" fill=\"{color}\"><title>{} {}: {}</title></circle>",
+                f.x(i),
+                f.y(*v),
+                if spark { 2.0 } else { 3.0 },
+                esc(&data.quarters[i]),
+                esc(labels.get(k).map_or("", String::as_str)),
+                esc(&f.shown(*v))
+            );
+        }
+    }
+}
+
+/// Bars per quarter: side by side, or stacked (positive values).
+fn bars(
+    out: &mut String,
+    f: &Frame,
+    data: &Data,
+    series: &[&Vec<Option<f64>>],
+    labels: &[String],
+    stacked: bool,
+) {
+    let width = if stacked {
+        f.band * 0.7
+    } else {
+        f.band * 0.8 / series.len() as f64
+    };
+    for i in 0..data.quarters.len() {
+        let mut base = 0.0;
+        for (k, s) in series.iter().enumerate() {
+            let Some(v) = s[i] else { continue };
+            let (from, to) = if stacked {
+                let from = base;
+                base += v.max(0.0);
+                (from, base)
+            } else {
+                (0.0, v)
+            };
+            let x = if stacked {
+                f.x(i) - width / 2.0
+            } else {
+                f.left + f.band * i as f64 + f.band * 0.1 + width * k as f64
+            };
+            let (y0, y1) = (f.y(from.max(to)), f.y(from.min(to)));
+            let _ = write!(
+                out,
+                "<rect x=\"{x:.1}\" y=\"{y0:.1}\" width=\"{width:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {}: {}</title></rect>",
+                (y1 - y0).max(0.5),
+                COLORS[k % COLORS.len()],
+                esc(&data.quarters[i]),
+                esc(labels.get(k).map_or("", String::as_str)),
+                esc(&f.shown(v))
+            );
+        }
+    }
+}
+
 /// Draws `data` (series named by `labels`) as an SVG document of `w`×`h` pixels.
 pub fn render(
     kind: Kind,
@@ -218,190 +470,21 @@ pub fn render(
         return out;
     }
     let spark = kind == Kind::Spark;
-    let series: Vec<&Vec<Option<f64>>> = if spark {
-        data.series.iter().take(1).collect()
-    } else {
-        data.series.iter().collect()
-    };
+    let series: Vec<&Vec<Option<f64>>> = data
+        .series
+        .iter()
+        .take(if spark { 1 } else { usize::MAX })
+        .collect();
     let n = data.quarters.len();
-    // The value range (stacked: the tallest stack), always including zero but for sparklines.
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for i in 0..n {
-        if kind == Kind::Stacked {
-            let total: f64 = series
-                .iter()
-                .filter_map(|s| s[i])
-                .filter(|v| *v > 0.0)
-                .sum();
-            hi = hi.max(total);
-            lo = lo.min(0.0);
-        } else {
-            for v in series.iter().filter_map(|s| s[i]) {
-                lo = lo.min(v);
-                hi = hi.max(v);
-            }
-        }
-    }
+    let f = Frame::new(kind, value_range(kind, &series, n), unit, (w, h), n);
     if !spark {
-        lo = lo.min(0.0);
-        hi = hi.max(0.0);
-    }
-    if !lo.is_finite() || !hi.is_finite() {
-        (lo, hi) = (0.0, 1.0);
-    }
-    if hi - lo < 1e-12 {
-        hi = lo + 1.0;
-    }
-    let (ml, mr, mt, mb) = if spark {
-        (3.0, 3.0, 3.0, 3.0)
-    } else {
-        (72.0, 16.0, 34.0, 40.0)
-    };
-    let (pw, ph) = ((w - ml - mr).max(10.0), (h - mt - mb).max(10.0));
-    let step = nice_step(hi - lo);
-    if !spark {
-        lo = (lo / step).floor() * step;
-        hi = (hi / step).ceil() * step;
-    }
-    let yof = |v: f64| mt + ph - (v - lo) / (hi - lo) * ph;
-    let band = pw / n as f64;
-    let xof = |i: usize| ml + band * (i as f64 + 0.5);
-    let (div, suffix) = scale_of(unit, lo.abs().max(hi.abs()));
-    let shown = |v: f64| format!("{}{suffix}", format_number(v / div, 2));
-    if !spark {
-        // Grid, ticks and the unit.
-        let mut t = lo;
-        while t <= hi + step / 2.0 {
-            let y = yof(t);
-            let _ = write!(
-                out,
-                "<line x1=\"{ml}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{}\"/>\
-                 <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#555\">{}</text>",
-                ml + pw,
-                if t.abs() < step / 1e6 {
-                    "#999"
-                } else {
-                    "#e5e5e5"
-                },
-                ml - 6.0,
-                y + 4.0,
-                esc(&format_number(t / div, 2))
-            );
-            t += step;
-        }
-        if !suffix.is_empty() {
-            let _ = write!(
-                out,
-                "<text x=\"4\" y=\"14\" fill=\"#555\">{}</text>",
-                esc(suffix)
-            );
-        }
-        let every = ((n as f64 * 60.0 / pw).ceil() as usize).max(1);
-        for (i, q) in data.quarters.iter().enumerate() {
-            if i % every == 0 || i + 1 == n {
-                let _ = write!(
-                    out,
-                    "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">{}</text>",
-                    xof(i),
-                    mt + ph + 18.0,
-                    esc(q)
-                );
-            }
-        }
-        // Legend.
-        let mut x = ml;
-        for (k, l) in labels.iter().enumerate().take(series.len()) {
-            let _ = write!(
-                out,
-                "<rect x=\"{x:.1}\" y=\"8\" width=\"12\" height=\"12\" fill=\"{}\"/>\
-                 <text x=\"{:.1}\" y=\"18\" fill=\"#333\">{}</text>",
-                COLORS[k % COLORS.len()],
-                x + 16.0,
-                esc(l)
-            );
-            x += 28.0 + 13.0 * l.chars().count() as f64;
-        }
+        axes(&mut out, &f, &data.quarters);
+        legend(&mut out, &f, labels, series.len());
     }
     match kind {
-        Kind::Line | Kind::Spark => {
-            for (k, s) in series.iter().enumerate() {
-                let color = COLORS[k % COLORS.len()];
-                let mut path = String::new();
-                let mut pen_down = false;
-                for (i, v) in s.iter().enumerate() {
-                    match v {
-                        Some(v) => {
-                            let _ = write!(
-                                path,
-                                "{}{:.1},{:.1} ",
-                                if pen_down { "L" } else { "M" },
-                                xof(i),
-                                yof(*v)
-                            );
-                            pen_down = true;
-                        }
-                        None => pen_down = false,
-                    }
-                }
-                let _ = write!(
-                    out,
-                    "<path d=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"{}\"/>",
-                    path.trim_end(),
-                    if spark { 1.5 } else { 2.0 }
-                );
-                for (i, v) in s.iter().enumerate() {
-                    let Some(v) = v else { continue };
-                    if spark && i + 1 != n {
-                        continue;
-                    }
-                    let _ = write!(
-                        out,
-                        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"{}\" fill=\"{color}\"><title>{} {}: {}</title></circle>",
-                        xof(i),
-                        yof(*v),
-                        if spark { 2.0 } else { 3.0 },
-                        esc(&data.quarters[i]),
-                        esc(labels.get(k).map_or("", String::as_str)),
-                        esc(&shown(*v))
-                    );
-                }
-            }
-        }
+        Kind::Line | Kind::Spark => lines(&mut out, &f, data, &series, labels, spark),
         Kind::Bar | Kind::Stacked => {
-            let stacked = kind == Kind::Stacked;
-            let width = if stacked {
-                band * 0.7
-            } else {
-                band * 0.8 / series.len() as f64
-            };
-            for i in 0..n {
-                let mut base = 0.0;
-                for (k, s) in series.iter().enumerate() {
-                    let Some(v) = s[i] else { continue };
-                    let (from, to) = if stacked {
-                        let from = base;
-                        base += v.max(0.0);
-                        (from, base)
-                    } else {
-                        (0.0, v)
-                    };
-                    let x = if stacked {
-                        xof(i) - width / 2.0
-                    } else {
-                        ml + band * i as f64 + band * 0.1 + width * k as f64
-                    };
-                    let (y0, y1) = (yof(from.max(to)), yof(from.min(to)));
-                    let _ = write!(
-                        out,
-                        "<rect x=\"{x:.1}\" y=\"{y0:.1}\" width=\"{width:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {}: {}</title></rect>",
-                        (y1 - y0).max(0.5),
-                        COLORS[k % COLORS.len()],
-                        esc(&data.quarters[i]),
-                        esc(labels.get(k).map_or("", String::as_str)),
-                        esc(&shown(v))
-                    );
-                }
-            }
+            bars(&mut out, &f, data, &series, labels, kind == Kind::Stacked)
         }
     }
     out.push_str("</svg>");
