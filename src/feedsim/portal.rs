@@ -146,114 +146,144 @@ pub fn application(world: &World, opts: &PortalOptions, n: u64) -> (String, serd
     (id, v)
 }
 
+/// What the portal's clients share while they submit.
+struct Portal {
+    opts: PortalOptions,
+    world: World,
+    client: reqwest::Client,
+    token: String,
+    started: Instant,
+    next: AtomicU64,
+    latencies: Mutex<Vec<f64>>,
+    report: Mutex<PortalReport>,
+    acked: Option<Mutex<std::fs::File>>,
+}
+
+impl Portal {
+    /// One client: takes the next request number until all are sent.
+    async fn client(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.opts.requests {
+                break;
+            }
+            if self.opts.rate > 0.0 {
+                let at = self.started + Duration::from_secs_f64(i as f64 / self.opts.rate);
+                tokio::time::sleep_until(at.into()).await;
+            }
+            self.submit(i).await;
+        }
+    }
+
+    /// Sends request `i` (its applications as a JSON object or NDJSON) and counts the answer.
+    async fn submit(&self, i: u64) {
+        let opts = &self.opts;
+        let apps: Vec<(String, serde_json::Value)> = (0..opts.per_request)
+            .map(|k| application(&self.world, opts, i * opts.per_request + k))
+            .collect();
+        let (body, ct) = if opts.per_request == 1 {
+            (apps[0].1.to_string(), "application/json")
+        } else {
+            let mut s = String::new();
+            for (_, a) in &apps {
+                s.push_str(&a.to_string());
+                s.push('\n');
+            }
+            (s, "application/x-ndjson")
+        };
+        let mut req = self
+            .client
+            .post(&opts.url)
+            .bearer_auth(&self.token)
+            .header("content-type", ct)
+            .body(body);
+        if opts.idempotency {
+            req = req.header("idempotency-key", format!("{}-{i}", opts.prefix));
+        }
+        let sent = Instant::now();
+        let resp = req.send().await;
+        let ms = sent.elapsed().as_secs_f64() * 1000.0;
+        let Ok(resp) = resp else {
+            self.report.lock().expect("report").no_answer += 1;
+            return;
+        };
+        let status = resp.status().as_u16();
+        let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+        self.latencies.lock().expect("latencies").push(ms);
+        let mut rep = self.report.lock().expect("report");
+        *rep.statuses.entry(status).or_default() += 1;
+        rep.accepted += answer["accepted"].as_u64().unwrap_or(0);
+        rep.rejected += answer["rejected"].as_u64().unwrap_or(0);
+        drop(rep);
+        if (200..300).contains(&status) {
+            self.acknowledge(&apps, &answer);
+        }
+    }
+
+    /// Appends the ids of the applications an answer accepted to the `--acked` file.
+    fn acknowledge(&self, apps: &[(String, serde_json::Value)], answer: &serde_json::Value) {
+        let Some(f) = &self.acked else { return };
+        // Which applications were rejected: the answer's record numbers.
+        let bad: std::collections::HashSet<u64> = answer["errors"]
+            .as_array()
+            .map(|e| e.iter().filter_map(|x| x["record_no"].as_u64()).collect())
+            .unwrap_or_default();
+        let mut f = f.lock().expect("acked file");
+        for (k, (id, _)) in apps.iter().enumerate() {
+            if !bad.contains(&(k as u64 + 1)) {
+                let _ = writeln!(f, "{id}");
+            }
+        }
+        let _ = f.flush();
+    }
+}
+
 /// Submits the applications and reports what came back.
 pub async fn run(opts: PortalOptions) -> Result<PortalReport, String> {
     let token = std::env::var(&opts.token_env)
         .map_err(|_| format!("set {} to the portal's partner token", opts.token_env))?;
     let to: Quarter = Quarter::from_date(opts.date);
-    let world = Arc::new(World {
-        seed: opts.seed,
-        enterprises: opts.enterprises.max(1),
-        from: to,
-        to,
-    });
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(opts.concurrency)
         .build()
         .map_err(|e| e.to_string())?;
-    let next = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let report = Arc::new(Mutex::new(PortalReport::default()));
     let acked = match &opts.acked {
-        Some(p) => Some(Arc::new(Mutex::new(
+        Some(p) => Some(Mutex::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(p)
                 .map_err(|e| format!("{}: {e}", p.display()))?,
-        ))),
+        )),
         None => None,
     };
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..opts.concurrency.max(1) {
-        let (opts, world, client, token) =
-            (opts.clone(), world.clone(), client.clone(), token.clone());
-        let (next, latencies, report, acked) = (
-            next.clone(),
-            latencies.clone(),
-            report.clone(),
-            acked.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= opts.requests {
-                    break;
-                }
-                if opts.rate > 0.0 {
-                    let at = started + Duration::from_secs_f64(i as f64 / opts.rate);
-                    tokio::time::sleep_until(at.into()).await;
-                }
-                let apps: Vec<(String, serde_json::Value)> = (0..opts.per_request)
-                    .map(|k| application(&world, &opts, i * opts.per_request + k))
-                    .collect();
-                let (body, ct) = if opts.per_request == 1 {
-                    (apps[0].1.to_string(), "application/json")
-                } else {
-                    let mut s = String::new();
-                    for (_, a) in &apps {
-                        s.push_str(&a.to_string());
-                        s.push('\n');
-                    }
-                    (s, "application/x-ndjson")
-                };
-                let mut req = client
-                    .post(&opts.url)
-                    .bearer_auth(&token)
-                    .header("content-type", ct)
-                    .body(body);
-                if opts.idempotency {
-                    req = req.header("idempotency-key", format!("{}-{i}", opts.prefix));
-                }
-                let sent = Instant::now();
-                let resp = req.send().await;
-                let ms = sent.elapsed().as_secs_f64() * 1000.0;
-                let Ok(resp) = resp else {
-                    report.lock().expect("report").no_answer += 1;
-                    continue;
-                };
-                let status = resp.status().as_u16();
-                let answer: serde_json::Value = resp.json().await.unwrap_or_default();
-                latencies.lock().expect("latencies").push(ms);
-                let mut rep = report.lock().expect("report");
-                *rep.statuses.entry(status).or_default() += 1;
-                rep.accepted += answer["accepted"].as_u64().unwrap_or(0);
-                rep.rejected += answer["rejected"].as_u64().unwrap_or(0);
-                drop(rep);
-                if (200..300).contains(&status)
-                    && let Some(f) = &acked
-                {
-                    // Which applications were rejected: the answer's record numbers.
-                    let bad: std::collections::HashSet<u64> = answer["errors"]
-                        .as_array()
-                        .map(|e| e.iter().filter_map(|x| x["record_no"].as_u64()).collect())
-                        .unwrap_or_default();
-                    let mut f = f.lock().expect("acked file");
-                    for (k, (id, _)) in apps.iter().enumerate() {
-                        if !bad.contains(&(k as u64 + 1)) {
-                            let _ = writeln!(f, "{id}");
-                        }
-                    }
-                    let _ = f.flush();
-                }
-            }
-        }));
-    }
+    let portal = Arc::new(Portal {
+        world: World {
+            seed: opts.seed,
+            enterprises: opts.enterprises.max(1),
+            from: to,
+            to,
+        },
+        opts: opts.clone(),
+        client,
+        token,
+        started: Instant::now(),
+        next: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+        report: Mutex::new(PortalReport::default()),
+        acked,
+    });
+    let tasks: Vec<_> = (0..opts.concurrency.max(1))
+        .map(|_| {
+            let p = portal.clone();
+            tokio::spawn(async move { p.client().await })
+        })
+        .collect();
     for t in tasks {
         t.await.map_err(|e| e.to_string())?;
     }
+    let (started, latencies, report) = (portal.started, &portal.latencies, &portal.report);
     let secs = started.elapsed().as_secs_f64();
     let mut lat = latencies.lock().expect("latencies").clone();
     lat.sort_by(f64::total_cmp);
