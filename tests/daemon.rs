@@ -64,15 +64,7 @@ fn signal(child: &std::process::Child, sig: i32) {
 }
 
 async fn pipelines(base: &str) -> serde_json::Value {
-    reqwest::Client::new()
-        .get(format!("{base}/api/v1/pipelines"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::get_json(&format!("{base}/api/v1/pipelines"), ADMIN).await
 }
 
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {

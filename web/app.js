@@ -392,7 +392,7 @@ async function indicatorPage(view, name) {
     params = filterParams(ctl);
     rows = await getJson('/api/v1/aggregates/' + encodeURIComponent(name) + '?' + new URLSearchParams(params));
   }
-  if (!ctl.y) Object.assign(ctl, { y: defaultChart(agg, rows).y, kind: defaultChart(agg, rows).kind });
+  if (!ctl.y) Object.assign(ctl, defaultChart(agg, rows));
   const redraw = () => state.render();
 
   // Controls: district, quarter range, series.
