@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Python interop readers (DuckDB, pyarrow) in a venv, when the tests use them.
+# Python interop readers (DuckDB, pyarrow) and PostgreSQL clients (psycopg,
+# SQLAlchemy, pandas) in a venv, when the tests use them.
 if [[ -f ops/requirements-test.txt ]]; then
     VENV="${IRONLAKE_TEST_VENV:-$PWD/target/test-venv}"
     if [[ ! -x "$VENV/bin/python" ]]; then
@@ -25,6 +26,8 @@ missing=()
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || missing+=(fonts-wqy-microhei)
 command -v npm >/dev/null || missing+=(nodejs npm)
+# psql, for the PostgreSQL protocol tests.
+command -v psql >/dev/null || missing+=(postgresql-client)
 if ((${#missing[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -215,7 +215,22 @@ impl Catalog {
 
     /// A snapshot at a given manifest.
     pub async fn snapshot_at(&self, manifest: Manifest) -> Result<Snapshot, CatalogError> {
-        let ctx = self.session();
+        self.snapshot_in(self.session(), manifest).await
+    }
+
+    /// The engine's runtime: memory pool, spill directory, caches.
+    pub fn runtime(&self) -> &Arc<RuntimeEnv> {
+        &self.runtime
+    }
+
+    /// The tables of `manifest` registered in `ctx`, a session whose default
+    /// catalog has the schemas of [`SCHEMAS`] (a session of another front
+    /// end, such as the PostgreSQL protocol's, with its own functions).
+    pub async fn snapshot_in(
+        &self,
+        ctx: SessionContext,
+        manifest: Manifest,
+    ) -> Result<Snapshot, CatalogError> {
         let root = self.wh.root().to_path_buf();
         for t in &self.project.tables {
             register_dir(

@@ -18,10 +18,16 @@ const DRAIN: Duration = Duration::from_secs(30);
 async fn serve_until_signal(
     daemon: Arc<Daemon>,
     listener: tokio::net::TcpListener,
+    pg: PgListener,
     drain: Duration,
 ) -> Result<ExitCode> {
     let token = daemon.shutdown_token();
-    let server = tokio::spawn(ironlake::serve::serve(daemon.clone(), listener, token));
+    let server = tokio::spawn(ironlake::serve::serve(
+        daemon.clone(),
+        listener,
+        token.clone(),
+    ));
+    let pg = tokio::spawn(pg.0.serve(pg.1, token));
     #[cfg(unix)]
     {
         let d = daemon.clone();
@@ -44,30 +50,69 @@ async fn serve_until_signal(
     );
     daemon.shutdown(drain).await;
     server.await.context("server task")?.context("server")?;
+    pg.await.context("PostgreSQL server task")?;
     tracing::info!("Stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Addresses given on the command line (else the config's).
+pub struct Listen {
+    /// The HTTP API's (`--listen`).
+    pub api: Option<String>,
+    /// The PostgreSQL protocol's (`--pg-listen`).
+    pub pg: Option<String>,
+}
+
+/// The PostgreSQL protocol server and its socket.
+type PgListener = (ironlake::pg::PgServer, tokio::net::TcpListener);
+
+/// Sets up the PostgreSQL server (bound before, so a busy port fails early).
+fn pg_server(daemon: &Arc<Daemon>, listener: tokio::net::TcpListener) -> Result<PgListener> {
+    let server = ironlake::pg::PgServer::new(daemon.clone())?;
+    Ok((server, listener))
+}
+
+/// The two lines clients and scripts wait for, written at once.
+fn announce(api: &std::net::SocketAddr, pg: &PgListener) -> Result<()> {
+    let tls = if pg.0.tls() { " (TLS available)" } else { "" };
+    print!(
+        "api listening on http://{api}\npostgres listening on {}{tls}\n",
+        pg.1.local_addr()?
+    );
+    std::io::stdout().flush()?;
+    Ok(())
 }
 
 /// `ironlake run`.
 pub async fn run(
     opts: LoadOptions,
     project: Project,
-    listen: Option<String>,
+    listen: Listen,
     drain_secs: u64,
 ) -> Result<ExitCode> {
-    let addr = listen.unwrap_or_else(|| project.settings.api.listen.to_string());
+    let addr = listen
+        .api
+        .unwrap_or_else(|| project.settings.api.listen.to_string());
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    let pg_addr = listen
+        .pg
+        .unwrap_or_else(|| project.settings.pg.listen.to_string());
+    let pg_listener = tokio::net::TcpListener::bind(&pg_addr)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {pg_addr} for PostgreSQL clients ([pg] listen, --pg-listen)")
+        })?;
     // The warehouse is opened (and the daemon lock taken) before the address
     // is announced, so a second daemon on the same warehouse fails first.
     let daemon =
         tokio::task::spawn_blocking(move || Daemon::new(opts, project, Arc::new(SystemClock)))
             .await??;
-    println!("api listening on http://{}", listener.local_addr()?);
-    std::io::stdout().flush()?;
+    let pg = pg_server(&daemon, pg_listener)?;
+    announce(&listener.local_addr()?, &pg)?;
     daemon.start_schedules();
-    serve_until_signal(daemon, listener, Duration::from_secs(drain_secs)).await
+    serve_until_signal(daemon, listener, pg, Duration::from_secs(drain_secs)).await
 }
 
 /// A random token suffix from the OS's generator.
@@ -237,9 +282,21 @@ async fn demo_indicators(daemon: &Daemon) -> Result<()> {
     Ok(())
 }
 
+/// Binds `addr`, or a free port on 127.0.0.1 if it is taken (the demo must start).
+async fn bind_or_free(addr: &str) -> Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            eprintln!("note: {addr} is not free ({e}); using a free port instead");
+            Ok(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+        }
+    }
+}
+
 /// Prints how to go on from another terminal: the environment file, `ironlake` on the PATH, examples.
 fn demo_handover(
     api: &std::net::SocketAddr,
+    pg: &std::net::SocketAddr,
     env_file: &std::path::Path,
     api_tokens: &[(&str, String)],
 ) {
@@ -280,6 +337,12 @@ fn demo_handover(
         "                        # \\d published.bank_lending shows how an indicator is made (口径说明)"
     );
     println!("  ironlake status");
+    println!(
+        "  PGPASSWORD='{}' psql 'postgresql://analyst@{}:{}/ironlake' -c '\\dt'   # psql, DBeaver, Superset: user analyst, password the analyst token",
+        token("analyst"),
+        pg.ip(),
+        pg.port()
+    );
     println!("  ironlake backfill bank_loans --from 2019Q4 --to 2019Q4");
     println!(
         "  curl -H 'Authorization: Bearer {}' 'http://{api}/api/v1/aggregates/loan_growth?format=csv'",
@@ -314,7 +377,7 @@ fn demo_handover(
 }
 
 /// `ironlake demo`: the simulator and the daemon, a backfill of the plan's period, the indicators.
-pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Result<ExitCode> {
+pub fn demo(opts: LoadOptions, listen: Listen, enterprises: usize) -> Result<ExitCode> {
     // Bind the simulator and set the feed's environment before any thread starts.
     let sim_listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the simulator")?;
@@ -322,17 +385,11 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
     let (feed_token, api_tokens) = demo_environment(&sim_addr)?;
     let project = crate::load_project(&opts)?;
     crate::runtime()?.block_on(async move {
-        let api_addr = listen.unwrap_or_else(|| project.settings.api.listen.to_string());
-        let listener = match tokio::net::TcpListener::bind(&api_addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("note: {api_addr} is not free ({e}); using a free port instead");
-                tokio::net::TcpListener::bind("127.0.0.1:0").await?
-            }
-        };
+        let api_addr = listen.api.unwrap_or_else(|| project.settings.api.listen.to_string());
+        let listener = bind_or_free(&api_addr).await?;
         let api = listener.local_addr()?;
-        println!("api listening on http://{api}");
-        std::io::stdout().flush()?;
+        let pg_addr = listen.pg.unwrap_or_else(|| project.settings.pg.listen.to_string());
+        let pg_listener = bind_or_free(&pg_addr).await?;
         sim_listener.set_nonblocking(true)?;
         let sim_listener = tokio::net::TcpListener::from_std(sim_listener)?;
         let mut sim = ironlake::feedsim::SimOptions::new(2019, enterprises);
@@ -343,6 +400,9 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
         let warehouse = project.settings.warehouse_dir.clone();
         let o2 = opts.clone();
         let daemon = tokio::task::spawn_blocking(move || Daemon::new(o2, project, Arc::new(SystemClock))).await??;
+        let pg = pg_server(&daemon, pg_listener)?;
+        let pg_addr = pg.1.local_addr()?;
+        announce(&api, &pg)?;
         println!();
         println!("ironlake demo — Chongqing industry–finance cooperation data platform (产融合作)");
         println!("  partner feeds: simulator on http://{sim_addr} ({enterprises} enterprises, 2017Q1–2019Q4)");
@@ -352,10 +412,10 @@ pub fn demo(opts: LoadOptions, listen: Option<String>, enterprises: usize) -> Re
         demo_backfill(&daemon).await;
         demo_indicators(&daemon).await?;
         let env_file = write_demo_env(&opts, &sim_addr.to_string(), &feed_token, &api_tokens, &warehouse)?;
-        demo_handover(&api, &env_file, &api_tokens);
+        demo_handover(&api, &pg_addr, &env_file, &api_tokens);
         std::io::stdout().flush()?;
         daemon.start_schedules();
-        let code = serve_until_signal(daemon, listener, DRAIN).await;
+        let code = serve_until_signal(daemon, listener, pg, DRAIN).await;
         sim_stop.cancel();
         code
     })

@@ -48,6 +48,7 @@ pub mod intake;
 pub mod metrics;
 pub mod models;
 pub mod partition;
+pub mod pg;
 pub mod primitives;
 pub mod query;
 pub mod serve;

@@ -100,6 +100,9 @@ enum Command {
         /// Address of the HTTP API [default: the config's api.listen]; port 0 picks a free one.
         #[arg(long)]
         listen: Option<String>,
+        /// Address of the PostgreSQL protocol [default: the config's pg.listen]; port 0 picks a free one.
+        #[arg(long)]
+        pg_listen: Option<String>,
         /// Seconds runs in flight get to finish after SIGTERM/SIGINT before they are abandoned.
         #[arg(long, default_value_t = 30)]
         drain_secs: u64,
@@ -109,6 +112,9 @@ enum Command {
         /// Address of the HTTP API [default: the config's api.listen, else a free port].
         #[arg(long)]
         listen: Option<String>,
+        /// Address of the PostgreSQL protocol [default: the config's pg.listen, else a free port].
+        #[arg(long)]
+        pg_listen: Option<String>,
         /// Enterprises in the simulated city.
         #[arg(long, default_value_t = 7000)]
         enterprises: usize,
@@ -474,14 +480,34 @@ fn main() -> Result<ExitCode> {
             let project = load_project(&opts)?;
             import(&project, &table, &file, format)
         }
-        Command::Run { listen, drain_secs } => {
+        Command::Run {
+            listen,
+            pg_listen,
+            drain_secs,
+        } => {
             let project = load_project(&opts)?;
-            runtime()?.block_on(commands::run(opts, project, listen, drain_secs))
+            runtime()?.block_on(commands::run(
+                opts,
+                project,
+                commands::Listen {
+                    api: listen,
+                    pg: pg_listen,
+                },
+                drain_secs,
+            ))
         }
         Command::Demo {
             listen,
+            pg_listen,
             enterprises,
-        } => commands::demo(opts, listen, enterprises),
+        } => commands::demo(
+            opts,
+            commands::Listen {
+                api: listen,
+                pg: pg_listen,
+            },
+            enterprises,
+        ),
         Command::Status => {
             let project = load_project(&opts)?;
             commands::status(&project)

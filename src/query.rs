@@ -179,7 +179,8 @@ fn first_words(sql: &str, n: usize) -> String {
         .to_uppercase()
 }
 
-fn check_statement(s: &Statement, sql: &str) -> Result<(), QueryError> {
+/// Refuses a parsed statement that is not a read-only query (`sql` names it in the message).
+pub(crate) fn check_statement(s: &Statement, sql: &str) -> Result<(), QueryError> {
     match s {
         Statement::Query(_) => Ok(()),
         Statement::Explain { statement, .. } => check_statement(statement, sql),

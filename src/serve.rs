@@ -523,10 +523,10 @@ struct SqlBody {
 
 /// Counts a query in flight for as long as it lives (dropped with the
 /// handler when the client goes away).
-struct InFlight(Arc<Daemon>);
+pub(crate) struct InFlight(Arc<Daemon>);
 
 impl InFlight {
-    fn new(d: &Arc<Daemon>) -> InFlight {
+    pub(crate) fn new(d: &Arc<Daemon>) -> InFlight {
         d.metrics
             .inc(crate::metrics::Metric::SqlQueriesInFlight, &[], 1.0);
         InFlight(d.clone())

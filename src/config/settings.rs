@@ -24,6 +24,8 @@ struct RawSettings {
     #[serde(default)]
     api: RawApi,
     #[serde(default)]
+    pg: RawPg,
+    #[serde(default)]
     policy: Option<RawPolicy>,
 }
 
@@ -182,6 +184,38 @@ struct RawPartner {
     pipelines: Vec<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPg {
+    #[serde(default = "default_pg_listen")]
+    listen: Spanned<String>,
+    #[serde(default)]
+    tls_cert: Option<String>,
+    #[serde(default)]
+    tls_key: Option<String>,
+    #[serde(default = "default_pg_max_connections")]
+    max_connections: usize,
+}
+
+impl Default for RawPg {
+    fn default() -> Self {
+        RawPg {
+            listen: default_pg_listen(),
+            tls_cert: None,
+            tls_key: None,
+            max_connections: default_pg_max_connections(),
+        }
+    }
+}
+
+fn default_pg_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:5433".to_string())
+}
+
+fn default_pg_max_connections() -> usize {
+    64
+}
+
 fn default_intake_wait_ms() -> u64 {
     5
 }
@@ -321,6 +355,21 @@ pub struct ApiSettings {
     pub intake_refresh_debounce: std::time::Duration,
 }
 
+/// PostgreSQL wire protocol settings (`[pg]`): the same warehouse, roles
+/// and SQL limits as the HTTP API, for psql, BI tools and drivers.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// Address the PostgreSQL protocol listens on (`--pg-listen` overrides it).
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, clients may (and with
+    /// `sslmode=require` do) connect over TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Most PostgreSQL connections open at once; more are refused with SQLSTATE 53300.
+    pub max_connections: usize,
+}
+
 /// A partner system that pushes records (an enterprise portal).
 #[derive(Debug, Clone)]
 pub struct Partner {
@@ -456,6 +505,8 @@ pub struct Settings {
     pub publish: PublishSettings,
     /// HTTP API settings.
     pub api: ApiSettings,
+    /// PostgreSQL wire protocol settings.
+    pub pg: PgSettings,
     /// Programme policy parameters.
     pub policy: Policy,
 }
@@ -626,6 +677,27 @@ pub fn load(file: &SourceFile, base: &Path) -> Result<Settings, Vec<Diagnostic>>
             SocketAddr::from(([127, 0, 0, 1], 8080))
         }
     };
+    let pg_listen = match raw.pg.listen.get_ref().parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            errors.push(file.error(
+                Some(raw.pg.listen.span()),
+                "pg.listen",
+                format!(
+                    "{:?} is not a socket address; expected HOST:PORT with an IP address, e.g. 127.0.0.1:5433",
+                    raw.pg.listen.get_ref()
+                ),
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 5433))
+        }
+    };
+    if raw.pg.tls_cert.is_some() != raw.pg.tls_key.is_some() {
+        errors.push(file.error(
+            None,
+            "pg.tls_cert",
+            "set both tls_cert and tls_key (a certificate and its private key), or neither",
+        ));
+    }
     if *raw.ingest.max_concurrent_runs.get_ref() == 0 {
         errors.push(file.error(
             Some(raw.ingest.max_concurrent_runs.span()),
@@ -698,6 +770,12 @@ pub fn load(file: &SourceFile, base: &Path) -> Result<Settings, Vec<Diagnostic>>
             intake_refresh_debounce: std::time::Duration::from_millis(
                 raw.api.intake_refresh_debounce_ms.min(60_000),
             ),
+        },
+        pg: PgSettings {
+            listen: pg_listen,
+            tls_cert: raw.pg.tls_cert.map(|p| resolve(base, &p)),
+            tls_key: raw.pg.tls_key.map(|p| resolve(base, &p)),
+            max_connections: raw.pg.max_connections.max(1),
         },
         policy,
         warehouse_dir,

@@ -141,25 +141,42 @@ pub fn project_copy(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir 
     dir
 }
 
-/// Spawns `cmd` (an `ironlake run` or `demo`) and waits for its first line,
-/// `api listening on http://HOST:PORT`; returns the child and that base URL.
-pub fn spawn_daemon(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+/// Spawns `cmd` (an `ironlake run` or `demo`, with `--pg-listen
+/// 127.0.0.1:0` added) and waits for its first two lines, `api listening on
+/// http://HOST:PORT` and `postgres listening on HOST:PORT`; returns the
+/// child, the API's base URL and the PostgreSQL address.
+pub fn spawn_daemon_pg(cmd: &mut std::process::Command) -> (std::process::Child, String, String) {
     use std::io::BufRead as _;
     let mut child = cmd
+        .args(["--pg-listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut api, mut pg) = (String::new(), String::new());
+    out.read_line(&mut api).unwrap();
+    out.read_line(&mut pg).unwrap();
+    let base = api
         .trim()
         .strip_prefix("api listening on ")
-        .unwrap_or_else(|| panic!("first line: {line:?}"))
+        .unwrap_or_else(|| panic!("first line: {api:?}"))
         .to_string();
-    assert!(!base.ends_with(":0"), "{base}");
+    let pg = pg
+        .trim()
+        .strip_prefix("postgres listening on ")
+        .unwrap_or_else(|| panic!("second line: {pg:?}"))
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(!base.ends_with(":0") && !pg.ends_with(":0"), "{base} {pg}");
+    (child, base, pg)
+}
+
+/// [`spawn_daemon_pg`] without the PostgreSQL address.
+pub fn spawn_daemon(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+    let (child, base, _) = spawn_daemon_pg(cmd);
     (child, base)
 }
 
@@ -170,14 +187,16 @@ pub struct Daemon {
     pub child: std::process::Child,
     /// Its API's base URL.
     pub base: String,
+    /// Its PostgreSQL address, HOST:PORT.
+    pub pg: String,
 }
 
 #[allow(dead_code)]
 impl Daemon {
     /// Spawns `cmd` (an `ironlake run`) and waits until it listens.
     pub fn spawn(cmd: &mut std::process::Command) -> Daemon {
-        let (child, base) = spawn_daemon(cmd);
-        Daemon { child, base }
+        let (child, base, pg) = spawn_daemon_pg(cmd);
+        Daemon { child, base, pg }
     }
 }
 
