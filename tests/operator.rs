@@ -152,7 +152,13 @@ fn the_demo_hands_over_an_environment_every_runbook_command_can_use() {
     let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_ironlake"))
         .arg("--config")
         .arg(project.path().join("ironlake.toml"))
-        .args(["demo", "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--enterprises", "30"])
         .env("IRONLAKE_LOG", "warn")
         .env_remove("IRONLAKE_TOKEN_ADMIN")
@@ -189,7 +195,10 @@ fn the_demo_hands_over_an_environment_every_runbook_command_can_use() {
     );
     assert!(printed.contains("export PATH="), "{printed}");
     assert!(printed.contains("  ironlake sql "), "{printed}");
-    assert!(printed.contains("postgres listening on 127.0.0.1:"), "{printed}");
+    assert!(
+        printed.contains("postgres listening on 127.0.0.1:"),
+        "{printed}"
+    );
     assert!(
         printed.contains("psql 'postgresql://analyst@127.0.0.1:"),
         "a ready-to-paste psql command: {printed}"

@@ -556,7 +556,13 @@ async fn a_second_daemon_on_the_same_warehouse_refuses_to_start() {
     let wh = dir.path().join("wh");
     let _first = start_daemon(&repo_config(), &wh, "http://127.0.0.1:9", &[]);
     let out = bin(&repo_config(), &wh)
-        .args(["run", "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -199,6 +199,10 @@ impl Throttle {
 /// SCRAM login, the database name check and the failed-login brake.
 struct Startup {
     sasl: SASLAuthStartupHandler<DefaultServerParameterProvider>,
+    /// For a TLS connection when a certificate is configured: also offers
+    /// SCRAM-SHA-256-PLUS (channel binding), which plain connections must
+    /// not be offered.
+    sasl_tls: Option<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
     throttle: Arc<Throttle>,
 }
 
@@ -236,7 +240,10 @@ impl StartupHandler for Startup {
             }
             _ => {}
         }
-        self.sasl.on_startup(client, message).await?;
+        match &self.sasl_tls {
+            Some(tls) if client.is_secure() => tls.on_startup(client, message).await?,
+            _ => self.sasl.on_startup(client, message).await?,
+        }
         if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
             self.throttle.succeeded(ip);
             tracing::debug!(peer = %client.socket_addr(), user = client.metadata().get(pgwire::api::METADATA_USER).map(String::as_str).unwrap_or(""), "PostgreSQL login.");
@@ -295,17 +302,20 @@ impl PgWireServerHandlers for Handlers {
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         // One per connection: the SASL exchange has per-connection state.
-        let mut scram = ScramAuth::new(self.auth.clone());
-        scram.set_iterations(SCRAM_ITERATIONS);
-        if let Some(pem) = &self.cert_pem {
-            // SCRAM-SHA-256-PLUS (channel binding) over TLS.
-            let _ = scram.configure_certificate(pem);
-        }
-        Arc::new(Startup {
-            sasl: SASLAuthStartupHandler::new(self.params.clone())
+        let sasl = |cert: Option<&[u8]>| {
+            let mut scram = ScramAuth::new(self.auth.clone());
+            scram.set_iterations(SCRAM_ITERATIONS);
+            if let Some(pem) = cert {
+                let _ = scram.configure_certificate(pem);
+            }
+            SASLAuthStartupHandler::new(self.params.clone())
                 .with_scram(scram)
                 .with_connection_manager(self.connections.clone())
-                .with_pid_secret_key_generator(self.pids.clone()),
+                .with_pid_secret_key_generator(self.pids.clone())
+        };
+        Arc::new(Startup {
+            sasl: sasl(None),
+            sasl_tls: self.cert_pem.as_deref().map(|pem| sasl(Some(pem))),
             throttle: self.throttle.clone(),
         })
     }

@@ -40,7 +40,8 @@ def expect_error(conn, sql, sqlstate, words, params=None):
     raise AssertionError(f"{sql!r} was not refused")
 
 
-conn = connect("analyst", ANALYST, autocommit=True)
+# SCRAM-SHA-256 without TLS: libpq refuses any weaker method.
+conn = connect("analyst", ANALYST, autocommit=True, sslmode="disable", require_auth="scram-sha-256")
 
 # Versions the drivers parse.
 (v,) = conn.execute("SELECT version()").fetchone()
@@ -133,6 +134,18 @@ expect_error(
     "sql_max_rows",
 )
 ok("row limit")
+
+# The time limit: the session's statement_timeout may shorten [api] sql_timeout_secs.
+conn.execute("SET statement_timeout = 100")
+expect_error(
+    conn,
+    "SELECT count(*) FROM generate_series(1, 3000000000) g WHERE g.value % 7 = 3",
+    "57014",
+    "statement timeout",
+)
+conn.execute("SET statement_timeout = 0")
+assert conn.execute("SELECT 2").fetchone() == (2,)
+ok("time limit")
 
 # Viewers read published.* only.
 viewer = connect("viewer", VIEWER, autocommit=True)
