@@ -41,11 +41,11 @@ timed() {
 }
 
 # start_daemon WH [ENV=VALUE…] : starts `ironlake run` on warehouse WH with the
-# given environment on a free port, sets $API and $RUN_PID
+# given environment on free ports, sets $API, $PG (HOST:PORT) and $RUN_PID
 start_daemon() {
     local wh=$1; shift
     env "$@" IRONLAKE_FEED_URL="$URL" IRONLAKE_FEED_TOKEN="$TOKEN" IRONLAKE_LOG=warn \
-        "$BIN" --config "$ROOT/ironlake.toml" --warehouse "$wh" run --listen 127.0.0.1:0 >"$WORK/run.out" 2>"$WORK/run.err" &
+        "$BIN" --config "$ROOT/ironlake.toml" --warehouse "$wh" run --listen 127.0.0.1:0 --pg-listen 127.0.0.1:0 >"$WORK/run.out" 2>"$WORK/run.err" &
     RUN_PID=$!
     SIM_PIDS+=("$RUN_PID")
     for _ in $(seq 300); do
@@ -53,4 +53,5 @@ start_daemon() {
         sleep 0.1
     done
     API=$(sed -n 's/^api listening on //p' "$WORK/run.out")
+    PG=$(sed -n 's/^postgres listening on \([^ ]*\).*/\1/p' "$WORK/run.out")
 }

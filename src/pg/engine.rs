@@ -163,6 +163,8 @@ pub struct PgEngine {
     template: SessionState,
     pg_catalog: Arc<PgCatalog>,
     live: Live,
+    /// The latest snapshot session and what it was built from.
+    latest: std::sync::Mutex<Option<(Key, SessionContext)>>,
 }
 
 impl PgEngine {
@@ -220,6 +222,7 @@ impl PgEngine {
                 live: live.clone(),
             }),
             live,
+            latest: std::sync::Mutex::new(None),
         })
     }
 
@@ -228,9 +231,25 @@ impl PgEngine {
         SessionContext::new_with_state(self.template.clone())
     }
 
-    /// A session with the current warehouse snapshot and `pg_catalog`.
-    pub async fn snapshot(&self, catalog: &Catalog) -> std::result::Result<Snapshot, CatalogError> {
+    /// A session with the current warehouse snapshot and `pg_catalog`,
+    /// shared by the queries that start while the warehouse is unchanged
+    /// (a session is read-only here: nothing a client sends alters it).
+    pub async fn snapshot(
+        &self,
+        catalog: &Catalog,
+    ) -> std::result::Result<SessionContext, CatalogError> {
         let manifest = catalog.warehouse().manifest_shared()?;
+        let runs = catalog.warehouse().runs_shared()?;
+        let key = Key {
+            manifest: manifest.clone(),
+            runs,
+            runtime: catalog.runtime().clone(),
+        };
+        if let Some((k, ctx)) = self.latest.lock().expect("snapshot cache lock").as_ref()
+            && k.same(&key)
+        {
+            return Ok(ctx.clone());
+        }
         let datafusion = Arc::new(MemoryCatalogProvider::new());
         let reg = |name: &str, s: Arc<dyn SchemaProvider>| {
             datafusion
@@ -252,14 +271,30 @@ impl PgEngine {
             .with_runtime_env(catalog.runtime().clone())
             .with_catalog_list(list.clone())
             .build();
-        let snapshot = catalog
+        let snapshot: Snapshot = catalog
             .snapshot_in(
                 SessionContext::new_with_state(state),
                 manifest.as_ref().clone(),
             )
             .await?;
         *self.live.0.write().expect("live catalog lock") = list;
-        Ok(snapshot)
+        *self.latest.lock().expect("snapshot cache lock") = Some((key, snapshot.ctx.clone()));
+        Ok(snapshot.ctx)
+    }
+}
+
+/// What a snapshot session was built from.
+struct Key {
+    manifest: Arc<crate::warehouse::Manifest>,
+    runs: Arc<Vec<crate::warehouse::RunRecord>>,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+}
+
+impl Key {
+    fn same(&self, other: &Key) -> bool {
+        Arc::ptr_eq(&self.manifest, &other.manifest)
+            && Arc::ptr_eq(&self.runs, &other.runs)
+            && Arc::ptr_eq(&self.runtime, &other.runtime)
     }
 }
 

@@ -562,7 +562,7 @@ impl PgSession {
                 .snapshot(&self.d.catalog())
                 .await
                 .map_err(internal)?;
-            let ctx = &snapshot.ctx;
+            let ctx = &snapshot;
             let mut plan = plan_statement(ctx, stmt).await?;
             if let Some(portal) = portal {
                 let values = bound_values(portal, &plan)?;
@@ -674,7 +674,7 @@ impl PgSession {
                 .snapshot(&self.d.catalog())
                 .await
                 .map_err(internal)?;
-            let ctx = &snapshot.ctx;
+            let ctx = &snapshot;
             let mut plan = plan_statement(ctx, &inner).await?;
             if let Some(portal) = portal {
                 let values = bound_values(portal, &plan)?;
@@ -989,7 +989,7 @@ impl PgParser {
             .snapshot(&self.d.catalog())
             .await
             .map_err(internal)?;
-        let plan = plan_statement(&snapshot.ctx, stmt).await?;
+        let plan = plan_statement(&snapshot, stmt).await?;
         check_role(role, &plan)?;
         Ok(plan)
     }
