@@ -205,6 +205,7 @@ fn tls_when_configured_and_scram_without_it() {
                     key.display()
                 ),
             )
+            .replace("max_connections = 64", "max_connections = 2")
         } else {
             text
         }
@@ -220,13 +221,29 @@ fn tls_when_configured_and_scram_without_it() {
         .env("IRONLAKE_TOKEN_VIEWER", VIEWER)
         .env("IRONLAKE_TOKEN_ADMIN", ADMIN);
     let d = common::Daemon::spawn(&mut cmd);
-    let (out, ok) = psql(
-        &d.pg,
-        "analyst",
-        ANALYST,
-        "sslmode=require",
-        &["SELECT version()"],
-    );
+    // Over [pg] max_connections: a clear refusal, not a dropped socket.
+    let held: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&d.pg).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (out, ok) = psql(&d.pg, "analyst", ANALYST, "", &["SELECT 1"]);
+    assert!(!ok && out.contains("too many clients"), "{out}");
+    drop(held);
+    // The slots come back when those clients go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (out, ok) = loop {
+        let (out, ok) = psql(
+            &d.pg,
+            "analyst",
+            ANALYST,
+            "sslmode=require",
+            &["SELECT version()"],
+        );
+        if ok || Instant::now() > deadline {
+            break (out, ok);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(ok && out.contains("PostgreSQL 16"), "{out}");
     // Without TLS the token still never crosses the wire: SCRAM-SHA-256
     // (pg_clients.py connects with require_auth=scram-sha-256).

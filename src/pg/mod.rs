@@ -412,24 +412,45 @@ impl PgServer {
     }
 }
 
-/// Tells a client over the connection limit why, and hangs up.
+/// Tells a client over the connection limit why, and hangs up: declines
+/// TLS/GSS if asked (so libpq shows the message), reads the startup packet,
+/// answers `FATAL 53300`.
 async fn refuse(mut socket: tokio::net::TcpStream, limit: usize) {
-    use tokio::io::AsyncWriteExt;
-    let message = format!("too many connections: [pg] max_connections is {limit}");
-    let mut body = Vec::new();
-    for (field, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', "53300"),
-        (b'M', &message),
-    ] {
-        body.push(field);
-        body.extend_from_slice(value.as_bytes());
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SSL_REQUEST: u32 = 80877103;
+    const GSS_REQUEST: u32 = 80877104;
+    let talk = async {
+        loop {
+            let len = socket.read_u32().await? as usize;
+            if !(8..=10_000).contains(&len) {
+                return Ok::<_, std::io::Error>(());
+            }
+            let mut body = vec![0u8; len - 4];
+            socket.read_exact(&mut body).await?;
+            let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            if len == 8 && (code == SSL_REQUEST || code == GSS_REQUEST) {
+                socket.write_all(b"N").await?;
+                continue;
+            }
+            break;
+        }
+        let message = format!("sorry, too many clients already ([pg] max_connections is {limit})");
+        let mut body = Vec::new();
+        for (field, value) in [
+            (b'S', "FATAL"),
+            (b'V', "FATAL"),
+            (b'C', "53300"),
+            (b'M', &message),
+        ] {
+            body.push(field);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
         body.push(0);
-    }
-    body.push(0);
-    let mut frame = vec![b'E'];
-    frame.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    frame.extend_from_slice(&body);
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(&frame)).await;
+        let mut frame = vec![b'E'];
+        frame.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        frame.extend_from_slice(&body);
+        socket.write_all(&frame).await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), talk).await;
 }

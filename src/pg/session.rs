@@ -1055,10 +1055,9 @@ mod tests {
             .build()
             .unwrap();
         let plan = rt
-            .block_on(
-                ctx.state()
-                    .create_logical_plan("SELECT $2::bigint + 1 AS a, $1::text AS b"),
-            )
+            .block_on(ctx.state().create_logical_plan(
+                "SELECT * FROM (VALUES (CAST(1 AS BIGINT), 'a')) t(a, b) WHERE b = $1 AND a = $2",
+            ))
             .unwrap();
         let types = parameter_types(&plan).unwrap();
         assert_eq!(types, vec![Some(DataType::Utf8), Some(DataType::Int64)]);
