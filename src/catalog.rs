@@ -65,9 +65,19 @@ pub struct Catalog {
     runtime: Arc<RuntimeEnv>,
     /// `system.runs`, rebuilt only when the runs directory changes.
     runs_cache: Arc<std::sync::Mutex<Option<RunsCache>>>,
+    /// The latest snapshot, with the manifest and run records it was built from.
+    latest: Arc<std::sync::Mutex<Option<LatestSnapshot>>>,
 }
 
+/// A snapshot and what it was built from.
+type LatestSnapshot = (
+    Arc<Manifest>,
+    Arc<Vec<crate::warehouse::RunRecord>>,
+    Snapshot,
+);
+
 /// One consistent view of the warehouse.
+#[derive(Clone)]
 pub struct Snapshot {
     /// The session with every table registered.
     pub ctx: SessionContext,
@@ -160,6 +170,7 @@ impl Catalog {
             wh,
             runtime,
             runs_cache: Arc::default(),
+            latest: Arc::default(),
         })
     }
 
@@ -192,10 +203,22 @@ impl Catalog {
         ctx
     }
 
-    /// A snapshot at the current committed version.
+    /// A snapshot at the current committed version. Queries that start
+    /// while the warehouse is unchanged (same manifest, same run records)
+    /// share one: its session is only read (the SQL is read-only), and
+    /// rebuilding it costs milliseconds a small query should not pay.
     pub async fn snapshot(&self) -> Result<Snapshot, CatalogError> {
         let manifest = self.wh.manifest_shared()?;
-        self.snapshot_at(manifest.as_ref().clone()).await
+        let runs = self.wh.runs_shared()?;
+        if let Some((m, r, s)) = self.latest.lock().expect("snapshot lock").as_ref()
+            && Arc::ptr_eq(m, &manifest)
+            && Arc::ptr_eq(r, &runs)
+        {
+            return Ok(s.clone());
+        }
+        let snapshot = self.snapshot_at(manifest.as_ref().clone()).await?;
+        *self.latest.lock().expect("snapshot lock") = Some((manifest, runs, snapshot.clone()));
+        Ok(snapshot)
     }
 
     /// `system.runs`, built again only when the warehouse read the run
