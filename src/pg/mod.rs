@@ -268,6 +268,13 @@ impl ErrorHandler for Errors {
                     .map(String::as_str)
                     .unwrap_or("");
                 tracing::warn!(peer = %client.socket_addr(), user, failures, "PostgreSQL login failed: wrong token or unknown role.");
+                *error = PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".into(),
+                    "28P01".into(),
+                    format!(
+                        "password authentication failed for user \"{user}\" (the user is a role: analyst, admin or viewer; the password is that role's token)"
+                    ),
+                )));
             }
             PgWireError::ApiError(inner) => {
                 if let Some(e) = inner.downcast_ref::<datafusion::error::DataFusionError>() {
