@@ -556,43 +556,48 @@ impl PgSession {
         let limits = Limits::of(&self.d, client);
         let slot = Slot::take(&self.d)?;
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        let run = async {
-            let snapshot = self
-                .engine
-                .snapshot(&self.d.catalog())
+        let (schema, stream) =
+            tokio::time::timeout_at(limits.deadline, self.start(role, stmt, portal))
                 .await
-                .map_err(internal)?;
-            let ctx = &snapshot;
-            let mut plan = plan_statement(ctx, stmt).await?;
-            if let Some(portal) = portal {
-                let values = bound_values(portal, &plan)?;
-                plan = plan
-                    .replace_params_with_values(&values)
-                    .map_err(|e| engine_error(e, Some(ctx)))?;
-            }
-            check_role(role, &plan)?;
-            let df = ctx
-                .execute_logical_plan(plan)
-                .await
-                .map_err(|e| engine_error(e, Some(ctx)))?;
-            let fields = Arc::new(arrow_schema_to_pg_fields(
-                df.schema().as_arrow(),
-                format,
-                Some(options),
-            )?);
-            let stream = df
-                .execute_stream()
-                .await
-                .map_err(|e| engine_error(e, Some(ctx)))?;
-            Ok::<_, PgWireError>((fields, stream))
-        };
-        let (fields, stream) = tokio::time::timeout_at(limits.deadline, run)
-            .await
-            .map_err(|_| limits.timed_out())??;
+                .map_err(|_| limits.timed_out())??;
+        let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
         Ok(Response::Query(QueryResponse::new(
             fields.clone(),
             limited_rows(fields, stream, limits, slot),
         )))
+    }
+
+    /// Plans `stmt` on the current snapshot, binds the portal's values,
+    /// checks the role and starts it: the result's schema and stream.
+    async fn start(
+        &self,
+        role: Role,
+        stmt: &Statement,
+        portal: Option<&Portal<Stmt>>,
+    ) -> PgWireResult<(SchemaRef, SendableRecordBatchStream)> {
+        let ctx = self
+            .engine
+            .snapshot(&self.d.catalog())
+            .await
+            .map_err(internal)?;
+        let mut plan = plan_statement(&ctx, stmt).await?;
+        if let Some(portal) = portal {
+            let values = bound_values(portal, &plan)?;
+            plan = plan
+                .replace_params_with_values(&values)
+                .map_err(|e| engine_error(e, Some(&ctx)))?;
+        }
+        check_role(role, &plan)?;
+        let df = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| engine_error(e, Some(&ctx)))?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let stream = df
+            .execute_stream()
+            .await
+            .map_err(|e| engine_error(e, Some(&ctx)))?;
+        Ok((schema, stream))
     }
 
     /// DECLARE, FETCH or CLOSE.
@@ -668,35 +673,10 @@ impl PgSession {
         let role = role_of(client)?;
         let limits = Limits::of(&self.d, client);
         let _slot = Slot::take(&self.d)?;
-        let run = async {
-            let snapshot = self
-                .engine
-                .snapshot(&self.d.catalog())
+        let (schema, stream) =
+            tokio::time::timeout_at(limits.deadline, self.start(role, &inner, portal))
                 .await
-                .map_err(internal)?;
-            let ctx = &snapshot;
-            let mut plan = plan_statement(ctx, &inner).await?;
-            if let Some(portal) = portal {
-                let values = bound_values(portal, &plan)?;
-                plan = plan
-                    .replace_params_with_values(&values)
-                    .map_err(|e| engine_error(e, Some(ctx)))?;
-            }
-            check_role(role, &plan)?;
-            let df = ctx
-                .execute_logical_plan(plan)
-                .await
-                .map_err(|e| engine_error(e, Some(ctx)))?;
-            let schema = Arc::new(df.schema().as_arrow().clone());
-            let stream = df
-                .execute_stream()
-                .await
-                .map_err(|e| engine_error(e, Some(ctx)))?;
-            Ok::<_, PgWireError>((schema, stream))
-        };
-        let (schema, stream) = tokio::time::timeout_at(limits.deadline, run)
-            .await
-            .map_err(|_| limits.timed_out())??;
+                .map_err(|_| limits.timed_out())??;
         // A portal by the cursor's name, so a client can Describe it (psycopg does).
         let described = plan_with_schema(&schema)?;
         let stored = StoredStatement::new(
