@@ -111,13 +111,6 @@ impl Debug for RoleAuth {
     }
 }
 
-fn random_bytes(n: usize) -> Vec<u8> {
-    let hex = crate::primitives::random_hex(n).unwrap_or_default();
-    (0..hex.len() / 2)
-        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-        .collect()
-}
-
 #[async_trait]
 impl AuthSource for RoleAuth {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
@@ -129,9 +122,10 @@ impl AuthSource for RoleAuth {
             "viewer" => tokens.viewer,
             _ => None,
         };
+        let random = |n| crate::primitives::random_bytes(n).map_err(PgWireError::IoError);
         let Some(token) = token else {
             // An unknown role fails like a wrong password (no enumeration).
-            return Ok(Password::new(Some(random_bytes(16)), random_bytes(32)));
+            return Ok(Password::new(Some(random(16)?), random(32)?));
         };
         let fingerprint = crate::primitives::fingerprint(&token, None, "pg");
         if let Some(s) = self.secrets.lock().expect("secrets lock").get(user)
@@ -139,7 +133,7 @@ impl AuthSource for RoleAuth {
         {
             return Ok(Password::new(Some(s.salt.clone()), s.salted.clone()));
         }
-        let salt = random_bytes(16);
+        let salt = random(16)?;
         let (s, t) = (salt.clone(), token.clone());
         let salted =
             tokio::task::spawn_blocking(move || gen_salted_password(&t, &s, SCRAM_ITERATIONS))
