@@ -65,14 +65,19 @@ pub struct Catalog {
     runtime: Arc<RuntimeEnv>,
     /// `system.runs`, rebuilt only when the runs directory changes.
     runs_cache: Arc<std::sync::Mutex<Option<RunsCache>>>,
-    /// The latest snapshot, with the manifest and run records it was built from.
-    latest: Arc<std::sync::Mutex<Option<LatestSnapshot>>>,
+    /// The latest snapshot of [`Catalog::snapshot`].
+    latest: Arc<SnapshotSlot>,
 }
 
-/// A snapshot and what it was built from.
+/// The latest snapshot of one kind of session, with the manifest, run
+/// records and engine it was built from (see [`Catalog::snapshot_cached`]).
+#[derive(Default)]
+pub struct SnapshotSlot(std::sync::Mutex<Option<LatestSnapshot>>);
+
 type LatestSnapshot = (
     Arc<Manifest>,
     Arc<Vec<crate::warehouse::RunRecord>>,
+    Arc<RuntimeEnv>,
     Snapshot,
 );
 
@@ -203,21 +208,38 @@ impl Catalog {
         ctx
     }
 
-    /// A snapshot at the current committed version. Queries that start
-    /// while the warehouse is unchanged (same manifest, same run records)
-    /// share one: its session is only read (the SQL is read-only), and
-    /// rebuilding it costs milliseconds a small query should not pay.
+    /// A snapshot at the current committed version, shared while the
+    /// warehouse is unchanged (see [`Catalog::snapshot_cached`]).
     pub async fn snapshot(&self) -> Result<Snapshot, CatalogError> {
+        self.snapshot_cached(&self.latest, || Ok(self.session()))
+            .await
+    }
+
+    /// The snapshot in `slot` if the warehouse is unchanged since it was
+    /// built (same manifest, same run records, this engine), else a new one
+    /// in a session from `session` (its default catalog with the schemas of
+    /// [`SCHEMAS`]). Queries that start meanwhile share it: its session is
+    /// only read (the SQL is read-only), and building one costs
+    /// milliseconds a small query should not pay.
+    pub async fn snapshot_cached(
+        &self,
+        slot: &SnapshotSlot,
+        session: impl FnOnce() -> Result<SessionContext, CatalogError>,
+    ) -> Result<Snapshot, CatalogError> {
         let manifest = self.wh.manifest_shared()?;
         let runs = self.wh.runs_shared()?;
-        if let Some((m, r, s)) = self.latest.lock().expect("snapshot lock").as_ref()
+        if let Some((m, r, rt, s)) = slot.0.lock().expect("snapshot lock").as_ref()
             && Arc::ptr_eq(m, &manifest)
             && Arc::ptr_eq(r, &runs)
+            && Arc::ptr_eq(rt, &self.runtime)
         {
             return Ok(s.clone());
         }
-        let snapshot = self.snapshot_at(manifest.as_ref().clone()).await?;
-        *self.latest.lock().expect("snapshot lock") = Some((manifest, runs, snapshot.clone()));
+        let snapshot = self
+            .snapshot_in(session()?, manifest.as_ref().clone())
+            .await?;
+        *slot.0.lock().expect("snapshot lock") =
+            Some((manifest, runs, self.runtime.clone(), snapshot.clone()));
         Ok(snapshot)
     }
 

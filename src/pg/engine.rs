@@ -2,7 +2,7 @@
 //! snapshot (as an HTTP query does), in a session that also has the
 //! emulated `pg_catalog`, PostgreSQL's functions and a PostgreSQL `version()`.
 
-use crate::catalog::{Catalog, CatalogError, SCHEMAS, Snapshot, session_config};
+use crate::catalog::{Catalog, CatalogError, SCHEMAS, SnapshotSlot, session_config};
 use arrow::array::{Array, ArrayRef, AsArray, Int32Array, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use async_trait::async_trait;
@@ -163,8 +163,8 @@ pub struct PgEngine {
     template: SessionState,
     pg_catalog: Arc<PgCatalog>,
     live: Live,
-    /// The latest snapshot session and what it was built from.
-    latest: std::sync::Mutex<Option<(Key, SessionContext)>>,
+    /// The latest snapshot session.
+    latest: SnapshotSlot,
 }
 
 impl PgEngine {
@@ -222,7 +222,7 @@ impl PgEngine {
                 live: live.clone(),
             }),
             live,
-            latest: std::sync::Mutex::new(None),
+            latest: SnapshotSlot::default(),
         })
     }
 
@@ -238,18 +238,17 @@ impl PgEngine {
         &self,
         catalog: &Catalog,
     ) -> std::result::Result<SessionContext, CatalogError> {
-        let manifest = catalog.warehouse().manifest_shared()?;
-        let runs = catalog.warehouse().runs_shared()?;
-        let key = Key {
-            manifest: manifest.clone(),
-            runs,
-            runtime: catalog.runtime().clone(),
-        };
-        if let Some((k, ctx)) = self.latest.lock().expect("snapshot cache lock").as_ref()
-            && k.same(&key)
-        {
-            return Ok(ctx.clone());
-        }
+        let snapshot = catalog
+            .snapshot_cached(&self.latest, || self.session(catalog))
+            .await?;
+        let list = snapshot.ctx.state_ref().read().catalog_list().clone();
+        *self.live.0.write().expect("live catalog lock") = list;
+        Ok(snapshot.ctx)
+    }
+
+    /// A session of the template on `catalog`'s engine, without tables,
+    /// whose default catalog has the warehouse's schemas and `pg_catalog`.
+    fn session(&self, catalog: &Catalog) -> std::result::Result<SessionContext, CatalogError> {
         let datafusion = Arc::new(MemoryCatalogProvider::new());
         let reg = |name: &str, s: Arc<dyn SchemaProvider>| {
             datafusion
@@ -269,32 +268,9 @@ impl PgEngine {
         let state = SessionStateBuilder::new_from_existing(self.template.clone())
             .with_config(config)
             .with_runtime_env(catalog.runtime().clone())
-            .with_catalog_list(list.clone())
+            .with_catalog_list(list)
             .build();
-        let snapshot: Snapshot = catalog
-            .snapshot_in(
-                SessionContext::new_with_state(state),
-                manifest.as_ref().clone(),
-            )
-            .await?;
-        *self.live.0.write().expect("live catalog lock") = list;
-        *self.latest.lock().expect("snapshot cache lock") = Some((key, snapshot.ctx.clone()));
-        Ok(snapshot.ctx)
-    }
-}
-
-/// What a snapshot session was built from.
-struct Key {
-    manifest: Arc<crate::warehouse::Manifest>,
-    runs: Arc<Vec<crate::warehouse::RunRecord>>,
-    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
-}
-
-impl Key {
-    fn same(&self, other: &Key) -> bool {
-        Arc::ptr_eq(&self.manifest, &other.manifest)
-            && Arc::ptr_eq(&self.runs, &other.runs)
-            && Arc::ptr_eq(&self.runtime, &other.runtime)
+        Ok(SessionContext::new_with_state(state))
     }
 }
 
