@@ -575,19 +575,13 @@ impl PgSession {
         stmt: &Statement,
         portal: Option<&Portal<Stmt>>,
     ) -> PgWireResult<(SchemaRef, SendableRecordBatchStream)> {
-        let ctx = self
-            .engine
-            .snapshot(&self.d.catalog())
-            .await
-            .map_err(internal)?;
-        let mut plan = plan_statement(&ctx, stmt).await?;
+        let (ctx, mut plan) = self.parser.plan(role, stmt).await?;
         if let Some(portal) = portal {
             let values = bound_values(portal, &plan)?;
             plan = plan
                 .replace_params_with_values(&values)
                 .map_err(|e| engine_error(e, Some(&ctx)))?;
         }
-        check_role(role, &plan)?;
         let df = ctx
             .execute_logical_plan(plan)
             .await
@@ -600,12 +594,13 @@ impl PgSession {
         Ok((schema, stream))
     }
 
-    /// DECLARE, FETCH or CLOSE.
+    /// DECLARE, FETCH (rows in `format`) or CLOSE.
     async fn cursor<C>(
         &self,
         client: &mut C,
         stmt: &Statement,
         portal: Option<&Portal<Stmt>>,
+        format: &Format,
     ) -> PgWireResult<Response>
     where
         C: HookClient,
@@ -620,10 +615,7 @@ impl PgSession {
             Statement::Fetch {
                 name, direction, ..
             } => {
-                let format = portal
-                    .map(|p| p.result_column_format.clone())
-                    .unwrap_or(Format::UnifiedText);
-                self.fetch(client, &name.value, fetch_count(direction)?, &format)
+                self.fetch(client, &name.value, fetch_count(direction)?, format)
                     .await
             }
             Statement::Close { cursor } => {
@@ -746,6 +738,8 @@ impl PgSession {
         Ok(Response::Query(resp))
     }
 
+    /// One statement, by its [`Verdict`]; rows in the portal's formats
+    /// (text over the simple protocol).
     async fn statement<C>(
         &self,
         client: &mut C,
@@ -761,7 +755,7 @@ impl PgSession {
         match classify(stmt) {
             Verdict::Refuse(e) => Err(e),
             Verdict::Ignore(tag) => Ok(Response::Execution(Tag::new(tag))),
-            Verdict::Cursor => self.cursor(client, stmt, portal).await,
+            Verdict::Cursor => self.cursor(client, stmt, portal, &format).await,
             Verdict::Query => self.query(client, stmt, portal, &format).await,
             Verdict::Session => {
                 if let Some((name, value)) = show_override(stmt) {
@@ -900,34 +894,8 @@ impl QueryParser for PgParser {
                 }
                 _ => empty_plan(),
             },
-            Verdict::Session if show_override(&stmt).is_some() => {
-                let (name, _) = show_override(&stmt).expect("just matched");
-                plan_with_schema(&arrow::datatypes::Schema::new(vec![
-                    arrow::datatypes::Field::new(name, DataType::Utf8, false),
-                ]))?
-            }
-            Verdict::Session => {
-                let ctx = self.engine.bare();
-                let mut planned = None;
-                for hook in hooks() {
-                    if let Some(p) = hook
-                        .handle_extended_parse_query(
-                            &stmt,
-                            &ctx,
-                            client as &(dyn ClientInfo + Send + Sync),
-                        )
-                        .await
-                    {
-                        planned = Some(p?);
-                        break;
-                    }
-                }
-                match planned {
-                    Some(p) => p,
-                    None => self.plan(client, &stmt).await?,
-                }
-            }
-            Verdict::Query => self.plan(client, &stmt).await?,
+            Verdict::Session => self.session_plan(client, &stmt).await?,
+            Verdict::Query => self.plan(role_of(client)?, &stmt).await?.1,
         };
         Ok(Some((sql.to_string(), Some((stmt, plan)))))
     }
@@ -956,22 +924,46 @@ impl QueryParser for PgParser {
 }
 
 impl PgParser {
-    /// Plans a query on the current snapshot to describe it (it runs on
-    /// the snapshot current when it is executed).
-    async fn plan<C: ClientInfo + ?Sized>(
+    /// The plan describing a session statement: `SHOW server_version`'s
+    /// column, the protocol hooks' answer, or else the engine's own plan.
+    async fn session_plan<C>(&self, client: &C, stmt: &Statement) -> PgWireResult<LogicalPlan>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        if let Some((name, _)) = show_override(stmt) {
+            return plan_with_schema(&arrow::datatypes::Schema::new(vec![
+                arrow::datatypes::Field::new(name, DataType::Utf8, false),
+            ]));
+        }
+        let ctx = self.engine.bare();
+        for hook in hooks() {
+            if let Some(p) = hook
+                .handle_extended_parse_query(stmt, &ctx, client as &(dyn ClientInfo + Send + Sync))
+                .await
+            {
+                return p;
+            }
+        }
+        Ok(self.plan(role_of(client)?, stmt).await?.1)
+    }
+
+    /// Plans a query on the current snapshot for `role` (refused if it
+    /// reads what the role may not): the session and the plan. Parse plans
+    /// to describe a statement; Execute plans again, on the snapshot
+    /// current then.
+    async fn plan(
         &self,
-        client: &C,
+        role: Role,
         stmt: &Statement,
-    ) -> PgWireResult<LogicalPlan> {
-        let role = role_of(client)?;
-        let snapshot = self
+    ) -> PgWireResult<(SessionContext, LogicalPlan)> {
+        let ctx = self
             .engine
             .snapshot(&self.d.catalog())
             .await
             .map_err(internal)?;
-        let plan = plan_statement(&snapshot, stmt).await?;
+        let plan = plan_statement(&ctx, stmt).await?;
         check_role(role, &plan)?;
-        Ok(plan)
+        Ok((ctx, plan))
     }
 }
 
