@@ -659,38 +659,34 @@ fn policy(file: &SourceFile, p: &RawPolicy, errors: &mut Vec<Diagnostic>) -> Pol
     }
 }
 
+/// A `HOST:PORT` setting; an error (and 127.0.0.1:`example_port` to go on
+/// checking) if it is not one.
+fn socket_addr(
+    file: &SourceFile,
+    value: &Spanned<String>,
+    key: &str,
+    example_port: u16,
+    errors: &mut Vec<Diagnostic>,
+) -> SocketAddr {
+    value.get_ref().parse().unwrap_or_else(|_| {
+        errors.push(file.error(
+            Some(value.span()),
+            key,
+            format!(
+                "{:?} is not a socket address; expected HOST:PORT with an IP address, e.g. 127.0.0.1:{example_port}",
+                value.get_ref()
+            ),
+        ));
+        SocketAddr::from(([127, 0, 0, 1], example_port))
+    })
+}
+
 /// Loads and validates the settings file; relative paths are resolved against `base`.
 pub fn load(file: &SourceFile, base: &Path) -> Result<Settings, Vec<Diagnostic>> {
     let raw: RawSettings = file.parse().map_err(|d| vec![d])?;
     let mut errors = Vec::new();
-    let listen = match raw.api.listen.get_ref().parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => {
-            errors.push(file.error(
-                Some(raw.api.listen.span()),
-                "api.listen",
-                format!(
-                    "{:?} is not a socket address; expected HOST:PORT with an IP address, e.g. 127.0.0.1:8080",
-                    raw.api.listen.get_ref()
-                ),
-            ));
-            SocketAddr::from(([127, 0, 0, 1], 8080))
-        }
-    };
-    let pg_listen = match raw.pg.listen.get_ref().parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => {
-            errors.push(file.error(
-                Some(raw.pg.listen.span()),
-                "pg.listen",
-                format!(
-                    "{:?} is not a socket address; expected HOST:PORT with an IP address, e.g. 127.0.0.1:5433",
-                    raw.pg.listen.get_ref()
-                ),
-            ));
-            SocketAddr::from(([127, 0, 0, 1], 5433))
-        }
-    };
+    let listen = socket_addr(file, &raw.api.listen, "api.listen", 8080, &mut errors);
+    let pg_listen = socket_addr(file, &raw.pg.listen, "pg.listen", 5433, &mut errors);
     if raw.pg.tls_cert.is_some() != raw.pg.tls_key.is_some() {
         errors.push(file.error(
             None,
