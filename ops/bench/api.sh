@@ -18,11 +18,7 @@ fi
 start_sim city --seed 11 --enterprises "$N" --from 2016Q1 --to 2019Q4
 WH="$WORK/wh"
 echo "ingesting the city ($N enterprises, 2016Q1-2019Q4) and publishing ..."
-for p in enterprises operations bank_loans financing_demands direct_financing; do
-    IRONLAKE_FEED_URL=$URL IRONLAKE_FEED_TOKEN=$TOKEN IRONLAKE_LOG=warn \
-        "$BIN" --config "$ROOT/ironlake.toml" --warehouse "$WH" backfill "$p" --from 2016Q1 --to 2019Q4 >/dev/null
-done
-IRONLAKE_LOG=warn "$BIN" --config "$ROOT/ironlake.toml" --warehouse "$WH" refresh >/dev/null
+backfill_city "$WH"
 
 VIEWER=bench-viewer-token
 start_daemon "$WH" IRONLAKE_TOKEN_VIEWER="$VIEWER"

@@ -40,12 +40,26 @@ timed() {
     /usr/bin/time -f "%e %M" -o "$out" "$@"
 }
 
+# The config the helpers below use: $CONFIG if a script set one.
+config() { echo "${CONFIG:-$ROOT/ironlake.toml}"; }
+
+# backfill_city WH : the five feeds for 2016Q1-2019Q4 from the simulator at
+# $URL into warehouse WH, then a refresh that publishes the aggregates
+backfill_city() {
+    local wh=$1 p
+    for p in enterprises operations bank_loans financing_demands direct_financing; do
+        IRONLAKE_FEED_URL=$URL IRONLAKE_FEED_TOKEN=$TOKEN IRONLAKE_LOG=warn \
+            "$BIN" --config "$(config)" --warehouse "$wh" backfill "$p" --from 2016Q1 --to 2019Q4 >/dev/null
+    done
+    IRONLAKE_LOG=warn "$BIN" --config "$(config)" --warehouse "$wh" refresh >/dev/null
+}
+
 # start_daemon WH [ENV=VALUE…] : starts `ironlake run` on warehouse WH with the
 # given environment on free ports, sets $API, $PG (HOST:PORT) and $RUN_PID
 start_daemon() {
     local wh=$1; shift
     env "$@" IRONLAKE_FEED_URL="$URL" IRONLAKE_FEED_TOKEN="$TOKEN" IRONLAKE_LOG=warn \
-        "$BIN" --config "$ROOT/ironlake.toml" --warehouse "$wh" run --listen 127.0.0.1:0 --pg-listen 127.0.0.1:0 >"$WORK/run.out" 2>"$WORK/run.err" &
+        "$BIN" --config "$(config)" --warehouse "$wh" run --listen 127.0.0.1:0 --pg-listen 127.0.0.1:0 >"$WORK/run.out" 2>"$WORK/run.err" &
     RUN_PID=$!
     SIM_PIDS+=("$RUN_PID")
     for _ in $(seq 300); do

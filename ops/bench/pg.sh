@@ -20,26 +20,13 @@ sed -e "s|^schemas_dir = .*|schemas_dir = \"$ROOT/schemas\"|" \
     -e "s|^sql_max_rows = .*|sql_max_rows = 5000000|" \
     -e "s|^sql_max_bytes = .*|sql_max_bytes = 4294967296|" \
     "$ROOT/ironlake.toml" > "$CONFIG"
-echo "ingesting the city ($N enterprises, 2016Q1-2019Q4) ..."
-for p in enterprises operations bank_loans financing_demands direct_financing; do
-    IRONLAKE_FEED_URL=$URL IRONLAKE_FEED_TOKEN=$TOKEN IRONLAKE_LOG=warn \
-        "$BIN" --config "$CONFIG" --warehouse "$WH" backfill "$p" --from 2016Q1 --to 2019Q4 >/dev/null
-done
-IRONLAKE_LOG=warn "$BIN" --config "$CONFIG" --warehouse "$WH" refresh >/dev/null
+echo "ingesting the city ($N enterprises, 2016Q1-2019Q4) and publishing ..."
+backfill_city "$WH"
 LOANS=$(IRONLAKE_LOG=warn "$BIN" --config "$CONFIG" --warehouse "$WH" sql "SELECT count(*) FROM bank_loans" --format csv | tail -1)
 echo "bank_loans: $LOANS rows"
 
 ANALYST=bench-analyst-token
-env IRONLAKE_TOKEN_ANALYST="$ANALYST" IRONLAKE_LOG=warn \
-    "$BIN" --config "$CONFIG" --warehouse "$WH" run --listen 127.0.0.1:0 --pg-listen 127.0.0.1:0 >"$WORK/run.out" 2>"$WORK/run.err" &
-RUN_PID=$!
-SIM_PIDS+=("$RUN_PID")
-for _ in $(seq 300); do
-    grep -q "postgres listening" "$WORK/run.out" 2>/dev/null && break
-    sleep 0.1
-done
-API=$(sed -n 's/^api listening on //p' "$WORK/run.out")
-PG=$(sed -n 's/^postgres listening on \([^ ]*\).*/\1/p' "$WORK/run.out")
+start_daemon "$WH" IRONLAKE_TOKEN_ANALYST="$ANALYST"
 "$PY" "$ROOT/ops/bench/pg_fetch.py" "$WH" "${PG%:*}" "${PG##*:}" "$API" "$ANALYST" "$ROWS" | tee "$WORK/pg.json"
 PEAK=$(awk '/VmHWM/ {print $2}' "/proc/$RUN_PID/status")
 echo "daemon peak RSS: $((PEAK / 1024)) MiB"
