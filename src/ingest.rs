@@ -1194,28 +1194,33 @@ fn file_keys(
     })
 }
 
-/// Merges the run's valid rows into a new generation of the table, one
-/// partition at a time (newest delivery wins per key).
-/// Writes `new` rows as a file of their own in `part` when that changes
-/// nothing else: none of their keys is in the partition or repeated among
-/// them, and the partition has fewer than [`MAX_PARTITION_FILES`] files.
-/// `None`: the caller merges and rewrites the partition.
-fn append_rows(
+/// New rows ready to go into a file of their own, sorted by key like a
+/// merged partition, with their keys.
+struct Appendable {
+    rows: arrow::array::RecordBatch,
+    order: Vec<u32>,
+    keys: HashSet<Vec<u8>>,
+}
+
+/// `new` rows of `part` as a file of their own when that changes nothing
+/// else: none of their keys is in the partition or repeated among them, and
+/// the partition has fewer than [`MAX_PARTITION_FILES`] files. `None`: the
+/// partition has to be merged and rewritten.
+fn appendable(
     c: &CommitInput,
     state: &warehouse::DirState,
-    g: &mut warehouse::GenBuilder,
     part: &str,
     new: &[arrow::array::RecordBatch],
-) -> Result<Option<warehouse::FileEntry>, IngestError> {
+) -> Result<Option<Appendable>, IngestError> {
     let schema = c.table.arrow_schema();
     let pk = &c.table.primary_key;
     let files: Vec<std::path::PathBuf> = partition_files(c.wh, state, part).collect();
     if new.is_empty() || files.len() >= MAX_PARTITION_FILES {
         return Ok(None);
     }
-    let all = arrow::compute::concat_batches(&schema, new)
+    let rows = arrow::compute::concat_batches(&schema, new)
         .map_err(|e| IngestError::Internal(e.to_string()))?;
-    let keys = merge::encode_keys(&schema, &all, pk)?;
+    let keys = merge::encode_keys(&schema, &rows, pk)?;
     let mut fresh: HashSet<Vec<u8>> = HashSet::with_capacity(keys.len());
     for k in &keys {
         if !fresh.insert(k.clone()) {
@@ -1228,18 +1233,60 @@ fn append_rows(
             return Ok(None);
         }
     }
-    // Sorted by key within the file, like a merged partition.
-    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
     order.sort_by(|a, b| keys[*a as usize].cmp(&keys[*b as usize]));
-    let n = state.partitions.get(part).map_or(0, |p| p.files.len());
-    let path = g.partition_dir(part)?.join(g.file_name(n));
-    let entry = merge::write_parquet_rows(&path, &all, &order)?;
-    if let Some(id) = file_identity(&path) {
-        KEYS.remember(id, Arc::new(fresh));
-    }
-    Ok(Some(entry))
+    Ok(Some(Appendable {
+        rows,
+        order,
+        keys: fresh,
+    }))
 }
 
+/// Writes appendable rows at `path` and remembers their keys for the next commit.
+fn write_appended(
+    path: &std::path::Path,
+    a: Appendable,
+) -> Result<warehouse::FileEntry, IngestError> {
+    let entry = merge::write_parquet_rows(path, &a.rows, &a.order)?;
+    if let Some(id) = file_identity(path) {
+        KEYS.remember(id, Arc::new(a.keys));
+    }
+    Ok(entry)
+}
+
+/// Pushes of new keys only: every partition's new rows go into a file of
+/// its own added to the table's live generation in place (no new
+/// generation per push). `None` when some partition has to be merged (or
+/// the table has no generation yet).
+fn append_in_place(
+    c: &CommitInput,
+    state: &warehouse::DirState,
+    new_by_part: &BTreeMap<String, &Vec<std::path::PathBuf>>,
+) -> Result<Option<TableMerge>, IngestError> {
+    let key = DirKey::Table(c.table.name.clone()).key();
+    let Some(mut target) = c.wh.begin_in_place(c.base, &key, c.run_id) else {
+        return Ok(None);
+    };
+    let mut out = TableMerge::default();
+    for (n, (part, paths)) in new_by_part.iter().enumerate() {
+        let new = partition::read_spills(paths)?;
+        let Some(a) = appendable(c, state, part, &new)? else {
+            return Ok(None);
+        };
+        let entry = write_appended(&target.staged_path(part, n)?, a)?;
+        out.rows_changed += entry.rows;
+        out.rows_written += entry.rows;
+        out.touched.push(part.clone());
+        target.add_file(part, n, entry, c.run_id);
+    }
+    out.change = Some(c.wh.finish_in_place(target)?);
+    Ok(Some(out))
+}
+
+/// Merges the run's valid rows into a new generation of the table, one
+/// partition at a time (newest delivery wins per key). When appending
+/// (pushes), new keys go into files of their own instead: in place when
+/// every partition takes them that way, else in the new generation.
 fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
     let CommitInput {
         wh,
@@ -1264,6 +1311,12 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
     if affected.is_empty() {
         return Ok(out);
     }
+    if c.append
+        && removals.is_empty()
+        && let Some(m) = append_in_place(c, &state, &new_by_part)?
+    {
+        return Ok(m);
+    }
     let mut g = wh.begin_generation(guard, base, &key, run_id)?;
     let empty = HashSet::new();
     for part in &affected {
@@ -1274,8 +1327,10 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
         let remove = removals.get(part).unwrap_or(&empty);
         if c.append
             && remove.is_empty()
-            && let Some(entry) = append_rows(c, &state, &mut g, part, &new)?
+            && let Some(a) = appendable(c, &state, part, &new)?
         {
+            let n = state.partitions.get(part).map_or(0, |p| p.files.len());
+            let entry = write_appended(&g.partition_dir(part)?.join(g.file_name(n)), a)?;
             out.rows_changed += entry.rows;
             out.rows_written += entry.rows;
             out.touched.push(part.clone());
@@ -1361,12 +1416,19 @@ fn append_quarantine(c: &CommitInput) -> Result<Option<warehouse::DirChange>, In
     let qkey = DirKey::Quarantine(table.name.clone()).key();
     let qschema = partition::quarantine_schema();
     let qstate = base.dirs.get(&qkey).cloned().unwrap_or_default();
-    let mut g = wh.begin_generation(guard, base, &qkey, run_id)?;
+    // Quarantine only grows: new files go into the live generation in place.
+    let mut target = match wh.begin_in_place(base, &qkey, run_id) {
+        Some(p) => Target::InPlace(p),
+        None => Target::Generation(wh.begin_generation(guard, base, &qkey, run_id)?),
+    };
     let mut added = false;
-    for (part, paths) in &spilled.quarantine {
+    for (i, (part, paths)) in spilled.quarantine.iter().enumerate() {
         let mut seen = quarantined_fingerprints(wh, &qstate, part)?;
-        let n = qstate.partitions.get(part).map_or(0, |p| p.files.len());
-        let path = g.partition_dir(part)?.join(g.file_name(n));
+        let n = match &target {
+            Target::InPlace(_) => i,
+            Target::Generation(_) => qstate.partitions.get(part).map_or(0, |p| p.files.len()),
+        };
+        let path = target.path(part, n)?;
         let mut file = merge::ParquetFile::create(&path, qschema.clone())?;
         for spill in paths {
             for batch in partition::read_spills(std::slice::from_ref(spill))? {
@@ -1395,14 +1457,42 @@ fn append_quarantine(c: &CommitInput) -> Result<Option<warehouse::DirChange>, In
             let _ = std::fs::remove_file(&path);
             continue;
         }
-        g.add_files(part, vec![file.finish()?]);
+        target.add(part, n, file.finish()?, run_id);
         added = true;
     }
-    if added {
-        Ok(Some(wh.finish_generation(g)?))
-    } else {
-        wh.abandon_generation(g)?;
-        Ok(None)
+    match (added, target) {
+        (true, Target::InPlace(p)) => Ok(Some(wh.finish_in_place(p)?)),
+        (true, Target::Generation(g)) => Ok(Some(wh.finish_generation(g)?)),
+        (false, Target::InPlace(_)) => Ok(None),
+        (false, Target::Generation(g)) => {
+            wh.abandon_generation(g)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Where an append-only directory's new files go: a new generation, or
+/// the live one in place.
+enum Target {
+    Generation(warehouse::GenBuilder),
+    InPlace(warehouse::InPlace),
+}
+
+impl Target {
+    /// Where the `n`th new file of `part` is written.
+    fn path(&self, part: &str, n: usize) -> Result<std::path::PathBuf, IngestError> {
+        Ok(match self {
+            Target::Generation(g) => g.partition_dir(part)?.join(g.file_name(n)),
+            Target::InPlace(p) => p.staged_path(part, n)?,
+        })
+    }
+
+    /// Records the file written at `path(part, n)`.
+    fn add(&mut self, part: &str, n: usize, entry: warehouse::FileEntry, run_id: &str) {
+        match self {
+            Target::Generation(g) => g.add_files(part, vec![entry]),
+            Target::InPlace(p) => p.add_file(part, n, entry, run_id),
+        }
     }
 }
 

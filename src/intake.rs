@@ -214,8 +214,12 @@ impl Intake {
     }
 }
 
-/// Takes the requests queued for `pipeline`, a group at a time, and commits each group once.
+/// Takes the requests queued for `pipeline`, a group at a time, and commits
+/// each group once. A group closes when the queue is empty and as many
+/// requests as the previous group had have arrived (clients that waited for
+/// the last commit are back), or `api.intake_wait_ms` after its first request.
 async fn worker(d: Arc<Daemon>, pipeline: String, mut rx: mpsc::Receiver<Job>) {
+    let mut expect = 1;
     while let Some(first) = rx.recv().await {
         let wait = d.project().settings.api.intake_wait;
         let deadline = tokio::time::Instant::now() + wait;
@@ -224,6 +228,7 @@ async fn worker(d: Arc<Daemon>, pipeline: String, mut rx: mpsc::Receiver<Job>) {
         while jobs.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
             let next = match rx.try_recv() {
                 Ok(j) => j,
+                Err(_) if jobs.len() >= expect => break,
                 Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(j)) => j,
                     _ => break,
@@ -232,6 +237,7 @@ async fn worker(d: Arc<Daemon>, pipeline: String, mut rx: mpsc::Receiver<Job>) {
             bytes += next.pushed.body.len();
             jobs.push(next);
         }
+        expect = jobs.len();
         commit_group(&d, &pipeline, jobs).await;
     }
 }

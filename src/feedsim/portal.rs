@@ -146,10 +146,63 @@ pub fn application(world: &World, opts: &PortalOptions, n: u64) -> (String, serd
     (id, v)
 }
 
+/// One request, built before the clock starts (so the figures measure the
+/// intake, not the generator): its body, content type and demand ids.
+struct Prepared {
+    body: bytes::Bytes,
+    content_type: &'static str,
+    ids: Vec<String>,
+}
+
+/// Request `i`: its applications as a JSON object (one) or NDJSON (a bulk upload).
+fn prepare(world: &World, opts: &PortalOptions, i: u64) -> Prepared {
+    let apps: Vec<(String, serde_json::Value)> = (0..opts.per_request)
+        .map(|k| application(world, opts, i * opts.per_request + k))
+        .collect();
+    let (body, content_type) = if opts.per_request == 1 {
+        (apps[0].1.to_string(), "application/json")
+    } else {
+        let mut s = String::new();
+        for (_, a) in &apps {
+            s.push_str(&a.to_string());
+            s.push('\n');
+        }
+        (s, "application/x-ndjson")
+    };
+    Prepared {
+        body: body.into(),
+        content_type,
+        ids: apps.into_iter().map(|(id, _)| id).collect(),
+    }
+}
+
+/// Every request, built on all cores.
+fn prepare_all(world: &World, opts: &PortalOptions) -> Vec<Prepared> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let per = opts.requests.div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = (0..opts.requests)
+            .step_by(per as usize)
+            .map(|from| {
+                let to = (from + per).min(opts.requests);
+                scope.spawn(move || {
+                    (from..to)
+                        .map(|i| prepare(world, opts, i))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("preparing requests"))
+            .collect()
+    })
+}
+
 /// What the portal's clients share while they submit.
 struct Portal {
     opts: PortalOptions,
-    world: World,
+    prepared: Vec<Prepared>,
     client: reqwest::Client,
     token: String,
     started: Instant,
@@ -175,28 +228,16 @@ impl Portal {
         }
     }
 
-    /// Sends request `i` (its applications as a JSON object or NDJSON) and counts the answer.
+    /// Sends request `i` (prepared before the clock started) and counts the answer.
     async fn submit(&self, i: u64) {
         let opts = &self.opts;
-        let apps: Vec<(String, serde_json::Value)> = (0..opts.per_request)
-            .map(|k| application(&self.world, opts, i * opts.per_request + k))
-            .collect();
-        let (body, ct) = if opts.per_request == 1 {
-            (apps[0].1.to_string(), "application/json")
-        } else {
-            let mut s = String::new();
-            for (_, a) in &apps {
-                s.push_str(&a.to_string());
-                s.push('\n');
-            }
-            (s, "application/x-ndjson")
-        };
+        let prepared = &self.prepared[i as usize];
         let mut req = self
             .client
             .post(&opts.url)
             .bearer_auth(&self.token)
-            .header("content-type", ct)
-            .body(body);
+            .header("content-type", prepared.content_type)
+            .body(prepared.body.clone());
         if opts.idempotency {
             req = req.header("idempotency-key", format!("{}-{i}", opts.prefix));
         }
@@ -216,12 +257,12 @@ impl Portal {
         rep.rejected += answer["rejected"].as_u64().unwrap_or(0);
         drop(rep);
         if (200..300).contains(&status) {
-            self.acknowledge(&apps, &answer);
+            self.acknowledge(&prepared.ids, &answer);
         }
     }
 
     /// Appends the ids of the applications an answer accepted to the `--acked` file.
-    fn acknowledge(&self, apps: &[(String, serde_json::Value)], answer: &serde_json::Value) {
+    fn acknowledge(&self, ids: &[String], answer: &serde_json::Value) {
         let Some(f) = &self.acked else { return };
         // Which applications were rejected: the answer's record numbers.
         let bad: std::collections::HashSet<u64> = answer["errors"]
@@ -229,7 +270,7 @@ impl Portal {
             .map(|e| e.iter().filter_map(|x| x["record_no"].as_u64()).collect())
             .unwrap_or_default();
         let mut f = f.lock().expect("acked file");
-        for (k, (id, _)) in apps.iter().enumerate() {
+        for (k, id) in ids.iter().enumerate() {
             if !bad.contains(&(k as u64 + 1)) {
                 let _ = writeln!(f, "{id}");
             }
@@ -258,13 +299,15 @@ pub async fn run(opts: PortalOptions) -> Result<PortalReport, String> {
         )),
         None => None,
     };
+    let world = World {
+        seed: opts.seed,
+        enterprises: opts.enterprises.max(1),
+        from: to,
+        to,
+    };
+    let prepared = prepare_all(&world, &opts);
     let portal = Arc::new(Portal {
-        world: World {
-            seed: opts.seed,
-            enterprises: opts.enterprises.max(1),
-            from: to,
-            to,
-        },
+        prepared,
         opts: opts.clone(),
         client,
         token,

@@ -40,8 +40,8 @@ use std::path::{Path, PathBuf};
 
 /// Manifests always kept on disk, the current one included.
 pub const RETAINED_MANIFESTS: usize = 3;
-/// How long a superseded manifest and its generations stay readable by
-/// default, so queries and external scans that started on it finish.
+/// How long a superseded generation stays readable by default, so queries
+/// and external scans that started on it finish.
 pub const DEFAULT_SUPERSEDED_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Run records kept per pipeline; older ones are removed by garbage collection.
 pub const RUNS_KEPT_PER_PIPELINE: usize = 1000;
@@ -498,6 +498,10 @@ pub fn new_run_id(name: &str) -> String {
 struct Journal {
     manifest: Manifest,
     links: Vec<(String, String)>,
+    /// Files moved from a run's staging directory into a live generation
+    /// (appends in place), as (from, to) relative to the warehouse root.
+    #[serde(default)]
+    appends: Vec<(String, String)>,
     run: Option<RunRecord>,
 }
 
@@ -560,7 +564,26 @@ pub struct Warehouse {
     /// The generations each retained manifest version references (manifests
     /// never change), so garbage collection reads each manifest once.
     gc_refs: std::sync::Arc<std::sync::Mutex<HashMap<u64, std::sync::Arc<Vec<PathBuf>>>>>,
+    /// When garbage collection next looks through the generations.
+    gc_schedule: std::sync::Arc<std::sync::Mutex<GcSchedule>>,
 }
+
+/// When garbage collection next lists the generations and prunes the run
+/// history: a listing costs time proportional to what is kept, so a stream
+/// of small commits (pushes) must not pay it on every commit.
+#[derive(Debug, Default)]
+struct GcSchedule {
+    /// The earliest a kept generation may go (`None`: look now, e.g. after opening).
+    next_scan: Option<std::time::SystemTime>,
+    /// Run records written since the run history was last pruned.
+    runs_written: u32,
+}
+
+/// Longest garbage collection waits between looks at the generations, so
+/// generations other processes superseded are found too.
+const GC_MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Run records written between two prunings of the run history.
+const PRUNE_RUNS_EVERY: u32 = 64;
 
 /// The runs directory's modification time and the run records read at it.
 /// The run history as last read: the directory's modification time, the
@@ -599,6 +622,9 @@ pub struct GenBuilder {
 
 /// The file whose lock marks a generation as being built (see [`Warehouse::begin_generation_unlocked`]).
 const BUILDING: &str = ".building";
+/// The file whose modification time says when a generation was superseded
+/// (its retention runs from then).
+const SUPERSEDED: &str = ".superseded";
 
 impl GenBuilder {
     /// The directory a new partition's files go into (created on demand).
@@ -665,12 +691,83 @@ impl GenBuilder {
     }
 }
 
+/// New files for the live generation of a directory, added in place instead
+/// of building a new generation (pushes of new keys, quarantine appends):
+/// written and fsynced in the run's staging directory, moved into the
+/// generation when the commit rolls forward. Readers go by the manifest, so
+/// the files are visible exactly from the commit that lists them on; an
+/// external reader of the directory may see them just before the manifest,
+/// as it sees a new generation just before it.
+pub struct InPlace {
+    key: String,
+    state: DirState,
+    /// The run's staging directory, and its name under `_ironlake/staging`.
+    staging: PathBuf,
+    run_dir: String,
+    name: String,
+    moves: Vec<(String, String)>,
+}
+
+impl InPlace {
+    /// Where the `n`th new file of `partition` is written (its parent is created).
+    pub fn staged_path(&self, partition: &str, n: usize) -> Result<PathBuf> {
+        let d = self
+            .staging
+            .join(self.staged_dir())
+            .join(partition_path(partition));
+        std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+        Ok(d.join(self.file_name(n)))
+    }
+
+    fn file_name(&self, n: usize) -> String {
+        format!("part-{}-{n}.parquet", self.name)
+    }
+
+    /// The staging subdirectory of this directory's files (`tables.bank_loans`).
+    fn staged_dir(&self) -> String {
+        self.key.replace('/', ".")
+    }
+
+    /// Records the file written (and fsynced) at `staged_path(partition, n)`.
+    pub fn add_file(&mut self, partition: &str, n: usize, entry: FileEntry, run_id: &str) {
+        let name = self.file_name(n);
+        let part_dir = partition_path(partition);
+        let from = Path::new("_ironlake/staging")
+            .join(&self.run_dir)
+            .join(self.staged_dir())
+            .join(&part_dir)
+            .join(&name);
+        let to = Path::new(&self.state.generation)
+            .join(&part_dir)
+            .join(&name);
+        self.moves.push((
+            from.to_string_lossy().into_owned(),
+            to.to_string_lossy().into_owned(),
+        ));
+        let part = self
+            .state
+            .partitions
+            .entry(partition.to_string())
+            .or_default();
+        part.rows += entry.rows;
+        part.files.push(FileEntry { name, ..entry });
+        part.written_by = run_id.to_string();
+    }
+
+    /// The directory's state once the files are in.
+    pub fn state(&self) -> &DirState {
+        &self.state
+    }
+}
+
 /// A new generation ready to commit.
 #[derive(Debug)]
 pub struct DirChange {
     key: String,
     state: DirState,
     building: Option<FileLock>,
+    /// Files moved into the (unchanged) live generation, for in-place appends.
+    moves: Vec<(String, String)>,
 }
 
 impl DirChange {
@@ -687,8 +784,8 @@ impl Warehouse {
         Self::open_with(root, DEFAULT_SUPERSEDED_RETENTION)
     }
 
-    /// Like [`Warehouse::open`], keeping a superseded manifest and its
-    /// generations for `retention` after the next commit replaced it.
+    /// Like [`Warehouse::open`], keeping a superseded generation for
+    /// `retention` after the commit that replaced it.
     pub fn open_with(root: &Path, retention: std::time::Duration) -> Result<Warehouse> {
         let wh = Warehouse::at(root, retention);
         for d in [
@@ -738,6 +835,7 @@ impl Warehouse {
             runs_cache: Default::default(),
             gc_refs: Default::default(),
             manifest_cache: Default::default(),
+            gc_schedule: Default::default(),
         }
     }
 
@@ -1017,6 +1115,47 @@ impl Warehouse {
                 partitions: g.partitions,
             },
             building: g.building,
+            moves: Vec::new(),
+        })
+    }
+
+    /// Starts adding files in place to the live generation of `key` (see
+    /// [`InPlace`]); `None` when the directory has no generation yet. The
+    /// files are staged in the run's staging directory ([`Warehouse::staging_dir`]).
+    pub fn begin_in_place(&self, base: &Manifest, key: &str, run_id: &str) -> Option<InPlace> {
+        let state = base.dirs.get(key)?.clone();
+        if state.generation.is_empty() {
+            return None;
+        }
+        Some(InPlace {
+            key: key.to_string(),
+            state,
+            staging: self.meta(&format!("staging/{run_id}")),
+            run_dir: run_id.to_string(),
+            name: format!(
+                "v{:010}-{}",
+                base.version + 1,
+                run_id.rsplit('-').next().unwrap_or(run_id)
+            ),
+            moves: Vec::new(),
+        })
+    }
+
+    /// Completes an in-place change: fsyncs the staged files' directories.
+    pub fn finish_in_place(&self, p: InPlace) -> Result<DirChange> {
+        let dirs: BTreeSet<PathBuf> = p
+            .moves
+            .iter()
+            .filter_map(|(from, _)| self.root.join(from).parent().map(Path::to_path_buf))
+            .collect();
+        for d in &dirs {
+            fsutil::fsync_dir(d).map_err(io_err("fsync", d))?;
+        }
+        Ok(DirChange {
+            key: p.key,
+            state: p.state,
+            building: None,
+            moves: p.moves,
         })
     }
 
@@ -1051,14 +1190,17 @@ impl Warehouse {
         next.version = base.version + 1;
         next.committed_at = now();
         next.run_id = Some(run.run_id.clone());
-        let mut links = Vec::new();
+        let (mut links, mut appends) = (Vec::new(), Vec::new());
         for c in changes {
             if c.building.is_some() {
                 // Built without the lock; under it now, the mark can go.
                 let mark = self.root.join(&c.state.generation).join(BUILDING);
                 std::fs::remove_file(&mark).map_err(io_err("remove", &mark))?;
             }
-            links.push((c.key.clone(), c.state.generation.clone()));
+            if base.dirs.get(&c.key).map(|d| &d.generation) != Some(&c.state.generation) {
+                links.push((c.key.clone(), c.state.generation.clone()));
+            }
+            appends.extend(c.moves);
             next.dirs.insert(c.key, c.state);
         }
         next.cursors.extend(cursors);
@@ -1069,6 +1211,7 @@ impl Warehouse {
         let journal = Journal {
             manifest: next.clone(),
             links,
+            appends,
             run: Some(run),
         };
         // A commit of this process that failed half-way and could not be
@@ -1105,6 +1248,14 @@ impl Warehouse {
             {
                 continue;
             }
+            for (_, to) in &journal.appends {
+                let p = self.root.join(to);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("remove", &p)(e)),
+                }
+            }
             for (key, _) in &journal.links {
                 let link = self.root.join(key);
                 match current.dirs.get(key) {
@@ -1126,11 +1277,30 @@ impl Warehouse {
     }
 
     fn roll_forward(&self, guard: &CommitGuard, jpath: &Path, journal: Journal) -> Result<()> {
+        let mut moved_into = BTreeSet::new();
+        for (from, to) in &journal.appends {
+            let (from, to) = (self.root.join(from), self.root.join(to));
+            if to.exists() {
+                continue;
+            }
+            if let Some(parent) = to.parent() {
+                if !parent.is_dir() {
+                    fsutil::create_dir_durable(parent).map_err(io_err("create", parent))?;
+                }
+                moved_into.insert(parent.to_path_buf());
+            }
+            std::fs::rename(&from, &to).map_err(io_err("move", &from))?;
+        }
+        for d in &moved_into {
+            fsutil::fsync_dir(d).map_err(io_err("fsync", d))?;
+        }
+        crate::failpoint("commit.after_appends");
         for (key, generation) in &journal.links {
             let link = self.root.join(key);
             if let Some(parent) = link.parent() {
                 fsutil::create_dir_durable(parent).map_err(io_err("create", parent))?;
             }
+            self.mark_superseded(key, generation);
             self.point_link(key, generation)?;
             crate::failpoint("commit.after_link");
         }
@@ -1178,7 +1348,12 @@ impl Warehouse {
     pub fn write_run(&self, run: &RunRecord) -> Result<()> {
         let p = self.meta(&format!("runs/{}.json", run.run_id));
         let data = serde_json::to_vec_pretty(run).expect("run serialises");
-        fsutil::write_atomic(&p, &data).map_err(io_err("write", &p))
+        fsutil::write_atomic(&p, &data).map_err(io_err("write", &p))?;
+        self.gc_schedule
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .runs_written += 1;
+        Ok(())
     }
 
     /// All run records, newest first; read again only when the runs directory changed.
@@ -1280,11 +1455,11 @@ impl Warehouse {
             }
             let journal: Journal = Self::read_json(&j)?;
             let current = self.manifest_versions()?.last().copied().unwrap_or(0);
-            if journal.manifest.version < current
-                && self.manifest_path(journal.manifest.version).exists()
-            {
-                // Committed, and newer commits followed: only its clean-up was
-                // left undone. Rolling it forward would move links backwards.
+            if journal.manifest.version < current {
+                // Committed (newer commits follow only a written manifest,
+                // which garbage collection may have removed since): only its
+                // clean-up was left undone. Rolling it forward would move
+                // links backwards.
                 if let Some(run) = &journal.run {
                     self.write_run(run)?;
                 }
@@ -1339,22 +1514,44 @@ impl Warehouse {
         Ok(())
     }
 
-    /// Removes generations no retained manifest references, old manifests and temp files.
+    /// Marks the generation `key`'s link points to as superseded now (a
+    /// [`SUPERSEDED`] file, created or touched), unless it is `generation`:
+    /// its retention starts now, and garbage collection looks again once it
+    /// is over. A generation without the mark that no retained manifest
+    /// references was never committed (a crashed run's) and goes at once.
+    fn mark_superseded(&self, key: &str, generation: &str) {
+        let link = self.root.join(key);
+        let Ok(target) = std::fs::read_link(&link) else {
+            return;
+        };
+        let old = link.parent().unwrap_or(&self.root).join(target);
+        if old.ends_with(generation) || !old.is_dir() {
+            return;
+        }
+        let now = std::time::SystemTime::now();
+        let mark = old.join(SUPERSEDED);
+        // Best effort: without the mark the generation goes at the next look.
+        if let Ok(f) = std::fs::File::create(&mark) {
+            let _ = f.set_modified(now);
+        }
+        let mut sched = self
+            .gc_schedule
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = now + self.retention;
+        sched.next_scan = Some(sched.next_scan.map_or(at, |t| t.min(at)));
+    }
+
+    /// Removes manifests older than the last [`RETAINED_MANIFESTS`];
+    /// generations none of those references, once superseded for the
+    /// retention time (at once if never committed: a crashed run's); stale
+    /// temp files; and run records past [`RUNS_KEPT_PER_PIPELINE`]. Generations are listed only when one
+    /// may be due (or a minute has passed), so a commit's cost does not grow
+    /// with what is kept.
     pub fn collect_garbage(&self, _guard: &CommitGuard) -> Result<()> {
         crate::failpoint_io("gc").map_err(io_err("collect garbage in", &self.root))?;
         let versions = self.manifest_versions()?;
-        let mut keep_from = versions.len().saturating_sub(RETAINED_MANIFESTS);
-        // A manifest superseded less than `retention` ago may still be read by
-        // a query or an external scan that started on it: keep it.
-        let now = std::time::SystemTime::now();
-        while keep_from > 0 {
-            let successor = self.manifest_path(versions[keep_from]);
-            let superseded_at = std::fs::metadata(&successor).and_then(|m| m.modified());
-            match superseded_at {
-                Ok(t) if now.duration_since(t).unwrap_or_default() >= self.retention => break,
-                _ => keep_from -= 1,
-            }
-        }
+        let keep_from = versions.len().saturating_sub(RETAINED_MANIFESTS);
         let mut held: Vec<std::sync::Arc<Vec<PathBuf>>> = Vec::new();
         let mut refs = self
             .gc_refs
@@ -1387,20 +1584,51 @@ impl Warehouse {
         let oldest = versions.get(keep_from).copied().unwrap_or(u64::MAX);
         refs.retain(|v, _| *v >= oldest);
         drop(refs);
+        let now = std::time::SystemTime::now();
+        let (scan, prune) = {
+            let mut sched = self
+                .gc_schedule
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let scan = sched.next_scan.is_none_or(|t| now >= t);
+            let prune = scan || sched.runs_written >= PRUNE_RUNS_EVERY;
+            if prune {
+                sched.runs_written = 0;
+            }
+            (scan, prune)
+        };
+        if prune {
+            self.prune_runs()?;
+        }
+        if !scan {
+            return Ok(());
+        }
         let referenced: std::collections::HashSet<&Path> = held
             .iter()
             .flat_map(|g| g.iter().map(PathBuf::as_path))
             .collect();
+        let mut next = now + GC_MAX_INTERVAL;
         let gen_root = self.meta("gen");
         for dir in subdirs(&gen_root)? {
             for g in subdirs(&dir)? {
                 if referenced.contains(g.as_path()) || is_being_built(&g) {
                     continue;
                 }
-                std::fs::remove_dir_all(&g).map_err(io_err("remove", &g))?;
+                let superseded = std::fs::metadata(g.join(SUPERSEDED))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                let expires = superseded + self.retention;
+                if now >= expires {
+                    std::fs::remove_dir_all(&g).map_err(io_err("remove", &g))?;
+                } else {
+                    next = next.min(expires);
+                }
             }
         }
-        self.prune_runs()?;
+        self.gc_schedule
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .next_scan = Some(next);
         for sub in [
             "_ironlake/manifests",
             "_ironlake/runs",
@@ -1445,6 +1673,116 @@ mod tests {
         let record = RunRecord::start(run, "p", RunType::Import, "t");
         wh.commit(&guard, &base, vec![change], BTreeMap::new(), record)
             .unwrap()
+    }
+
+    /// Stages one file for partition `part` of `key`'s live generation.
+    fn stage_in_place(
+        wh: &Warehouse,
+        base: &Manifest,
+        key: &str,
+        run: &str,
+        part: &str,
+    ) -> InPlace {
+        let mut p = wh.begin_in_place(base, key, run).unwrap();
+        std::fs::write(p.staged_path(part, 0).unwrap(), b"y").unwrap();
+        let entry = FileEntry {
+            name: String::new(),
+            rows: 1,
+            bytes: 1,
+        };
+        p.add_file(part, 0, entry, run);
+        p
+    }
+
+    #[test]
+    fn appends_in_place_keep_the_generation_and_list_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = Warehouse::open(dir.path()).unwrap();
+        let first = commit_dir(&wh, "tables/t", "r-000001", &["2019Q1"]);
+        let generation = first.dirs["tables/t"].generation.clone();
+        let (_staging, _owner) = wh.staging_dir("r-000002").unwrap();
+        let guard = wh.lock().unwrap();
+        let p = stage_in_place(&wh, &first, "tables/t", "r-000002", "2019Q2");
+        let change = wh.finish_in_place(p).unwrap();
+        let record = RunRecord::start("r-000002", "p", RunType::Push, "t");
+        let m = wh
+            .commit(&guard, &first, vec![change], BTreeMap::new(), record)
+            .unwrap();
+        let d = &m.dirs["tables/t"];
+        assert_eq!(d.generation, generation, "no new generation");
+        assert_eq!(
+            d.partitions["2019Q1"],
+            first.dirs["tables/t"].partitions["2019Q1"]
+        );
+        let name = &d.partitions["2019Q2"].files[0].name;
+        let file = dir
+            .path()
+            .join(&generation)
+            .join("quarter=2019Q2")
+            .join(name);
+        assert_eq!(std::fs::read(&file).unwrap(), b"y");
+        // Readers through the table's link see it too.
+        assert!(
+            dir.path()
+                .join("tables/t/quarter=2019Q2")
+                .join(name)
+                .is_file()
+        );
+        assert_eq!(wh.manifest().unwrap(), m);
+    }
+
+    #[test]
+    fn an_interrupted_append_rolls_forward_and_a_failed_one_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = Warehouse::open(dir.path()).unwrap();
+        let first = commit_dir(&wh, "tables/t", "r-000001", &["2019Q1"]);
+        let guard = wh.lock().unwrap();
+        let (_staging, _owner) = wh.staging_dir("r-000002").unwrap();
+        let p = stage_in_place(&wh, &first, "tables/t", "r-000002", "2019Q1");
+        let change = wh.finish_in_place(p).unwrap();
+        let mut next = first.clone();
+        next.version += 1;
+        next.dirs.insert(change.key.clone(), change.state.clone());
+        let journal = Journal {
+            manifest: next.clone(),
+            links: Vec::new(),
+            appends: change.moves.clone(),
+            run: None,
+        };
+        let to = dir.path().join(&change.moves[0].1);
+        let jpath = wh.meta(&format!("journal/{:020}.json", next.version));
+        let write_journal = || {
+            let data = serde_json::to_vec(&journal).unwrap();
+            fsutil::write_atomic(&jpath, &data).unwrap();
+        };
+        // Killed after the journal, before the move: the next start finishes it.
+        write_journal();
+        wh.recover(&guard).unwrap();
+        assert!(to.is_file());
+        assert_eq!(wh.manifest().unwrap(), next);
+        // A commit that moved its file but failed before its manifest: undone.
+        let (_staging, _owner) = wh.staging_dir("r-000003").unwrap();
+        let p = stage_in_place(&wh, &next, "tables/t", "r-000003", "2019Q1");
+        let change = wh.finish_in_place(p).unwrap();
+        let (from, to) = change.moves[0].clone();
+        std::fs::rename(dir.path().join(&from), dir.path().join(&to)).unwrap();
+        let mut failed = next.clone();
+        failed.version += 1;
+        let journal = Journal {
+            manifest: failed.clone(),
+            links: Vec::new(),
+            appends: change.moves.clone(),
+            run: None,
+        };
+        let data = serde_json::to_vec(&journal).unwrap();
+        let jpath = wh.meta(&format!("journal/{:020}.json", failed.version));
+        fsutil::write_atomic(&jpath, &data).unwrap();
+        wh.discard_uncommitted(&next).unwrap();
+        assert!(
+            !dir.path().join(&to).exists(),
+            "the uncommitted file is gone"
+        );
+        assert!(!jpath.exists());
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! Catalog: the warehouse as DataFusion tables, at one committed version.
 //!
 //! Every query gets a [`Snapshot`]: a session whose tables are registered
-//! over the generation directories named by one manifest. Generations never
-//! change once committed, so a commit during a query cannot mix old and new
+//! over the generation directories named by one manifest, reading exactly
+//! the files that manifest lists (pushes add files to a live generation in
+//! place; see [`files`]), so a commit during a query cannot mix old and new
 //! files into it, and the next snapshot sees the new commit. DataFusion's
 //! list-files cache is disabled all the same.
 //!
 //! Tables: the warehouse tables (`bank_loans`, …, with a Utf8 `quarter`
 //! partition column), `quarantine.<table>`, `published.<aggregate>`,
 //! `system.runs`, `system.partitions`, `ref_districts`, `ref_industries`.
+
+mod files;
 
 use crate::config::Project;
 use crate::config::schema::PARTITION_COLUMN;
@@ -258,6 +261,31 @@ impl Catalog {
         Ok(table)
     }
 
+    /// `ctx` reading local files as `manifest` lists them (see [`files`]):
+    /// the same engine (memory pool, spill directory, caches) with its own
+    /// file store.
+    fn reading_only(
+        ctx: SessionContext,
+        root: &Path,
+        manifest: &Manifest,
+    ) -> Result<SessionContext, CatalogError> {
+        let registry = datafusion::execution::object_store::DefaultObjectStoreRegistry::new();
+        let url = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();
+        datafusion::execution::object_store::ObjectStoreRegistry::register_store(
+            &registry,
+            url.as_ref(),
+            Arc::new(files::ManifestFiles::new(root, manifest)),
+        );
+        let runtime = RuntimeEnvBuilder::from_runtime_env(ctx.runtime_env().as_ref())
+            .with_object_store_registry(Arc::new(registry))
+            .build_arc()
+            .map_err(|e| CatalogError::Setup(e.to_string()))?;
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
+            .with_runtime_env(runtime)
+            .build();
+        Ok(SessionContext::new_with_state(state))
+    }
+
     /// A snapshot at a given manifest.
     pub async fn snapshot_at(&self, manifest: Manifest) -> Result<Snapshot, CatalogError> {
         self.snapshot_in(self.session(), manifest).await
@@ -277,6 +305,7 @@ impl Catalog {
         manifest: Manifest,
     ) -> Result<Snapshot, CatalogError> {
         let root = self.wh.root().to_path_buf();
+        let ctx = Self::reading_only(ctx, &root, &manifest)?;
         for t in &self.project.tables {
             register_dir(
                 &ctx,
