@@ -1416,8 +1416,21 @@ fn append_quarantine(c: &CommitInput) -> Result<Option<warehouse::DirChange>, In
     let qkey = DirKey::Quarantine(table.name.clone()).key();
     let qschema = partition::quarantine_schema();
     let qstate = base.dirs.get(&qkey).cloned().unwrap_or_default();
-    // Quarantine only grows: new files go into the live generation in place.
-    let mut target = match wh.begin_in_place(base, &qkey, run_id) {
+    // Quarantine only grows: new files go into the live generation in place,
+    // unless a partition has too many files: then, in a new generation, its
+    // files and the new rows become one file.
+    let crowded = |part: &String| {
+        qstate
+            .partitions
+            .get(part)
+            .is_some_and(|p| p.files.len() + 1 >= MAX_PARTITION_FILES)
+    };
+    let compact = spilled.quarantine.keys().any(crowded);
+    let in_place = match compact {
+        false => wh.begin_in_place(base, &qkey, run_id),
+        true => None,
+    };
+    let mut target = match in_place {
         Some(p) => Target::InPlace(p),
         None => Target::Generation(wh.begin_generation(guard, base, &qkey, run_id)?),
     };
@@ -1457,8 +1470,17 @@ fn append_quarantine(c: &CommitInput) -> Result<Option<warehouse::DirChange>, In
             let _ = std::fs::remove_file(&path);
             continue;
         }
-        target.add(part, n, file.finish()?, run_id);
         added = true;
+        if let Target::Generation(g) = &mut target
+            && crowded(part)
+        {
+            for old in partition_files(wh, &qstate, part) {
+                file.write(&merge::read_parquet(&old, &qschema)?)?;
+            }
+            g.set_partition(part, vec![file.finish()?]);
+            continue;
+        }
+        target.add(part, n, file.finish()?, run_id);
     }
     match (added, target) {
         (true, Target::InPlace(p)) => Ok(Some(wh.finish_in_place(p)?)),

@@ -4,10 +4,10 @@
 //! A pushed request goes through exactly the decode, validation, quarantine
 //! and commit that pulled data gets. Requests arriving together share one
 //! commit (group commit): each push pipeline has one worker that takes
-//! every request queued while the previous commit ran (waiting at most
-//! `api.intake_wait_ms` for more), validates them one after the other into
-//! one run and commits once; every request is answered only after that
-//! commit is durable. An `Idempotency-Key`'s answer is committed in the same
+//! every request queued while the previous group was handled (waiting at
+//! most `api.intake_wait_ms` for more), validates them one after the other
+//! into one run and commits once, validating the next group while one
+//! commits; every request is answered only after its commit is durable. An `Idempotency-Key`'s answer is committed in the same
 //! journal entry as the data, so a retry after a lost answer, even across a
 //! restart, gets the same answer and commits nothing. After pushes change
 //! rows, the aggregates reading the table are refreshed (debounced by
@@ -22,7 +22,7 @@ use crate::warehouse::{self, IntakeAnswer, Outcome, RunRecord, RunType, Warehous
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// Most requests one commit takes.
 const MAX_GROUP: usize = 2048;
@@ -30,6 +30,9 @@ const MAX_GROUP: usize = 2048;
 const MAX_GROUP_BYTES: usize = 64 << 20;
 /// Requests queued per pipeline before new ones are told to retry (503).
 const QUEUE: usize = 8192;
+/// Body bytes from which a group is committed as soon as the previous
+/// commit is done, without waiting for more.
+const BULK_BYTES: usize = 1 << 20;
 
 /// One pushed request.
 pub struct Pushed {
@@ -73,58 +76,133 @@ fn as_array(format: Format, body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
-/// Validates a group of pushed requests into one run and commits it (on a
-/// blocking thread). Returns the committed run and each request's reply, in order.
-pub fn commit_pushes(
-    wh: &Warehouse,
-    table: &TableSchema,
-    pipeline: &PushPipeline,
-    batch: &[Pushed],
-) -> Result<(RunRecord, Vec<Reply>), IngestError> {
-    let run_id = warehouse::new_run_id(&pipeline.name);
-    let mut record = RunRecord::start(&run_id, &pipeline.name, RunType::Push, &table.name);
-    let staging = Staging::new(wh, &run_id)?;
-    let mut sink = Absorber::new(table, &staging, &run_id, &pipeline.name);
-    let columns = Columns::new(table.columns.iter().map(|c| c.name.as_str()));
-    let mut replies = Vec::with_capacity(batch.len());
-    for req in batch {
+/// A run that pushed requests are validated into, one after the other,
+/// until it is sealed for its commit.
+pub struct OpenRun {
+    record: RunRecord,
+    staging: Staging,
+    sink: Absorber,
+    columns: Columns,
+    replies: Vec<Reply>,
+    bytes: u64,
+}
+
+impl OpenRun {
+    /// A new run of `pipeline` into `table`, staged in the warehouse.
+    pub fn new(
+        wh: &Warehouse,
+        table: &TableSchema,
+        pipeline: &PushPipeline,
+    ) -> Result<OpenRun, IngestError> {
+        let run_id = warehouse::new_run_id(&pipeline.name);
+        let record = RunRecord::start(&run_id, &pipeline.name, RunType::Push, &table.name);
+        let staging = Staging::new(wh, &run_id)?;
+        let sink = Absorber::new(table, &staging, &run_id, &pipeline.name);
+        Ok(OpenRun {
+            record,
+            staging,
+            sink,
+            columns: Columns::new(table.columns.iter().map(|c| c.name.as_str())),
+            replies: Vec::new(),
+            bytes: 0,
+        })
+    }
+
+    /// Decodes and validates one request into the run (blocking); its reply
+    /// is the next in [`Absorbed`]'s order.
+    pub fn absorb(&mut self, pipeline: &str, req: &Pushed) -> Result<(), IngestError> {
+        self.bytes += req.body.len() as u64;
         let body = as_array(req.format, &req.body);
-        let page = match decode::decode(req.format, None, None, &columns, &body) {
+        let page = match decode::decode(req.format, None, None, &self.columns, &body) {
             Ok(p) => p,
             Err(e) => {
-                replies.push(Err(Refused::Undecodable(e.to_string())));
-                continue;
+                self.replies.push(Err(Refused::Undecodable(e.to_string())));
+                return Ok(());
             }
         };
+        let sink = &mut self.sink;
         let (valid, rejected) = (sink.counters.rows_valid, sink.counters.rejected);
         sink.errors = Some(Vec::new());
         let source = format!(
-            "push to {} by {}, request {}",
-            pipeline.name, req.partner, req.request_no
+            "push to {pipeline} by {}, request {}",
+            req.partner, req.request_no
         );
         sink.absorb(&page, &source)?;
-        replies.push(Ok(IntakeAnswer {
+        self.replies.push(Ok(IntakeAnswer {
             key: req.key.clone(),
-            run_id: run_id.clone(),
+            run_id: self.record.run_id.clone(),
             accepted: sink.counters.rows_valid - valid,
             rejected: sink.counters.rejected - rejected,
             errors: sink.errors.take().unwrap_or_default(),
         }));
+        Ok(())
     }
-    sink.counters.record_into(&mut record);
-    record.bytes = batch.iter().map(|r| r.body.len() as u64).sum();
-    record.requests = batch.len() as u64;
-    record.intake = replies
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .filter(|a| a.key.is_some())
-        .cloned()
-        .collect();
-    let spilled = sink.part.finish()?;
+
+    /// Ends the run's validation: its spilled rows and record, ready to commit.
+    pub fn seal(self) -> Result<Absorbed, IngestError> {
+        let OpenRun {
+            mut record,
+            staging,
+            sink,
+            replies,
+            bytes,
+            ..
+        } = self;
+        sink.counters.record_into(&mut record);
+        record.bytes = bytes;
+        record.requests = replies.len() as u64;
+        record.intake = replies
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|a| a.key.is_some())
+            .cloned()
+            .collect();
+        let spilled = sink.part.finish()?;
+        Ok(Absorbed {
+            record,
+            staging,
+            spilled,
+            replies,
+        })
+    }
+}
+
+/// A group of pushed requests validated into one run's staging directory,
+/// ready to commit, with each request's reply once it is committed.
+pub struct Absorbed {
+    record: RunRecord,
+    staging: Staging,
+    spilled: crate::partition::Spilled,
+    replies: Vec<Reply>,
+}
+
+/// Commits an absorbed group (blocking; takes the warehouse lock). Returns
+/// the committed run and each request's reply, in order.
+pub fn commit_absorbed(
+    wh: &Warehouse,
+    table: &TableSchema,
+    pipeline: &str,
+    a: Absorbed,
+) -> Result<(RunRecord, Vec<Reply>), IngestError> {
     crate::failpoint_panic("intake.before_commit");
-    let done = commit_rows(wh, table, &pipeline.name, spilled, None, record, true)?;
-    drop(staging);
-    Ok((done, replies))
+    let done = commit_rows(wh, table, pipeline, a.spilled, None, a.record, true)?;
+    drop(a.staging);
+    Ok((done, a.replies))
+}
+
+/// Runs `f` on a blocking thread; a panic in it becomes an error.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, IngestError> + Send + 'static,
+) -> Result<T, IngestError> {
+    tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+            Err(IngestError::Panicked(crate::ingest::panic_message(
+                payload.as_ref(),
+            )))
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(IngestError::Internal(format!("intake thread: {e}"))))
 }
 
 struct Job {
@@ -215,114 +293,382 @@ impl Intake {
 }
 
 /// Takes the requests queued for `pipeline`, a group at a time, and commits
-/// each group once. A group closes when the queue is empty and as many
-/// requests as the previous group had have arrived (clients that waited for
-/// the last commit are back), or `api.intake_wait_ms` after its first request.
+/// each group once. Requests are validated into the open group as they
+/// arrive, also while the previous group commits; the group is sealed and
+/// committed once the previous commit is done and either as many requests
+/// as the previous group had have arrived (clients that waited for the last
+/// commit are back) or `api.intake_wait_ms` have passed since its first.
 async fn worker(d: Arc<Daemon>, pipeline: String, mut rx: mpsc::Receiver<Job>) {
-    let mut expect = 1;
-    while let Some(first) = rx.recv().await {
-        let wait = d.project().settings.api.intake_wait;
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut bytes = first.pushed.body.len();
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
-            let next = match rx.try_recv() {
-                Ok(j) => j,
-                Err(_) if jobs.len() >= expect => break,
-                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(j)) => j,
-                    _ => break,
-                },
-            };
-            bytes += next.pushed.body.len();
-            jobs.push(next);
+    let (to_commit, commits) = mpsc::unbounded_channel::<(Stage, OwnedSemaphorePermit)>();
+    let idle = Arc::new(Semaphore::new(1));
+    let inflight = Arc::new(InFlight::default());
+    tokio::spawn(committer(
+        d.clone(),
+        pipeline.clone(),
+        commits,
+        inflight.clone(),
+    ));
+    // The most requests waiting in the worker at once (the open group, the
+    // queue and the committing group) during the last group's time, and
+    // during this one's: about how many clients wait on commits.
+    let (mut expect, mut peak) = (1, 0);
+    let mut committing_group = 0;
+    let mut open: Option<Group> = None;
+    let mut queued: Vec<Job> = Vec::new();
+    // When the group under way received its first request.
+    let mut first: Option<tokio::time::Instant> = None;
+    loop {
+        if open.is_none() && queued.is_empty() {
+            first = None;
+            match rx.recv().await {
+                Some(j) => queued.push(j),
+                None => break,
+            }
         }
-        expect = jobs.len();
-        commit_group(&d, &pipeline, jobs).await;
+        let first_at = *first.get_or_insert_with(tokio::time::Instant::now);
+        let room = |open: &Option<Group>, queued: &[Job]| {
+            let (n, bytes) = open.as_ref().map_or((0, 0), |g| (g.requests(), g.bytes));
+            n + queued.len() < MAX_GROUP
+                && bytes + queued.iter().map(|j| j.pushed.body.len()).sum::<usize>()
+                    < MAX_GROUP_BYTES
+        };
+        while room(&open, &queued) {
+            match rx.try_recv() {
+                Ok(j) => queued.push(j),
+                Err(_) => break,
+            }
+        }
+        let committing = idle.available_permits() == 0;
+        let count = open.as_ref().map_or(0, Group::requests) + queued.len();
+        let bytes = open.as_ref().map_or(0, |g| g.bytes)
+            + queued.iter().map(|j| j.pushed.body.len()).sum::<usize>();
+        let full = !room(&open, &queued);
+        // The wait for more runs from the first request or the end of the
+        // last commit, whichever is later: clients that waited for that
+        // commit come back and join, instead of splitting into two groups
+        // that alternate. Bulk groups do not wait: validating one while the
+        // other commits is what keeps both cores busy.
+        let wait = d.project().settings.api.intake_wait;
+        let since = first_at.max(*inflight.last_commit.lock().expect("commit time lock"));
+        peak = peak.max(count + if committing { committing_group } else { 0 });
+        let ready = full
+            || count >= expect
+            || bytes >= BULK_BYTES
+            || (!committing && tokio::time::Instant::now() >= since + wait);
+        // Validate while the previous group commits, or once the group is complete.
+        if !queued.is_empty() && (committing || ready) {
+            let jobs = std::mem::take(&mut queued);
+            open = absorb_into(&d, &pipeline, open, jobs, &inflight).await;
+        }
+        if !ready {
+            tokio::select! {
+                j = rx.recv() => queued.extend(j),
+                _ = tokio::time::sleep_until(since + wait), if !committing => {}
+                _ = idle.acquire(), if committing => {}
+            }
+            continue;
+        }
+        if open.is_none() {
+            continue;
+        }
+        let permit = match idle.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            // The previous commit runs: take more requests meanwhile,
+            // unless the group is full.
+            Err(_) if full => idle.clone().acquire_owned().await.ok(),
+            Err(_) => tokio::select! {
+                p = idle.clone().acquire_owned() => p.ok(),
+                j = rx.recv() => {
+                    queued.extend(j);
+                    None
+                }
+            },
+        };
+        let Some(permit) = permit else { continue };
+        if !queued.is_empty() {
+            let jobs = std::mem::take(&mut queued);
+            open = absorb_into(&d, &pipeline, open, jobs, &inflight).await;
+        }
+        let Some(g) = open.take() else { continue };
+        committing_group = g.requests();
+        expect = std::mem::take(&mut peak).max(1);
+        first = None;
+        if let Some(stage) = g.seal(&pipeline, &inflight).await
+            && to_commit.send((stage, permit)).is_err()
+        {
+            break;
+        }
     }
 }
 
-/// Answers repeated keys from what is committed, commits the rest as one
-/// run, and replies to every request.
-async fn commit_group(d: &Arc<Daemon>, pipeline: &str, jobs: Vec<Job>) {
+/// The group being validated: its run, and who waits for the answers.
+struct Group {
+    run: OpenRun,
+    table: TableSchema,
+    pipeline: PushPipeline,
+    replies: Vec<oneshot::Sender<Reply>>,
+    /// Requests repeating a key of this group: the index of the first one.
+    repeats: Vec<(usize, Job)>,
+    /// Each validated request's idempotency key.
+    keys: Vec<Option<String>>,
+    bytes: usize,
+    started: std::time::Instant,
+}
+
+impl Group {
+    fn requests(&self) -> usize {
+        self.replies.len() + self.repeats.len()
+    }
+
+    /// Ends validation; `None` (every request answered) when that failed.
+    async fn seal(self, pipeline: &str, inflight: &InFlight) -> Option<Stage> {
+        let Group {
+            run,
+            table,
+            replies,
+            repeats,
+            keys,
+            started,
+            ..
+        } = self;
+        match blocking(move || run.seal()).await {
+            Ok(absorbed) => {
+                let keys: Vec<String> = keys.into_iter().flatten().collect();
+                inflight
+                    .keys
+                    .lock()
+                    .expect("in-flight lock")
+                    .extend(keys.iter().cloned());
+                Some(Stage {
+                    absorbed,
+                    table,
+                    replies,
+                    repeats,
+                    keys,
+                    started,
+                })
+            }
+            Err(e) => {
+                fail_all(pipeline, &e, replies, repeats);
+                None
+            }
+        }
+    }
+}
+
+/// Answers every request of a group that cannot be committed.
+fn fail_all(
+    pipeline: &str,
+    e: &IngestError,
+    replies: Vec<oneshot::Sender<Reply>>,
+    repeats: Vec<(usize, Job)>,
+) {
+    tracing::warn!(pipeline, error = %e, "Push failed; nothing of its requests was committed.");
+    let why = Refused::NotCommitted(e.to_string());
+    for reply in replies {
+        let _ = reply.send(Err(why.clone()));
+    }
+    for (_, job) in repeats {
+        let _ = job.reply.send(Err(why.clone()));
+    }
+}
+
+/// Idempotency keys of groups validated but not committed yet; a request
+/// repeating one waits for that commit, then gets its answer.
+struct InFlight {
+    keys: Mutex<std::collections::HashSet<String>>,
+    committed: Notify,
+    /// When the last commit was answered.
+    last_commit: Mutex<tokio::time::Instant>,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight {
+            keys: Mutex::default(),
+            committed: Notify::new(),
+            last_commit: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+}
+
+impl InFlight {
+    /// Waits until `key` is in no sealed group whose commit is under way.
+    async fn settled(&self, key: &str) {
+        loop {
+            let committed = self.committed.notified();
+            if !self.keys.lock().expect("in-flight lock").contains(key) {
+                return;
+            }
+            committed.await;
+        }
+    }
+}
+
+/// A sealed group on its way to its commit.
+struct Stage {
+    absorbed: Absorbed,
+    table: TableSchema,
+    replies: Vec<oneshot::Sender<Reply>>,
+    repeats: Vec<(usize, Job)>,
+    keys: Vec<String>,
+    started: std::time::Instant,
+}
+
+/// Validates `jobs` into the open group (opening one if needed): repeated
+/// keys are answered from what is committed, or wait for the first request
+/// with the key in this group. `None` when no group is open afterwards.
+async fn absorb_into(
+    d: &Arc<Daemon>,
+    pipeline: &str,
+    open: Option<Group>,
+    jobs: Vec<Job>,
+    inflight: &InFlight,
+) -> Option<Group> {
     let intake = d.intake();
+    let mut g = match open {
+        Some(g) => g,
+        None => {
+            let project = d.project();
+            let found = project
+                .push_pipeline(pipeline)
+                .and_then(|p| Some((p.clone(), project.table(&p.table)?.clone())));
+            let Some((p, table)) = found else {
+                let why = Refused::NotCommitted(format!("{pipeline} is no longer a push pipeline"));
+                for job in jobs {
+                    let _ = job.reply.send(Err(why.clone()));
+                }
+                return None;
+            };
+            let (wh, t, pp) = (d.warehouse().clone(), table.clone(), p.clone());
+            let run = match blocking(move || OpenRun::new(&wh, &t, &pp)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let replies = jobs.into_iter().map(|j| j.reply).collect();
+                    fail_all(pipeline, &e, replies, Vec::new());
+                    return None;
+                }
+            };
+            Group {
+                run,
+                table,
+                pipeline: p,
+                replies: Vec::new(),
+                repeats: Vec::new(),
+                keys: Vec::new(),
+                bytes: 0,
+                started: std::time::Instant::now(),
+            }
+        }
+    };
     let mut fresh: Vec<Job> = Vec::new();
-    // Requests repeating a key of this same group wait for the first one's answer.
-    let mut repeats: Vec<(usize, Job)> = Vec::new();
     for job in jobs {
-        let key = job.pushed.key.clone();
-        if let Some(k) = &key {
+        if let Some(k) = &job.pushed.key {
+            inflight.settled(k).await;
             if let Some(a) = intake.answered(d, pipeline, k) {
                 let _ = job.reply.send(Ok(a));
                 continue;
             }
-            if let Some(i) = fresh.iter().position(|f| f.pushed.key.as_ref() == Some(k)) {
-                repeats.push((i, job));
+            let first = g
+                .keys
+                .iter()
+                .chain(fresh.iter().map(|f| &f.pushed.key))
+                .position(|x| x.as_ref() == Some(k));
+            if let Some(i) = first {
+                g.repeats.push((i, job));
                 continue;
             }
         }
         fresh.push(job);
     }
     if fresh.is_empty() {
-        return;
+        // Nothing validated in a new group: its staged run goes with it.
+        return (g.requests() > 0).then_some(g);
     }
-    let project = d.project();
-    let found = project
-        .push_pipeline(pipeline)
-        .and_then(|p| Some((p.clone(), project.table(&p.table)?.clone())));
-    let Some((p, table)) = found else {
-        let why = Refused::NotCommitted(format!("{pipeline} is no longer a push pipeline"));
-        for job in fresh {
-            let _ = job.reply.send(Err(why.clone()));
-        }
-        return;
-    };
     let (pushed, replies): (Vec<Pushed>, Vec<oneshot::Sender<Reply>>) =
         fresh.into_iter().map(|j| (j.pushed, j.reply)).unzip();
-    let wh = d.warehouse().clone();
-    let started = std::time::Instant::now();
-    let outcome = tokio::task::spawn_blocking(move || {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            commit_pushes(&wh, &table, &p, &pushed)
-        }))
-        .unwrap_or_else(|payload| {
-            Err(IngestError::Panicked(crate::ingest::panic_message(
-                payload.as_ref(),
-            )))
-        })
+    g.keys.extend(pushed.iter().map(|p| p.key.clone()));
+    g.bytes += pushed.iter().map(|p| p.body.len()).sum::<usize>();
+    g.replies.extend(replies);
+    let (mut run, name) = (g.run, g.pipeline.name.clone());
+    let absorbed = blocking(move || {
+        for req in &pushed {
+            run.absorb(&name, req)?;
+        }
+        Ok(run)
     })
-    .await
-    .unwrap_or_else(|e| Err(IngestError::Internal(format!("intake thread: {e}"))));
-    let answers: Vec<Reply> = match outcome {
-        Ok((record, answers)) => {
-            tracing::info!(
-                pipeline,
-                run_id = %record.run_id,
-                requests = answers.len(),
-                rows_valid = record.rows_valid,
-                rows_rejected = record.rows_rejected,
-                rows_changed = record.rows_changed,
-                secs = started.elapsed().as_secs_f64(),
-                "Push committed."
-            );
-            // The committed run holds exactly the answers to keyed requests.
-            intake.remember(pipeline, &record.intake);
-            if record.rows_changed > 0 {
-                intake.refresh.notify_one();
-            }
-            answers
+    .await;
+    match absorbed {
+        Ok(run) => {
+            g.run = run;
+            Some(g)
         }
         Err(e) => {
-            tracing::warn!(pipeline, error = %e, "Push failed; nothing of its requests was committed.");
-            let why = Refused::NotCommitted(e.to_string());
-            replies.iter().map(|_| Err(why.clone())).collect()
+            fail_all(pipeline, &e, g.replies, g.repeats);
+            None
         }
-    };
-    for (i, job) in repeats {
-        let _ = job.reply.send(answers[i].clone());
     }
-    for (reply, answer) in replies.into_iter().zip(answers) {
-        let _ = reply.send(answer);
+}
+
+/// Commits validated groups one at a time and replies to their requests.
+async fn committer(
+    d: Arc<Daemon>,
+    pipeline: String,
+    mut stages: mpsc::UnboundedReceiver<(Stage, OwnedSemaphorePermit)>,
+    inflight: Arc<InFlight>,
+) {
+    let intake = d.intake();
+    // The permit says a commit runs; it is released when the commit is answered.
+    while let Some((stage, _permit)) = stages.recv().await {
+        let Stage {
+            absorbed,
+            table,
+            replies,
+            repeats,
+            keys,
+            started,
+        } = stage;
+        let (wh, name) = (d.warehouse().clone(), pipeline.clone());
+        let outcome = blocking(move || commit_absorbed(&wh, &table, &name, absorbed)).await;
+        let answers: Vec<Reply> = match outcome {
+            Ok((record, answers)) => {
+                tracing::info!(
+                    pipeline,
+                    run_id = %record.run_id,
+                    requests = answers.len(),
+                    rows_valid = record.rows_valid,
+                    rows_rejected = record.rows_rejected,
+                    rows_changed = record.rows_changed,
+                    secs = started.elapsed().as_secs_f64(),
+                    "Push committed."
+                );
+                // The committed run holds exactly the answers to keyed requests.
+                intake.remember(&pipeline, &record.intake);
+                if record.rows_changed > 0 {
+                    intake.refresh.notify_one();
+                }
+                answers
+            }
+            Err(e) => {
+                tracing::warn!(pipeline, error = %e, "Push failed; nothing of its requests was committed.");
+                let why = Refused::NotCommitted(e.to_string());
+                replies.iter().map(|_| Err(why.clone())).collect()
+            }
+        };
+        {
+            let mut held = inflight.keys.lock().expect("in-flight lock");
+            for k in &keys {
+                held.remove(k);
+            }
+        }
+        *inflight.last_commit.lock().expect("commit time lock") = tokio::time::Instant::now();
+        inflight.committed.notify_waiters();
+        for (i, job) in repeats {
+            let _ = job.reply.send(answers[i].clone());
+        }
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(answer);
+        }
     }
 }
 
