@@ -369,7 +369,7 @@ async fn concurrent_pushes_share_commits_and_show_in_the_indicators_within_secon
                 "--seed",
                 "95",
                 "--requests",
-                "400",
+                "1000",
                 "--concurrency",
                 "32",
                 "--bad-share",
@@ -384,14 +384,14 @@ async fn concurrent_pushes_share_commits_and_show_in_the_indicators_within_secon
     assert_eq!(report["no_answer"], 0, "{report}");
     let statuses = report["statuses"].as_object().unwrap();
     let answered: u64 = statuses.values().map(|v| v.as_u64().unwrap()).sum();
-    assert_eq!(answered, 400, "{report}");
+    assert_eq!(answered, 1000, "{report}");
     assert!(
         statuses.keys().all(|k| k == "200" || k == "422"),
         "{report}"
     );
     assert_eq!(
         report["accepted"].as_u64().unwrap() + report["rejected"].as_u64().unwrap(),
-        400,
+        1000,
         "{report}"
     );
     assert!(report["rejected"].as_u64().unwrap() > 10, "{report}");
@@ -409,12 +409,34 @@ async fn concurrent_pushes_share_commits_and_show_in_the_indicators_within_secon
         .iter()
         .map(|r| r["requests"].as_u64().unwrap())
         .sum();
-    assert_eq!(requests, 400);
+    assert_eq!(requests, 1000);
     assert!(
-        push_runs.len() <= 100,
-        "{} commits for 400 requests",
+        push_runs.len() <= 250,
+        "{} commits for 1000 requests",
         push_runs.len()
     );
+    // Every accepted application is in the table once and every rejected
+    // one in the quarantine, across the appends in place and the
+    // compactions of partitions that collected too many files.
+    let counts = &sql(
+        &config,
+        &wh,
+        "SELECT (SELECT count(*) FROM financing_demands WHERE demand_id LIKE 'GC%') AS n, \
+                (SELECT count(DISTINCT demand_id) FROM financing_demands \
+                 WHERE demand_id LIKE 'GC%') AS ids, \
+                (SELECT count(*) FROM quarantine.financing_demands \
+                 WHERE source LIKE 'push to financing_applications%') AS quarantined, \
+                (SELECT max(files) FROM system.partitions) AS most_files",
+    )[0];
+    let accepted = report["accepted"].as_u64().unwrap().to_string();
+    assert_eq!(counts[0], accepted, "{counts:?}");
+    assert_eq!(counts[1], accepted, "{counts:?}");
+    assert_eq!(
+        counts[2],
+        report["rejected"].as_u64().unwrap().to_string(),
+        "{counts:?}"
+    );
+    assert!(counts[3].parse::<u64>().unwrap() <= 24, "{counts:?}");
 
     // One more application: in the funnel and the matching list within 5 s.
     // Let the refresh after the burst finish first.
