@@ -1119,7 +1119,8 @@ struct CommitInput<'a> {
     append: bool,
 }
 
-/// Files a partition may have before an appending commit rewrites it whole.
+/// Files a partition may have before an appending commit compacts all but
+/// its largest file into one (or, when keys repeat, merges it whole).
 const MAX_PARTITION_FILES: usize = 24;
 
 /// A committed file's identity: device, inode, size, modification time (s, ns).
@@ -1200,12 +1201,14 @@ struct Appendable {
     rows: arrow::array::RecordBatch,
     order: Vec<u32>,
     keys: HashSet<Vec<u8>>,
+    /// The partition already has [`MAX_PARTITION_FILES`] files: the rows
+    /// go in with a compaction ([`compact_around_largest`]).
+    crowded: bool,
 }
 
 /// `new` rows of `part` as a file of their own when that changes nothing
-/// else: none of their keys is in the partition or repeated among them, and
-/// the partition has fewer than [`MAX_PARTITION_FILES`] files. `None`: the
-/// partition has to be merged and rewritten.
+/// else: none of their keys is in the partition or repeated among them.
+/// `None`: the partition has to be merged and rewritten.
 fn appendable(
     c: &CommitInput,
     state: &warehouse::DirState,
@@ -1215,7 +1218,7 @@ fn appendable(
     let schema = c.table.arrow_schema();
     let pk = &c.table.primary_key;
     let files: Vec<std::path::PathBuf> = partition_files(c.wh, state, part).collect();
-    if new.is_empty() || files.len() >= MAX_PARTITION_FILES {
+    if new.is_empty() {
         return Ok(None);
     }
     let rows = arrow::compute::concat_batches(&schema, new)
@@ -1239,7 +1242,61 @@ fn appendable(
         rows,
         order,
         keys: fresh,
+        crowded: files.len() >= MAX_PARTITION_FILES,
     }))
+}
+
+/// Appends to a partition with too many files: its largest file stays (a
+/// hard link in the new generation) and the other files with the new rows
+/// become one file sorted by key. All of them hold distinct keys, so this
+/// changes no row, and costs the small files, not the whole partition.
+fn compact_around_largest(
+    c: &CommitInput,
+    state: &warehouse::DirState,
+    g: &mut warehouse::GenBuilder,
+    part: &str,
+    a: Appendable,
+) -> Result<warehouse::FileEntry, IngestError> {
+    let schema = c.table.arrow_schema();
+    let files = state.partitions.get(part).map_or(&[][..], |p| &p.files);
+    let largest = files.iter().max_by_key(|f| f.rows).cloned();
+    let dir =
+        c.wh.root()
+            .join(&state.generation)
+            .join(warehouse::partition_path(part));
+    let mut batches = vec![a.rows];
+    for f in files {
+        if Some(&f.name) != largest.as_ref().map(|l| &l.name) {
+            batches.push(merge::read_parquet(&dir.join(&f.name), &schema)?);
+        }
+    }
+    let rows = arrow::compute::concat_batches(&schema, &batches)
+        .map_err(|e| IngestError::Internal(e.to_string()))?;
+    drop(batches);
+    let keys = merge::encode_keys(&schema, &rows, &c.table.primary_key)?;
+    let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
+    order.sort_by(|x, y| keys[*x as usize].cmp(&keys[*y as usize]));
+    let into = g.partition_dir(part)?;
+    let path = into.join(g.file_name(files.len()));
+    let entry = merge::write_parquet_rows(&path, &rows, &order)?;
+    if let Some(id) = file_identity(&path) {
+        KEYS.remember(id, Arc::new(keys.into_iter().collect()));
+    }
+    let mut kept = Vec::new();
+    if let Some(l) = largest {
+        let (from, to) = (dir.join(&l.name), into.join(&l.name));
+        std::fs::hard_link(&from, &to).map_err(|e| {
+            IngestError::Internal(format!(
+                "linking {} to {}: {e}",
+                from.display(),
+                to.display()
+            ))
+        })?;
+        kept.push(l);
+    }
+    kept.push(entry.clone());
+    g.set_partition(part, kept);
+    Ok(entry)
 }
 
 /// Writes appendable rows at `path` and remembers their keys for the next commit.
@@ -1270,7 +1327,7 @@ fn append_in_place(
     let mut out = TableMerge::default();
     for (n, (part, paths)) in new_by_part.iter().enumerate() {
         let new = partition::read_spills(paths)?;
-        let Some(a) = appendable(c, state, part, &new)? else {
+        let Some(a) = appendable(c, state, part, &new)?.filter(|a| !a.crowded) else {
             return Ok(None);
         };
         let entry = write_appended(&target.staged_path(part, n)?, a)?;
@@ -1329,6 +1386,14 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
             && remove.is_empty()
             && let Some(a) = appendable(c, &state, part, &new)?
         {
+            let added = a.rows.num_rows() as u64;
+            if a.crowded {
+                let entry = compact_around_largest(c, &state, &mut g, part, a)?;
+                out.rows_changed += added;
+                out.rows_written += entry.rows;
+                out.touched.push(part.clone());
+                continue;
+            }
             let n = state.partitions.get(part).map_or(0, |p| p.files.len());
             let entry = write_appended(&g.partition_dir(part)?.join(g.file_name(n)), a)?;
             out.rows_changed += entry.rows;
