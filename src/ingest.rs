@@ -1236,14 +1236,19 @@ fn appendable(
             return Ok(None);
         }
     }
-    let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
-    order.sort_by(|a, b| keys[*a as usize].cmp(&keys[*b as usize]));
     Ok(Some(Appendable {
+        order: key_order(&keys),
         rows,
-        order,
         keys: fresh,
         crowded: files.len() >= MAX_PARTITION_FILES,
     }))
+}
+
+/// Row numbers in the order of their encoded keys.
+fn key_order(keys: &[Vec<u8>]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+    order.sort_by(|a, b| keys[*a as usize].cmp(&keys[*b as usize]));
+    order
 }
 
 /// Appends to a partition with too many files: its largest file stays (a
@@ -1274,14 +1279,14 @@ fn compact_around_largest(
         .map_err(|e| IngestError::Internal(e.to_string()))?;
     drop(batches);
     let keys = merge::encode_keys(&schema, &rows, &c.table.primary_key)?;
-    let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
-    order.sort_by(|x, y| keys[*x as usize].cmp(&keys[*y as usize]));
+    let merged = Appendable {
+        order: key_order(&keys),
+        rows,
+        keys: keys.into_iter().collect(),
+        crowded: false,
+    };
     let into = g.partition_dir(part)?;
-    let path = into.join(g.file_name(files.len()));
-    let entry = merge::write_parquet_rows(&path, &rows, &order)?;
-    if let Some(id) = file_identity(&path) {
-        KEYS.remember(id, Arc::new(keys.into_iter().collect()));
-    }
+    let entry = write_appended(&into.join(g.file_name(files.len())), merged)?;
     let mut kept = Vec::new();
     if let Some(l) = largest {
         let (from, to) = (dir.join(&l.name), into.join(&l.name));
@@ -1500,12 +1505,10 @@ fn append_quarantine(c: &CommitInput) -> Result<Option<warehouse::DirChange>, In
         None => Target::Generation(wh.begin_generation(guard, base, &qkey, run_id)?),
     };
     let mut added = false;
-    for (i, (part, paths)) in spilled.quarantine.iter().enumerate() {
+    // File names carry the generation's (or the in-place commit's) id, so
+    // the partition's index among the run's partitions makes them unique.
+    for (n, (part, paths)) in spilled.quarantine.iter().enumerate() {
         let mut seen = quarantined_fingerprints(wh, &qstate, part)?;
-        let n = match &target {
-            Target::InPlace(_) => i,
-            Target::Generation(_) => qstate.partitions.get(part).map_or(0, |p| p.files.len()),
-        };
         let path = target.path(part, n)?;
         let mut file = merge::ParquetFile::create(&path, qschema.clone())?;
         for spill in paths {

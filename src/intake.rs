@@ -294,10 +294,12 @@ impl Intake {
 
 /// Takes the requests queued for `pipeline`, a group at a time, and commits
 /// each group once. Requests are validated into the open group as they
-/// arrive, also while the previous group commits; the group is sealed and
-/// committed once the previous commit is done and either as many requests
-/// as the previous group had have arrived (clients that waited for the last
-/// commit are back) or `api.intake_wait_ms` have passed since its first.
+/// arrive, also while the previous group commits. The group is sealed once
+/// the previous commit is done and it holds as many requests as were
+/// waiting at once during the last group (the clients that waited for the
+/// last commit are back), or `api.intake_wait_ms` after its first request
+/// or the last commit, whichever is later; a group of more than
+/// [`BULK_BYTES`] is sealed at once, so one is validated while the other commits.
 async fn worker(d: Arc<Daemon>, pipeline: String, mut rx: mpsc::Receiver<Job>) {
     let (to_commit, commits) = mpsc::unbounded_channel::<(Stage, OwnedSemaphorePermit)>();
     let idle = Arc::new(Semaphore::new(1));
@@ -309,8 +311,8 @@ async fn worker(d: Arc<Daemon>, pipeline: String, mut rx: mpsc::Receiver<Job>) {
         inflight.clone(),
     ));
     // The most requests waiting in the worker at once (the open group, the
-    // queue and the committing group) during the last group's time, and
-    // during this one's: about how many clients wait on commits.
+    // queue and the committing group) during the last group, and during this
+    // one: about how many clients wait on commits.
     let (mut expect, mut peak) = (1, 0);
     let mut committing_group = 0;
     let mut open: Option<Group> = None;
@@ -326,31 +328,20 @@ async fn worker(d: Arc<Daemon>, pipeline: String, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let first_at = *first.get_or_insert_with(tokio::time::Instant::now);
-        let room = |open: &Option<Group>, queued: &[Job]| {
-            let (n, bytes) = open.as_ref().map_or((0, 0), |g| (g.requests(), g.bytes));
-            n + queued.len() < MAX_GROUP
-                && bytes + queued.iter().map(|j| j.pushed.body.len()).sum::<usize>()
-                    < MAX_GROUP_BYTES
-        };
-        while room(&open, &queued) {
-            match rx.try_recv() {
-                Ok(j) => queued.push(j),
-                Err(_) => break,
-            }
+        let (mut count, mut bytes) = open.as_ref().map_or((0, 0), |g| (g.requests(), g.bytes));
+        count += queued.len();
+        bytes += queued.iter().map(|j| j.pushed.body.len()).sum::<usize>();
+        while count < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+            let Ok(j) = rx.try_recv() else { break };
+            count += 1;
+            bytes += j.pushed.body.len();
+            queued.push(j);
         }
+        let full = count >= MAX_GROUP || bytes >= MAX_GROUP_BYTES;
         let committing = idle.available_permits() == 0;
-        let count = open.as_ref().map_or(0, Group::requests) + queued.len();
-        let bytes = open.as_ref().map_or(0, |g| g.bytes)
-            + queued.iter().map(|j| j.pushed.body.len()).sum::<usize>();
-        let full = !room(&open, &queued);
-        // The wait for more runs from the first request or the end of the
-        // last commit, whichever is later: clients that waited for that
-        // commit come back and join, instead of splitting into two groups
-        // that alternate. Bulk groups do not wait: validating one while the
-        // other commits is what keeps both cores busy.
+        peak = peak.max(count + if committing { committing_group } else { 0 });
         let wait = d.project().settings.api.intake_wait;
         let since = first_at.max(*inflight.last_commit.lock().expect("commit time lock"));
-        peak = peak.max(count + if committing { committing_group } else { 0 });
         let ready = full
             || count >= expect
             || bytes >= BULK_BYTES
@@ -401,23 +392,48 @@ async fn worker(d: Arc<Daemon>, pipeline: String, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// The group being validated: its run, and who waits for the answers.
-struct Group {
-    run: OpenRun,
-    table: TableSchema,
-    pipeline: PushPipeline,
+/// The requests of a group, waiting for their answers.
+struct Waiters {
     replies: Vec<oneshot::Sender<Reply>>,
     /// Requests repeating a key of this group: the index of the first one.
     repeats: Vec<(usize, Job)>,
     /// Each validated request's idempotency key.
     keys: Vec<Option<String>>,
-    bytes: usize,
     started: std::time::Instant,
+}
+
+impl Waiters {
+    /// Answers each validated request with its answer, in order, and each
+    /// repeat with the answer of the first request with its key.
+    fn answer(self, answers: Vec<Reply>) {
+        for (i, job) in self.repeats {
+            let _ = job.reply.send(answers[i].clone());
+        }
+        for (reply, answer) in self.replies.into_iter().zip(answers) {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Answers every request of a group that cannot be committed.
+    fn fail(self, pipeline: &str, e: &IngestError) {
+        tracing::warn!(pipeline, error = %e, "Push failed; nothing of its requests was committed.");
+        let why = Refused::NotCommitted(e.to_string());
+        let answers = vec![Err(why); self.replies.len()];
+        self.answer(answers);
+    }
+}
+
+/// The group being validated: its run, and who waits for the answers.
+struct Group {
+    run: OpenRun,
+    table: TableSchema,
+    bytes: usize,
+    waiters: Waiters,
 }
 
 impl Group {
     fn requests(&self) -> usize {
-        self.replies.len() + self.repeats.len()
+        self.waiters.replies.len() + self.waiters.repeats.len()
     }
 
     /// Ends validation; `None` (every request answered) when that failed.
@@ -425,51 +441,27 @@ impl Group {
         let Group {
             run,
             table,
-            replies,
-            repeats,
-            keys,
-            started,
+            waiters,
             ..
         } = self;
         match blocking(move || run.seal()).await {
             Ok(absorbed) => {
-                let keys: Vec<String> = keys.into_iter().flatten().collect();
                 inflight
                     .keys
                     .lock()
                     .expect("in-flight lock")
-                    .extend(keys.iter().cloned());
+                    .extend(waiters.keys.iter().flatten().cloned());
                 Some(Stage {
                     absorbed,
                     table,
-                    replies,
-                    repeats,
-                    keys,
-                    started,
+                    waiters,
                 })
             }
             Err(e) => {
-                fail_all(pipeline, &e, replies, repeats);
+                waiters.fail(pipeline, &e);
                 None
             }
         }
-    }
-}
-
-/// Answers every request of a group that cannot be committed.
-fn fail_all(
-    pipeline: &str,
-    e: &IngestError,
-    replies: Vec<oneshot::Sender<Reply>>,
-    repeats: Vec<(usize, Job)>,
-) {
-    tracing::warn!(pipeline, error = %e, "Push failed; nothing of its requests was committed.");
-    let why = Refused::NotCommitted(e.to_string());
-    for reply in replies {
-        let _ = reply.send(Err(why.clone()));
-    }
-    for (_, job) in repeats {
-        let _ = job.reply.send(Err(why.clone()));
     }
 }
 
@@ -503,16 +495,32 @@ impl InFlight {
             committed.await;
         }
     }
+
+    /// A commit (or its failure) is settled: its keys are no longer under way.
+    fn done(&self, keys: &[Option<String>]) {
+        {
+            let mut held = self.keys.lock().expect("in-flight lock");
+            for k in keys.iter().flatten() {
+                held.remove(k);
+            }
+        }
+        *self.last_commit.lock().expect("commit time lock") = tokio::time::Instant::now();
+        self.committed.notify_waiters();
+    }
 }
 
 /// A sealed group on its way to its commit.
 struct Stage {
     absorbed: Absorbed,
     table: TableSchema,
-    replies: Vec<oneshot::Sender<Reply>>,
-    repeats: Vec<(usize, Job)>,
-    keys: Vec<String>,
-    started: std::time::Instant,
+    waiters: Waiters,
+}
+
+/// Answers `jobs`, which no group took, with `why`.
+fn refuse(jobs: Vec<Job>, why: &Refused) {
+    for job in jobs {
+        let _ = job.reply.send(Err(why.clone()));
+    }
 }
 
 /// Validates `jobs` into the open group (opening one if needed): repeated
@@ -534,30 +542,29 @@ async fn absorb_into(
                 .push_pipeline(pipeline)
                 .and_then(|p| Some((p.clone(), project.table(&p.table)?.clone())));
             let Some((p, table)) = found else {
-                let why = Refused::NotCommitted(format!("{pipeline} is no longer a push pipeline"));
-                for job in jobs {
-                    let _ = job.reply.send(Err(why.clone()));
-                }
+                let why = format!("{pipeline} is no longer a push pipeline");
+                refuse(jobs, &Refused::NotCommitted(why));
                 return None;
             };
-            let (wh, t, pp) = (d.warehouse().clone(), table.clone(), p.clone());
-            let run = match blocking(move || OpenRun::new(&wh, &t, &pp)).await {
+            let (wh, t) = (d.warehouse().clone(), table.clone());
+            let run = match blocking(move || OpenRun::new(&wh, &t, &p)).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let replies = jobs.into_iter().map(|j| j.reply).collect();
-                    fail_all(pipeline, &e, replies, Vec::new());
+                    tracing::warn!(pipeline, error = %e, "Push failed; nothing of its requests was committed.");
+                    refuse(jobs, &Refused::NotCommitted(e.to_string()));
                     return None;
                 }
             };
             Group {
                 run,
                 table,
-                pipeline: p,
-                replies: Vec::new(),
-                repeats: Vec::new(),
-                keys: Vec::new(),
                 bytes: 0,
-                started: std::time::Instant::now(),
+                waiters: Waiters {
+                    replies: Vec::new(),
+                    repeats: Vec::new(),
+                    keys: Vec::new(),
+                    started: std::time::Instant::now(),
+                },
             }
         }
     };
@@ -570,12 +577,13 @@ async fn absorb_into(
                 continue;
             }
             let first = g
+                .waiters
                 .keys
                 .iter()
                 .chain(fresh.iter().map(|f| &f.pushed.key))
                 .position(|x| x.as_ref() == Some(k));
             if let Some(i) = first {
-                g.repeats.push((i, job));
+                g.waiters.repeats.push((i, job));
                 continue;
             }
         }
@@ -587,10 +595,10 @@ async fn absorb_into(
     }
     let (pushed, replies): (Vec<Pushed>, Vec<oneshot::Sender<Reply>>) =
         fresh.into_iter().map(|j| (j.pushed, j.reply)).unzip();
-    g.keys.extend(pushed.iter().map(|p| p.key.clone()));
+    g.waiters.keys.extend(pushed.iter().map(|p| p.key.clone()));
+    g.waiters.replies.extend(replies);
     g.bytes += pushed.iter().map(|p| p.body.len()).sum::<usize>();
-    g.replies.extend(replies);
-    let (mut run, name) = (g.run, g.pipeline.name.clone());
+    let (mut run, name) = (g.run, pipeline.to_string());
     let absorbed = blocking(move || {
         for req in &pushed {
             run.absorb(&name, req)?;
@@ -604,7 +612,7 @@ async fn absorb_into(
             Some(g)
         }
         Err(e) => {
-            fail_all(pipeline, &e, g.replies, g.repeats);
+            g.waiters.fail(pipeline, &e);
             None
         }
     }
@@ -623,51 +631,32 @@ async fn committer(
         let Stage {
             absorbed,
             table,
-            replies,
-            repeats,
-            keys,
-            started,
+            waiters,
         } = stage;
         let (wh, name) = (d.warehouse().clone(), pipeline.clone());
         let outcome = blocking(move || commit_absorbed(&wh, &table, &name, absorbed)).await;
-        let answers: Vec<Reply> = match outcome {
-            Ok((record, answers)) => {
-                tracing::info!(
-                    pipeline,
-                    run_id = %record.run_id,
-                    requests = answers.len(),
-                    rows_valid = record.rows_valid,
-                    rows_rejected = record.rows_rejected,
-                    rows_changed = record.rows_changed,
-                    secs = started.elapsed().as_secs_f64(),
-                    "Push committed."
-                );
-                // The committed run holds exactly the answers to keyed requests.
-                intake.remember(&pipeline, &record.intake);
-                if record.rows_changed > 0 {
-                    intake.refresh.notify_one();
-                }
-                answers
-            }
-            Err(e) => {
-                tracing::warn!(pipeline, error = %e, "Push failed; nothing of its requests was committed.");
-                let why = Refused::NotCommitted(e.to_string());
-                replies.iter().map(|_| Err(why.clone())).collect()
-            }
-        };
-        {
-            let mut held = inflight.keys.lock().expect("in-flight lock");
-            for k in &keys {
-                held.remove(k);
+        if let Ok((record, answers)) = &outcome {
+            tracing::info!(
+                pipeline,
+                run_id = %record.run_id,
+                requests = answers.len(),
+                rows_valid = record.rows_valid,
+                rows_rejected = record.rows_rejected,
+                rows_changed = record.rows_changed,
+                secs = waiters.started.elapsed().as_secs_f64(),
+                "Push committed."
+            );
+            // The committed run holds exactly the answers to keyed requests;
+            // remembered before the keys are released, so a repeat finds them.
+            intake.remember(&pipeline, &record.intake);
+            if record.rows_changed > 0 {
+                intake.refresh.notify_one();
             }
         }
-        *inflight.last_commit.lock().expect("commit time lock") = tokio::time::Instant::now();
-        inflight.committed.notify_waiters();
-        for (i, job) in repeats {
-            let _ = job.reply.send(answers[i].clone());
-        }
-        for (reply, answer) in replies.into_iter().zip(answers) {
-            let _ = reply.send(answer);
+        inflight.done(&waiters.keys);
+        match outcome {
+            Ok((_, answers)) => waiters.answer(answers),
+            Err(e) => waiters.fail(&pipeline, &e),
         }
     }
 }

@@ -34,7 +34,7 @@ pub mod merge;
 
 use fsutil::FileLock;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -701,9 +701,11 @@ impl GenBuilder {
 pub struct InPlace {
     key: String,
     state: DirState,
-    /// The run's staging directory, and its name under `_ironlake/staging`.
-    staging: PathBuf,
-    run_dir: String,
+    root: PathBuf,
+    /// Where the files are staged, relative to the root:
+    /// `_ironlake/staging/<run>/<directory key with dots>`.
+    staged: PathBuf,
+    /// The commit's id in file names (`v<version>-<run>`).
     name: String,
     moves: Vec<(String, String)>,
 }
@@ -711,10 +713,7 @@ pub struct InPlace {
 impl InPlace {
     /// Where the `n`th new file of `partition` is written (its parent is created).
     pub fn staged_path(&self, partition: &str, n: usize) -> Result<PathBuf> {
-        let d = self
-            .staging
-            .join(self.staged_dir())
-            .join(partition_path(partition));
+        let d = self.root.join(&self.staged).join(partition_path(partition));
         std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         Ok(d.join(self.file_name(n)))
     }
@@ -723,20 +722,11 @@ impl InPlace {
         format!("part-{}-{n}.parquet", self.name)
     }
 
-    /// The staging subdirectory of this directory's files (`tables.bank_loans`).
-    fn staged_dir(&self) -> String {
-        self.key.replace('/', ".")
-    }
-
     /// Records the file written (and fsynced) at `staged_path(partition, n)`.
     pub fn add_file(&mut self, partition: &str, n: usize, entry: FileEntry, run_id: &str) {
         let name = self.file_name(n);
         let part_dir = partition_path(partition);
-        let from = Path::new("_ironlake/staging")
-            .join(&self.run_dir)
-            .join(self.staged_dir())
-            .join(&part_dir)
-            .join(&name);
+        let from = self.staged.join(&part_dir).join(&name);
         let to = Path::new(&self.state.generation)
             .join(&part_dir)
             .join(&name);
@@ -1130,8 +1120,10 @@ impl Warehouse {
         Some(InPlace {
             key: key.to_string(),
             state,
-            staging: self.meta(&format!("staging/{run_id}")),
-            run_dir: run_id.to_string(),
+            root: self.root.clone(),
+            staged: Path::new("_ironlake/staging")
+                .join(run_id)
+                .join(key.replace('/', ".")),
             name: format!(
                 "v{:010}-{}",
                 base.version + 1,
@@ -1514,6 +1506,38 @@ impl Warehouse {
         Ok(())
     }
 
+    /// The generations the manifests `versions` reference (read once per
+    /// version: manifests never change).
+    fn referenced_generations(&self, versions: &[u64]) -> Result<HashSet<PathBuf>> {
+        let mut refs = self
+            .gc_refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        refs.retain(|v, _| versions.contains(v));
+        let mut referenced = HashSet::new();
+        for &v in versions {
+            let gens = match refs.get(&v) {
+                Some(g) => g.clone(),
+                None => {
+                    let m: Manifest = Self::read_json(&self.manifest_path(v))?;
+                    let mut g: Vec<PathBuf> = m
+                        .dirs
+                        .values()
+                        .map(|d| self.root.join(&d.generation))
+                        .collect();
+                    for p in m.published.values() {
+                        g.extend(p.versions.iter().map(|v| self.root.join(&v.generation)));
+                    }
+                    let g = std::sync::Arc::new(g);
+                    refs.insert(v, g.clone());
+                    g
+                }
+            };
+            referenced.extend(gens.iter().cloned());
+        }
+        Ok(referenced)
+    }
+
     /// Marks the generation `key`'s link points to as superseded now (a
     /// [`SUPERSEDED`] file, created or touched), unless it is `generation`:
     /// its retention starts now, and garbage collection looks again once it
@@ -1545,45 +1569,17 @@ impl Warehouse {
     /// Removes manifests older than the last [`RETAINED_MANIFESTS`];
     /// generations none of those references, once superseded for the
     /// retention time (at once if never committed: a crashed run's); stale
-    /// temp files; and run records past [`RUNS_KEPT_PER_PIPELINE`]. Generations are listed only when one
-    /// may be due (or a minute has passed), so a commit's cost does not grow
-    /// with what is kept.
+    /// temp files; and run records past [`RUNS_KEPT_PER_PIPELINE`].
+    /// Generations are listed only when one may be due (or a minute has
+    /// passed), so a commit's cost does not grow with what is kept.
     pub fn collect_garbage(&self, _guard: &CommitGuard) -> Result<()> {
         crate::failpoint_io("gc").map_err(io_err("collect garbage in", &self.root))?;
         let versions = self.manifest_versions()?;
         let keep_from = versions.len().saturating_sub(RETAINED_MANIFESTS);
-        let mut held: Vec<std::sync::Arc<Vec<PathBuf>>> = Vec::new();
-        let mut refs = self
-            .gc_refs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for &v in &versions[keep_from..] {
-            let gens = match refs.get(&v) {
-                Some(g) => g.clone(),
-                None => {
-                    let m: Manifest = Self::read_json(&self.manifest_path(v))?;
-                    let mut g: Vec<PathBuf> = m
-                        .dirs
-                        .values()
-                        .map(|d| self.root.join(&d.generation))
-                        .collect();
-                    for p in m.published.values() {
-                        g.extend(p.versions.iter().map(|v| self.root.join(&v.generation)));
-                    }
-                    let g = std::sync::Arc::new(g);
-                    refs.insert(v, g.clone());
-                    g
-                }
-            };
-            held.push(gens);
-        }
         for &v in &versions[..keep_from] {
             let p = self.manifest_path(v);
             std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
         }
-        let oldest = versions.get(keep_from).copied().unwrap_or(u64::MAX);
-        refs.retain(|v, _| *v >= oldest);
-        drop(refs);
         let now = std::time::SystemTime::now();
         let (scan, prune) = {
             let mut sched = self
@@ -1603,10 +1599,7 @@ impl Warehouse {
         if !scan {
             return Ok(());
         }
-        let referenced: std::collections::HashSet<&Path> = held
-            .iter()
-            .flat_map(|g| g.iter().map(PathBuf::as_path))
-            .collect();
+        let referenced = self.referenced_generations(&versions[keep_from..])?;
         let mut next = now + GC_MAX_INTERVAL;
         let gen_root = self.meta("gen");
         for dir in subdirs(&gen_root)? {
