@@ -173,7 +173,8 @@ fn the_demo_hands_over_an_environment_every_runbook_command_can_use() {
     let stdout = demo.stdout.take().unwrap();
     let mut printed = String::new();
     let deadline = Instant::now() + Duration::from_secs(300);
-    for line in std::io::BufReader::new(stdout).lines() {
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         printed.push_str(&line);
         printed.push('\n');
@@ -181,6 +182,8 @@ fn the_demo_hands_over_an_environment_every_runbook_command_can_use() {
             break;
         }
     }
+    // Keep reading what the demo prints after that: a closed pipe would end it.
+    std::thread::spawn(move || lines.for_each(drop));
     let env_file = project.path().join("ironlake-demo.env");
     let env_text =
         std::fs::read_to_string(&env_file).unwrap_or_else(|_| panic!("no env file:\n{printed}"));
