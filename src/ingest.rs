@@ -594,13 +594,108 @@ impl Counters {
     }
 }
 
-/// Where decoded pages go: validation, the partitioner (valid rows by
+/// Validation of decoded pages, apart from any run's state: pages are
+/// checked on any thread, in any order, and taken into the run in order.
+pub(crate) struct Checker {
+    validator: Validator,
+    schema: arrow::datatypes::SchemaRef,
+    cursor_col: Option<usize>,
+}
+
+/// One page checked: its valid rows as one batch per quarter, its rejected
+/// records (bad items first, then records, in page order; numbered within
+/// the page) and its counts.
+pub(crate) struct Checked {
+    rows: BTreeMap<Quarter, arrow::array::RecordBatch>,
+    rejects: Vec<(Option<Quarter>, QuarantineRow)>,
+    items: u64,
+    valid: u64,
+    unknown: BTreeMap<String, u64>,
+    max_cursor: Option<String>,
+}
+
+impl Checked {
+    /// Moves the page's record numbers `offset` on (pages that are chunks of one file).
+    fn renumber(&mut self, offset: u64) {
+        for (_, r) in &mut self.rejects {
+            r.record_no += offset;
+        }
+    }
+}
+
+impl Checker {
+    fn new(table: &TableSchema, cursor_col: Option<usize>) -> Checker {
+        Checker {
+            validator: Validator::new(table),
+            schema: table.arrow_schema(),
+            cursor_col,
+        }
+    }
+
+    /// Validates one decoded page from `source` (its URL or file, for the quarantine).
+    fn check(&self, page: &decode::DecodedPage, source: &str) -> Checked {
+        let mut rejects = Vec::new();
+        for bad in &page.bad {
+            let row = QuarantineRow {
+                source: source.to_string(),
+                record_no: bad.no,
+                field: None,
+                reason: bad.reason.clone(),
+                code: bad.code,
+                raw: bad.raw.clone(),
+            };
+            rejects.push((None, row));
+        }
+        let mut buffers: BTreeMap<Quarter, partition::RowBuffer> = BTreeMap::new();
+        let (mut valid, mut max_cursor) = (0, None::<String>);
+        for rec in &page.records {
+            match self.validator.validate(rec) {
+                Ok(row) => {
+                    valid += 1;
+                    if let Some(ci) = self.cursor_col
+                        && let Some(v) = cursor_value(&row.values[ci])
+                        && max_cursor.as_ref().is_none_or(|m| &v > m)
+                    {
+                        max_cursor = Some(v);
+                    }
+                    buffers
+                        .entry(row.quarter)
+                        .or_insert_with(|| partition::RowBuffer::new(self.validator.schema()))
+                        .push(&row.values);
+                }
+                Err(rej) => {
+                    let row = QuarantineRow {
+                        source: source.to_string(),
+                        record_no: rec.no,
+                        field: rej.field,
+                        reason: rej.reason,
+                        code: rej.code,
+                        raw: rec.raw.to_string(),
+                    };
+                    rejects.push((self.validator.quarter_of(rec), row));
+                }
+            }
+        }
+        Checked {
+            rows: buffers
+                .into_iter()
+                .map(|(q, mut b)| (q, b.finish(&self.schema)))
+                .collect(),
+            rejects,
+            items: page.items,
+            valid,
+            unknown: page.unknown_fields.clone(),
+            max_cursor,
+        }
+    }
+}
+
+/// Where checked pages go, in order: the partitioner (valid rows by
 /// quarter, everything else to the quarantine), the counters, and the
 /// highest value of the incremental cursor's column.
 pub(crate) struct Absorber {
-    validator: Validator,
+    checker: Arc<Checker>,
     pub(crate) part: Partitioner,
-    cursor_col: Option<usize>,
     max_cursor: Option<String>,
     pub(crate) counters: Counters,
     /// When set (pushes), the first rejected records of the page, to answer with.
@@ -617,93 +712,66 @@ impl Absorber {
         run_id: &str,
         name: &str,
     ) -> Absorber {
+        Absorber::with_cursor(table, staging, run_id, name, None)
+    }
+
+    /// An absorber that tracks the highest value of column `cursor_col`.
+    fn with_cursor(
+        table: &TableSchema,
+        staging: &std::path::Path,
+        run_id: &str,
+        name: &str,
+        cursor_col: Option<usize>,
+    ) -> Absorber {
         Absorber {
-            validator: Validator::new(table),
+            checker: Arc::new(Checker::new(table, cursor_col)),
             part: Partitioner::new(table, staging, run_id, name),
-            cursor_col: None,
             max_cursor: None,
             counters: Counters::default(),
             errors: None,
         }
     }
 
-    fn note_error(&mut self, record_no: u64, field: Option<&String>, reason: &str) {
-        if let Some(errors) = &mut self.errors
-            && errors.len() < MAX_ANSWER_ERRORS
-        {
-            errors.push(warehouse::IntakeError {
-                record_no,
-                field: field.cloned(),
-                reason: reason.to_string(),
-            });
-        }
-    }
-
-    /// Validates one decoded page from `source` (its URL or file, for the quarantine).
+    /// Validates one decoded page from `source` (its URL or file, for the
+    /// quarantine) into the run.
     pub(crate) fn absorb(
         &mut self,
         page: &decode::DecodedPage,
         source: &str,
     ) -> Result<(), PartitionError> {
-        for bad in &page.bad {
-            self.note_error(bad.no, None, &bad.reason);
-        }
+        let checked = self.checker.check(page, source);
+        self.take(checked)
+    }
+
+    /// Takes a checked page into the run (pages in delivery order).
+    fn take(&mut self, checked: Checked) -> Result<(), PartitionError> {
         let c = &mut self.counters;
         c.pages += 1;
-        c.rows_in += page.items;
-        for (k, n) in &page.unknown_fields {
-            *c.unknown.entry(k.clone()).or_default() += n;
+        c.rows_in += checked.items;
+        c.rows_valid += checked.valid;
+        c.rejected += checked.rejects.len() as u64;
+        for (k, n) in checked.unknown {
+            *c.unknown.entry(k).or_default() += n;
         }
-        for bad in &page.bad {
-            c.rejected += 1;
-            self.part.reject(
-                None,
-                QuarantineRow {
-                    source: source.to_string(),
-                    record_no: bad.no,
-                    field: None,
-                    reason: bad.reason.clone(),
-                    code: bad.code,
-                    raw: bad.raw.clone(),
-                },
-            )?;
+        if let Some(v) = checked.max_cursor
+            && self.max_cursor.as_ref().is_none_or(|m| &v > m)
+        {
+            self.max_cursor = Some(v);
         }
-        for rec in &page.records {
-            match self.validator.validate(rec) {
-                Ok(row) => {
-                    c.rows_valid += 1;
-                    if let Some(ci) = self.cursor_col
-                        && let Some(v) = cursor_value(&row.values[ci])
-                        && self.max_cursor.as_ref().is_none_or(|m| &v > m)
-                    {
-                        self.max_cursor = Some(v);
-                    }
-                    self.part.push(row.quarter, &row.values)?;
-                }
-                Err(rej) => {
-                    c.rejected += 1;
-                    if let Some(errors) = &mut self.errors
-                        && errors.len() < MAX_ANSWER_ERRORS
-                    {
-                        errors.push(warehouse::IntakeError {
-                            record_no: rec.no,
-                            field: rej.field.clone(),
-                            reason: rej.reason.clone(),
-                        });
-                    }
-                    self.part.reject(
-                        self.validator.quarter_of(rec),
-                        QuarantineRow {
-                            source: source.to_string(),
-                            record_no: rec.no,
-                            field: rej.field,
-                            reason: rej.reason,
-                            code: rej.code,
-                            raw: rec.raw.to_string(),
-                        },
-                    )?;
-                }
+        for (q, batch) in checked.rows {
+            self.part.push_batch(q, batch)?;
+        }
+        for (quarter, row) in checked.rejects {
+            if let Some(errors) = &mut self.errors
+                && errors.len() < MAX_ANSWER_ERRORS
+            {
+                errors.push(warehouse::IntakeError {
+                    record_no: row.record_no,
+                    field: row.field.clone(),
+                    reason: row.reason.clone(),
+                });
             }
+            self.part.reject(quarter, row)?;
         }
         Ok(())
     }
@@ -858,10 +926,35 @@ async fn fetch_pages(
     Ok(())
 }
 
-/// Decodes and validates pages as they arrive, answering the pager.
+/// Threads that decode and validate pages side by side.
+fn check_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
+}
+
+/// A page being checked on a blocking thread, with its window.
+type Checking = (usize, tokio::task::JoinHandle<Result<Checked, IngestError>>);
+
+/// Waits for a page being checked and takes it into the run.
+async fn take_checked(
+    sink: &mut Absorber,
+    report: &Reporter<'_>,
+    (window, task): Checking,
+) -> Result<(), IngestError> {
+    let checked = task.await.map_err(|e| match e.try_into_panic() {
+        Ok(payload) => IngestError::Panicked(panic_message(payload.as_ref())),
+        Err(e) => IngestError::Internal(format!("page thread: {e}")),
+    })??;
+    sink.take(checked)?;
+    report.send(&sink.counters, window, "fetching");
+    Ok(())
+}
+
+/// Decodes and validates pages as they arrive, a few at a time on blocking
+/// threads (each answers the pager as soon as it is decoded), and takes
+/// them into the run in delivery order.
 async fn absorb_pages(
     p: &Pipeline,
-    columns: &Columns,
+    columns: Arc<Columns>,
     sink: &mut Absorber,
     report: &Reporter<'_>,
     mut rx: tokio::sync::mpsc::Receiver<PageIn>,
@@ -869,30 +962,46 @@ async fn absorb_pages(
     let cursor_field = match &p.source.pagination {
         Pagination::Cursor {
             next_cursor_field, ..
-        } => Some(next_cursor_field.as_str()),
+        } => Some(next_cursor_field.clone()),
         _ => None,
     };
-    let records_field = p.source.records_field.as_deref();
+    let records_field = p.source.records_field.clone();
+    let format = p.source.format;
+    let mut queue: std::collections::VecDeque<Checking> = Default::default();
     while let Some(page_in) = rx.recv().await {
-        let page = decode::decode(
-            p.source.format,
-            records_field,
-            cursor_field,
-            columns,
-            &page_in.body,
-        )
-        .map_err(|e| IngestError::Decode {
-            url: page_in.shown.clone(),
-            source: e,
-        })?;
-        sink.absorb(&page, &page_in.shown)?;
-        if let Some(reply) = page_in.reply {
-            let _ = reply.send(PageInfo {
-                items: page.items,
-                next_cursor: page.next_cursor.clone(),
-            });
+        if queue.len() >= check_threads() {
+            take_checked(sink, report, queue.pop_front().expect("queue is full")).await?;
         }
-        report.send(&sink.counters, page_in.window, "fetching");
+        let window = page_in.window;
+        let (checker, columns) = (sink.checker.clone(), columns.clone());
+        let (records_field, cursor_field) = (records_field.clone(), cursor_field.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let PageIn {
+                shown, body, reply, ..
+            } = page_in;
+            let page = decode::decode(
+                format,
+                records_field.as_deref(),
+                cursor_field.as_deref(),
+                &columns,
+                &body,
+            )
+            .map_err(|e| IngestError::Decode {
+                url: shown.clone(),
+                source: e,
+            })?;
+            if let Some(reply) = reply {
+                let _ = reply.send(PageInfo {
+                    items: page.items,
+                    next_cursor: page.next_cursor.clone(),
+                });
+            }
+            Ok(checker.check(&page, &shown))
+        });
+        queue.push_back((window, task));
+    }
+    while let Some(next) = queue.pop_front() {
+        take_checked(sink, report, next).await?;
     }
     Ok(())
 }
@@ -906,12 +1015,12 @@ async fn fetch_into(
     sink: &mut Absorber,
     report: &Reporter<'_>,
 ) -> Result<(), IngestError> {
-    let columns = Columns::new(table.columns.iter().map(|c| c.name.as_str()));
+    let columns = Arc::new(Columns::new(table.columns.iter().map(|c| c.name.as_str())));
     let (tx, rx) = tokio::sync::mpsc::channel::<PageIn>(2);
     let mut stats = FetchStats::default();
     let (fetched, absorbed) = tokio::join!(
         fetch_pages(p, source, plan, &mut stats, tx),
-        absorb_pages(p, &columns, sink, report, rx)
+        absorb_pages(p, columns, sink, report, rx)
     );
     sink.counters.stats = stats;
     absorbed.and(fetched)
@@ -956,11 +1065,11 @@ async fn execute(
     crate::failpoint_panic("ingest.panic");
     let source = Source::new(p)?;
     let plan = plan(p, kind, cursor_before.as_deref(), today(p));
-    let mut sink = Absorber::new(table, &staging, &record.run_id, &p.name);
-    sink.cursor_col = match &p.source.window {
+    let cursor_col = match &p.source.window {
         Window::Incremental { field, .. } => table.columns.iter().position(|c| &c.name == field),
         _ => None,
     };
+    let mut sink = Absorber::with_cursor(table, &staging, &record.run_id, &p.name, cursor_col);
     let report = Reporter {
         progress,
         pipeline: &p.name,
@@ -1381,14 +1490,25 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
     }
     let mut g = wh.begin_generation(guard, base, &key, run_id)?;
     let empty = HashSet::new();
+    // Partitions to merge with their committed files, after any appends.
+    let mut jobs: Vec<MergeJob> = Vec::new();
     for part in &affected {
-        let new = match new_by_part.get(part) {
+        let remove = removals.get(part).unwrap_or(&empty);
+        let paths = new_by_part.get(part).copied();
+        if !c.append {
+            jobs.push(MergeJob {
+                part,
+                new: None,
+                paths,
+                remove,
+            });
+            continue;
+        }
+        let new = match paths {
             Some(paths) => partition::read_spills(paths)?,
             None => Vec::new(),
         };
-        let remove = removals.get(part).unwrap_or(&empty);
-        if c.append
-            && remove.is_empty()
+        if remove.is_empty()
             && let Some(a) = appendable(c, &state, part, &new)?
         {
             let added = a.rows.num_rows() as u64;
@@ -1407,25 +1527,113 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
             g.add_files(part, vec![entry]);
             continue;
         }
-        let existing = read_dir_state(wh, &state, part, &schema)?;
-        let Some(m) = merge::merge(&schema, existing, &new, &table.primary_key, remove)? else {
-            continue;
-        };
-        out.rows_changed += m.changed_rows;
-        out.touched.push(part.clone());
-        if m.num_rows() == 0 {
-            g.set_partition(part, Vec::new());
-        } else {
-            let path = g.partition_dir(part)?.join(g.file_name(0));
-            let entry = merge::write_parquet_rows(&path, &m.all, &m.order)?;
-            out.rows_written += entry.rows;
-            g.set_partition(part, vec![entry]);
-        }
+        jobs.push(MergeJob {
+            part,
+            new: Some(new),
+            paths,
+            remove,
+        });
+    }
+    // Partitions merge side by side (each holds one partition in memory).
+    let merged = parallel_map(jobs, check_threads().min(MERGE_THREADS), |job| {
+        merge_partition(c, &state, &g, &schema, job)
+    })?;
+    for (part, m) in merged.into_iter().flatten() {
+        out.rows_changed += m.changed;
+        out.touched.push(part.to_string());
+        out.rows_written += m.file.as_ref().map_or(0, |f| f.rows);
+        g.set_partition(part, m.file.into_iter().collect());
     }
     if out.touched.is_empty() {
         wh.abandon_generation(g)?;
     } else {
         out.change = Some(wh.finish_generation(g)?);
+    }
+    Ok(out)
+}
+
+/// Partitions merged at once: each holds its partition in memory.
+const MERGE_THREADS: usize = 2;
+
+/// One partition to merge with its committed files.
+struct MergeJob<'a> {
+    part: &'a str,
+    /// The new rows when already read, else read from `paths`.
+    new: Option<Vec<arrow::array::RecordBatch>>,
+    paths: Option<&'a Vec<std::path::PathBuf>>,
+    /// Keys that moved to another partition.
+    remove: &'a HashSet<Vec<u8>>,
+}
+
+/// A merged partition: rows changed and its one file (none when it is now empty).
+struct PartitionMerge {
+    changed: u64,
+    file: Option<warehouse::FileEntry>,
+}
+
+/// Merges one partition's new rows with its committed files and writes the
+/// result into the generation; `None` when nothing changed.
+fn merge_partition<'a>(
+    c: &CommitInput,
+    state: &warehouse::DirState,
+    g: &warehouse::GenBuilder,
+    schema: &arrow::datatypes::SchemaRef,
+    job: MergeJob<'a>,
+) -> Result<Option<(&'a str, PartitionMerge)>, IngestError> {
+    let new = match (job.new, job.paths) {
+        (Some(new), _) => new,
+        (None, Some(paths)) => partition::read_spills(paths)?,
+        (None, None) => Vec::new(),
+    };
+    let existing = read_dir_state(c.wh, state, job.part, schema)?;
+    let Some(m) = merge::merge(schema, existing, &new, &c.table.primary_key, job.remove)? else {
+        return Ok(None);
+    };
+    drop(new);
+    let file = if m.num_rows() == 0 {
+        None
+    } else {
+        let path = g.partition_dir(job.part)?.join(g.file_name(0));
+        Some(merge::write_parquet_rows(&path, &m.all, &m.order)?)
+    };
+    let changed = m.changed_rows;
+    Ok(Some((job.part, PartitionMerge { changed, file })))
+}
+
+/// `f` over `items` on up to `threads` threads; results in item order, or
+/// the first error.
+fn parallel_map<T: Send, R: Send, E: Send>(
+    items: Vec<T>,
+    threads: usize,
+    f: impl Fn(T) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
+    let n = items.len();
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate());
+    let results: Vec<std::sync::Mutex<Option<Result<R, E>>>> =
+        (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, n.max(1)) {
+            s.spawn(|| {
+                while !failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Some((i, item)) = queue.lock().expect("queue lock").next() else {
+                        break;
+                    };
+                    let r = f(item);
+                    if r.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    *results[i].lock().expect("result lock") = Some(r);
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(n);
+    for r in results
+        .into_iter()
+        .filter_map(|r| r.into_inner().expect("result lock"))
+    {
+        out.push(r?);
     }
     Ok(out)
 }
@@ -1622,8 +1830,15 @@ pub fn commit_rows(
         run_id: &record.run_id,
         append,
     };
+    let started = Instant::now();
     let merged = merge_rows(&input)?;
+    let merge_time = started.elapsed();
     let quarantined = append_quarantine(&input)?;
+    tracing::debug!(
+        merge_ms = merge_time.as_millis() as u64,
+        quarantine_ms = (started.elapsed() - merge_time).as_millis() as u64,
+        "Commit timings."
+    );
     record.rows_changed = merged.rows_changed;
     record.rows_written = merged.rows_written;
     record.partitions_touched = merged.touched;
@@ -1654,7 +1869,7 @@ pub fn commit_rows(
 }
 
 /// Bytes of a local file that `import` reads and decodes at a time.
-const IMPORT_CHUNK_BYTES: usize = 8 << 20;
+const IMPORT_CHUNK_BYTES: usize = 2 << 20;
 
 /// The end of the last whole record in `buf`: just after its last newline
 /// (for CSV, one outside quotes). `None` when `buf` holds no whole record.
@@ -1681,19 +1896,23 @@ fn csv_record_ends(buf: &[u8]) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
-/// Reads a local file a chunk of whole records at a time into `sink`
-/// (memory stays flat whatever the file's size); record numbers count
-/// from the start of the file. A JSON array is read whole. Returns the
+/// A chunk of a local file on its way to a checking thread.
+struct Chunk {
+    seq: u64,
+    /// Whole records (later CSV chunks start with the file's header row again).
+    body: Vec<u8>,
+}
+
+/// Reads a local file a chunk of whole records at a time and hands each
+/// chunk to `send` (false: stop). A JSON array is read whole. Returns the
 /// bytes read.
-fn import_chunks(
-    t: &TableSchema,
+fn read_chunks(
     format: Format,
     source_name: &str,
     file: &mut dyn std::io::Read,
     chunk: usize,
-    sink: &mut Absorber,
+    mut send: impl FnMut(Chunk) -> bool,
 ) -> Result<u64, IngestError> {
-    let columns = Columns::new(t.columns.iter().map(|c| c.name.as_str()));
     let read_err = |e: std::io::Error| {
         IngestError::Partition(PartitionError {
             context: format!("reading {source_name}"),
@@ -1702,9 +1921,8 @@ fn import_chunks(
     };
     let csv = format == Format::Csv;
     let mut buf: Vec<u8> = Vec::new();
-    let (mut eof, mut total, mut offset) = (false, 0u64, 0u64);
+    let (mut eof, mut total, mut seq) = (false, 0u64, 0u64);
     let mut header: Option<Vec<u8>> = None;
-    let mut first = true;
     loop {
         // Fill up to a chunk past what is buffered; a JSON array is read whole.
         let want = buf.len() + chunk;
@@ -1723,51 +1941,121 @@ fn import_chunks(
                 None => continue, // one record longer than a chunk: read on
             }
         };
-        if end == 0 && !first {
+        if end == 0 && seq > 0 {
             break;
         }
         let piece = &buf[..end];
         total += piece.len() as u64;
-        // Later CSV chunks get the file's header row again.
-        let with_header;
-        let body: &[u8] = match (&header, csv) {
-            (Some(h), true) => {
-                with_header = [h.as_slice(), piece].concat();
-                &with_header
-            }
-            _ => piece,
+        let body = match (&header, csv) {
+            (Some(h), true) => [h.as_slice(), piece].concat(),
+            _ => piece.to_vec(),
         };
-        let mut page = decode::decode(format, None, None, &columns, body).map_err(|e| {
-            IngestError::Decode {
-                url: source_name.to_string(),
-                source: e,
-            }
-        })?;
-        for r in &mut page.records {
-            r.no += offset;
-        }
-        for b in &mut page.bad {
-            b.no += offset;
-        }
-        // NDJSON counts lines (blank ones too); CSV counts rows.
-        offset += if csv {
-            page.items
-        } else {
-            piece.iter().filter(|&&b| b == b'\n').count() as u64
-        };
-        sink.absorb(&page, source_name)?;
-        drop(page);
         if csv && header.is_none() {
             let h_end = csv_record_ends(piece).next().unwrap_or(piece.len());
             header = Some(piece[..h_end].to_vec());
         }
         buf.drain(..end);
-        first = false;
+        if !send(Chunk { seq, body }) {
+            break;
+        }
+        seq += 1;
         if eof && buf.is_empty() {
             break;
         }
     }
     Ok(total)
+}
+
+/// Reads a local file a chunk of whole records at a time, decodes and
+/// validates the chunks on every core and takes them into `sink` in file
+/// order (memory stays flat whatever the file's size: a few chunks are in
+/// flight at a time); record numbers count from the start of the file.
+/// Returns the bytes read.
+fn import_chunks(
+    t: &TableSchema,
+    format: Format,
+    source_name: &str,
+    file: &mut (dyn std::io::Read + Send),
+    chunk: usize,
+    sink: &mut Absorber,
+) -> Result<u64, IngestError> {
+    use std::sync::mpsc;
+    let columns = Columns::new(t.columns.iter().map(|c| c.name.as_str()));
+    let csv = format == Format::Csv;
+    let threads = check_threads();
+    // Chunks read but not yet taken: each holds a slot until it is taken.
+    let (slot_tx, slot_rx) = mpsc::sync_channel::<()>(threads * 2);
+    let (job_tx, job_rx) = mpsc::sync_channel::<Chunk>(1);
+    let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+    type Done = Result<(Checked, u64), IngestError>;
+    let (done_tx, done_rx) = mpsc::channel::<(u64, Done)>();
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            read_chunks(format, source_name, file, chunk, |c| {
+                slot_tx.send(()).is_ok() && job_tx.send(c).is_ok()
+            })
+        });
+        for _ in 0..threads {
+            let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
+            let (checker, columns) = (sink.checker.clone(), &columns);
+            s.spawn(move || {
+                loop {
+                    let job = job_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok(Chunk { seq, body })) = job else {
+                        break;
+                    };
+                    let done = decode::decode(format, None, None, columns, &body)
+                        .map_err(|e| IngestError::Decode {
+                            url: source_name.to_string(),
+                            source: e,
+                        })
+                        .map(|page| {
+                            // NDJSON counts lines (blank ones too); CSV counts rows.
+                            let advance = if csv {
+                                page.items
+                            } else {
+                                body.iter().filter(|&&b| b == b'\n').count() as u64
+                            };
+                            (checker.check(&page, source_name), advance)
+                        });
+                    if done_tx.send((seq, done)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop((job_rx, done_tx));
+        // Take the chunks in file order.
+        let taken = (|| {
+            let (mut next, mut offset) = (0u64, 0u64);
+            let mut waiting: BTreeMap<u64, Done> = BTreeMap::new();
+            for (seq, done) in &done_rx {
+                waiting.insert(seq, done);
+                while let Some(done) = waiting.remove(&next) {
+                    let (mut checked, advance) = done?;
+                    checked.renumber(offset);
+                    offset += advance;
+                    sink.take(checked)?;
+                    next += 1;
+                    let _ = slot_rx.recv();
+                }
+            }
+            if !waiting.is_empty() {
+                return Err(IngestError::Internal(format!(
+                    "chunk {next} of {source_name} was never checked"
+                )));
+            }
+            Ok::<(), IngestError>(())
+        })();
+        // On an error, stop the reader (its slots and jobs fail) and the checkers.
+        drop(slot_rx);
+        drop(done_rx);
+        let read = reader
+            .join()
+            .map_err(|p| IngestError::Panicked(panic_message(p.as_ref())))?;
+        taken?;
+        read
+    })
 }
 
 /// Loads a local file into `table` through the same decode, validation,
@@ -1778,7 +2066,7 @@ pub fn import(
     table: &str,
     format: Format,
     source_name: &str,
-    file: &mut dyn std::io::Read,
+    file: &mut (dyn std::io::Read + Send),
 ) -> Result<RunRecord, IngestError> {
     let t = project.table(table).ok_or_else(|| {
         IngestError::UnknownTable(
@@ -1799,11 +2087,18 @@ pub fn import(
         || -> Result<RunRecord, IngestError> {
             let staging = Staging::new(wh, &run_id)?;
             let mut sink = Absorber::new(t, &staging, &run_id, &name);
+            let started = Instant::now();
             let bytes = import_chunks(t, format, source_name, file, IMPORT_CHUNK_BYTES, &mut sink)?;
             sink.counters.record_into(&mut record);
             record.bytes = bytes;
             let spilled = sink.part.finish()?;
+            let read = started.elapsed();
             let done = commit_run(wh, t, &name, spilled, None, record.clone())?;
+            tracing::debug!(
+                read_ms = read.as_millis() as u64,
+                commit_ms = (started.elapsed() - read).as_millis() as u64,
+                "Import timings."
+            );
             drop(staging);
             Ok(done)
         },

@@ -103,13 +103,15 @@ impl ColBuilder {
     }
 }
 
-struct RowBuffer {
+/// Valid rows of one quarter being built into a batch (on any thread).
+pub struct RowBuffer {
     cols: Vec<ColBuilder>,
     rows: usize,
 }
 
 impl RowBuffer {
-    fn new(schema: &TableSchema) -> RowBuffer {
+    /// An empty buffer for rows of `schema`.
+    pub fn new(schema: &TableSchema) -> RowBuffer {
         RowBuffer {
             cols: schema
                 .columns
@@ -120,18 +122,27 @@ impl RowBuffer {
         }
     }
 
-    fn push(&mut self, values: &[Value]) {
+    /// Adds a row, its values in schema column order.
+    pub fn push(&mut self, values: &[Value]) {
         for (b, v) in self.cols.iter_mut().zip(values) {
             b.push(v);
         }
         self.rows += 1;
     }
 
-    fn finish(&mut self, schema: &SchemaRef) -> RecordBatch {
+    /// The rows so far as one batch of `schema` (the table's Arrow schema).
+    pub fn finish(&mut self, schema: &SchemaRef) -> RecordBatch {
         let cols = self.cols.iter_mut().map(ColBuilder::finish).collect();
         self.rows = 0;
         RecordBatch::try_new(schema.clone(), cols).expect("builders match the schema")
     }
+}
+
+/// Batches of one quarter waiting to be spilled.
+#[derive(Default)]
+struct Pending {
+    batches: Vec<RecordBatch>,
+    rows: usize,
 }
 
 /// The schema of quarantine files.
@@ -237,13 +248,12 @@ pub const UNKNOWN_QUARTER: &str = "unknown";
 
 /// Buffers a run's rows by quarter and spills them to staging.
 pub struct Partitioner {
-    table: TableSchema,
     schema: SchemaRef,
     dir: PathBuf,
     run_id: String,
     pipeline: String,
     received_at: i64,
-    buffers: BTreeMap<Quarter, RowBuffer>,
+    buffers: BTreeMap<Quarter, Pending>,
     buffered: usize,
     spills: BTreeMap<Quarter, Vec<PathBuf>>,
     quarantine: BTreeMap<String, QuarantineBuffer>,
@@ -255,7 +265,6 @@ impl Partitioner {
     /// A partitioner spilling into `dir`.
     pub fn new(table: &TableSchema, dir: &Path, run_id: &str, pipeline: &str) -> Partitioner {
         Partitioner {
-            table: table.clone(),
             schema: table.arrow_schema(),
             dir: dir.to_path_buf(),
             run_id: run_id.to_string(),
@@ -270,20 +279,31 @@ impl Partitioner {
         }
     }
 
-    /// Adds a valid row.
-    pub fn push(&mut self, quarter: Quarter, values: &[Value]) -> Result<(), PartitionError> {
-        let buf = self
-            .buffers
-            .entry(quarter)
-            .or_insert_with(|| RowBuffer::new(&self.table));
-        buf.push(values);
-        self.buffered += 1;
+    /// Adds valid rows of `quarter` (a batch of the table's Arrow schema).
+    pub fn push_batch(
+        &mut self,
+        quarter: Quarter,
+        batch: RecordBatch,
+    ) -> Result<(), PartitionError> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let buf = self.buffers.entry(quarter).or_default();
+        buf.batches.push(batch);
+        buf.rows += n;
+        self.buffered += n;
         if buf.rows >= SPILL_ROWS {
             self.spill_quarter(quarter)?;
         } else if self.buffered >= SPILL_TOTAL_ROWS {
             self.spill_all()?;
         }
         Ok(())
+    }
+
+    /// The table's Arrow schema, which pushed batches have.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
     }
 
     /// Adds a rejected record; rejected records spill like valid rows, so a
@@ -335,7 +355,7 @@ impl Partitioner {
             b.finish(&self.run_id, &self.pipeline, self.received_at)
         };
         let path = self.spill_path(&format!("quarantine-{key}"));
-        write_ipc(&path, &batch)?;
+        write_ipc(&path, &batch.schema(), std::slice::from_ref(&batch))?;
         self.quarantine_spills
             .entry(key.to_string())
             .or_default()
@@ -356,9 +376,9 @@ impl Partitioner {
             return Ok(());
         }
         self.buffered -= buf.rows;
-        let batch = buf.finish(&self.schema);
+        let batches = std::mem::take(buf);
         let path = self.spill_path(&format!("rows-{q}"));
-        write_ipc(&path, &batch)?;
+        write_ipc(&path, &self.schema, &batches.batches)?;
         self.spills.entry(q).or_default().push(path);
         Ok(())
     }
@@ -394,11 +414,18 @@ pub struct Spilled {
     pub quarantine: BTreeMap<String, Vec<PathBuf>>,
 }
 
-fn write_ipc(path: &Path, batch: &RecordBatch) -> Result<(), PartitionError> {
+fn write_ipc(
+    path: &Path,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(), PartitionError> {
     let ctx = format!("spilling to {}", path.display());
     let file = std::fs::File::create(path).map_err(|e| perr(ctx.clone())(e))?;
-    let mut w = FileWriter::try_new(file, &batch.schema()).map_err(|e| perr(ctx.clone())(e))?;
-    w.write(batch).map_err(|e| perr(ctx.clone())(e))?;
+    let file = std::io::BufWriter::new(file);
+    let mut w = FileWriter::try_new(file, schema).map_err(|e| perr(ctx.clone())(e))?;
+    for b in batches {
+        w.write(b).map_err(|e| perr(ctx.clone())(e))?;
+    }
     w.finish().map_err(|e| perr(ctx)(e))
 }
 

@@ -144,6 +144,21 @@ async fn quarantine_rows_carry_a_stable_reason_code() {
         reasons.contains("\"1.234\"") && reasons.contains("\"99.999\""),
         "{reasons}"
     );
+    // A warehouse named by a relative path that does not exist yet is created.
+    run_ok(
+        ironlake(std::path::Path::new("fresh"), &url, FEED)
+            .current_dir(dir.path())
+            .args(["import", "bank_loans"])
+            .arg(&export)
+            .args(["--format", "csv"]),
+    );
+    let got = run_ok(ironlake(&dir.path().join("fresh"), &url, FEED).args([
+        "sql",
+        "SELECT count(*) AS n FROM quarantine.bank_loans",
+        "--format",
+        "csv",
+    ]));
+    assert_eq!(got.trim(), "n\n4", "{got}");
 }
 
 #[test]

@@ -123,20 +123,21 @@ impl FileLock {
 }
 
 /// Creates a directory and its parents, fsyncing each new level's parent.
+/// A relative path's last parent is the empty path: the current directory.
 pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
-    if dir.exists() {
+    if dir.as_os_str().is_empty() || dir.exists() {
         return Ok(());
     }
-    if let Some(parent) = dir.parent() {
-        create_dir_durable(parent)?;
-    }
+    let parent = dir.parent().unwrap_or(Path::new(""));
+    create_dir_durable(parent)?;
     match std::fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
     }
-    if let Some(parent) = dir.parent() {
-        fsync_dir(parent)?;
-    }
-    Ok(())
+    fsync_dir(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    })
 }
