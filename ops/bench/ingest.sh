@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Ingest benchmark (issue 4): ironlake pulls >= 5 million bank_loans rows from
-# `ironlake feed-sim` over loopback HTTP (CSV pages, Link pagination, bearer
-# auth), validates every record and lands quarter-partitioned Parquet with an
-# all-or-nothing commit. In the same run, DuckDB (Python package) reads the
-# same rows from a local CSV file and writes
-# COPY ... (FORMAT parquet, PARTITION_BY quarter).
+# Ingest benchmark (issues 4 and 16): ironlake pulls >= 5 million bank_loans
+# rows from `ironlake feed-sim` over loopback HTTP (CSV pages, Link
+# pagination, bearer auth), validates every record and lands
+# quarter-partitioned Parquet with an all-or-nothing commit; then it runs
+# the same feed again (nothing changes). The same rows, dumped to one local
+# CSV and one NDJSON file, go through `ironlake import` and through DuckDB's
+# COPY ... (FORMAT parquet, PARTITION_BY quarter) in the same run.
 # Peak RSS is measured at a quarter of the feed and at the full feed.
 #
 # Usage: ops/bench/ingest.sh [ENTERPRISES]    (default 250000: about 5.1M loan rows)
@@ -18,16 +19,27 @@ rows_of() { curl -s "$1/truth" | "$PY" -c 'import json,sys; print(json.load(sys.
 ROWS=$(rows_of "$BIG"); ROWS_SMALL=$(rows_of "$SMALL")
 echo "feed: $ROWS bank_loans rows (and $ROWS_SMALL at a quarter of the size), 12 quarters"
 
+IRONLAKE="$BIN --config $ROOT/ironlake.toml"
 run_ironlake() { # URL WAREHOUSE TIMEFILE
     IRONLAKE_FEED_URL=$1 IRONLAKE_FEED_TOKEN=$TOKEN IRONLAKE_LOG=warn \
-        timed "$3" "$BIN" --config "$ROOT/ironlake.toml" --warehouse "$2" backfill bank_loans --from 2017Q1 --to 2019Q4 >/dev/null
+        timed "$3" $IRONLAKE --warehouse "$2" backfill bank_loans --from 2017Q1 --to 2019Q4 >/dev/null
+}
+run_import() { # FILE FORMAT WAREHOUSE TIMEFILE
+    IRONLAKE_LOG=warn timed "$4" $IRONLAKE --warehouse "$3" import bank_loans "$1" --format "$2" >/dev/null
 }
 run_ironlake "$SMALL" "$WORK/wh-small" "$WORK/t-small"
 run_ironlake "$BIG" "$WORK/wh-big" "$WORK/t-big"
+# The same feed again: nothing changes.
+run_ironlake "$BIG" "$WORK/wh-big" "$WORK/t-big-again"
 
-# The same rows as one local CSV file for DuckDB (not timed).
+# The same rows as one local CSV file and one NDJSON file (not timed).
 "$PY" "$ROOT/ops/bench/dump_loans.py" "$BIG" "$TOKEN" "$WORK/loans.csv"
-timed "$WORK/t-duckdb" "$PY" "$ROOT/ops/bench/duckdb_copy.py" "$WORK/loans.csv" "$WORK/duckdb-out"
+"$PY" "$ROOT/ops/bench/duckdb_copy.py" "$WORK/loans.csv" "$WORK/loans.ndjson" to-ndjson
+for f in csv ndjson; do
+    timed "$WORK/t-duckdb-$f" "$PY" "$ROOT/ops/bench/duckdb_copy.py" "$WORK/loans.$f" "$WORK/duckdb-$f" "$f"
+    run_import "$WORK/loans.$f" "$f" "$WORK/wh-import-$f" "$WORK/t-import-$f"
+done
+run_import "$WORK/loans.csv" csv "$WORK/wh-import-csv" "$WORK/t-import-again"
 
 "$PY" - "$WORK" "$ROWS" "$ROWS_SMALL" <<'PY'
 import duckdb, sys
@@ -35,13 +47,27 @@ work, rows, rows_small = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def t(name):
     s, kb = open(f"{work}/{name}").read().split()
     return float(s), int(kb) / 1024
-small, big, duck = t("t-small"), t("t-big"), t("t-duckdb")
-check = duckdb.sql(f"select count(*) from read_parquet('{work}/wh-big/tables/bank_loans/*/*.parquet')").fetchone()[0]
-assert check == rows, (check, rows)
+for wh in ("wh-big", "wh-import-csv", "wh-import-ndjson"):
+    check = duckdb.sql(f"select count(*) from read_parquet('{work}/{wh}/tables/bank_loans/*/*.parquet')").fetchone()[0]
+    assert check == rows, (wh, check, rows)
+small, big, again = t("t-small"), t("t-big"), t("t-big-again")
+dcsv, djson = t("t-duckdb-csv"), t("t-duckdb-ndjson")
+icsv, ijson, iagain = t("t-import-csv"), t("t-import-ndjson"), t("t-import-again")
 print()
-print(f"{'':34} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'peak RSS':>9}")
-print(f"{'ironlake ingest (HTTP, validated)':34} {rows:>10} {big[0]:>8.1f} {rows/big[0]:>10,.0f} {big[1]:>6.0f} MB")
-print(f"{'ironlake ingest, 1/4 of the feed':34} {rows_small:>10} {small[0]:>8.1f} {rows_small/small[0]:>10,.0f} {small[1]:>6.0f} MB")
-print(f"{'DuckDB COPY from local CSV':34} {rows:>10} {duck[0]:>8.1f} {rows/duck[0]:>10,.0f} {duck[1]:>6.0f} MB")
-print(f"\nironlake / DuckDB throughput: {(rows/big[0])/(rows/duck[0]):.2f}x; peak RSS grows {big[1]/small[1]:.2f}x for 4x the rows")
+print(f"{'':40} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'peak RSS':>9}  {'vs DuckDB':>9}")
+def line(name, n, r, duck=None):
+    ratio = f"{(n / r[0]) / (rows / duck[0]):>8.2f}x" if duck else ""
+    print(f"{name:40} {n:>10} {r[0]:>8.2f} {n / r[0]:>10,.0f} {r[1]:>6.0f} MB  {ratio:>9}")
+line("DuckDB COPY from local CSV", rows, dcsv)
+line("DuckDB COPY from local NDJSON", rows, djson)
+line("ironlake import, CSV", rows, icsv, dcsv)
+line("ironlake import, NDJSON", rows, ijson, djson)
+line("ironlake ingest over HTTP", rows, big, dcsv)
+line("ironlake ingest over HTTP, 1/4 the feed", rows_small, small)
+line("ironlake ingest over HTTP, same feed again", rows, again)
+line("ironlake import, same CSV again", rows, iagain)
+print()
+print(f"import vs DuckDB (rows/s): CSV {dcsv[0] / icsv[0]:.2f}x, NDJSON {djson[0] / ijson[0]:.2f}x (goal >= 1.0x); HTTP vs DuckDB CSV {dcsv[0] / big[0]:.2f}x (goal >= 0.8x)")
+print(f"peak RSS: HTTP {big[1]:.0f} MB for all rows, {small[1]:.0f} MB for a quarter of them ({big[1] / small[1]:.2f}x; goal <= 1.2x, <= 300 MB); import CSV {icsv[1]:.0f} MB, NDJSON {ijson[1]:.0f} MB")
+print(f"unchanged re-run / first load: HTTP {again[0] / big[0]:.0%}, import {iagain[0] / icsv[0]:.0%} (goal <= 50%)")
 PY

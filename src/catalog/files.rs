@@ -172,6 +172,7 @@ mod tests {
                         files: vec![file("a.parquet")],
                         rows: 1,
                         written_by: "r".into(),
+                        delivery: None,
                     },
                 )]
                 .into(),

@@ -32,7 +32,7 @@ fn data_err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
 pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("valid level"),
+            ZstdLevel::try_new(1).expect("valid level"),
         ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -129,6 +129,12 @@ pub fn read_strings(path: &Path, index: usize, mut f: impl FnMut(&str)) -> Resul
 
 /// Reads a whole Parquet file as one batch with `schema`.
 pub fn read_parquet(path: &Path, schema: &SchemaRef) -> Result<RecordBatch> {
+    let batches = read_parquet_batches(path, schema)?;
+    concat_batches(schema, &batches).map_err(|e| data_err(format!("reading {}", path.display()))(e))
+}
+
+/// Reads a whole Parquet file as batches with `schema`.
+pub fn read_parquet_batches(path: &Path, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
     let ctx = format!("reading {}", path.display());
     let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -144,7 +150,88 @@ pub fn read_parquet(path: &Path, schema: &SchemaRef) -> Result<RecordBatch> {
         })?;
         batches.push(b);
     }
-    concat_batches(schema, &batches).map_err(|e| data_err(ctx)(e))
+    Ok(batches)
+}
+
+/// A fingerprint of a delivery's rows of one partition, in delivery order,
+/// whatever the batches they came in: per column, the stream of validity
+/// bits, of value lengths (text) and of value bytes, each hashed apart,
+/// then all of them with the schema.
+pub struct DeliveryHash {
+    schema: SchemaRef,
+    /// Per column: validity, lengths, values.
+    streams: Vec<[blake3::Hasher; 3]>,
+    rows: u64,
+    /// A column of a type not fingerprinted: the delivery never matches.
+    unhashable: bool,
+}
+
+impl DeliveryHash {
+    /// An empty fingerprint for rows of `schema`.
+    pub fn new(schema: &SchemaRef) -> DeliveryHash {
+        DeliveryHash {
+            schema: schema.clone(),
+            streams: schema.fields().iter().map(|_| Default::default()).collect(),
+            rows: 0,
+            unhashable: false,
+        }
+    }
+
+    /// Adds the rows of `batch` (of the schema).
+    pub fn update(&mut self, batch: &RecordBatch) {
+        use arrow::array::{Array, AsArray};
+        self.rows += batch.num_rows() as u64;
+        let (streams, mut unhashable) = (self.streams.iter_mut(), false);
+        for (col, [validity, lengths, values]) in batch.columns().iter().zip(streams) {
+            let valid: Vec<u8> = (0..col.len()).map(|i| u8::from(col.is_valid(i))).collect();
+            validity.update(&valid);
+            let data = col.to_data();
+            match col.data_type() {
+                arrow::datatypes::DataType::Utf8 => {
+                    let s = col.as_string::<i32>();
+                    let offsets = s.value_offsets();
+                    let lens: Vec<u8> = offsets
+                        .windows(2)
+                        .flat_map(|w| ((w[1] - w[0]) as u32).to_le_bytes())
+                        .collect();
+                    lengths.update(&lens);
+                    let (first, last) = (offsets[0] as usize, offsets[s.len()] as usize);
+                    values.update(&s.value_data()[first..last]);
+                }
+                arrow::datatypes::DataType::Boolean => {
+                    let b = col.as_boolean();
+                    let bytes: Vec<u8> = (0..b.len()).map(|i| u8::from(b.value(i))).collect();
+                    values.update(&bytes);
+                }
+                t => match t.primitive_width() {
+                    // Fixed-width values: the buffer's bytes of these rows.
+                    Some(width) => {
+                        let buf = &data.buffers()[0];
+                        let start = data.offset() * width;
+                        values.update(&buf.as_slice()[start..start + data.len() * width]);
+                    }
+                    None => unhashable = true,
+                },
+            }
+        }
+        self.unhashable |= unhashable;
+    }
+
+    /// The fingerprint (hex); `None` when some column could not be fingerprinted.
+    pub fn finish(&self) -> Option<String> {
+        if self.unhashable {
+            return None;
+        }
+        let mut all = blake3::Hasher::new();
+        all.update(format!("{:?}", self.schema.fields()).as_bytes());
+        all.update(&self.rows.to_le_bytes());
+        for streams in &self.streams {
+            for h in streams {
+                all.update(h.finalize().as_bytes());
+            }
+        }
+        Some(all.finalize().to_hex().to_string())
+    }
 }
 
 /// What a merge produced.
@@ -218,15 +305,17 @@ pub fn write_parquet_rows(path: &Path, all: &RecordBatch, order: &[u32]) -> Resu
 /// is in `remove` are dropped. Returns `None` when nothing changes.
 pub fn merge(
     schema: &SchemaRef,
-    existing: Option<RecordBatch>,
-    new: &[RecordBatch],
+    existing: Vec<RecordBatch>,
+    new: Vec<RecordBatch>,
     key: &[usize],
     remove: &std::collections::HashSet<Vec<u8>>,
 ) -> Result<Option<Merged>> {
-    let existing_rows = existing.as_ref().map_or(0, |b| b.num_rows());
-    let mut parts: Vec<RecordBatch> = existing.into_iter().collect();
-    parts.extend(new.iter().cloned());
+    let existing_rows = existing.iter().map(RecordBatch::num_rows).sum();
+    let mut parts = existing;
+    parts.extend(new);
+    // One copy of the rows at a time: the parts go once they are concatenated.
     let all = concat_batches(schema, &parts).map_err(|e| data_err("merging partition")(e))?;
+    drop(parts);
     let key_conv = RowConverter::new(
         key.iter()
             .map(|&i| SortField::new(schema.field(i).data_type().clone()))
@@ -249,7 +338,8 @@ pub fn merge(
         before.insert(keys.row(i).data(), i);
     }
     let mut changed = 0u64;
-    let mut kept: Vec<usize> = Vec::with_capacity(winner.len());
+    // Winners with their keys, to sort by key (each key once: any sort is stable).
+    let mut kept: Vec<(&[u8], u32)> = Vec::with_capacity(winner.len());
     // Keys present before whose winner is a new delivery: compare values below.
     let mut pairs: Vec<(u32, u32)> = Vec::new();
     for (k, &w) in &winner {
@@ -264,19 +354,21 @@ pub fn merge(
             Some(&b) => pairs.push((b as u32, w as u32)),
             None => changed += 1,
         }
-        kept.push(w);
+        kept.push((k, w as u32));
     }
     changed += count_different(&all, &pairs)?;
     if changed == 0 {
         return Ok(None);
     }
-    kept.sort_by(|&a, &b| keys.row(a).cmp(&keys.row(b)));
+    kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let order = kept.iter().map(|&(_, i)| i).collect();
+    drop(kept);
     drop(winner);
     drop(before);
     drop(keys);
     Ok(Some(Merged {
         all,
-        order: kept.iter().map(|&i| i as u32).collect(),
+        order,
         changed_rows: changed,
     }))
 }
@@ -353,6 +445,30 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_fingerprint_ignores_batch_boundaries_and_sees_every_value() {
+        let hash = |batches: &[RecordBatch]| {
+            let mut h = DeliveryHash::new(&schema());
+            batches.iter().for_each(|b| h.update(b));
+            h.finish().unwrap()
+        };
+        let rows = [("a", Some(1)), ("bb", None), ("", Some(3))];
+        let whole = hash(&[batch(&rows)]);
+        assert_eq!(hash(&[batch(&rows[..1]), batch(&rows[1..])]), whole);
+        let sliced = batch(&rows);
+        assert_eq!(hash(&[sliced.slice(0, 2), sliced.slice(2, 1)]), whole);
+        // Moving a character between neighbouring texts, a null, an order, a value.
+        for other in [
+            vec![("ab", Some(1)), ("b", None), ("", Some(3))],
+            vec![("a", Some(1)), ("bb", Some(0)), ("", Some(3))],
+            vec![("bb", None), ("a", Some(1)), ("", Some(3))],
+            vec![("a", Some(1)), ("bb", None), ("", Some(4))],
+            vec![("a", Some(1)), ("bb", None)],
+        ] {
+            assert_ne!(hash(&[batch(&other)]), whole, "{other:?}");
+        }
+    }
+
+    #[test]
     fn the_newest_delivery_of_a_key_wins_and_rows_come_out_sorted_by_key() {
         let none = std::collections::HashSet::new();
         let existing = batch(&[("b", Some(1)), ("a", Some(1))]);
@@ -360,7 +476,7 @@ mod tests {
             batch(&[("c", Some(3)), ("b", Some(2))]),
             batch(&[("c", Some(4))]),
         ];
-        let m = merge(&schema(), Some(existing), &new, &[0], &none)
+        let m = merge(&schema(), vec![existing], new.to_vec(), &[0], &none)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -381,7 +497,7 @@ mod tests {
         let existing = batch(&[("a", Some(1)), ("b", None)]);
         let again = [batch(&[("b", None), ("a", Some(1))])];
         assert!(
-            merge(&schema(), Some(existing), &again, &[0], &none)
+            merge(&schema(), vec![existing], again.to_vec(), &[0], &none)
                 .unwrap()
                 .is_none()
         );
@@ -395,7 +511,7 @@ mod tests {
                 .unwrap()
                 .into_iter()
                 .collect();
-        let m = merge(&schema(), Some(existing), &[], &[0], &remove)
+        let m = merge(&schema(), vec![existing], Vec::new(), &[0], &remove)
             .unwrap()
             .unwrap();
         assert_eq!(rows(&m), [("a".into(), Some(1))]);

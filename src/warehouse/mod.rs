@@ -177,6 +177,12 @@ pub struct PartitionState {
     pub rows: u64,
     /// Run that last wrote it.
     pub written_by: String,
+    /// Fingerprint of the delivery whose merge produced these files
+    /// ([`merge::DeliveryHash`]); any other change clears it. The same
+    /// delivery again cannot change the partition (a merge applied twice
+    /// changes nothing the second time), so it is skipped unread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
 }
 
 /// The committed state of one directory (`tables/bank_loans`, `quarantine/bank_loans`, …).
@@ -657,8 +663,17 @@ impl GenBuilder {
                     files,
                     rows,
                     written_by: self.run_id.clone(),
+                    delivery: None,
                 },
             );
+        }
+    }
+
+    /// Records the fingerprint of the delivery that produced `partition`'s
+    /// files (after [`GenBuilder::set_partition`]).
+    pub fn set_delivery(&mut self, partition: &str, delivery: String) {
+        if let Some(p) = self.partitions.get_mut(partition) {
+            p.delivery = Some(delivery);
         }
     }
 
@@ -668,6 +683,7 @@ impl GenBuilder {
         entry.rows += files.iter().map(|f| f.rows).sum::<u64>();
         entry.files.extend(files);
         entry.written_by = self.run_id.clone();
+        entry.delivery = None;
     }
 
     /// The state this generation started from.
@@ -742,6 +758,7 @@ impl InPlace {
         part.rows += entry.rows;
         part.files.push(FileEntry { name, ..entry });
         part.written_by = run_id.to_string();
+        part.delivery = None;
     }
 
     /// The directory's state once the files are in.
