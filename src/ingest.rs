@@ -1892,7 +1892,7 @@ const IMPORT_CHUNK_BYTES: usize = 2 << 20;
 /// quarantines a row differently, never loses one.
 fn record_boundary(buf: &[u8], csv: bool) -> Option<usize> {
     if !csv {
-        return buf.iter().rposition(|&b| b == b'\n').map(|i| i + 1);
+        return memchr::memrchr(b'\n', buf).map(|i| i + 1);
     }
     csv_record_ends(buf).last()
 }
@@ -1900,13 +1900,13 @@ fn record_boundary(buf: &[u8], csv: bool) -> Option<usize> {
 /// The ends of the CSV records in `buf`: just after each newline outside quotes.
 fn csv_record_ends(buf: &[u8]) -> impl Iterator<Item = usize> + '_ {
     let mut in_quote = false;
-    buf.iter().enumerate().filter_map(move |(i, &b)| {
-        match b {
-            b'"' => in_quote = !in_quote,
-            b'\n' if !in_quote => return Some(i + 1),
-            _ => {}
+    memchr::memchr2_iter(b'"', b'\n', buf).filter_map(move |i| {
+        if buf[i] == b'"' {
+            in_quote = !in_quote;
+            None
+        } else {
+            (!in_quote).then_some(i + 1)
         }
-        None
     })
 }
 
