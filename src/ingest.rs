@@ -740,11 +740,12 @@ impl Absorber {
         source: &str,
     ) -> Result<(), PartitionError> {
         let checked = self.checker.check(page, source);
-        self.take(checked)
+        self.take(checked, 0)
     }
 
-    /// Takes a checked page into the run (pages in delivery order).
-    fn take(&mut self, checked: Checked) -> Result<(), PartitionError> {
+    /// Takes a checked page of `window` into the run (each window's pages
+    /// in delivery order; windows are ordered by number at the commit).
+    fn take(&mut self, checked: Checked, window: usize) -> Result<(), PartitionError> {
         let c = &mut self.counters;
         c.pages += 1;
         c.rows_in += checked.items;
@@ -759,7 +760,7 @@ impl Absorber {
             self.max_cursor = Some(v);
         }
         for (q, batch) in checked.rows {
-            self.part.push_batch(q, batch)?;
+            self.part.push_batch(window, q, batch)?;
         }
         for (quarter, row) in checked.rejects {
             if let Some(errors) = &mut self.errors
@@ -771,7 +772,7 @@ impl Absorber {
                     reason: row.reason.clone(),
                 });
             }
-            self.part.reject(quarter, row)?;
+            self.part.reject(window, quarter, row)?;
         }
         Ok(())
     }
@@ -862,10 +863,40 @@ async fn fetch_pages(
     stats: &mut FetchStats,
     tx: tokio::sync::mpsc::Sender<PageIn>,
 ) -> Result<(), IngestError> {
+    use futures::StreamExt as _;
+    let quarters: Vec<Option<Quarter>> = plan.quarters.clone();
+    let mut windows = futures::stream::iter(quarters.into_iter().enumerate())
+        .map(|(window, quarter)| fetch_window(p, source, plan, window, quarter, tx.clone()))
+        .buffered(WINDOWS_AT_ONCE);
+    while let Some((window_stats, fetched)) = windows.next().await {
+        stats.requests += window_stats.requests;
+        stats.retries += window_stats.retries;
+        stats.bytes += window_stats.bytes;
+        fetched?;
+    }
+    Ok(())
+}
+
+/// Windows (quarters) fetched at once: the feed serves one while the other
+/// waits for an answer. Their pages are kept apart until the commit, so
+/// the result is as if they had been fetched one after the other.
+const WINDOWS_AT_ONCE: usize = 2;
+
+/// Fetches one window page by page into `tx`; returns its request counts
+/// with the outcome.
+async fn fetch_window(
+    p: &Pipeline,
+    source: &Source,
+    plan: &Plan,
+    window: usize,
+    quarter: Option<Quarter>,
+    tx: tokio::sync::mpsc::Sender<PageIn>,
+) -> (FetchStats, Result<(), IngestError>) {
+    let mut stats = FetchStats::default();
     let pagination = &p.source.pagination;
     let ahead = matches!(pagination, Pagination::LinkHeader { .. } | Pagination::None);
-    for (window, quarter) in plan.quarters.iter().enumerate() {
-        let mut pager = Pager::start(pagination, window_url(p, source, plan, *quarter)?);
+    let result = async {
+        let mut pager = Pager::start(pagination, window_url(p, source, plan, quarter)?);
         let mut visited: HashSet<String> = HashSet::new();
         let (mut prev, mut last_body): (Option<String>, Option<u64>) = (None, None);
         loop {
@@ -877,7 +908,7 @@ async fn fetch_pages(
                 &url,
                 p.source.max_pages,
             )?;
-            let fetched = source.fetch(&url, stats).await?;
+            let fetched = source.fetch(&url, &mut stats).await?;
             if repeats_last_page(pagination, &fetched.body, &mut last_body) {
                 // After a short page, the same page again means the feed
                 // ignores paging past its end: done, nothing new.
@@ -922,8 +953,10 @@ async fn fetch_pages(
             }
             prev = Some(url);
         }
+        Ok(())
     }
-    Ok(())
+    .await;
+    (stats, result)
 }
 
 /// Threads that decode and validate pages side by side.
@@ -944,7 +977,7 @@ async fn take_checked(
         Ok(payload) => IngestError::Panicked(panic_message(payload.as_ref())),
         Err(e) => IngestError::Internal(format!("page thread: {e}")),
     })??;
-    sink.take(checked)?;
+    sink.take(checked, window)?;
     report.send(&sink.counters, window, "fetching");
     Ok(())
 }
@@ -2049,7 +2082,7 @@ fn import_chunks(
                     let (mut checked, advance) = done?;
                     checked.renumber(offset);
                     offset += advance;
-                    sink.take(checked)?;
+                    sink.take(checked, 0)?;
                     next += 1;
                     let _ = slot_rx.recv();
                 }

@@ -246,18 +246,21 @@ impl QuarantineBuffer {
 /// Partition key of quarantined records whose period could not be read.
 pub const UNKNOWN_QUARTER: &str = "unknown";
 
-/// Buffers a run's rows by quarter and spills them to staging.
+/// Buffers a run's rows by quarter and spills them to staging. Rows come
+/// in windows (the quarters of a feed fetched side by side); each window's
+/// rows stay apart so the spills of a quarter are in window order, as if
+/// the windows had come one after the other.
 pub struct Partitioner {
     schema: SchemaRef,
     dir: PathBuf,
     run_id: String,
     pipeline: String,
     received_at: i64,
-    buffers: BTreeMap<Quarter, Pending>,
+    buffers: BTreeMap<(usize, Quarter), Pending>,
     buffered: usize,
-    spills: BTreeMap<Quarter, Vec<PathBuf>>,
-    quarantine: BTreeMap<String, QuarantineBuffer>,
-    quarantine_spills: BTreeMap<String, Vec<PathBuf>>,
+    spills: BTreeMap<(usize, Quarter), Vec<PathBuf>>,
+    quarantine: BTreeMap<(usize, String), QuarantineBuffer>,
+    quarantine_spills: BTreeMap<(usize, String), Vec<PathBuf>>,
     seq: usize,
 }
 
@@ -279,9 +282,10 @@ impl Partitioner {
         }
     }
 
-    /// Adds valid rows of `quarter` (a batch of the table's Arrow schema).
+    /// Adds valid rows of `quarter` from `window` (a batch of the table's Arrow schema).
     pub fn push_batch(
         &mut self,
+        window: usize,
         quarter: Quarter,
         batch: RecordBatch,
     ) -> Result<(), PartitionError> {
@@ -289,12 +293,12 @@ impl Partitioner {
         if n == 0 {
             return Ok(());
         }
-        let buf = self.buffers.entry(quarter).or_default();
+        let buf = self.buffers.entry((window, quarter)).or_default();
         buf.batches.push(batch);
         buf.rows += n;
         self.buffered += n;
         if buf.rows >= SPILL_ROWS {
-            self.spill_quarter(quarter)?;
+            self.spill_quarter((window, quarter))?;
         } else if self.buffered >= SPILL_TOTAL_ROWS {
             self.spill_all()?;
         }
@@ -310,10 +314,12 @@ impl Partitioner {
     /// feed of nothing but bad records cannot fill the memory.
     pub fn reject(
         &mut self,
+        window: usize,
         quarter: Option<Quarter>,
         row: QuarantineRow,
     ) -> Result<(), PartitionError> {
-        let key = quarter.map_or_else(|| UNKNOWN_QUARTER.to_string(), |q| q.to_string());
+        let part = quarter.map_or_else(|| UNKNOWN_QUARTER.to_string(), |q| q.to_string());
+        let key = (window, part);
         let b = self
             .quarantine
             .entry(key.clone())
@@ -344,7 +350,7 @@ impl Partitioner {
         Ok(())
     }
 
-    fn spill_quarantine(&mut self, key: &str) -> Result<(), PartitionError> {
+    fn spill_quarantine(&mut self, key: &(usize, String)) -> Result<(), PartitionError> {
         let batch = {
             let Some(b) = self.quarantine.get_mut(key) else {
                 return Ok(());
@@ -354,10 +360,10 @@ impl Partitioner {
             }
             b.finish(&self.run_id, &self.pipeline, self.received_at)
         };
-        let path = self.spill_path(&format!("quarantine-{key}"));
+        let path = self.spill_path(&format!("quarantine-{}-{}", key.1, key.0));
         write_ipc(&path, &batch.schema(), std::slice::from_ref(&batch))?;
         self.quarantine_spills
-            .entry(key.to_string())
+            .entry(key.clone())
             .or_default()
             .push(path);
         Ok(())
@@ -368,8 +374,8 @@ impl Partitioner {
         self.dir.join(format!("{what}-{:06}.arrow", self.seq))
     }
 
-    fn spill_quarter(&mut self, q: Quarter) -> Result<(), PartitionError> {
-        let Some(buf) = self.buffers.get_mut(&q) else {
+    fn spill_quarter(&mut self, key: (usize, Quarter)) -> Result<(), PartitionError> {
+        let Some(buf) = self.buffers.get_mut(&key) else {
             return Ok(());
         };
         if buf.rows == 0 {
@@ -377,16 +383,16 @@ impl Partitioner {
         }
         self.buffered -= buf.rows;
         let batches = std::mem::take(buf);
-        let path = self.spill_path(&format!("rows-{q}"));
+        let path = self.spill_path(&format!("rows-{}-{}", key.1, key.0));
         write_ipc(&path, &self.schema, &batches.batches)?;
-        self.spills.entry(q).or_default().push(path);
+        self.spills.entry(key).or_default().push(path);
         Ok(())
     }
 
     fn spill_all(&mut self) -> Result<(), PartitionError> {
-        let quarters: Vec<Quarter> = self.buffers.keys().copied().collect();
-        for q in quarters {
-            self.spill_quarter(q)?;
+        let keys: Vec<(usize, Quarter)> = self.buffers.keys().copied().collect();
+        for k in keys {
+            self.spill_quarter(k)?;
         }
         Ok(())
     }
@@ -394,14 +400,19 @@ impl Partitioner {
     /// Spills everything and returns the spill files: rows by quarter, quarantine by partition.
     pub fn finish(mut self) -> Result<Spilled, PartitionError> {
         self.spill_all()?;
-        let keys: Vec<String> = self.quarantine.keys().cloned().collect();
+        let keys: Vec<(usize, String)> = self.quarantine.keys().cloned().collect();
         for k in keys {
             self.spill_quarantine(&k)?;
         }
-        Ok(Spilled {
-            rows: self.spills,
-            quarantine: self.quarantine_spills,
-        })
+        // Window by window: the keys sort by window first.
+        let mut spilled = Spilled::default();
+        for ((_, q), paths) in self.spills {
+            spilled.rows.entry(q).or_default().extend(paths);
+        }
+        for ((_, part), paths) in self.quarantine_spills {
+            spilled.quarantine.entry(part).or_default().extend(paths);
+        }
+        Ok(spilled)
     }
 }
 
@@ -475,7 +486,7 @@ mod tests {
         // 40 MB of rejected text: more than one spill's worth, never all in memory.
         let raw = "x".repeat(4000);
         for i in 0..10_000 {
-            p.reject(None, bad(i, raw.clone())).unwrap();
+            p.reject(0, None, bad(i, raw.clone())).unwrap();
         }
         assert!(
             !p.quarantine_spills.is_empty(),
@@ -498,10 +509,57 @@ mod tests {
     }
 
     #[test]
+    fn windows_pushed_side_by_side_spill_in_window_order() {
+        let t = table();
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partitioner::new(&t, dir.path(), "run-1", "bank_loans");
+        let rows = |ids: &[&str]| {
+            let mut b = RowBuffer::new(&t);
+            for id in ids {
+                let values: Vec<Value> = t
+                    .columns
+                    .iter()
+                    .map(|c| match c.data_type {
+                        ColumnType::Utf8 => Value::Str((*id).into()),
+                        ColumnType::Date32 => Value::Date(18_000),
+                        ColumnType::Decimal128 { .. } => Value::Dec(1),
+                        _ => Value::Null,
+                    })
+                    .collect();
+                b.push(&values);
+            }
+            b.finish(&t.arrow_schema())
+        };
+        let q: Quarter = "2019Q2".parse().unwrap();
+        // Window 1 arrives first, and spills in between; window 0 still goes first.
+        p.push_batch(1, q, rows(&["w1-a"])).unwrap();
+        p.push_batch(0, q, rows(&["w0-a"])).unwrap();
+        p.spill_all().unwrap();
+        p.push_batch(1, q, rows(&["w1-b"])).unwrap();
+        p.push_batch(0, q, rows(&["w0-b"])).unwrap();
+        let spilled = p.finish().unwrap();
+        let got: Vec<String> = read_spills(&spilled.rows[&q])
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                let c = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>();
+                c.unwrap()
+                    .iter()
+                    .map(|v| v.unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(got, ["w0-a", "w0-b", "w1-a", "w1-b"]);
+    }
+
+    #[test]
     fn raw_text_past_the_limit_is_cut_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Partitioner::new(&table(), dir.path(), "run-1", "bank_loans");
-        p.reject(None, bad(1, "y".repeat(MAX_RAW_BYTES + 10)))
+        p.reject(0, None, bad(1, "y".repeat(MAX_RAW_BYTES + 10)))
             .unwrap();
         let spilled = p.finish().unwrap();
         let b = &read_spills(&spilled.quarantine[UNKNOWN_QUARTER]).unwrap()[0];
