@@ -959,6 +959,17 @@ async fn fetch_window(
     (stats, result)
 }
 
+/// Hands the memory the fetch phase's threads freed back to the system
+/// before the merge allocates its own: glibc keeps freed memory in each
+/// thread's arena, so without this the two phases' peaks add up.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Threads that decode and validate pages side by side.
 fn check_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
@@ -1125,6 +1136,7 @@ async fn execute(
     let cursor_after = cursor_after(p, kind, cursor_before, sink.max_cursor.take());
     record.cursor_after = cursor_after.clone();
     let spilled = sink.part.finish()?;
+    release_freed_memory();
     report.send(&sink.counters, plan.quarters.len(), "committing");
     let done = commit_blocking(
         wh,
@@ -1636,7 +1648,7 @@ fn merge_partition<'a>(
         None
     } else {
         let path = g.partition_dir(job.part)?.join(g.file_name(0));
-        Some(merge::write_parquet_rows(&path, &m.all, &m.order)?)
+        Some(m.write(&path)?)
     };
     let changed = m.changed_rows;
     let merged = PartitionMerge {
@@ -2139,6 +2151,7 @@ pub fn import(
             sink.counters.record_into(&mut record);
             record.bytes = bytes;
             let spilled = sink.part.finish()?;
+            release_freed_memory();
             let read = started.elapsed();
             let done = commit_run(wh, t, &name, spilled, None, record.clone())?;
             tracing::debug!(

@@ -234,13 +234,16 @@ impl DeliveryHash {
     }
 }
 
+/// A row of a merge: (batch, row within it).
+pub type RowRef = (usize, usize);
+
 /// What a merge produced.
 #[derive(Debug)]
 pub struct Merged {
-    /// Every row considered (existing then new); `order` picks the result.
-    pub all: RecordBatch,
-    /// Indexes into `all` of the partition's new content, sorted by key.
-    pub order: Vec<u32>,
+    /// Every row considered (existing then new) as read, never copied into one batch.
+    pub batches: Vec<RecordBatch>,
+    /// The rows of the partition's new content, sorted by key.
+    pub order: Vec<RowRef>,
     /// Rows whose key is new or whose values changed (plus rows removed).
     pub changed_rows: u64,
 }
@@ -250,20 +253,39 @@ impl Merged {
     pub fn num_rows(&self) -> usize {
         self.order.len()
     }
+
+    /// Writes the merged partition to one Parquet file, a row group at a time.
+    pub fn write(&self, path: &Path) -> Result<FileEntry> {
+        let ctx = format!("writing {}", path.display());
+        let schema = self.batches[0].schema();
+        let mut f = ParquetFile::create(path, schema)?;
+        let batches: Vec<&RecordBatch> = self.batches.iter().collect();
+        for chunk in self.order.chunks(ROW_GROUP_ROWS) {
+            let b = arrow::compute::interleave_record_batch(&batches, chunk)
+                .map_err(|e| data_err(ctx.clone())(e))?;
+            f.write(&b)?;
+        }
+        f.finish()
+    }
 }
 
 /// How many (before, after) row pairs differ in any column (nulls equal),
 /// compared a chunk at a time so memory stays bounded.
-fn count_different(all: &RecordBatch, pairs: &[(u32, u32)]) -> Result<u64> {
+fn count_different(batches: &[RecordBatch], pairs: &[(RowRef, RowRef)]) -> Result<u64> {
     let err = |e: arrow::error::ArrowError| data_err("comparing restated rows")(e);
+    let Some(first) = batches.first() else {
+        return Ok(0);
+    };
     let mut n = 0u64;
     for chunk in pairs.chunks(64 * 1024) {
-        let a = UInt32Array::from(chunk.iter().map(|p| p.0).collect::<Vec<_>>());
-        let b = UInt32Array::from(chunk.iter().map(|p| p.1).collect::<Vec<_>>());
+        let a: Vec<RowRef> = chunk.iter().map(|p| p.0).collect();
+        let b: Vec<RowRef> = chunk.iter().map(|p| p.1).collect();
         let mut same = vec![true; chunk.len()];
-        for col in all.columns() {
-            let x = arrow::compute::take(col.as_ref(), &a, None).map_err(err)?;
-            let y = arrow::compute::take(col.as_ref(), &b, None).map_err(err)?;
+        for c in 0..first.num_columns() {
+            let col: Vec<&dyn arrow::array::Array> =
+                batches.iter().map(|x| x.column(c).as_ref()).collect();
+            let x = arrow::compute::interleave(&col, &a).map_err(err)?;
+            let y = arrow::compute::interleave(&col, &b).map_err(err)?;
             let eq = arrow::compute::kernels::cmp::not_distinct(&x, &y).map_err(err)?;
             for (i, s) in same.iter_mut().enumerate() {
                 if !eq.value(i) {
@@ -310,38 +332,48 @@ pub fn merge(
     key: &[usize],
     remove: &std::collections::HashSet<Vec<u8>>,
 ) -> Result<Option<Merged>> {
-    let existing_rows = existing.iter().map(RecordBatch::num_rows).sum();
-    let mut parts = existing;
-    parts.extend(new);
-    // One copy of the rows at a time: the parts go once they are concatenated.
-    let all = concat_batches(schema, &parts).map_err(|e| data_err("merging partition")(e))?;
-    drop(parts);
+    let existing_batches = existing.len();
+    let mut batches = existing;
+    batches.extend(new);
     let key_conv = RowConverter::new(
         key.iter()
             .map(|&i| SortField::new(schema.field(i).data_type().clone()))
             .collect(),
     )
     .map_err(|e| data_err("merging partition")(e))?;
-    let key_cols: Vec<ArrayRef> = key.iter().map(|&i| all.column(i).clone()).collect();
-    let keys = key_conv
-        .convert_columns(&key_cols)
+    let keys = batches
+        .iter()
+        .map(|b| {
+            let cols: Vec<ArrayRef> = key.iter().map(|&i| b.column(i).clone()).collect();
+            key_conv.convert_columns(&cols)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| data_err("merging partition")(e))?;
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let existing_rows: usize = batches[..existing_batches]
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
 
     // Winner per key: the last delivered row.
-    let mut winner: HashMap<&[u8], usize> = HashMap::with_capacity(all.num_rows());
-    for i in 0..all.num_rows() {
-        winner.insert(keys.row(i).data(), i);
+    let mut winner: HashMap<&[u8], RowRef> = HashMap::with_capacity(total);
+    for (b, rows) in keys.iter().enumerate() {
+        for r in 0..rows.num_rows() {
+            winner.insert(rows.row(r).data(), (b, r));
+        }
     }
     // What was there before, per key.
-    let mut before: HashMap<&[u8], usize> = HashMap::with_capacity(existing_rows);
-    for i in 0..existing_rows {
-        before.insert(keys.row(i).data(), i);
+    let mut before: HashMap<&[u8], RowRef> = HashMap::with_capacity(existing_rows);
+    for (b, rows) in keys[..existing_batches].iter().enumerate() {
+        for r in 0..rows.num_rows() {
+            before.insert(rows.row(r).data(), (b, r));
+        }
     }
     let mut changed = 0u64;
     // Winners with their keys, to sort by key (each key once: any sort is stable).
-    let mut kept: Vec<(&[u8], u32)> = Vec::with_capacity(winner.len());
+    let mut kept: Vec<(&[u8], RowRef)> = Vec::with_capacity(winner.len());
     // Keys present before whose winner is a new delivery: compare values below.
-    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    let mut pairs: Vec<(RowRef, RowRef)> = Vec::new();
     for (k, &w) in &winner {
         if remove.contains(*k) {
             if before.contains_key(k) {
@@ -351,12 +383,12 @@ pub fn merge(
         }
         match before.get(k) {
             Some(&b) if b == w => {}
-            Some(&b) => pairs.push((b as u32, w as u32)),
+            Some(&b) => pairs.push((b, w)),
             None => changed += 1,
         }
-        kept.push((k, w as u32));
+        kept.push((k, w));
     }
-    changed += count_different(&all, &pairs)?;
+    changed += count_different(&batches, &pairs)?;
     if changed == 0 {
         return Ok(None);
     }
@@ -367,7 +399,7 @@ pub fn merge(
     drop(before);
     drop(keys);
     Ok(Some(Merged {
-        all,
+        batches,
         order,
         changed_rows: changed,
     }))
@@ -420,22 +452,13 @@ mod tests {
     }
 
     fn rows(m: &Merged) -> Vec<(String, Option<i64>)> {
-        let ids = m
-            .all
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let vs = m
-            .all
-            .column(1)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
         m.order
             .iter()
-            .map(|&i| {
-                let i = i as usize;
+            .map(|&(b, i)| {
+                let batch = &m.batches[b];
+                let ids = batch.column(0).as_any().downcast_ref::<StringArray>();
+                let vs = batch.column(1).as_any().downcast_ref::<Int64Array>();
+                let (ids, vs) = (ids.unwrap(), vs.unwrap());
                 (
                     ids.value(i).to_string(),
                     vs.is_valid(i).then(|| vs.value(i)),
