@@ -11,7 +11,6 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use std::collections::HashMap;
 use std::path::Path;
 
 /// Rows per Parquet row group.
@@ -350,53 +349,41 @@ pub fn merge(
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| data_err("merging partition")(e))?;
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let existing_rows: usize = batches[..existing_batches]
-        .iter()
-        .map(RecordBatch::num_rows)
-        .sum();
 
-    // Winner per key: the last delivered row.
-    let mut winner: HashMap<&[u8], RowRef> = HashMap::with_capacity(total);
-    for (b, rows) in keys.iter().enumerate() {
-        for r in 0..rows.num_rows() {
-            winner.insert(rows.row(r).data(), (b, r));
-        }
+    // Every row by key, then in delivery order (existing rows first): the
+    // last row of each run of equal keys wins; an existing row of the key,
+    // if any, is the first of its run.
+    let mut rows: Vec<(&[u8], RowRef)> = Vec::with_capacity(total);
+    for (b, k) in keys.iter().enumerate() {
+        rows.extend((0..k.num_rows()).map(|r| (k.row(r).data(), (b, r))));
     }
-    // What was there before, per key.
-    let mut before: HashMap<&[u8], RowRef> = HashMap::with_capacity(existing_rows);
-    for (b, rows) in keys[..existing_batches].iter().enumerate() {
-        for r in 0..rows.num_rows() {
-            before.insert(rows.row(r).data(), (b, r));
-        }
-    }
+    rows.sort_unstable_by(|x, y| x.0.cmp(y.0).then(x.1.cmp(&y.1)));
     let mut changed = 0u64;
-    // Winners with their keys, to sort by key (each key once: any sort is stable).
-    let mut kept: Vec<(&[u8], RowRef)> = Vec::with_capacity(winner.len());
+    let mut order: Vec<RowRef> = Vec::with_capacity(total);
     // Keys present before whose winner is a new delivery: compare values below.
     let mut pairs: Vec<(RowRef, RowRef)> = Vec::new();
-    for (k, &w) in &winner {
-        if remove.contains(*k) {
-            if before.contains_key(k) {
+    for run in rows.chunk_by(|x, y| x.0 == y.0) {
+        let (key, first) = run[0];
+        let winner = run[run.len() - 1].1;
+        let before = (first.0 < existing_batches).then_some(first);
+        if !remove.is_empty() && remove.contains(key) {
+            if before.is_some() {
                 changed += 1;
             }
             continue;
         }
-        match before.get(k) {
-            Some(&b) if b == w => {}
-            Some(&b) => pairs.push((b, w)),
+        match before {
+            Some(b) if b == winner => {}
+            Some(b) => pairs.push((b, winner)),
             None => changed += 1,
         }
-        kept.push((k, w));
+        order.push(winner);
     }
+    drop(rows);
     changed += count_different(&batches, &pairs)?;
     if changed == 0 {
         return Ok(None);
     }
-    kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let order = kept.iter().map(|&(_, i)| i).collect();
-    drop(kept);
-    drop(winner);
-    drop(before);
     drop(keys);
     Ok(Some(Merged {
         batches,
