@@ -15,11 +15,62 @@ use std::time::Duration;
 /// How long in-flight runs get to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(30);
 
+/// Signal handlers, installed before the daemon announces its addresses:
+/// a SIGHUP or SIGTERM sent as soon as it is up is then handled, never
+/// the default action that ends the process.
+pub(crate) struct Signals {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    pub(crate) fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                hup: signal(SignalKind::hangup()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Resolves at SIGINT or SIGTERM.
+    async fn shutdown(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.term) => {},
+                _ = recv(&mut self.int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        crate::shutdown_signal().await;
+    }
+}
+
 async fn serve_until_signal(
     daemon: Arc<Daemon>,
     listener: tokio::net::TcpListener,
     pg: PgListener,
     drain: Duration,
+    mut signals: Signals,
 ) -> Result<ExitCode> {
     let token = daemon.shutdown_token();
     let server = tokio::spawn(ironlake::serve::serve(
@@ -29,21 +80,16 @@ async fn serve_until_signal(
     ));
     let pg = tokio::spawn(pg.0.serve(pg.1, token));
     #[cfg(unix)]
-    {
+    if let Some(mut hup) = signals.hup.take() {
         let d = daemon.clone();
         tokio::spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the configuration.");
                 let _ = d.reload();
             }
         });
     }
-    crate::shutdown_signal().await;
+    signals.shutdown().await;
     tracing::info!(
         drain_secs = drain.as_secs(),
         "Shutting down: no new runs; waiting for runs in flight."
@@ -110,9 +156,17 @@ pub async fn run(
         tokio::task::spawn_blocking(move || Daemon::new(opts, project, Arc::new(SystemClock)))
             .await??;
     let pg = pg_server(&daemon, pg_listener)?;
+    let signals = Signals::install();
     announce(&listener.local_addr()?, &pg)?;
     daemon.start_schedules();
-    serve_until_signal(daemon, listener, pg, Duration::from_secs(drain_secs)).await
+    serve_until_signal(
+        daemon,
+        listener,
+        pg,
+        Duration::from_secs(drain_secs),
+        signals,
+    )
+    .await
 }
 
 /// A random token suffix from the OS's generator.
@@ -414,8 +468,10 @@ pub fn demo(opts: LoadOptions, listen: Listen, enterprises: usize) -> Result<Exi
         let env_file = write_demo_env(&opts, &sim_addr.to_string(), &feed_token, &api_tokens, &warehouse)?;
         demo_handover(&api, &pg_addr, &env_file, &api_tokens);
         std::io::stdout().flush()?;
+        // Installed only now: Ctrl-C during the backfill still ends the demo at once.
+        let signals = Signals::install();
         daemon.start_schedules();
-        let code = serve_until_signal(daemon, listener, pg, DRAIN).await;
+        let code = serve_until_signal(daemon, listener, pg, DRAIN, signals).await;
         sim_stop.cancel();
         code
     })

@@ -147,10 +147,20 @@ pub fn project_copy(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir 
 /// child, the API's base URL and the PostgreSQL address.
 pub fn spawn_daemon_pg(cmd: &mut std::process::Command) -> (std::process::Child, String, String) {
     use std::io::BufRead as _;
+    // IRONLAKE_TEST_DAEMON_STDERR=FILE keeps the daemons' logs, to debug a failure.
+    let stderr = match std::env::var_os("IRONLAKE_TEST_DAEMON_STDERR") {
+        Some(path) => std::fs::File::options()
+            .append(true)
+            .create(true)
+            .open(path)
+            .unwrap()
+            .into(),
+        None => std::process::Stdio::null(),
+    };
     let mut child = cmd
         .args(["--pg-listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
