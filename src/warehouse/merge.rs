@@ -3,8 +3,8 @@
 //! rows into a partition by primary key (the newest delivery wins).
 
 use super::{FileEntry, Result, WarehouseError};
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, take_record_batch};
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
@@ -255,16 +255,7 @@ impl Merged {
 
     /// Writes the merged partition to one Parquet file, a row group at a time.
     pub fn write(&self, path: &Path) -> Result<FileEntry> {
-        let ctx = format!("writing {}", path.display());
-        let schema = self.batches[0].schema();
-        let mut f = ParquetFile::create(path, schema)?;
-        let batches: Vec<&RecordBatch> = self.batches.iter().collect();
-        for chunk in self.order.chunks(ROW_GROUP_ROWS) {
-            let b = arrow::compute::interleave_record_batch(&batches, chunk)
-                .map_err(|e| data_err(ctx.clone())(e))?;
-            f.write(&b)?;
-        }
-        f.finish()
+        write_picked(path, &self.batches, &self.order)
     }
 }
 
@@ -299,26 +290,22 @@ fn count_different(batches: &[RecordBatch], pairs: &[(RowRef, RowRef)]) -> Resul
 
 /// Writes the rows of `all` picked by `order` to one Parquet file, a row group at a time.
 pub fn write_parquet_rows(path: &Path, all: &RecordBatch, order: &[u32]) -> Result<FileEntry> {
+    let order: Vec<RowRef> = order.iter().map(|&i| (0, i as usize)).collect();
+    write_picked(path, std::slice::from_ref(all), &order)
+}
+
+/// Writes the rows of `batches` picked by `order` to one Parquet file (with
+/// the first batch's schema), a row group at a time.
+fn write_picked(path: &Path, batches: &[RecordBatch], order: &[RowRef]) -> Result<FileEntry> {
     let ctx = format!("writing {}", path.display());
-    let file = std::fs::File::create(path).map_err(|e| data_err(ctx.clone())(e))?;
-    let mut w = ArrowWriter::try_new(file, all.schema(), Some(writer_properties()))
-        .map_err(|e| data_err(ctx.clone())(e))?;
+    let mut f = ParquetFile::create(path, batches[0].schema())?;
+    let batches: Vec<&RecordBatch> = batches.iter().collect();
     for chunk in order.chunks(ROW_GROUP_ROWS) {
-        let idx = UInt32Array::from(chunk.to_vec());
-        let b = take_record_batch(all, &idx).map_err(|e| data_err(ctx.clone())(e))?;
-        w.write(&b).map_err(|e| data_err(ctx.clone())(e))?;
+        let b = arrow::compute::interleave_record_batch(&batches, chunk)
+            .map_err(|e| data_err(ctx.clone())(e))?;
+        f.write(&b)?;
     }
-    let file = w.into_inner().map_err(|e| data_err(ctx.clone())(e))?;
-    file.sync_all().map_err(|e| data_err(ctx.clone())(e))?;
-    let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    Ok(FileEntry {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        rows: order.len() as u64,
-        bytes,
-    })
+    f.finish()
 }
 
 /// Merges `new` rows (in delivery order) into `existing` rows by the key
