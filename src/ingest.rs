@@ -1549,22 +1549,11 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
             None => Vec::new(),
         };
         if remove.is_empty()
-            && let Some(a) = appendable(c, &state, part, &new)?
+            && let Some((added, written)) = append_partition(c, &state, &mut g, part, &new)?
         {
-            let added = a.rows.num_rows() as u64;
-            if a.crowded {
-                let entry = compact_around_largest(c, &state, &mut g, part, a)?;
-                out.rows_changed += added;
-                out.rows_written += entry.rows;
-                out.touched.push(part.clone());
-                continue;
-            }
-            let n = state.partitions.get(part).map_or(0, |p| p.files.len());
-            let entry = write_appended(&g.partition_dir(part)?.join(g.file_name(n)), a)?;
-            out.rows_changed += entry.rows;
-            out.rows_written += entry.rows;
+            out.rows_changed += added;
+            out.rows_written += written;
             out.touched.push(part.clone());
-            g.add_files(part, vec![entry]);
             continue;
         }
         jobs.push(MergeJob {
@@ -1593,6 +1582,31 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
         out.change = Some(wh.finish_generation(g)?);
     }
     Ok(out)
+}
+
+/// Puts a partition's new rows beside its files when they replace nothing
+/// (pushes), compacting a crowded partition around its largest file;
+/// returns the rows added and written, or `None` to merge instead.
+fn append_partition(
+    c: &CommitInput,
+    state: &warehouse::DirState,
+    g: &mut warehouse::GenBuilder,
+    part: &str,
+    new: &[arrow::array::RecordBatch],
+) -> Result<Option<(u64, u64)>, IngestError> {
+    let Some(a) = appendable(c, state, part, new)? else {
+        return Ok(None);
+    };
+    let added = a.rows.num_rows() as u64;
+    if a.crowded {
+        let entry = compact_around_largest(c, state, g, part, a)?;
+        return Ok(Some((added, entry.rows)));
+    }
+    let n = state.partitions.get(part).map_or(0, |p| p.files.len());
+    let entry = write_appended(&g.partition_dir(part)?.join(g.file_name(n)), a)?;
+    let written = entry.rows;
+    g.add_files(part, vec![entry]);
+    Ok(Some((added, written)))
 }
 
 /// Partitions merged at once: each holds its partition in memory.
