@@ -1563,7 +1563,8 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
             remove,
         });
     }
-    // Partitions merge side by side (each holds one partition in memory).
+    // Partitions merge side by side (a partition with committed rows is held
+    // in memory; a new one streams from its spills).
     let merged = parallel_map(jobs, check_threads().min(MERGE_THREADS), |job| {
         merge_partition(c, &state, &g, &schema, job)
     })?;
@@ -1609,7 +1610,7 @@ fn append_partition(
     Ok(Some((added, written)))
 }
 
-/// Partitions merged at once: each holds its partition in memory.
+/// Partitions merged at once (one with committed rows is held in memory).
 const MERGE_THREADS: usize = 2;
 
 /// One partition to merge with its committed files.
@@ -1639,6 +1640,18 @@ fn merge_partition<'a>(
     schema: &arrow::datatypes::SchemaRef,
     job: MergeJob<'a>,
 ) -> Result<Option<(&'a str, PartitionMerge)>, IngestError> {
+    let fresh = state
+        .partitions
+        .get(job.part)
+        .is_none_or(|p| p.files.is_empty());
+    if fresh
+        && job.remove.is_empty()
+        && job.new.is_none()
+        && let Some(paths) = job.paths
+        && let Some(m) = write_new_partition(g, schema, &c.table.primary_key, job.part, paths)?
+    {
+        return Ok(Some((job.part, m)));
+    }
     let new = match (job.new, job.paths) {
         (Some(new), _) => new,
         (None, Some(paths)) => partition::read_spills(paths)?,
@@ -1671,6 +1684,44 @@ fn merge_partition<'a>(
         delivery,
     };
     Ok(Some((job.part, merged)))
+}
+
+/// A partition with no committed rows, written straight from its spills in
+/// delivery order, a batch at a time: memory holds one batch, a row group
+/// being encoded and a hash per key, whatever the partition's size. `None`
+/// when a key may repeat (or nothing was delivered): the full merge then
+/// picks each key's last row.
+fn write_new_partition(
+    g: &warehouse::GenBuilder,
+    schema: &arrow::datatypes::SchemaRef,
+    key: &[usize],
+    part: &str,
+    paths: &[std::path::PathBuf],
+) -> Result<Option<PartitionMerge>, IngestError> {
+    let path = g.partition_dir(part)?.join(g.file_name(0));
+    let mut file = merge::ParquetFile::create(&path, schema.clone())?;
+    let mut fingerprint = merge::DeliveryHash::new(schema);
+    let mut keys = merge::DistinctKeys::default();
+    let distinct = partition::each_spilled_batch(paths, |batch| {
+        if !keys.insert(&batch, key)? {
+            return Ok::<_, IngestError>(false);
+        }
+        fingerprint.update(&batch);
+        file.write(&batch)?;
+        Ok(true)
+    })?;
+    if !distinct || file.rows() == 0 {
+        drop(file);
+        std::fs::remove_file(&path)
+            .map_err(|e| IngestError::Internal(format!("removing {}: {e}", path.display())))?;
+        return Ok(None);
+    }
+    let entry = file.finish()?;
+    Ok(Some(PartitionMerge {
+        changed: entry.rows,
+        file: Some(entry),
+        delivery: fingerprint.finish(),
+    }))
 }
 
 /// `f` over `items` on up to `threads` threads; results in item order, or
@@ -2300,6 +2351,64 @@ mod tests {
             }
         }
         assert_eq!(load(a).rows_changed, 0);
+    }
+
+    #[test]
+    fn a_new_partition_is_written_in_delivery_order_unless_a_key_repeats() {
+        let project = project();
+        let load = |rows: &[(&str, &str)]| {
+            let dir = tempfile::tempdir().unwrap();
+            let wh = Warehouse::open(dir.path()).unwrap();
+            let mut csv = String::from(
+                "bank_code,loan_id,period_end,uscc,balance,disbursed,rate_pct,term,guarantee,product,guarantee_fee_pct\n",
+            );
+            for (loan, balance) in rows {
+                csv.push_str(&format!("102653000013,{loan},2019-09-30,915002292000000007,{balance},0.00,5.3900,medium_long,credit,trade_finance,\n"));
+            }
+            let mut reader = std::io::Cursor::new(csv.into_bytes());
+            let t = import(
+                &project,
+                &wh,
+                "bank_loans",
+                Format::Csv,
+                "f.csv",
+                &mut reader,
+            );
+            let changed = t.unwrap().rows_changed;
+            let m = wh.manifest().unwrap();
+            let state = &m.dirs["tables/bank_loans"];
+            let files: Vec<_> = partition_files(&wh, state, "2019Q3").collect();
+            assert_eq!(files.len(), 1);
+            // Nothing but the manifest's file is left in the partition.
+            let on_disk = std::fs::read_dir(files[0].parent().unwrap())
+                .unwrap()
+                .count();
+            assert_eq!(on_disk, 1);
+            let schema = project.table("bank_loans").unwrap().arrow_schema();
+            let batch = merge::read_parquet(&files[0], &schema).unwrap();
+            let text = |c: usize| {
+                let col = arrow::compute::cast(batch.column(c), &arrow::datatypes::DataType::Utf8);
+                let col = col.unwrap();
+                let col = col
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .unwrap();
+                col.iter()
+                    .map(|v| v.unwrap().to_string())
+                    .collect::<Vec<_>>()
+            };
+            (changed, text(1), text(4))
+        };
+        // Distinct keys go straight to the file, as delivered (not sorted).
+        let (changed, loans, _) = load(&[("L2", "1.00"), ("L0", "2.00"), ("L1", "3.00")]);
+        assert_eq!(
+            (changed, loans),
+            (3, vec!["L2".into(), "L0".into(), "L1".into()])
+        );
+        // A repeated key: the full merge keeps its last row, sorted by key.
+        let (changed, loans, balances) = load(&[("L1", "1.00"), ("L0", "2.00"), ("L1", "9.00")]);
+        assert_eq!((changed, loans), (2, vec!["L0".into(), "L1".into()]));
+        assert_eq!(balances, ["2.00", "9.00"]);
     }
 
     #[test]

@@ -443,15 +443,31 @@ fn write_ipc(
 /// Reads spill files back, in order.
 pub fn read_spills(paths: &[PathBuf]) -> Result<Vec<RecordBatch>, PartitionError> {
     let mut out = Vec::new();
+    each_spilled_batch(paths, |b| {
+        out.push(b);
+        Ok::<_, PartitionError>(true)
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with each batch of the spill files in order, one batch in
+/// memory at a time, until it returns false; returns whether it never did.
+pub fn each_spilled_batch<E: From<PartitionError>>(
+    paths: &[PathBuf],
+    mut f: impl FnMut(RecordBatch) -> Result<bool, E>,
+) -> Result<bool, E> {
     for p in paths {
         let ctx = format!("reading spill {}", p.display());
         let file = std::fs::File::open(p).map_err(|e| perr(ctx.clone())(e))?;
+        let file = std::io::BufReader::with_capacity(1 << 20, file);
         let r = FileReader::try_new(file, None).map_err(|e| perr(ctx.clone())(e))?;
         for b in r {
-            out.push(b.map_err(|e| perr(ctx.clone())(e))?);
+            if !f(b.map_err(|e| perr(ctx.clone())(e))?)? {
+                return Ok(false);
+            }
         }
     }
-    Ok(out)
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -233,6 +233,48 @@ impl DeliveryHash {
     }
 }
 
+/// Tells whether a delivery repeats a key without holding its keys: only a
+/// 64-bit hash of each. A repeated hash means a repeated key, or (rarely)
+/// two keys with one hash; either way the caller merges the full way.
+#[derive(Default)]
+pub struct DistinctKeys {
+    seen: std::collections::HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>,
+    hashes: Vec<u64>,
+}
+
+impl DistinctKeys {
+    /// Adds the keys (columns `key`) of `batch`; false when one of them
+    /// may have been added before.
+    pub fn insert(&mut self, batch: &RecordBatch, key: &[usize]) -> Result<bool> {
+        use datafusion::common::hash_utils::{RandomState, create_hashes};
+        self.hashes.clear();
+        self.hashes.resize(batch.num_rows(), 0);
+        let cols = key.iter().map(|&i| batch.column(i));
+        create_hashes(cols, &RandomState::with_seed(0), &mut self.hashes)
+            .map_err(|e| data_err("hashing keys")(e))?;
+        self.seen.reserve(self.hashes.len());
+        Ok(self.hashes.iter().all(|&h| self.seen.insert(h)))
+    }
+}
+
+/// A hasher for values that already are hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// A row of a merge: (batch, row within it).
 pub type RowRef = (usize, usize);
 
