@@ -414,14 +414,11 @@ impl Sim {
                         return (out, Some(pos));
                     }
                 } else {
-                    let take = (n - out.len()).min(items.len().saturating_sub(pos.item));
-                    out.extend(
-                        items[pos.item.min(items.len())..pos.item.min(items.len()) + take]
-                            .iter()
-                            .cloned(),
-                    );
+                    let len = items.len();
+                    let take = (n - out.len()).min(len.saturating_sub(pos.item));
+                    out.extend(items.into_iter().skip(pos.item).take(take));
                     pos.item += take;
-                    if pos.item < items.len() {
+                    if pos.item < len {
                         return (out, Some(pos));
                     }
                 }

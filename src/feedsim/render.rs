@@ -233,12 +233,14 @@ impl Rec {
                 V::T(s) => json_string(out, s),
                 V::Dec(u, s, true) => {
                     out.push('"');
-                    out.push_str(&format_decimal(*u, *s));
+                    push_decimal(out, *u, *s);
                     out.push('"');
                 }
-                V::Dec(u, s, false) => out.push_str(&format_decimal(*u, *s)),
+                V::Dec(u, s, false) => push_decimal(out, *u, *s),
                 V::Date(d) => {
-                    let _ = write!(out, "\"{}\"", d.format("%Y-%m-%d"));
+                    out.push('"');
+                    push_date(out, *d);
+                    out.push('"');
                 }
                 V::I(i) => {
                     let _ = write!(out, "{i}");
@@ -268,10 +270,8 @@ impl Rec {
             match v {
                 V::S(s) => csv_field(out, s),
                 V::T(s) => csv_field(out, s),
-                V::Dec(u, s, _) => out.push_str(&format_decimal(*u, *s)),
-                V::Date(d) => {
-                    let _ = write!(out, "{}", d.format("%Y-%m-%d"));
-                }
+                V::Dec(u, s, _) => push_decimal(out, *u, *s),
+                V::Date(d) => push_date(out, *d),
                 V::I(i) => {
                     let _ = write!(out, "{i}");
                 }
@@ -282,6 +282,58 @@ impl Rec {
         }
         out.push('\n');
     }
+}
+
+/// Appends `value` (unscaled) with `scale` fractional digits, as
+/// [`format_decimal`] writes it, without allocating.
+fn push_decimal(out: &mut String, value: i128, scale: u8) {
+    let abs = value.unsigned_abs();
+    let Ok(small) = u64::try_from(abs) else {
+        out.push_str(&format_decimal(value, scale));
+        return;
+    };
+    if value < 0 {
+        out.push('-');
+    }
+    // Digits from the right; at least one before the point.
+    let mut buf = [b'0'; 24];
+    let (mut n, mut i, scale) = (small, buf.len(), usize::from(scale));
+    while n > 0 || buf.len() - i <= scale {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let point = buf.len() - scale;
+    let digits = std::str::from_utf8(&buf[i..]).expect("ASCII digits");
+    out.push_str(&digits[..point - i]);
+    if scale > 0 {
+        out.push('.');
+        out.push_str(&digits[point - i..]);
+    }
+}
+
+/// Appends `d` as `YYYY-MM-DD` without allocating.
+fn push_date(out: &mut String, d: NaiveDate) {
+    use chrono::Datelike;
+    let (y, m, day) = (d.year(), d.month(), d.day());
+    if !(0..=9999).contains(&y) {
+        let _ = write!(out, "{}", d.format("%Y-%m-%d"));
+        return;
+    }
+    let y = y as u32;
+    let text = [
+        b'0' + (y / 1000) as u8,
+        b'0' + (y / 100 % 10) as u8,
+        b'0' + (y / 10 % 10) as u8,
+        b'0' + (y % 10) as u8,
+        b'-',
+        b'0' + (m / 10) as u8,
+        b'0' + (m % 10) as u8,
+        b'-',
+        b'0' + (day / 10) as u8,
+        b'0' + (day % 10) as u8,
+    ];
+    out.push_str(std::str::from_utf8(&text).expect("ASCII digits"));
 }
 
 fn json_string(out: &mut String, s: &str) {
@@ -303,7 +355,7 @@ fn json_string(out: &mut String, s: &str) {
 }
 
 fn csv_field(out: &mut String, s: &str) {
-    if s.contains([',', '"', '\n', '\r']) {
+    if s.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
         out.push('"');
         out.push_str(&s.replace('"', "\"\""));
         out.push('"');
@@ -405,4 +457,48 @@ pub fn issue(uscc: &str, i: &Issue) -> Rec {
         ("issued_on", V::Date(i.issued_on)),
         ("rate_pct", i.rate.map_or(V::Null, |v| V::Dec(v, 4, true))),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_decimals_and_dates_read_like_the_formatter() {
+        for value in [
+            0i128,
+            5,
+            -5,
+            99,
+            100,
+            123_456,
+            -1_000_000_007,
+            i128::from(u64::MAX),
+        ]
+        .into_iter()
+        .chain([i128::MAX, i128::MIN + 1])
+        {
+            for scale in [0u8, 1, 2, 4] {
+                let mut out = String::new();
+                push_decimal(&mut out, value, scale);
+                assert_eq!(
+                    out,
+                    format_decimal(value, scale),
+                    "{value} at scale {scale}"
+                );
+            }
+        }
+        for (y, m, d) in [
+            (2019, 3, 31),
+            (2017, 12, 1),
+            (1, 1, 1),
+            (10_000, 1, 1),
+            (-5, 6, 30),
+        ] {
+            let day = NaiveDate::from_ymd_opt(y, m, d).unwrap();
+            let mut out = String::new();
+            push_date(&mut out, day);
+            assert_eq!(out, day.format("%Y-%m-%d").to_string());
+        }
+    }
 }
