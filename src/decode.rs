@@ -266,14 +266,26 @@ fn decode_json<'a>(
 
 fn decode_ndjson<'a>(columns: &Columns, body: &'a [u8]) -> DecodedPage<'a> {
     let mut page = DecodedPage::default();
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+    // A body of valid UTF-8 (the usual case) is checked once; lines are cut
+    // from it at newlines, so they are whole text too.
+    let whole = std::str::from_utf8(body).ok();
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    for (i, end) in ends.enumerate() {
+        let at = start;
+        start = end + 1;
+        let line = &body[at..end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         page.items += 1;
         let no = i as u64 + 1;
-        match std::str::from_utf8(line) {
+        let text = match whole.and_then(|t| t.get(at..at + line.len())) {
+            Some(t) => Ok(t),
+            None => std::str::from_utf8(line),
+        };
+        match text {
             Ok(text) => push_record(&mut page, no, text, columns),
             Err(e) => page.bad.push(BadItem {
                 no,
@@ -301,9 +313,10 @@ fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
     let mut out = Vec::new();
     let mut i = 0;
     let n = body.len();
+    let mut width = 0;
     while i < n {
         let start = i;
-        let mut cells: Vec<Cow<'_, [u8]>> = Vec::new();
+        let mut cells: Vec<Cow<'_, [u8]>> = Vec::with_capacity(width);
         let mut unterminated = false;
         loop {
             // One cell.
@@ -349,9 +362,7 @@ fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
                 }
             } else {
                 let s = i;
-                while i < n && body[i] != b',' && body[i] != b'\n' {
-                    i += 1;
-                }
+                i = memchr::memchr2(b',', b'\n', &body[i..]).map_or(n, |k| i + k);
                 let mut cell = &body[s..i];
                 if i < n && body[i] == b'\n' && cell.last() == Some(&b'\r') {
                     cell = &cell[..cell.len() - 1];
@@ -373,6 +384,7 @@ fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
         }
         let raw = &body[start..end];
         // A blank line is no record; a line holding `""` is one (an empty value).
+        width = cells.len();
         if !raw.is_empty() || unterminated {
             out.push(CsvRecord {
                 raw,
@@ -420,10 +432,25 @@ fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, 
             page.unknown_fields.insert(name.clone(), 0);
         }
     }
+    // A page of valid UTF-8 (the usual case) is checked once: rows and cells
+    // are cut from it at ASCII delimiters, so they are whole text too.
+    let whole = std::str::from_utf8(body).ok();
+    let text_of = |bytes: &'a [u8]| -> Option<&'a str> {
+        match whole {
+            Some(t) => {
+                let at = bytes.as_ptr() as usize - body.as_ptr() as usize;
+                t.get(at..at + bytes.len())
+            }
+            None => std::str::from_utf8(bytes).ok(),
+        }
+    };
     for (i, rec) in recs.enumerate() {
         page.items += 1;
         let no = i as u64 + 1;
-        let raw = match std::str::from_utf8(rec.raw) {
+        let raw = match text_of(rec.raw)
+            .ok_or(())
+            .or_else(|_| std::str::from_utf8(rec.raw))
+        {
             Ok(r) => r,
             Err(e) => {
                 page.bad.push(BadItem {
@@ -471,7 +498,7 @@ fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, 
             // Cells are slices of the row, which is valid UTF-8, cut at ASCII
             // delimiters; checked anyway so no input can panic here.
             let text = match cell {
-                Cow::Borrowed(b) => std::str::from_utf8(b).ok().map(Cow::Borrowed),
+                Cow::Borrowed(b) => text_of(b).map(Cow::Borrowed),
                 Cow::Owned(b) => String::from_utf8(b).ok().map(Cow::Owned),
             };
             let Some(text) = text else {

@@ -2044,46 +2044,51 @@ fn read_chunks(
         })
     };
     let csv = format == Format::Csv;
-    let mut buf: Vec<u8> = Vec::new();
+    // Bytes read past the last whole record sent: the start of the next chunk.
+    let mut carry: Vec<u8> = Vec::new();
     let (mut eof, mut total, mut seq) = (false, 0u64, 0u64);
     let mut header: Option<Vec<u8>> = None;
     loop {
+        // A chunk is read straight into its own body, after the CSV header.
+        let prefix = header.as_deref().filter(|_| csv).unwrap_or_default();
+        let mut body = Vec::with_capacity(prefix.len() + carry.len() + chunk + 64 * 1024);
+        body.extend_from_slice(prefix);
+        let start = body.len();
+        body.append(&mut carry);
         // Fill up to a chunk past what is buffered; a JSON array is read whole.
-        let want = buf.len() + chunk;
-        while !eof && (format == Format::Json || buf.len() < want) {
-            let n = (&mut *file)
-                .take(chunk as u64)
-                .read_to_end(&mut buf)
-                .map_err(read_err)?;
-            eof = n == 0;
-        }
-        let end = if eof || format == Format::Json {
-            buf.len()
-        } else {
-            match record_boundary(&buf, csv) {
-                Some(e) => e,
-                None => continue, // one record longer than a chunk: read on
+        let mut want = body.len() + chunk;
+        let end = loop {
+            while !eof && (format == Format::Json || body.len() < want) {
+                let n = (&mut *file)
+                    .take(chunk as u64)
+                    .read_to_end(&mut body)
+                    .map_err(read_err)?;
+                eof = n == 0;
+            }
+            if eof || format == Format::Json {
+                break body.len();
+            }
+            match record_boundary(&body[start..], csv) {
+                Some(e) => break start + e,
+                None => want += chunk, // one record longer than a chunk: read on
             }
         };
-        if end == 0 && seq > 0 {
+        if end == start && seq > 0 {
             break;
         }
-        let piece = &buf[..end];
-        total += piece.len() as u64;
-        let body = match (&header, csv) {
-            (Some(h), true) => [h.as_slice(), piece].concat(),
-            _ => piece.to_vec(),
-        };
+        total += (end - start) as u64;
+        carry.extend_from_slice(&body[end..]);
+        body.truncate(end);
         if csv && header.is_none() {
+            let piece = &body[start..];
             let h_end = csv_record_ends(piece).next().unwrap_or(piece.len());
             header = Some(piece[..h_end].to_vec());
         }
-        buf.drain(..end);
         if !send(Chunk { seq, body }) {
             break;
         }
         seq += 1;
-        if eof && buf.is_empty() {
+        if eof && carry.is_empty() {
             break;
         }
     }
