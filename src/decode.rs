@@ -88,6 +88,8 @@ pub enum DecodeError {
 #[derive(Debug, Clone)]
 pub struct Columns {
     index: HashMap<String, usize>,
+    /// Names in schema order.
+    names: Vec<String>,
     len: usize,
 }
 
@@ -100,7 +102,20 @@ impl Columns {
             .map(|(i, n)| (n.to_string(), i))
             .collect();
         let len = index.len();
-        Columns { index, len }
+        let mut names = vec![String::new(); len];
+        for (n, &i) in &index {
+            names[i].clone_from(n);
+        }
+        Columns { index, names, len }
+    }
+
+    /// The index of field `name`, trying `guess` first: records usually
+    /// list their fields in schema order, so most fields need no hashing.
+    fn find(&self, name: &str, guess: usize) -> Option<usize> {
+        match self.names.get(guess) {
+            Some(n) if n == name => Some(guess),
+            _ => self.index.get(name).copied(),
+        }
     }
 }
 
@@ -167,10 +182,14 @@ impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut cells = vec![None; self.columns.len];
                 let mut unknown = Vec::new();
+                let mut guess = 0;
                 while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
                     let v: &'de RawValue = map.next_value()?;
-                    match self.columns.index.get(k.as_ref()) {
-                        Some(&i) => cells[i] = Some(Cell::Json(v)),
+                    match self.columns.find(k.as_ref(), guess) {
+                        Some(i) => {
+                            cells[i] = Some(Cell::Json(v));
+                            guess = i + 1;
+                        }
                         None => unknown.push(k.into_owned()),
                     }
                 }

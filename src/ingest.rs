@@ -1530,6 +1530,10 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
     }
     let mut g = wh.begin_generation(guard, base, &key, run_id)?;
     let empty = HashSet::new();
+    let delivery_of = |part: &str| {
+        let q: Quarter = part.parse().ok()?;
+        spilled.deliveries.get(&q).cloned().flatten()
+    };
     // Partitions to merge with their committed files, after any appends.
     let mut jobs: Vec<MergeJob> = Vec::new();
     for part in &affected {
@@ -1540,6 +1544,7 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
                 part,
                 new: None,
                 paths,
+                delivery: delivery_of(part),
                 remove,
             });
             continue;
@@ -1560,6 +1565,7 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
             part,
             new: Some(new),
             paths,
+            delivery: delivery_of(part),
             remove,
         });
     }
@@ -1619,6 +1625,8 @@ struct MergeJob<'a> {
     /// The new rows when already read, else read from `paths`.
     new: Option<Vec<arrow::array::RecordBatch>>,
     paths: Option<&'a Vec<std::path::PathBuf>>,
+    /// The fingerprint of the delivered rows, taken while partitioning.
+    delivery: Option<String>,
     /// Keys that moved to another partition.
     remove: &'a HashSet<Vec<u8>>,
 }
@@ -1640,26 +1648,7 @@ fn merge_partition<'a>(
     schema: &arrow::datatypes::SchemaRef,
     job: MergeJob<'a>,
 ) -> Result<Option<(&'a str, PartitionMerge)>, IngestError> {
-    let fresh = state
-        .partitions
-        .get(job.part)
-        .is_none_or(|p| p.files.is_empty());
-    if fresh
-        && job.remove.is_empty()
-        && job.new.is_none()
-        && let Some(paths) = job.paths
-        && let Some(m) = write_new_partition(g, schema, &c.table.primary_key, job.part, paths)?
-    {
-        return Ok(Some((job.part, m)));
-    }
-    let new = match (job.new, job.paths) {
-        (Some(new), _) => new,
-        (None, Some(paths)) => partition::read_spills(paths)?,
-        (None, None) => Vec::new(),
-    };
-    let mut fingerprint = merge::DeliveryHash::new(schema);
-    new.iter().for_each(|b| fingerprint.update(b));
-    let delivery = fingerprint.finish();
+    let delivery = job.delivery.clone();
     let committed = state.partitions.get(job.part);
     if job.remove.is_empty()
         && delivery.is_some()
@@ -1667,6 +1656,21 @@ fn merge_partition<'a>(
     {
         return Ok(None); // the delivery that made the partition, again
     }
+    let fresh = committed.is_none_or(|p| p.files.is_empty());
+    if fresh
+        && job.remove.is_empty()
+        && job.new.is_none()
+        && let Some(paths) = job.paths
+        && let Some(m) = write_new_partition(g, schema, &c.table.primary_key, job.part, paths)?
+    {
+        let m = PartitionMerge { delivery, ..m };
+        return Ok(Some((job.part, m)));
+    }
+    let new = match (job.new, job.paths) {
+        (Some(new), _) => new,
+        (None, Some(paths)) => partition::read_spills(paths)?,
+        (None, None) => Vec::new(),
+    };
     let existing = read_dir_state(c.wh, state, job.part, schema)?;
     let Some(m) = merge::merge(schema, existing, new, &c.table.primary_key, job.remove)? else {
         return Ok(None);
@@ -1700,13 +1704,11 @@ fn write_new_partition(
 ) -> Result<Option<PartitionMerge>, IngestError> {
     let path = g.partition_dir(part)?.join(g.file_name(0));
     let mut file = merge::ParquetFile::create(&path, schema.clone())?;
-    let mut fingerprint = merge::DeliveryHash::new(schema);
     let mut keys = merge::DistinctKeys::default();
     let distinct = partition::each_spilled_batch(paths, |batch| {
         if !keys.insert(&batch, key)? {
             return Ok::<_, IngestError>(false);
         }
-        fingerprint.update(&batch);
         file.write(&batch)?;
         Ok(true)
     })?;
@@ -1720,7 +1722,7 @@ fn write_new_partition(
     Ok(Some(PartitionMerge {
         changed: entry.rows,
         file: Some(entry),
-        delivery: fingerprint.finish(),
+        delivery: None,
     }))
 }
 

@@ -5,6 +5,7 @@
 use crate::config::schema::{ColumnType, TableSchema};
 use crate::domain::Quarter;
 use crate::validate::Value;
+use crate::warehouse::merge::DeliveryHash;
 use arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder,
     RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
@@ -15,6 +16,7 @@ use arrow::ipc::writer::FileWriter;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc;
 
 /// Rows buffered per quarter before spilling.
 const SPILL_ROWS: usize = 32 * 1024;
@@ -261,6 +263,8 @@ pub struct Partitioner {
     spills: BTreeMap<(usize, Quarter), Vec<PathBuf>>,
     quarantine: BTreeMap<(usize, String), QuarantineBuffer>,
     quarantine_spills: BTreeMap<(usize, String), Vec<PathBuf>>,
+    /// Fingerprints each window's rows of a quarter, as pushed.
+    fingerprints: Fingerprinter,
     seq: usize,
 }
 
@@ -278,6 +282,7 @@ impl Partitioner {
             spills: BTreeMap::new(),
             quarantine: BTreeMap::new(),
             quarantine_spills: BTreeMap::new(),
+            fingerprints: Fingerprinter::default(),
             seq: 0,
         }
     }
@@ -293,6 +298,8 @@ impl Partitioner {
         if n == 0 {
             return Ok(());
         }
+        self.fingerprints
+            .push(&self.schema, (window, quarter), batch.clone());
         let buf = self.buffers.entry((window, quarter)).or_default();
         buf.batches.push(batch);
         buf.rows += n;
@@ -412,7 +419,63 @@ impl Partitioner {
         for ((_, part), paths) in self.quarantine_spills {
             spilled.quarantine.entry(part).or_default().extend(paths);
         }
+        let mut by_quarter: BTreeMap<Quarter, Vec<Option<String>>> = BTreeMap::new();
+        for ((_, q), f) in self.fingerprints.finish()? {
+            by_quarter.entry(q).or_default().push(f.finish());
+        }
+        for (q, windows) in by_quarter {
+            spilled.deliveries.insert(q, DeliveryHash::combine(windows));
+        }
         Ok(spilled)
+    }
+}
+
+/// Fingerprints pushed rows on a thread of its own, in push order, so the
+/// thread that partitions does not wait for the hashing.
+#[derive(Default)]
+struct Fingerprinter {
+    tx: Option<mpsc::SyncSender<((usize, Quarter), RecordBatch)>>,
+    thread: Option<std::thread::JoinHandle<BTreeMap<(usize, Quarter), DeliveryHash>>>,
+}
+
+impl Fingerprinter {
+    fn push(&mut self, schema: &SchemaRef, key: (usize, Quarter), batch: RecordBatch) {
+        let tx = self.tx.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::sync_channel::<((usize, Quarter), RecordBatch)>(16);
+            let schema = schema.clone();
+            self.thread = Some(std::thread::spawn(move || {
+                let mut hashes: BTreeMap<(usize, Quarter), DeliveryHash> = BTreeMap::new();
+                for (key, batch) in rx {
+                    hashes
+                        .entry(key)
+                        .or_insert_with(|| DeliveryHash::new(&schema))
+                        .update(&batch);
+                }
+                hashes
+            }));
+            tx
+        });
+        // A failed send means the thread panicked; `finish` reports it.
+        let _ = tx.send((key, batch));
+    }
+
+    /// The fingerprints of everything pushed.
+    fn finish(&mut self) -> Result<BTreeMap<(usize, Quarter), DeliveryHash>, PartitionError> {
+        self.tx = None;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            None => Ok(BTreeMap::new()),
+            Some(Ok(hashes)) => Ok(hashes),
+            Some(Err(_)) => Err(PartitionError {
+                context: "fingerprinting the delivery".into(),
+                source: "the fingerprinting thread panicked".into(),
+            }),
+        }
+    }
+}
+
+impl Drop for Fingerprinter {
+    fn drop(&mut self) {
+        let _ = self.finish();
     }
 }
 
@@ -423,6 +486,10 @@ pub struct Spilled {
     pub rows: BTreeMap<Quarter, Vec<PathBuf>>,
     /// Quarantined records by partition value.
     pub quarantine: BTreeMap<String, Vec<PathBuf>>,
+    /// The fingerprint of each quarter's rows (see [`DeliveryHash`]),
+    /// taken as they were pushed, so a commit need not read the spills to
+    /// tell that a partition already holds exactly this delivery.
+    pub deliveries: BTreeMap<Quarter, Option<String>>,
 }
 
 fn write_ipc(

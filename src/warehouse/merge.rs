@@ -158,8 +158,10 @@ pub fn read_parquet_batches(path: &Path, schema: &SchemaRef) -> Result<Vec<Recor
 /// then all of them with the schema.
 pub struct DeliveryHash {
     schema: SchemaRef,
-    /// Per column: validity, lengths, values.
+    /// Per column: validity (as runs of valid rows), lengths, values.
     streams: Vec<[blake3::Hasher; 3]>,
+    /// Per column: valid rows since the last null.
+    valid_runs: Vec<u64>,
     rows: u64,
     /// A column of a type not fingerprinted: the delivery never matches.
     unhashable: bool,
@@ -171,6 +173,7 @@ impl DeliveryHash {
         DeliveryHash {
             schema: schema.clone(),
             streams: schema.fields().iter().map(|_| Default::default()).collect(),
+            valid_runs: vec![0; schema.fields().len()],
             rows: 0,
             unhashable: false,
         }
@@ -181,9 +184,21 @@ impl DeliveryHash {
         use arrow::array::{Array, AsArray};
         self.rows += batch.num_rows() as u64;
         let (streams, mut unhashable) = (self.streams.iter_mut(), false);
-        for (col, [validity, lengths, values]) in batch.columns().iter().zip(streams) {
-            let valid: Vec<u8> = (0..col.len()).map(|i| u8::from(col.is_valid(i))).collect();
-            validity.update(&valid);
+        let columns = batch.columns().iter().zip(&mut self.valid_runs);
+        for ((col, run), [validity, lengths, values]) in columns.zip(streams) {
+            // Validity as the lengths of the runs of valid rows before each null.
+            if col.null_count() == 0 {
+                *run += col.len() as u64;
+            } else {
+                for i in 0..col.len() {
+                    if col.is_valid(i) {
+                        *run += 1;
+                    } else {
+                        validity.update(&run.to_le_bytes());
+                        *run = 0;
+                    }
+                }
+            }
             let data = col.to_data();
             match col.data_type() {
                 arrow::datatypes::DataType::Utf8 => {
@@ -224,8 +239,11 @@ impl DeliveryHash {
         let mut all = blake3::Hasher::new();
         all.update(format!("{:?}", self.schema.fields()).as_bytes());
         all.update(&self.rows.to_le_bytes());
-        for streams in &self.streams {
-            for h in streams {
+        for (streams, run) in self.streams.iter().zip(&self.valid_runs) {
+            let mut validity = streams[0].clone();
+            validity.update(&run.to_le_bytes());
+            all.update(validity.finalize().as_bytes());
+            for h in &streams[1..] {
                 all.update(h.finalize().as_bytes());
             }
         }
@@ -272,6 +290,24 @@ impl std::hash::Hasher for Prehashed {
     }
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
+    }
+}
+
+impl DeliveryHash {
+    /// The fingerprint of a partition's rows that came from several windows
+    /// (each fingerprinted apart, in window order); one window's stands as is.
+    pub fn combine(windows: Vec<Option<String>>) -> Option<String> {
+        match windows.as_slice() {
+            [one] => one.clone(),
+            _ => {
+                let mut all = blake3::Hasher::new();
+                all.update(b"windows");
+                for w in &windows {
+                    all.update(w.as_ref()?.as_bytes());
+                }
+                Some(all.finalize().to_hex().to_string())
+            }
+        }
     }
 }
 
