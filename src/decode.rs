@@ -17,8 +17,8 @@ use std::fmt;
 /// One cell as sent.
 #[derive(Debug, Clone)]
 pub enum Cell<'a> {
-    /// A JSON value, verbatim.
-    Json(&'a RawValue),
+    /// A JSON value, verbatim (its exact text, known to be valid JSON).
+    Json(&'a str),
     /// A CSV field, unquoted.
     Text(Cow<'a, str>),
 }
@@ -187,7 +187,7 @@ impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
                     let v: &'de RawValue = map.next_value()?;
                     match self.columns.find(k.as_ref(), guess) {
                         Some(i) => {
-                            cells[i] = Some(Cell::Json(v));
+                            cells[i] = Some(Cell::Json(v.get()));
                             guess = i + 1;
                         }
                         None => unknown.push(k.into_owned()),
@@ -203,12 +203,114 @@ impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
 }
 
 fn parse_record<'a>(columns: &Columns, text: &'a str) -> Result<JsonCells<'a>, String> {
+    if let Some(cells) = flat_object(columns, text) {
+        return Ok(cells);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let cells = RecordSeed { columns }
         .deserialize(&mut de)
         .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(cells)
+}
+
+/// The common case of a record, read without serde: one flat JSON object
+/// whose keys and strings hold no escapes or control characters and whose
+/// values are strings, numbers, `true`, `false` or `null`. `None` for
+/// anything else (nested values, escapes, any syntax error), which the full
+/// parser then reads, so every record reads (or fails) exactly as with it.
+fn flat_object<'a>(columns: &Columns, text: &'a str) -> Option<JsonCells<'a>> {
+    let b = text.as_bytes();
+    let ws = |mut i: usize| {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    // A string without escapes or control characters: the index after its closing quote.
+    let string = |i: usize| -> Option<usize> {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let end = i + 1 + memchr::memchr(b'"', &b[i + 1..])?;
+        b[i + 1..end]
+            .iter()
+            .all(|&c| c >= 0x20 && c != b'\\')
+            .then_some(end + 1)
+    };
+    let digits = |mut i: usize| {
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        (i > start).then_some(i)
+    };
+    let number = |mut i: usize| -> Option<usize> {
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        i = match b.get(i)? {
+            b'0' => i + 1,
+            b'1'..=b'9' => digits(i)?,
+            _ => return None,
+        };
+        if b.get(i) == Some(&b'.') {
+            i = digits(i + 1)?;
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            i = digits(i)?;
+        }
+        Some(i)
+    };
+    let mut cells = vec![None; columns.len];
+    let mut unknown = Vec::new();
+    let mut i = ws(0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(i + 1);
+    let mut guess = 0;
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            let key_end = string(i)?;
+            let key = &text[i + 1..key_end - 1];
+            i = ws(key_end);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let start = ws(i + 1);
+            let end = match b.get(start)? {
+                b'"' => string(start)?,
+                b't' if b[start..].starts_with(b"true") => start + 4,
+                b'f' if b[start..].starts_with(b"false") => start + 5,
+                b'n' if b[start..].starts_with(b"null") => start + 4,
+                _ => number(start)?,
+            };
+            match columns.find(key, guess) {
+                Some(c) => {
+                    cells[c] = Some(Cell::Json(&text[start..end]));
+                    guess = c + 1;
+                }
+                None => unknown.push(key.to_string()),
+            }
+            i = ws(end);
+            match b.get(i)? {
+                b',' => i = ws(i + 1),
+                b'}' => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (ws(i) == b.len()).then_some(JsonCells { cells, unknown })
 }
 
 fn utf8(body: &[u8]) -> Result<&str, DecodeError> {
@@ -547,9 +649,53 @@ mod tests {
         Columns::new(["id", "amount", "day"])
     }
 
+    #[test]
+    fn flat_objects_read_like_serde_and_anything_else_is_left_to_it() {
+        let cols = cols();
+        let fast = [
+            r#"{"id":"x","amount":1.50,"day":null}"#,
+            " { \"amount\" : -0.5e+3 ,\t\"id\" : \"y\" }\r ",
+            "{}",
+            r#"{"zz":true,"id":"é","zz":false,"amount":0}"#,
+            r#"{"id":1e5,"id":2}"#,
+        ];
+        let deferred = [
+            r#"{"id":"\"q\""}"#,
+            r#"{"id":[1]}"#,
+            r#"{"id":{"a":1}}"#,
+            r#"{"id":01}"#,
+            r#"{"id":1,}"#,
+            r#"{"id":tru}"#,
+            r#"{"id":"x"} x"#,
+            "{\"id\":\"tab\there\"}",
+            r#"{"id":1.}"#,
+            r#"{"id":-}"#,
+            r#"{"id" 1}"#,
+            r#"["id"]"#,
+            r#"{"id":"x""#,
+        ];
+        for line in fast.iter().chain(&deferred) {
+            let mut de = serde_json::Deserializer::from_str(line);
+            let full = RecordSeed { columns: &cols }
+                .deserialize(&mut de)
+                .and_then(|c| de.end().map(|_| c));
+            let quick = flat_object(&cols, line);
+            assert_eq!(quick.is_some(), fast.contains(line), "{line}");
+            if let Some(quick) = quick {
+                let full = full.expect(line);
+                assert_eq!(
+                    format!("{:?}", quick.cells),
+                    format!("{:?}", full.cells),
+                    "{line}"
+                );
+                assert_eq!(quick.unknown, full.unknown, "{line}");
+            }
+        }
+    }
+
     fn text(c: &Option<Cell>) -> String {
         match c {
-            Some(Cell::Json(v)) => v.get().to_string(),
+            Some(Cell::Json(v)) => v.to_string(),
             Some(Cell::Text(t)) => t.to_string(),
             None => "<none>".into(),
         }

@@ -146,7 +146,7 @@ impl Validator {
     /// The quarter of a record's period column, if it can be read (for quarantine placement).
     pub fn quarter_of(&self, rec: &RawRecord) -> Option<Quarter> {
         let text = match rec.cells.get(self.schema.period_column)?.as_ref()? {
-            Cell::Json(raw) => match classify(raw.get()).ok()? {
+            Cell::Json(raw) => match classify(raw).ok()? {
                 Json::Str(s) => s.into_owned(),
                 _ => return None,
             },
@@ -246,9 +246,7 @@ impl Validator {
             let v = match cell {
                 None => Value::Null,
                 Some(Cell::Text(t)) => self.parse_text(col.data_type, t).map_err(reject)?,
-                Some(Cell::Json(raw)) => {
-                    self.json_cell(col.data_type, raw.get()).map_err(reject)?
-                }
+                Some(Cell::Json(raw)) => self.json_cell(col.data_type, raw).map_err(reject)?,
             };
             match &v {
                 Value::Null if !col.nullable => {
