@@ -1661,9 +1661,15 @@ fn merge_partition<'a>(
         && job.remove.is_empty()
         && job.new.is_none()
         && let Some(paths) = job.paths
-        && let Some(m) = write_new_partition(g, schema, &c.table.primary_key, job.part, paths)?
+        && let Some(m) = write_new_partition(
+            g,
+            schema,
+            &c.table.primary_key,
+            job.part,
+            paths,
+            delivery.clone(),
+        )?
     {
-        let m = PartitionMerge { delivery, ..m };
         return Ok(Some((job.part, m)));
     }
     let new = match (job.new, job.paths) {
@@ -1701,6 +1707,7 @@ fn write_new_partition(
     key: &[usize],
     part: &str,
     paths: &[std::path::PathBuf],
+    delivery: Option<String>,
 ) -> Result<Option<PartitionMerge>, IngestError> {
     let path = g.partition_dir(part)?.join(g.file_name(0));
     let mut file = merge::ParquetFile::create(&path, schema.clone())?;
@@ -1722,7 +1729,7 @@ fn write_new_partition(
     Ok(Some(PartitionMerge {
         changed: entry.rows,
         file: Some(entry),
-        delivery: None,
+        delivery,
     }))
 }
 
@@ -2299,39 +2306,39 @@ mod tests {
         assert_eq!(backfill.quarters.len(), 2);
     }
 
+    /// A `bank_loans` CSV of (loan id, period end, balance) rows of one bank and borrower.
+    fn loans_csv(rows: &[(&str, &str, &str)]) -> String {
+        let mut csv = String::from(
+            "bank_code,loan_id,period_end,uscc,balance,disbursed,rate_pct,term,guarantee,product,guarantee_fee_pct\n",
+        );
+        for (loan, period, balance) in rows {
+            csv.push_str(&format!("102653000013,{loan},{period},915002292000000007,{balance},0.00,5.3900,medium_long,credit,trade_finance,\n"));
+        }
+        csv
+    }
+
+    fn import_csv(
+        project: &Project,
+        wh: &Warehouse,
+        text: String,
+    ) -> Result<RunRecord, IngestError> {
+        let mut reader = std::io::Cursor::new(text.into_bytes());
+        import(project, wh, "bank_loans", Format::Csv, "f.csv", &mut reader)
+    }
+
     #[test]
     fn the_same_delivery_again_is_skipped_unread_but_not_after_another_one() {
         let project = project();
         let dir = tempfile::tempdir().unwrap();
         let wh = Warehouse::open(dir.path()).unwrap();
         let file = |first_balance: &str| {
-            let mut csv = String::from(
-                "bank_code,loan_id,period_end,uscc,balance,disbursed,rate_pct,term,guarantee,product,guarantee_fee_pct\n",
-            );
-            for (i, (period, balance)) in [
-                ("2019-09-30", first_balance),
-                ("2019-09-30", "20.00"),
-                ("2019-12-31", "30.00"),
-            ]
-            .iter()
-            .enumerate()
-            {
-                csv.push_str(&format!("102653000013,L{i},{period},915002292000000007,{balance},0.00,5.3900,medium_long,credit,trade_finance,\n"));
-            }
-            csv
+            loans_csv(&[
+                ("L0", "2019-09-30", first_balance),
+                ("L1", "2019-09-30", "20.00"),
+                ("L2", "2019-12-31", "30.00"),
+            ])
         };
-        let load = |text: String| {
-            let mut reader = std::io::Cursor::new(text.into_bytes());
-            import(
-                &project,
-                &wh,
-                "bank_loans",
-                Format::Csv,
-                "f.csv",
-                &mut reader,
-            )
-            .unwrap()
-        };
+        let load = |text: String| import_csv(&project, &wh, text).unwrap();
         let (a, b) = (file("10.00"), file("11.00"));
         assert_eq!(load(a.clone()).rows_changed, 3);
         let deliveries = || {
@@ -2366,21 +2373,8 @@ mod tests {
         let load = |rows: &[(&str, &str)]| {
             let dir = tempfile::tempdir().unwrap();
             let wh = Warehouse::open(dir.path()).unwrap();
-            let mut csv = String::from(
-                "bank_code,loan_id,period_end,uscc,balance,disbursed,rate_pct,term,guarantee,product,guarantee_fee_pct\n",
-            );
-            for (loan, balance) in rows {
-                csv.push_str(&format!("102653000013,{loan},2019-09-30,915002292000000007,{balance},0.00,5.3900,medium_long,credit,trade_finance,\n"));
-            }
-            let mut reader = std::io::Cursor::new(csv.into_bytes());
-            let t = import(
-                &project,
-                &wh,
-                "bank_loans",
-                Format::Csv,
-                "f.csv",
-                &mut reader,
-            );
+            let rows: Vec<_> = rows.iter().map(|&(l, b)| (l, "2019-09-30", b)).collect();
+            let t = import_csv(&project, &wh, loans_csv(&rows));
             let changed = t.unwrap().rows_changed;
             let m = wh.manifest().unwrap();
             let state = &m.dirs["tables/bank_loans"];
