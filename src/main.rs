@@ -274,8 +274,8 @@ async fn refresh(
                     )
                 };
                 println!(
-                    "{}: {}{quarters}, {} rows, version {}",
-                    r.name, r.mode, r.rows, r.version
+                    "{}: {}{quarters}, {} rows, version {}, {:.1} s",
+                    r.name, r.mode, r.rows, r.version, r.secs
                 );
             }
             Ok(ExitCode::SUCCESS)

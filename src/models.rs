@@ -26,6 +26,7 @@ use crate::warehouse::{
 use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::prelude::{SessionContext, col, lit};
+use futures::StreamExt as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -708,78 +709,116 @@ fn sql_err(name: &str) -> impl Fn(datafusion::error::DataFusionError) -> ModelEr
     }
 }
 
-/// Splits an aggregate's output by its `quarter` column (dropped from the data).
-fn split_by_quarter(
-    name: &str,
-    batches: &[RecordBatch],
-    schema: &SchemaRef,
-) -> Result<(SchemaRef, BTreeMap<String, RecordBatch>), ModelError> {
-    let qi = schema
-        .index_of(PARTITION_COLUMN)
-        .map_err(|_| ModelError::Sql {
+/// An aggregate's output being written as it is computed: one Parquet
+/// file per `quarter` value (the column itself is dropped from the data),
+/// so the output is never held in memory whole.
+struct QuarterFiles<F> {
+    name: String,
+    /// Index of the `quarter` column in the output.
+    qi: usize,
+    /// The output's schema without `quarter`.
+    data_schema: SchemaRef,
+    /// Where each quarter's file goes: (directory, file name).
+    place: F,
+    open: BTreeMap<String, merge::ParquetFile>,
+}
+
+impl<F: FnMut(&str) -> Result<PathBuf, ModelError>> QuarterFiles<F> {
+    fn new(name: &str, schema: &SchemaRef, place: F) -> Result<QuarterFiles<F>, ModelError> {
+        let qi = schema
+            .index_of(PARTITION_COLUMN)
+            .map_err(|_| ModelError::Sql {
+                name: name.to_string(),
+                message: "the output has no `quarter` column".into(),
+            })?;
+        let data_fields: Vec<_> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != qi)
+            .map(|(_, f)| f.as_ref().clone())
+            .collect();
+        Ok(QuarterFiles {
             name: name.to_string(),
-            message: "the output has no `quarter` column".into(),
-        })?;
-    let data_fields: Vec<_> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != qi)
-        .map(|(_, f)| f.as_ref().clone())
-        .collect();
-    let data_schema = Arc::new(Schema::new(data_fields));
-    let all = arrow::compute::concat_batches(schema, batches).map_err(|e| ModelError::Sql {
-        name: name.to_string(),
-        message: e.to_string(),
-    })?;
-    let qcol =
-        arrow::compute::cast(all.column(qi), &arrow::datatypes::DataType::Utf8).map_err(|e| {
-            ModelError::Sql {
-                name: name.to_string(),
-                message: e.to_string(),
-            }
-        })?;
-    let qcol = qcol
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .expect("cast to Utf8");
-    let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for i in 0..qcol.len() {
-        if qcol.is_null(i) {
-            return Err(ModelError::Sql {
-                name: name.to_string(),
-                message: "a row has a null quarter".into(),
-            });
-        }
-        groups
-            .entry(qcol.value(i).to_string())
-            .or_default()
-            .push(i as u32);
+            qi,
+            data_schema: Arc::new(Schema::new(data_fields)),
+            place,
+            open: BTreeMap::new(),
+        })
     }
-    let mut out = BTreeMap::new();
-    for (q, idx) in groups {
-        let b = arrow::compute::take_record_batch(&all, &UInt32Array::from(idx)).map_err(|e| {
-            ModelError::Sql {
-                name: name.to_string(),
-                message: e.to_string(),
-            }
-        })?;
+
+    fn err(&self, message: impl ToString) -> ModelError {
+        ModelError::Sql {
+            name: self.name.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Appends one output batch to the files of the quarters it holds.
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), ModelError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let qcol = arrow::compute::cast(batch.column(self.qi), &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| self.err(e))?;
+        let qcol = qcol
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to Utf8");
+        if qcol.null_count() > 0 {
+            return Err(self.err("a row has a null quarter"));
+        }
+        let first = qcol.value(0);
+        if (1..qcol.len()).all(|i| qcol.value(i) == first) {
+            let b = self.data(batch)?;
+            return self.append(first, &b);
+        }
+        let mut groups: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for i in 0..qcol.len() {
+            groups.entry(qcol.value(i)).or_default().push(i as u32);
+        }
+        for (q, idx) in groups {
+            let b = arrow::compute::take_record_batch(batch, &UInt32Array::from(idx))
+                .map_err(|e| self.err(e))?;
+            let b = self.data(&b)?;
+            self.append(q, &b)?;
+        }
+        Ok(())
+    }
+
+    /// `b` without its `quarter` column.
+    fn data(&self, b: &RecordBatch) -> Result<RecordBatch, ModelError> {
         let cols = b
             .columns()
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != qi)
+            .filter(|(i, _)| *i != self.qi)
             .map(|(_, c)| c.clone())
             .collect();
-        out.insert(
-            q,
-            RecordBatch::try_new(data_schema.clone(), cols).map_err(|e| ModelError::Sql {
-                name: name.to_string(),
-                message: e.to_string(),
-            })?,
-        );
+        RecordBatch::try_new(self.data_schema.clone(), cols).map_err(|e| self.err(e))
     }
-    Ok((data_schema, out))
+
+    fn append(&mut self, quarter: &str, batch: &RecordBatch) -> Result<(), ModelError> {
+        if !self.open.contains_key(quarter) {
+            let path = (self.place)(quarter)?;
+            let f = merge::ParquetFile::create(&path, self.data_schema.clone())?;
+            self.open.insert(quarter.to_string(), f);
+        }
+        self.open
+            .get_mut(quarter)
+            .expect("opened above")
+            .write(batch)?;
+        Ok(())
+    }
+
+    /// Closes every file; returns the schema without `quarter` and each quarter's file.
+    fn finish(self) -> Result<(SchemaRef, BTreeMap<String, FileEntry>), ModelError> {
+        let mut out = BTreeMap::new();
+        for (q, f) in self.open {
+            out.insert(q, f.finish()?);
+        }
+        Ok((self.data_schema, out))
+    }
 }
 
 /// The aggregates to refresh: `names` (all when empty) and everything they read.
@@ -813,12 +852,22 @@ fn selection(
     Ok(wanted)
 }
 
+/// Output quarters computed in one pass of a lagged aggregate: bounds the
+/// memory of a full refresh (or a long incremental one) by a few quarters'
+/// inputs, at the cost of reading lagged inputs more than once.
+const QUARTERS_PER_PASS: usize = 4;
+
 /// What one aggregate needs this refresh.
 struct Step {
     /// The input partitions' tokens now, by input (`tables/x`, `published/y`).
     current: BTreeMap<String, BTreeMap<String, String>>,
     /// Output quarters to recompute, and input quarters they read (incremental only).
     incremental: Option<(BTreeSet<String>, BTreeSet<String>)>,
+    /// The passes the recomputation runs in: output quarters and the input
+    /// quarters they read, a few output quarters at a time (see
+    /// [`QUARTERS_PER_PASS`]); one unnarrowed pass when the aggregate
+    /// declares no lags or reads untracked inputs.
+    passes: Vec<Option<(BTreeSet<String>, BTreeSet<String>)>>,
     /// Nothing changed: keep the published version.
     unchanged: bool,
 }
@@ -845,6 +894,7 @@ impl Refresh<'_> {
     fn step(&self, a: &Aggregate, inputs: &BTreeSet<Input>) -> Step {
         let mut current: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         let mut always_full = self.full || a.lags.is_none();
+        let mut untracked = false;
         for input in inputs {
             match input {
                 Input::Dir(d @ DirKey::Table(_)) => {
@@ -856,7 +906,10 @@ impl Refresh<'_> {
                 }
                 Input::Reference => {}
                 // Quarantine and system inputs are not partition-tracked.
-                Input::Dir(DirKey::Quarantine(_)) | Input::Untracked(_) => always_full = true,
+                Input::Dir(DirKey::Quarantine(_)) | Input::Untracked(_) => {
+                    always_full = true;
+                    untracked = true;
+                }
             }
         }
         let prev = self.base.published.get(&a.name);
@@ -878,22 +931,55 @@ impl Refresh<'_> {
                 .dirs
                 .contains_key(&DirKey::Published(a.name.clone()).key());
         let unchanged = exists && changed.is_empty() && !self.full;
-        let incremental = (exists && !always_full).then(|| {
-            // Output quarter q reads input quarters q − lag.
-            let lags = a.lags.clone().unwrap_or_else(|| vec![0]);
-            let outs: BTreeSet<String> = changed
-                .iter()
-                .flat_map(|c| lags.iter().filter_map(move |&l| shift(c, l)))
-                .collect();
-            let ins: BTreeSet<String> = outs
-                .iter()
+        // Output quarter q reads input quarters q − lag.
+        let lags = a.lags.clone().unwrap_or_else(|| vec![0]);
+        let reads = |outs: &BTreeSet<String>| -> BTreeSet<String> {
+            outs.iter()
                 .flat_map(|o| lags.iter().filter_map(move |&l| shift(o, -l)))
-                .collect();
+                .collect()
+        };
+        let written_from = |quarters: &mut dyn Iterator<Item = &String>| -> BTreeSet<String> {
+            quarters
+                .flat_map(|c| lags.iter().filter_map(move |&l| shift(c, l)))
+                .collect()
+        };
+        let incremental = (exists && !always_full).then(|| {
+            let outs = written_from(&mut changed.iter());
+            let ins = reads(&outs);
             (outs, ins)
         });
+        // Aggregates with lags over tracked inputs only are computed a few
+        // output quarters at a time, so memory follows a pass, not the table.
+        let chunked = a.lags.is_some() && !untracked;
+        let outs = match &incremental {
+            Some((outs, _)) => Some(outs.clone()),
+            None if chunked => Some(written_from(
+                &mut current.values().flat_map(|parts| parts.keys()),
+            )),
+            None => None,
+        };
+        let passes = match outs {
+            Some(outs) if chunked || incremental.is_some() => {
+                let outs: Vec<String> = outs.into_iter().collect();
+                outs.chunks(QUARTERS_PER_PASS)
+                    .map(|c| {
+                        let c: BTreeSet<String> = c.iter().cloned().collect();
+                        let ins = reads(&c);
+                        Some((c, ins))
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let passes = if passes.is_empty() {
+            vec![incremental.clone()]
+        } else {
+            passes
+        };
         Step {
             current,
             incremental,
+            passes,
             unchanged,
         }
     }
@@ -941,26 +1027,7 @@ impl Refresh<'_> {
         step: Step,
     ) -> Result<(), ModelError> {
         let started = std::time::Instant::now();
-        let run_ctx = match &step.incremental {
-            Some((_, needed)) => self.narrowed(a, inputs, needed).await?,
-            None => self.ctx.clone(),
-        };
         let err = sql_err(&a.name);
-        let df = run_ctx
-            .sql_with_options(sql, crate::query::read_only_options())
-            .await
-            .map_err(&err)?;
-        let df = match &step.incremental {
-            Some((outputs, _)) => {
-                let outs: Vec<_> = outputs.iter().map(|q| lit(q.clone())).collect();
-                df.filter(col(PARTITION_COLUMN).in_list(outs, false))
-                    .map_err(&err)?
-            }
-            None => df,
-        };
-        let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(&err)?;
-        let (data_schema, parts) = split_by_quarter(&a.name, &batches, &out_schema)?;
         let key = DirKey::Published(a.name.clone()).key();
         let from = match step.incremental {
             Some(_) => self.base.dirs.get(&key).cloned().unwrap_or_default(),
@@ -969,17 +1036,48 @@ impl Refresh<'_> {
         let mut g = self
             .wh
             .begin_generation_unlocked(&self.base, &key, &self.run_id, from)?;
+        let file = g.file_name(0);
+        let mut files: Option<QuarterFiles<_>> = None;
+        let mut out_schema: Option<SchemaRef> = None;
+        for pass in &step.passes {
+            let run_ctx = match pass {
+                Some((_, needed)) => self.narrowed(a, inputs, needed).await?,
+                None => self.ctx.clone(),
+            };
+            let df = run_ctx
+                .sql_with_options(sql, crate::query::read_only_options())
+                .await
+                .map_err(&err)?;
+            let df = match pass {
+                Some((outputs, _)) => {
+                    let outs: Vec<_> = outputs.iter().map(|q| lit(q.clone())).collect();
+                    df.filter(col(PARTITION_COLUMN).in_list(outs, false))
+                        .map_err(&err)?
+                }
+                None => df,
+            };
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            if files.is_none() {
+                let place = |q: &str| Ok(g.partition_dir(q)?.join(&file));
+                files = Some(QuarterFiles::new(&a.name, &schema, place)?);
+                out_schema = Some(schema);
+            }
+            let files = files.as_mut().expect("created above");
+            let mut stream = df.execute_stream().await.map_err(&err)?;
+            while let Some(batch) = stream.next().await {
+                files.write(&batch.map_err(&err)?)?;
+            }
+        }
+        let files = files.expect("at least one pass");
+        let out_schema = out_schema.expect("at least one pass");
+        let (data_schema, mut parts) = files.finish()?;
         let targets: BTreeSet<String> = match &step.incremental {
             Some((outputs, _)) => outputs.clone(),
             None => parts.keys().cloned().collect(),
         };
         for q in &targets {
-            match parts.get(q) {
-                Some(b) if b.num_rows() > 0 => {
-                    let path = g.partition_dir(q)?.join(g.file_name(0));
-                    let entry: FileEntry = merge::write_parquet(&path, b)?;
-                    g.set_partition(q, vec![entry]);
-                }
+            match parts.remove(q) {
+                Some(entry) if entry.rows > 0 => g.set_partition(q, vec![entry]),
                 _ => g.set_partition(q, Vec::new()),
             }
         }

@@ -18,38 +18,43 @@
 -- column: water_intensity_yoy_pct | 万元产值水耗同比 | percent | (water_per_10k_yuan ÷ the same a year earlier − 1) × 100, from unrounded values
 -- ironlake: partition_by = quarter
 -- ironlake: lags = 0, 4
-WITH base AS (
-  SELECT
-    o.quarter,
-    e.district_code,
-    substr(e.industry_code, 1, 2) AS division,
-    COUNT(*) AS n,
-    SUM(o.energy_tce) AS energy,
-    SUM(o.water_m3) AS water,
-    SUM(o.output_value) AS output
+-- One pass: the join is computed once and grouped four ways (GROUPING
+-- SETS); the year-earlier intensities come from a window over the quarter
+-- number (RANGE 4 PRECEDING is exactly the same quarter a year before, and
+-- null when that quarter has no row), not from a self-join that would
+-- compute everything twice.
+WITH j AS (
+  SELECT o.quarter, e.district_code, substr(e.industry_code, 1, 2) AS division, o.energy_tce, o.water_m3, o.output_value
   FROM operations o
   JOIN enterprises e ON e.uscc = o.uscc AND e.quarter = o.quarter
   WHERE CAST(substr(e.industry_code, 1, 2) AS INT) BETWEEN 6 AND 46
-  GROUP BY o.quarter, e.district_code, substr(e.industry_code, 1, 2)
 ),
 grouped AS (
-  SELECT quarter, district_code, division, n, energy, water, output FROM base
-  UNION ALL
-  SELECT quarter, district_code, 'ALL' AS division, SUM(n), SUM(energy), SUM(water), SUM(output)
-  FROM base GROUP BY quarter, district_code
-  UNION ALL
-  SELECT quarter, 'ALL' AS district_code, division, SUM(n), SUM(energy), SUM(water), SUM(output)
-  FROM base GROUP BY quarter, division
-  UNION ALL
-  SELECT quarter, 'ALL' AS district_code, 'ALL' AS division, SUM(n), SUM(energy), SUM(water), SUM(output)
-  FROM base GROUP BY quarter
+  SELECT
+    quarter,
+    CASE WHEN GROUPING(district_code) = 1 THEN 'ALL' ELSE district_code END AS district_code,
+    CASE WHEN GROUPING(division) = 1 THEN 'ALL' ELSE division END AS division,
+    COUNT(*) AS n,
+    SUM(energy_tce) AS energy,
+    SUM(water_m3) AS water,
+    SUM(output_value) AS output
+  FROM j
+  GROUP BY GROUPING SETS ((quarter, district_code, division), (quarter, district_code), (quarter, division), (quarter))
 ),
 r AS (
   SELECT
     quarter, district_code, division, n, energy, water, output,
+    CAST(substr(quarter, 1, 4) AS INT) * 4 + CAST(substr(quarter, 6, 1) AS INT) AS qn,
     CAST(energy AS DOUBLE) / (CAST(NULLIF(output, 0) AS DOUBLE) / 10000) AS ei,
     CAST(water AS DOUBLE) / (CAST(NULLIF(output, 0) AS DOUBLE) / 10000) AS wi
   FROM grouped
+),
+c AS (
+  SELECT
+    r.*,
+    FIRST_VALUE(ei) OVER (PARTITION BY district_code, division ORDER BY qn RANGE BETWEEN 4 PRECEDING AND 4 PRECEDING) AS prev_ei,
+    FIRST_VALUE(wi) OVER (PARTITION BY district_code, division ORDER BY qn RANGE BETWEEN 4 PRECEDING AND 4 PRECEDING) AS prev_wi
+  FROM r
 )
 SELECT
   c.quarter,
@@ -61,10 +66,6 @@ SELECT
   CAST(c.output AS DECIMAL(20, 2)) AS output_value,
   CAST(ROUND(c.ei, 4) AS DECIMAL(14, 4)) AS energy_per_10k_yuan,
   CAST(ROUND(c.wi, 4) AS DECIMAL(14, 4)) AS water_per_10k_yuan,
-  CAST(ROUND((c.ei / NULLIF(p.ei, 0) - 1) * 100, 2) AS DECIMAL(10, 2)) AS energy_intensity_yoy_pct,
-  CAST(ROUND((c.wi / NULLIF(p.wi, 0) - 1) * 100, 2) AS DECIMAL(10, 2)) AS water_intensity_yoy_pct
-FROM r c
-LEFT JOIN r p
-  ON p.district_code = c.district_code
- AND p.division = c.division
- AND p.quarter = CAST(CAST(substr(c.quarter, 1, 4) AS INT) - 1 AS VARCHAR) || substr(c.quarter, 5, 2)
+  CAST(ROUND((c.ei / NULLIF(c.prev_ei, 0) - 1) * 100, 2) AS DECIMAL(10, 2)) AS energy_intensity_yoy_pct,
+  CAST(ROUND((c.wi / NULLIF(c.prev_wi, 0) - 1) * 100, 2) AS DECIMAL(10, 2)) AS water_intensity_yoy_pct
+FROM c

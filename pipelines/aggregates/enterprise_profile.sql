@@ -46,42 +46,49 @@ ops AS (
   SELECT o.*, CAST(substr(o.quarter, 1, 4) AS INT) * 4 + CAST(substr(o.quarter, 6, 1) AS INT) AS qn
   FROM operations o
 ),
+-- The trailing window: each report, demand or issue counts towards its own
+-- quarter and the three after it (qn + lag), so every window is one
+-- equi-join on (uscc, qn) instead of pairing each enterprise's quarters
+-- with all of its reports.
+lags AS (
+  SELECT column1 AS lag FROM (VALUES (0), (1), (2), (3))
+),
 ttm AS (
   SELECT
-    e.quarter, e.uscc,
+    o.uscc, o.qn + l.lag AS qn,
     COUNT(*) AS reports,
     SUM(o.revenue) AS revenue,
     SUM(o.total_profit) AS profit,
     SUM(o.financial_expenses) AS fin,
     SUM(o.main_business_cost) AS cost
-  FROM ent e
-  JOIN ops o ON o.uscc = e.uscc AND o.qn BETWEEN e.qn - 3 AND e.qn
-  GROUP BY e.quarter, e.uscc
+  FROM ops o CROSS JOIN lags l
+  GROUP BY o.uscc, o.qn + l.lag
+),
+-- Distinct banks with a balance > 0: one row per (quarter, uscc, bank) first.
+loan_banks AS (
+  SELECT quarter, uscc, bank_code, SUM(balance) AS balance, MAX(CASE WHEN balance > 0 THEN 1 ELSE 0 END) AS lending
+  FROM bank_loans
+  GROUP BY quarter, uscc, bank_code
 ),
 loans AS (
-  SELECT quarter, uscc, SUM(balance) AS balance, COUNT(DISTINCT CASE WHEN balance > 0 THEN bank_code END) AS banks
-  FROM bank_loans
+  SELECT quarter, uscc, SUM(balance) AS balance, SUM(lending) AS banks
+  FROM loan_banks
   GROUP BY quarter, uscc
 ),
 demands AS (
-  SELECT e.quarter, e.uscc, COUNT(*) AS n, SUM(d.amount) AS amount
-  FROM ent e
-  JOIN financing_demands d
-    ON d.uscc = e.uscc
-   AND CAST(substr(d.quarter, 1, 4) AS INT) * 4 + CAST(substr(d.quarter, 6, 1) AS INT) BETWEEN e.qn - 3 AND e.qn
+  SELECT d.uscc, CAST(substr(d.quarter, 1, 4) AS INT) * 4 + CAST(substr(d.quarter, 6, 1) AS INT) + l.lag AS qn,
+    COUNT(*) AS n, SUM(d.amount) AS amount
+  FROM financing_demands d CROSS JOIN lags l
   WHERE d.status IN ('submitted', 'screened', 'recommended')
-  GROUP BY e.quarter, e.uscc
+  GROUP BY 1, 2
 ),
 direct AS (
   SELECT
-    e.quarter, e.uscc,
+    f.uscc, CAST(substr(f.quarter, 1, 4) AS INT) * 4 + CAST(substr(f.quarter, 6, 1) AS INT) + l.lag AS qn,
     SUM(CASE WHEN f.instrument IN ('enterprise_bond', 'corporate_bond', 'mtn', 'cp', 'abs') THEN f.amount ELSE 0 END) AS bonds,
     SUM(CASE WHEN f.instrument IN ('ipo', 'follow_on', 'neeq', 'regional_equity') THEN f.amount ELSE 0 END) AS equity
-  FROM ent e
-  JOIN direct_financing f
-    ON f.uscc = e.uscc
-   AND CAST(substr(f.quarter, 1, 4) AS INT) * 4 + CAST(substr(f.quarter, 6, 1) AS INT) BETWEEN e.qn - 3 AND e.qn
-  GROUP BY e.quarter, e.uscc
+  FROM direct_financing f CROSS JOIN lags l
+  GROUP BY 1, 2
 )
 SELECT
   e.quarter,
@@ -108,8 +115,8 @@ SELECT
   CAST(ROUND(CAST(c.energy_tce AS DOUBLE) / (CAST(NULLIF(c.output_value, 0) AS DOUBLE) / 10000), 4) AS DECIMAL(14, 4)) AS energy_per_10k_yuan,
   CAST(ROUND(CAST(c.water_m3 AS DOUBLE) / (CAST(NULLIF(c.output_value, 0) AS DOUBLE) / 10000), 4) AS DECIMAL(14, 4)) AS water_per_10k_yuan
 FROM ent e
-LEFT JOIN ttm t ON t.quarter = e.quarter AND t.uscc = e.uscc
+LEFT JOIN ttm t ON t.qn = e.qn AND t.uscc = e.uscc
 LEFT JOIN ops c ON c.quarter = e.quarter AND c.uscc = e.uscc
 LEFT JOIN loans l ON l.quarter = e.quarter AND l.uscc = e.uscc
-LEFT JOIN demands d ON d.quarter = e.quarter AND d.uscc = e.uscc
-LEFT JOIN direct f ON f.quarter = e.quarter AND f.uscc = e.uscc
+LEFT JOIN demands d ON d.qn = e.qn AND d.uscc = e.uscc
+LEFT JOIN direct f ON f.qn = e.qn AND f.uscc = e.uscc

@@ -17,29 +17,22 @@ WITH ent AS (
   FROM enterprises
   WHERE CAST(substr(industry_code, 1, 2) AS INT) BETWEEN 6 AND 46
 ),
-ops_d AS (
-  SELECT o.quarter, e.district_code, SUM(o.financial_expenses) AS fin, SUM(o.main_business_cost) AS cost
-  FROM operations o JOIN ent e ON e.uscc = o.uscc AND e.quarter = o.quarter
-  GROUP BY o.quarter, e.district_code
-),
+-- Each join is computed once and grouped by district and for the city
+-- (GROUPING SETS), not once per grouping.
 ops AS (
-  SELECT quarter, district_code, fin, cost FROM ops_d
-  UNION ALL
-  SELECT quarter, 'ALL' AS district_code, SUM(fin) AS fin, SUM(cost) AS cost FROM ops_d GROUP BY quarter
+  SELECT o.quarter, CASE WHEN GROUPING(e.district_code) = 1 THEN 'ALL' ELSE e.district_code END AS district_code,
+         SUM(o.financial_expenses) AS fin, SUM(o.main_business_cost) AS cost
+  FROM operations o JOIN ent e ON e.uscc = o.uscc AND e.quarter = o.quarter
+  GROUP BY GROUPING SETS ((o.quarter, e.district_code), (o.quarter))
 ),
-loans_d AS (
-  SELECT l.quarter, e.district_code,
+loans AS (
+  SELECT l.quarter, CASE WHEN GROUPING(e.district_code) = 1 THEN 'ALL' ELSE e.district_code END AS district_code,
          SUM(l.balance) AS w,
          SUM(l.balance * l.rate_pct) AS wr,
          SUM(l.balance * (l.rate_pct + COALESCE(l.guarantee_fee_pct, 0))) AS wc
   FROM bank_loans l JOIN ent e ON e.uscc = l.uscc AND e.quarter = l.quarter
   WHERE l.balance > 0
-  GROUP BY l.quarter, e.district_code
-),
-loans AS (
-  SELECT quarter, district_code, w, wr, wc FROM loans_d
-  UNION ALL
-  SELECT quarter, 'ALL' AS district_code, SUM(w) AS w, SUM(wr) AS wr, SUM(wc) AS wc FROM loans_d GROUP BY quarter
+  GROUP BY GROUPING SETS ((l.quarter, e.district_code), (l.quarter))
 )
 SELECT
   COALESCE(o.quarter, l.quarter) AS quarter,
