@@ -855,7 +855,7 @@ fn selection(
 /// Output quarters computed in one pass of a lagged aggregate: bounds the
 /// memory of a full refresh (or a long incremental one) by a few quarters'
 /// inputs, at the cost of reading lagged inputs more than once.
-const QUARTERS_PER_PASS: usize = 4;
+const QUARTERS_PER_PASS: usize = 2;
 
 /// What one aggregate needs this refresh.
 struct Step {
@@ -1228,6 +1228,17 @@ impl Refresh<'_> {
     }
 }
 
+/// Hands memory freed by the last aggregate's hash tables back to the OS, so
+/// the peak of a refresh is that of its largest aggregate, not the sum of
+/// what glibc's per-thread arenas kept from each.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Refreshes aggregates (all when `names` is empty, plus what they read);
 /// `full` forces full rebuilds. The aggregates are computed without the
 /// warehouse lock, so ingest commits need not wait; the lock is taken only
@@ -1291,6 +1302,7 @@ pub async fn refresh(
             continue;
         }
         r.recompute(a, &sql, &inputs, step).await?;
+        release_freed_memory();
     }
     r.commit().await
 }

@@ -24,12 +24,15 @@
 -- column: local_amount | 同区县金额 | CNY yuan | Σ disbursed of the local ones
 -- column: reason | 推荐理由 | | why this bank
 -- ironlake: partition_by = quarter
-WITH latest AS (
-  SELECT uscc, MAX(as_of) AS as_of FROM enterprises GROUP BY uscc
-),
-ent AS (
-  SELECT e.uscc, e.district_code, substr(e.industry_code, 1, 2) AS division
-  FROM enterprises e JOIN latest l ON e.uscc = l.uscc AND e.as_of = l.as_of
+-- Each enterprise's latest registry snapshot ((uscc, as_of) is the key),
+-- taken in one aggregation rather than joining the registry to its maxima.
+WITH ent AS (
+  SELECT
+    uscc,
+    first_value(district_code ORDER BY as_of DESC) AS district_code,
+    first_value(substr(industry_code, 1, 2) ORDER BY as_of DESC) AS division
+  FROM enterprises
+  GROUP BY uscc
 ),
 demands AS (
   SELECT d.quarter, d.demand_id, d.uscc, d.instrument, e.division, e.district_code
@@ -53,6 +56,9 @@ lending AS (
   CROSS JOIN (VALUES ('loan'), ('syndicated'), ('receivables_pledge'), ('ip_pledge')) AS i(instrument)
   WHERE l.disbursed > 0
     AND CAST(substr(l.quarter, 1, 4) AS INT) * 4 + CAST(substr(l.quarter, 6, 1) AS INT)
+        > lq.qn - {{recommendation_lookback_quarters}}
+    -- the same on the registry side, so only the lookback's snapshots are joined
+    AND CAST(substr(b.quarter, 1, 4) AS INT) * 4 + CAST(substr(b.quarter, 6, 1) AS INT)
         > lq.qn - {{recommendation_lookback_quarters}}
     AND (i.instrument = 'loan'
       OR (i.instrument = 'syndicated' AND l.product = 'syndicated')
