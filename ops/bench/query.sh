@@ -63,10 +63,11 @@ work, loans = sys.argv[1], int(sys.argv[2])
 t = lambda n: float(open(f"{work}/{n}").read().split()[0])
 duck = json.load(open(f"{work}/duck.json"))
 il = [float(x) for x in open(f"{work}/il-times").read().split()]
+rss = lambda n: int(open(f"{work}/{n}").read().split()[1]) / 1e6  # GB
 full, inc = t("t-full"), t("t-inc")
 print()
-print(f"full refresh (all aggregates): ironlake {full:.2f}s; DuckDB computing the {duck['indicators']} cross-checked indicators: {duck['indicators_full']:.2f}s")
-print(f"incremental refresh after one quarter changed:   ironlake {inc:.2f}s = {100*inc/full:.1f}% of the full refresh")
+print(f"full refresh (all aggregates): ironlake {full:.2f}s, peak RSS {rss('t-full'):.2f} GB; DuckDB computing the {duck['indicators']} cross-checked indicators: {duck['indicators_full']:.2f}s; ratio (DuckDB time / ironlake time) {duck['indicators_full']/full:.2f}x")
+print(f"incremental refresh after one quarter changed:   ironlake {inc:.2f}s = {100*inc/full:.1f}% of the full refresh, peak RSS {rss('t-inc'):.2f} GB")
 print()
 print(f"{'query':6} {'ironlake s':>10} {'DuckDB s':>9} {'ratio':>6}")
 ratios = []
