@@ -1311,6 +1311,72 @@ pub async fn refresh(
 mod tests {
     use super::*;
 
+    #[test]
+    fn output_batches_land_in_their_quarters_files_in_order_without_the_quarter() {
+        use arrow::array::{Int64Array, StringArray};
+        use arrow::datatypes::{DataType, Field};
+        let dir = tempfile::tempdir().unwrap();
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("quarter", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = |qs: Vec<Option<&str>>, ns: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(qs)),
+                    Arc::new(Int64Array::from(ns)),
+                ],
+            )
+            .unwrap()
+        };
+        let root = dir.path().to_path_buf();
+        let place = |q: &str| {
+            let d = root.join(format!("quarter={q}"));
+            std::fs::create_dir_all(&d).unwrap();
+            Ok(d.join("part.parquet"))
+        };
+        let mut files = QuarterFiles::new("agg", &schema, place).unwrap();
+        // A batch of one quarter, a mixed one, then the first quarter again.
+        files
+            .write(&batch(vec![Some("2019Q1"), Some("2019Q1")], vec![1, 2]))
+            .unwrap();
+        files
+            .write(&batch(
+                vec![Some("2019Q2"), Some("2019Q1"), Some("2019Q2")],
+                vec![3, 4, 5],
+            ))
+            .unwrap();
+        files.write(&batch(vec![Some("2019Q1")], vec![6])).unwrap();
+        let (data_schema, parts) = files.finish().unwrap();
+        assert_eq!(data_schema.fields().len(), 1);
+        assert_eq!(data_schema.field(0).name(), "n");
+        assert_eq!(parts.keys().collect::<Vec<_>>(), ["2019Q1", "2019Q2"]);
+        let read = |q: &str| -> Vec<i64> {
+            let b = merge::read_parquet(
+                &dir.path().join(format!("quarter={q}/part.parquet")),
+                &data_schema,
+            )
+            .unwrap();
+            assert_eq!(b.num_columns(), 1);
+            let n = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            n.values().to_vec()
+        };
+        assert_eq!(read("2019Q1"), [1, 2, 4, 6]);
+        assert_eq!(read("2019Q2"), [3, 5]);
+        assert_eq!(parts["2019Q1"].rows, 4);
+        assert_eq!(parts["2019Q2"].rows, 2);
+
+        let mut files = QuarterFiles::new("agg", &schema, |_: &str| {
+            Ok(dir.path().join("never.parquet"))
+        })
+        .unwrap();
+        let e = files
+            .write(&batch(vec![Some("2019Q1"), None], vec![1, 2]))
+            .unwrap_err();
+        assert!(e.to_string().contains("null quarter"), "{e}");
+    }
+
     fn project() -> Project {
         crate::config::bundled_for_tests()
     }
