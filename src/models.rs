@@ -714,6 +714,8 @@ fn sql_err(name: &str) -> impl Fn(datafusion::error::DataFusionError) -> ModelEr
 /// so the output is never held in memory whole.
 struct QuarterFiles<F> {
     name: String,
+    /// The output's schema.
+    schema: SchemaRef,
     /// Index of the `quarter` column in the output.
     qi: usize,
     /// The output's schema without `quarter`.
@@ -724,7 +726,7 @@ struct QuarterFiles<F> {
 }
 
 impl<F: FnMut(&str) -> Result<PathBuf, ModelError>> QuarterFiles<F> {
-    fn new(name: &str, schema: &SchemaRef, place: F) -> Result<QuarterFiles<F>, ModelError> {
+    fn new(name: &str, schema: SchemaRef, place: F) -> Result<QuarterFiles<F>, ModelError> {
         let qi = schema
             .index_of(PARTITION_COLUMN)
             .map_err(|_| ModelError::Sql {
@@ -742,6 +744,7 @@ impl<F: FnMut(&str) -> Result<PathBuf, ModelError>> QuarterFiles<F> {
             name: name.to_string(),
             qi,
             data_schema: Arc::new(Schema::new(data_fields)),
+            schema,
             place,
             open: BTreeMap::new(),
         })
@@ -857,17 +860,37 @@ fn selection(
 /// inputs, at the cost of reading lagged inputs more than once.
 const QUARTERS_PER_PASS: usize = 2;
 
+/// One pass of a recomputation: the output quarters it computes and the
+/// input quarters they read.
+struct Pass {
+    outputs: BTreeSet<String>,
+    reads: BTreeSet<String>,
+}
+
+/// The quarters `sign × lag` away from `quarters`, for every lag: with
+/// sign 1 the output quarters an input quarter feeds, with −1 the input
+/// quarters an output quarter reads.
+fn shifted<'a>(
+    quarters: impl IntoIterator<Item = &'a String>,
+    lags: &[i32],
+    sign: i32,
+) -> BTreeSet<String> {
+    quarters
+        .into_iter()
+        .flat_map(|q| lags.iter().filter_map(move |&l| shift(q, sign * l)))
+        .collect()
+}
+
 /// What one aggregate needs this refresh.
 struct Step {
     /// The input partitions' tokens now, by input (`tables/x`, `published/y`).
     current: BTreeMap<String, BTreeMap<String, String>>,
-    /// Output quarters to recompute, and input quarters they read (incremental only).
-    incremental: Option<(BTreeSet<String>, BTreeSet<String>)>,
-    /// The passes the recomputation runs in: output quarters and the input
-    /// quarters they read, a few output quarters at a time (see
-    /// [`QUARTERS_PER_PASS`]); one unnarrowed pass when the aggregate
-    /// declares no lags or reads untracked inputs.
-    passes: Vec<Option<(BTreeSet<String>, BTreeSet<String>)>>,
+    /// Output quarters to recompute (incremental only).
+    incremental: Option<BTreeSet<String>>,
+    /// The passes the recomputation runs in, a few output quarters at a
+    /// time (see [`QUARTERS_PER_PASS`]); one unnarrowed pass (`None`) when
+    /// the aggregate declares no lags or reads untracked inputs.
+    passes: Vec<Option<Pass>>,
     /// Nothing changed: keep the published version.
     unchanged: bool,
 }
@@ -933,48 +956,27 @@ impl Refresh<'_> {
         let unchanged = exists && changed.is_empty() && !self.full;
         // Output quarter q reads input quarters q − lag.
         let lags = a.lags.clone().unwrap_or_else(|| vec![0]);
-        let reads = |outs: &BTreeSet<String>| -> BTreeSet<String> {
-            outs.iter()
-                .flat_map(|o| lags.iter().filter_map(move |&l| shift(o, -l)))
-                .collect()
-        };
-        let written_from = |quarters: &mut dyn Iterator<Item = &String>| -> BTreeSet<String> {
-            quarters
-                .flat_map(|c| lags.iter().filter_map(move |&l| shift(c, l)))
-                .collect()
-        };
-        let incremental = (exists && !always_full).then(|| {
-            let outs = written_from(&mut changed.iter());
-            let ins = reads(&outs);
-            (outs, ins)
-        });
+        let incremental = (exists && !always_full).then(|| shifted(&changed, &lags, 1));
         // Aggregates with lags over tracked inputs only are computed a few
         // output quarters at a time, so memory follows a pass, not the table.
-        let chunked = a.lags.is_some() && !untracked;
         let outs = match &incremental {
-            Some((outs, _)) => Some(outs.clone()),
-            None if chunked => Some(written_from(
-                &mut current.values().flat_map(|parts| parts.keys()),
-            )),
-            None => None,
-        };
-        let passes = match outs {
-            Some(outs) if chunked || incremental.is_some() => {
-                let outs: Vec<String> = outs.into_iter().collect();
-                outs.chunks(QUARTERS_PER_PASS)
-                    .map(|c| {
-                        let c: BTreeSet<String> = c.iter().cloned().collect();
-                        let ins = reads(&c);
-                        Some((c, ins))
-                    })
-                    .collect()
+            Some(outs) => outs.clone(),
+            None if a.lags.is_some() && !untracked => {
+                shifted(current.values().flat_map(BTreeMap::keys), &lags, 1)
             }
-            _ => Vec::new(),
+            None => BTreeSet::new(),
         };
-        let passes = if passes.is_empty() {
-            vec![incremental.clone()]
+        let pass = |outputs: BTreeSet<String>| Pass {
+            reads: shifted(&outputs, &lags, -1),
+            outputs,
+        };
+        let passes = if outs.is_empty() {
+            vec![incremental.clone().map(pass)]
         } else {
-            passes
+            let outs: Vec<String> = outs.into_iter().collect();
+            outs.chunks(QUARTERS_PER_PASS)
+                .map(|c| Some(pass(c.iter().cloned().collect())))
+                .collect()
         };
         Step {
             current,
@@ -1017,6 +1019,35 @@ impl Refresh<'_> {
         Ok(c)
     }
 
+    /// The query of one pass: `sql` over the inputs narrowed to the quarters
+    /// the pass reads, keeping only its output quarters (everything when
+    /// the pass is `None`).
+    async fn pass_frame(
+        &self,
+        a: &Aggregate,
+        sql: &str,
+        inputs: &BTreeSet<Input>,
+        pass: Option<&Pass>,
+    ) -> Result<datafusion::dataframe::DataFrame, ModelError> {
+        let err = sql_err(&a.name);
+        let ctx = match pass {
+            Some(p) => self.narrowed(a, inputs, &p.reads).await?,
+            None => self.ctx.clone(),
+        };
+        let df = ctx
+            .sql_with_options(sql, crate::query::read_only_options())
+            .await
+            .map_err(&err)?;
+        match pass {
+            Some(p) => {
+                let outs: Vec<_> = p.outputs.iter().map(|q| lit(q.clone())).collect();
+                df.filter(col(PARTITION_COLUMN).in_list(outs, false))
+                    .map_err(&err)
+            }
+            None => Ok(df),
+        }
+    }
+
     /// Recomputes one aggregate into a new generation (built without the
     /// warehouse lock) and records it for the commit.
     async fn recompute(
@@ -1038,41 +1069,26 @@ impl Refresh<'_> {
             .begin_generation_unlocked(&self.base, &key, &self.run_id, from)?;
         let file = g.file_name(0);
         let mut files: Option<QuarterFiles<_>> = None;
-        let mut out_schema: Option<SchemaRef> = None;
         for pass in &step.passes {
-            let run_ctx = match pass {
-                Some((_, needed)) => self.narrowed(a, inputs, needed).await?,
-                None => self.ctx.clone(),
-            };
-            let df = run_ctx
-                .sql_with_options(sql, crate::query::read_only_options())
-                .await
-                .map_err(&err)?;
-            let df = match pass {
-                Some((outputs, _)) => {
-                    let outs: Vec<_> = outputs.iter().map(|q| lit(q.clone())).collect();
-                    df.filter(col(PARTITION_COLUMN).in_list(outs, false))
-                        .map_err(&err)?
+            let df = self.pass_frame(a, sql, inputs, pass.as_ref()).await?;
+            let files = match &mut files {
+                Some(f) => f,
+                None => {
+                    let schema = Arc::new(df.schema().as_arrow().clone());
+                    let place = |q: &str| Ok(g.partition_dir(q)?.join(&file));
+                    files.insert(QuarterFiles::new(&a.name, schema, place)?)
                 }
-                None => df,
             };
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            if files.is_none() {
-                let place = |q: &str| Ok(g.partition_dir(q)?.join(&file));
-                files = Some(QuarterFiles::new(&a.name, &schema, place)?);
-                out_schema = Some(schema);
-            }
-            let files = files.as_mut().expect("created above");
             let mut stream = df.execute_stream().await.map_err(&err)?;
             while let Some(batch) = stream.next().await {
                 files.write(&batch.map_err(&err)?)?;
             }
         }
         let files = files.expect("at least one pass");
-        let out_schema = out_schema.expect("at least one pass");
+        let out_schema = files.schema.clone();
         let (data_schema, mut parts) = files.finish()?;
         let targets: BTreeSet<String> = match &step.incremental {
-            Some((outputs, _)) => outputs.clone(),
+            Some(outputs) => outputs.clone(),
             None => parts.keys().cloned().collect(),
         };
         for q in &targets {
@@ -1336,7 +1352,7 @@ mod tests {
             std::fs::create_dir_all(&d).unwrap();
             Ok(d.join("part.parquet"))
         };
-        let mut files = QuarterFiles::new("agg", &schema, place).unwrap();
+        let mut files = QuarterFiles::new("agg", schema.clone(), place).unwrap();
         // A batch of one quarter, a mixed one, then the first quarter again.
         files
             .write(&batch(vec![Some("2019Q1"), Some("2019Q1")], vec![1, 2]))
@@ -1367,7 +1383,7 @@ mod tests {
         assert_eq!(parts["2019Q1"].rows, 4);
         assert_eq!(parts["2019Q2"].rows, 2);
 
-        let mut files = QuarterFiles::new("agg", &schema, |_: &str| {
+        let mut files = QuarterFiles::new("agg", schema.clone(), |_: &str| {
             Ok(dir.path().join("never.parquet"))
         })
         .unwrap();
