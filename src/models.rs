@@ -855,10 +855,12 @@ fn selection(
     Ok(wanted)
 }
 
-/// Output quarters computed in one pass of a lagged aggregate: bounds the
-/// memory of a full refresh (or a long incremental one) by a few quarters'
-/// inputs, at the cost of reading lagged inputs more than once.
-const QUARTERS_PER_PASS: usize = 2;
+/// About how many input rows (over all tracked inputs, per output quarter)
+/// one pass of a lagged aggregate computes from: passes bound the memory of
+/// a full refresh (or a long incremental one) by a few quarters' inputs, at
+/// the cost of reading lagged inputs more than once and planning each pass,
+/// so small inputs are computed in one pass.
+const ROWS_PER_PASS: u64 = 3_000_000;
 
 /// One pass of a recomputation: the output quarters it computes and the
 /// input quarters they read.
@@ -888,7 +890,7 @@ struct Step {
     /// Output quarters to recompute (incremental only).
     incremental: Option<BTreeSet<String>>,
     /// The passes the recomputation runs in, a few output quarters at a
-    /// time (see [`QUARTERS_PER_PASS`]); one unnarrowed pass (`None`) when
+    /// time (see [`ROWS_PER_PASS`]); one unnarrowed pass (`None`) when
     /// the aggregate declares no lags or reads untracked inputs.
     passes: Vec<Option<Pass>>,
     /// Nothing changed: keep the published version.
@@ -974,7 +976,7 @@ impl Refresh<'_> {
             vec![incremental.clone().map(pass)]
         } else {
             let outs: Vec<String> = outs.into_iter().collect();
-            outs.chunks(QUARTERS_PER_PASS)
+            outs.chunks(self.quarters_per_pass(&current))
                 .map(|c| Some(pass(c.iter().cloned().collect())))
                 .collect()
         };
@@ -984,6 +986,30 @@ impl Refresh<'_> {
             passes,
             unchanged,
         }
+    }
+
+    /// Output quarters per pass for inputs with these partitions: as many
+    /// as keep a pass near [`ROWS_PER_PASS`] input rows, at least one.
+    fn quarters_per_pass(&self, current: &BTreeMap<String, BTreeMap<String, String>>) -> usize {
+        let rows: u64 = current
+            .keys()
+            .map(|key| {
+                let pending = match DirKey::parse(key) {
+                    Some(DirKey::Published(p)) => self.pending.get(&p),
+                    _ => None,
+                };
+                let state = pending.or_else(|| self.base.dirs.get(key));
+                state.map_or(0, DirState::rows)
+            })
+            .sum();
+        let quarters = current
+            .values()
+            .flat_map(BTreeMap::keys)
+            .collect::<BTreeSet<_>>();
+        let per_quarter = rows / quarters.len().max(1) as u64;
+        usize::try_from(ROWS_PER_PASS / per_quarter.max(1))
+            .unwrap_or(usize::MAX)
+            .max(1)
     }
 
     /// The session an incremental recomputation runs in: the snapshot, with
