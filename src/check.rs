@@ -25,18 +25,13 @@ pub async fn run(opts: &LoadOptions) -> CheckOutcome {
         let diags = crate::models::check(project).await;
         let (aggs, _) = crate::models::load(project);
         for a in &aggs {
-            let lags = a.lags.as_ref().map_or("recomputed whole".to_string(), |l| {
-                format!(
-                    "lags {}",
-                    l.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )
-            });
             report.summaries.push((
                 a.file.name.clone(),
-                format!("published.{}, partitioned by quarter, {lags}", a.name),
+                format!(
+                    "published.{}, partitioned by quarter, {}",
+                    a.name,
+                    a.refresh_rule()
+                ),
             ));
         }
         let failed = diags.iter().any(|d| d.is_error());

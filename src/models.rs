@@ -6,6 +6,15 @@
 //! ```sql
 //! -- ironlake: partition_by = quarter
 //! -- ironlake: lags = 0, 4      -- output quarter q reads input quarters q and q-4
+//! -- ironlake: lags(enterprises) = 0   -- except this input: only quarter q
+//! ```
+//!
+//! An aggregate recomputed whole (no `lags`) that reads only the latest
+//! quarters of an input says so, so that changes to older quarters leave it
+//! as it is (placeholders are filled in from the policy):
+//!
+//! ```sql
+//! -- ironlake: latest(bank_loans) = {{recommendation_lookback_quarters}}
 //! ```
 //!
 //! The order between aggregates follows from their table references
@@ -42,6 +51,14 @@ pub struct Aggregate {
     pub partition_by_quarter: bool,
     /// Input quarters each output quarter reads (q − lag), if declared.
     pub lags: Option<Vec<i32>>,
+    /// Lags replacing `lags` for one input (`lags(enterprises) = 0`), by
+    /// the input's manifest key (`tables/enterprises`).
+    pub input_lags: BTreeMap<String, Vec<i32>>,
+    /// How many latest quarters of an input the SQL reads
+    /// (`latest(bank_loans) = 4`: the quarters after the input's latest
+    /// one minus 4), by the input's manifest key; only for aggregates
+    /// recomputed whole.
+    pub latest: BTreeMap<String, u32>,
     /// The output columns' documentation (`-- column:` header lines), in file order.
     pub columns: Vec<ColumnDoc>,
 }
@@ -124,6 +141,12 @@ pub struct Definition {
     pub columns: Vec<ColumnDoc>,
     /// Input quarters each output quarter reads (q − lag); `None`: recomputed whole.
     pub lags: Option<Vec<i32>>,
+    /// Lags replacing `lags` for one input, by its SQL name (`enterprises`, `published.x`).
+    pub input_lags: BTreeMap<String, Vec<i32>>,
+    /// How many latest quarters of an input are read, by its SQL name.
+    pub latest: BTreeMap<String, u32>,
+    /// How a refresh treats the aggregate, in words (see [`Aggregate::refresh_rule`]).
+    pub refresh: String,
     /// The `[policy]` parameters the SQL uses, with their values.
     pub policy: BTreeMap<String, String>,
     /// The SQL as run, placeholders filled.
@@ -148,12 +171,52 @@ pub fn definitions(project: &Project) -> BTreeMap<String, Definition> {
                 description: description(&a.file.text),
                 columns: a.columns.clone(),
                 lags: a.lags.clone(),
+                input_lags: sql_names(&a.input_lags),
+                latest: sql_names(&a.latest),
+                refresh: a.refresh_rule(),
                 policy: used,
                 sql: render_sql(&a.file.text, policy),
             };
             (a.name.clone(), d)
         })
         .collect()
+}
+
+/// The same map keyed by SQL names (`enterprises`, `published.x`) instead of manifest keys.
+fn sql_names<V: Clone>(by_key: &BTreeMap<String, V>) -> BTreeMap<String, V> {
+    by_key
+        .iter()
+        .map(|(k, v)| {
+            let name = DirKey::parse(k).map_or_else(|| k.clone(), |d| d.sql_name());
+            (name, v.clone())
+        })
+        .collect()
+}
+
+impl Aggregate {
+    /// How a refresh treats the aggregate: `lags 0,4` (with any per-input
+    /// lags), or `recomputed whole` (with any latest-quarters inputs).
+    pub fn refresh_rule(&self) -> String {
+        let list = |l: &[i32]| {
+            l.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut out = match &self.lags {
+            Some(l) => format!("lags {}", list(l)),
+            None => "recomputed whole".to_string(),
+        };
+        for (name, l) in sql_names(&self.input_lags) {
+            out.push_str(&format!("; {name}: lags {}", list(&l)));
+        }
+        for (name, n) in sql_names(&self.latest) {
+            out.push_str(&format!(
+                "; reads the latest {n} quarters of {name} (older changes keep it)"
+            ));
+        }
+        out
+    }
 }
 
 /// Fills `{{placeholder}}`s from the policy.
@@ -205,24 +268,51 @@ pub fn load(project: &Project) -> (Vec<Aggregate>, Vec<Diagnostic>) {
             }
         };
         let file = SourceFile::new(shown, text);
-        let (partition_by_quarter, lags) = directives(&file, &mut diags);
+        let d = directives(&file, &project.settings.policy, &mut diags);
         let columns = column_docs(&file, &mut diags);
         out.push(Aggregate {
             name,
             file,
-            partition_by_quarter,
-            lags,
+            partition_by_quarter: d.partition_by_quarter,
+            lags: d.lags,
+            input_lags: d.input_lags,
+            latest: d.latest,
             columns,
         });
     }
     (out, diags)
 }
 
+/// An aggregate file's `-- ironlake:` directives.
+#[derive(Default)]
+struct Directives {
+    partition_by_quarter: bool,
+    lags: Option<Vec<i32>>,
+    input_lags: BTreeMap<String, Vec<i32>>,
+    latest: BTreeMap<String, u32>,
+}
+
+const DIRECTIVE_KEYS: &str = "partition_by, lags, lags(INPUT), latest(INPUT)";
+
+/// Parses `lags` values: quarter offsets 0..40, at least one.
+fn parse_lags(v: &str) -> Option<Vec<i32>> {
+    let parsed: Result<Vec<i32>, _> = v
+        .split([',', ' '])
+        .filter(|s| !s.is_empty())
+        .map(str::parse::<i32>)
+        .collect();
+    parsed
+        .ok()
+        .filter(|l| !l.is_empty() && l.iter().all(|&x| (0..=40).contains(&x)))
+}
+
 /// The `-- ironlake:` directives of an aggregate file: whether it is
-/// partitioned by quarter, and its lags.
-fn directives(file: &SourceFile, diags: &mut Vec<Diagnostic>) -> (bool, Option<Vec<i32>>) {
-    let mut partition_by_quarter = false;
-    let mut lags = None;
+/// partitioned by quarter, its lags, per-input lags and latest-quarters
+/// inputs (their values may use policy placeholders). Per-input directives
+/// must name an input the SQL reads.
+fn directives(file: &SourceFile, policy: &Policy, diags: &mut Vec<Diagnostic>) -> Directives {
+    let mut d = Directives::default();
+    let reads = references(&render_sql(&file.text, policy)).unwrap_or_default();
     let mut offset = 0;
     for line in file.text.split_inclusive('\n') {
         let start = offset;
@@ -230,55 +320,90 @@ fn directives(file: &SourceFile, diags: &mut Vec<Diagnostic>) -> (bool, Option<V
         let Some(directive) = line.trim().strip_prefix("-- ironlake:") else {
             continue;
         };
+        let span = Some(start..offset);
         let Some((k, v)) = directive.split_once('=') else {
             diags.push(file.error(
-                Some(start..offset),
+                span,
                 "",
-                "an `-- ironlake:` directive reads `key = value`; keys: partition_by, lags",
+                format!("an `-- ironlake:` directive reads `key = value`; keys: {DIRECTIVE_KEYS}"),
             ));
             continue;
         };
-        match k.trim() {
-            "partition_by" if v.trim() == PARTITION_COLUMN => partition_by_quarter = true,
-            "partition_by" => diags.push(file.error(
-                Some(start..offset),
-                "partition_by",
-                format!(
-                    "{:?}: aggregates can only be partitioned by quarter",
-                    v.trim()
-                ),
-            )),
-            "lags" => {
-                let parsed: Result<Vec<i32>, _> = v
-                    .split([',', ' '])
-                    .filter(|s| !s.is_empty())
-                    .map(str::parse::<i32>)
-                    .collect();
-                match parsed {
-                    Ok(l) if !l.is_empty() && l.iter().all(|&x| (0..=40).contains(&x)) => {
-                        lags = Some(l)
+        let (k, v) = (k.trim(), render_sql(v.trim(), policy));
+        // `lags(x)` / `latest(x)`: the input x, as its manifest key.
+        let (key, input) = match k.split_once('(') {
+            Some((key, rest)) => match rest.strip_suffix(')').map(str::trim) {
+                Some(name) if !name.is_empty() => {
+                    let dir = match name.strip_prefix("published.") {
+                        Some(p) => DirKey::Published(p.to_string()),
+                        None => DirKey::Table(name.to_string()),
+                    };
+                    if !reads.contains(&Input::Dir(dir.clone())) {
+                        diags.push(file.error(
+                            span.clone(),
+                            key.trim(),
+                            format!("{k}: the SQL does not read {name}"),
+                        ));
+                        continue;
                     }
-                    _ => diags.push(file.error(
-                        Some(start..offset),
-                        "lags",
-                        "lags are quarter offsets 0..40 separated by commas, e.g. `lags = 0, 4`",
-                    )),
+                    (key.trim(), Some(dir.key()))
                 }
-            }
-            other => diags.push(file.error(
-                Some(start..offset),
+                _ => (k, None),
+            },
+            None => (k, None),
+        };
+        match (key, input) {
+            ("partition_by", None) if v == PARTITION_COLUMN => d.partition_by_quarter = true,
+            ("partition_by", None) => diags.push(file.error(
+                span,
+                "partition_by",
+                format!("{v:?}: aggregates can only be partitioned by quarter"),
+            )),
+            ("lags", input) => match (parse_lags(&v), input) {
+                (Some(l), None) => d.lags = Some(l),
+                (Some(l), Some(input)) => {
+                    d.input_lags.insert(input, l);
+                }
+                (None, _) => diags.push(file.error(
+                    span,
+                    "lags",
+                    "lags are quarter offsets 0..40 separated by commas, e.g. `lags = 0, 4`",
+                )),
+            },
+            ("latest", Some(input)) => match v.parse::<u32>() {
+                Ok(n) if (1..=400).contains(&n) => {
+                    d.latest.insert(input, n);
+                }
+                _ => diags.push(file.error(
+                    span,
+                    "latest",
+                    format!("latest(INPUT) is a number of quarters 1..400, got {v:?}"),
+                )),
+            },
+            (other, _) => diags.push(file.error(
+                span,
                 other,
-                "unknown directive; valid: partition_by, lags",
+                format!("unknown directive; valid: {DIRECTIVE_KEYS}"),
             )),
         }
     }
-    if lags.is_some() && !partition_by_quarter {
+    if d.lags.is_some() && !d.partition_by_quarter {
         diags.push(file.error(None, "lags", "lags need `partition_by = quarter`"));
     }
-    if !partition_by_quarter {
+    if !d.input_lags.is_empty() && d.lags.is_none() {
+        diags.push(file.error(
+            None,
+            "lags",
+            "lags(INPUT) overrides `lags` for one input: declare `lags` too",
+        ));
+    }
+    if !d.latest.is_empty() && d.lags.is_some() {
+        diags.push(file.error(None, "latest", "latest(INPUT) is for aggregates recomputed whole; with `lags`, each output quarter's inputs are narrowed to the quarters it reads"));
+    }
+    if !d.partition_by_quarter {
         diags.push(file.error(None, "partition_by", "declare `-- ironlake: partition_by = quarter`: published aggregates are partitioned by their quarter column"));
     }
-    (partition_by_quarter, lags)
+    d
 }
 
 /// The `-- column: name | 中文名 | unit | formula` lines of an aggregate's header.
@@ -863,10 +988,10 @@ fn selection(
 const ROWS_PER_PASS: u64 = 3_000_000;
 
 /// One pass of a recomputation: the output quarters it computes and the
-/// input quarters they read.
+/// quarters they read of each input (by manifest key).
 struct Pass {
     outputs: BTreeSet<String>,
-    reads: BTreeSet<String>,
+    reads: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The quarters `sign × lag` away from `quarters`, for every lag: with
@@ -938,38 +1063,60 @@ impl Refresh<'_> {
             }
         }
         let prev = self.base.published.get(&a.name);
-        let mut changed: BTreeSet<String> = BTreeSet::new();
+        let default_lags = a.lags.clone().unwrap_or_else(|| vec![0]);
+        // Output quarter q reads quarters q − lag of each input.
+        let lags_of = |input: &str| a.input_lags.get(input).unwrap_or(&default_lags);
+        let mut changed = false;
+        // The output quarters a changed input quarter feeds.
+        let mut fed: BTreeSet<String> = BTreeSet::new();
         for (input, parts) in &current {
             let before = prev.and_then(|p| p.inputs.get(input));
-            for (q, t) in parts {
-                if before.and_then(|b| b.get(q)) != Some(t) {
-                    changed.insert(q.clone());
-                }
-            }
+            let mut quarters: BTreeSet<String> = parts
+                .iter()
+                .filter(|(q, t)| before.and_then(|b| b.get(*q)) != Some(*t))
+                .map(|(q, _)| q.clone())
+                .collect();
             if let Some(b) = before {
-                changed.extend(b.keys().filter(|q| !parts.contains_key(*q)).cloned());
+                quarters.extend(b.keys().filter(|q| !parts.contains_key(*q)).cloned());
             }
+            if let Some(&n) = a.latest.get(input) {
+                // The SQL reads only the input's latest n quarters, then
+                // or now: changes before both windows change nothing.
+                let read = |parts: Option<&BTreeMap<String, String>>| {
+                    let mut with_files = parts.into_iter().flatten().filter(|(_, t)| !t.is_empty());
+                    let last = with_files.next_back().map(|(q, _)| q);
+                    last.and_then(|q| shift(q, 1 - n as i32))
+                };
+                let (then, now) = (read(before), read(Some(parts)));
+                quarters.retain(|q| {
+                    then.as_ref().is_some_and(|t| q >= t) || now.as_ref().is_some_and(|t| q >= t)
+                });
+            }
+            changed |= !quarters.is_empty();
+            fed.extend(shifted(&quarters, lags_of(input), 1));
         }
         let exists = prev.is_some()
             && self
                 .base
                 .dirs
                 .contains_key(&DirKey::Published(a.name.clone()).key());
-        let unchanged = exists && changed.is_empty() && !self.full;
-        // Output quarter q reads input quarters q − lag.
-        let lags = a.lags.clone().unwrap_or_else(|| vec![0]);
-        let incremental = (exists && !always_full).then(|| shifted(&changed, &lags, 1));
+        let unchanged = exists && !changed && !self.full;
+        let incremental = (exists && !always_full).then_some(fed);
         // Aggregates with lags over tracked inputs only are computed a few
         // output quarters at a time, so memory follows a pass, not the table.
         let outs = match &incremental {
             Some(outs) => outs.clone(),
-            None if a.lags.is_some() && !untracked => {
-                shifted(current.values().flat_map(BTreeMap::keys), &lags, 1)
-            }
+            None if a.lags.is_some() && !untracked => current
+                .iter()
+                .flat_map(|(input, parts)| shifted(parts.keys(), lags_of(input), 1))
+                .collect(),
             None => BTreeSet::new(),
         };
         let pass = |outputs: BTreeSet<String>| Pass {
-            reads: shifted(&outputs, &lags, -1),
+            reads: current
+                .keys()
+                .map(|input| (input.clone(), shifted(&outputs, lags_of(input), -1)))
+                .collect(),
             outputs,
         };
         let passes = if outs.is_empty() {
@@ -1018,7 +1165,7 @@ impl Refresh<'_> {
         &self,
         a: &Aggregate,
         inputs: &BTreeSet<Input>,
-        needed: &BTreeSet<String>,
+        reads: &BTreeMap<String, BTreeSet<String>>,
     ) -> Result<SessionContext, ModelError> {
         let c = self.catalog.snapshot_at(self.base.clone()).await?.ctx;
         for (name, dir) in &self.pending {
@@ -1027,16 +1174,23 @@ impl Refresh<'_> {
             catalog::register_published(&c, name, &self.wh.root().join(&dir.generation), meta)
                 .await?;
         }
-        let quarters: Vec<_> = needed.iter().map(|q| lit(q.clone())).collect();
         for input in inputs {
-            let table = match input {
-                Input::Dir(d @ (DirKey::Table(_) | DirKey::Published(_))) => d.sql_name(),
+            let (table, key) = match input {
+                Input::Dir(d @ (DirKey::Table(_) | DirKey::Published(_))) => {
+                    (d.sql_name(), d.key())
+                }
                 _ => continue,
             };
+            let quarters: Vec<_> = reads
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .map(|q| lit(q.clone()))
+                .collect();
             let err = sql_err(&a.name);
             let df = c.table(table.as_str()).await.map_err(&err)?;
             let df = df
-                .filter(col(PARTITION_COLUMN).in_list(quarters.clone(), false))
+                .filter(col(PARTITION_COLUMN).in_list(quarters, false))
                 .map_err(&err)?;
             c.deregister_table(table.as_str()).map_err(&err)?;
             c.register_table(table.as_str(), df.into_view())
@@ -1352,6 +1506,69 @@ pub async fn refresh(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parsed(text: &str) -> (Directives, Vec<String>) {
+        let mut diags = Vec::new();
+        let policy = Policy {
+            recommendation_lookback_quarters: 6,
+            ..Policy::default()
+        };
+        let d = directives(&SourceFile::new("a.sql", text), &policy, &mut diags);
+        (d, diags.iter().map(|d| d.message.clone()).collect())
+    }
+
+    #[test]
+    fn per_input_lags_and_latest_quarters_name_inputs_the_sql_reads() {
+        let sql = "SELECT l.quarter FROM bank_loans l JOIN published.loan_balances b ON b.quarter = l.quarter";
+        let (d, errors) = parsed(&format!(
+            "-- ironlake: partition_by = quarter\n-- ironlake: lags = 0, 4\n\
+             -- ironlake: lags(published.loan_balances) = 0\n{sql}"
+        ));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(d.lags, Some(vec![0, 4]));
+        assert_eq!(
+            d.input_lags,
+            BTreeMap::from([("published/loan_balances".to_string(), vec![0])])
+        );
+        // latest(x) takes policy placeholders, on an aggregate recomputed whole.
+        let (d, errors) = parsed(&format!(
+            "-- ironlake: partition_by = quarter\n\
+             -- ironlake: latest(bank_loans) = {{{{recommendation_lookback_quarters}}}}\n{sql}"
+        ));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            d.latest,
+            BTreeMap::from([("tables/bank_loans".to_string(), 6)])
+        );
+        for (directives, expected) in [
+            (
+                "-- ironlake: lags = 0\n-- ironlake: lags(enterprises) = 0",
+                "lags(enterprises): the SQL does not read enterprises",
+            ),
+            ("-- ironlake: lags(bank_loans) = 0", "declare `lags` too"),
+            (
+                "-- ironlake: lags = 0\n-- ironlake: lags(bank_loans) = -1",
+                "lags are quarter offsets",
+            ),
+            (
+                "-- ironlake: lags = 0\n-- ironlake: latest(bank_loans) = 4",
+                "latest(INPUT) is for aggregates recomputed whole",
+            ),
+            (
+                "-- ironlake: latest(bank_loans) = 0",
+                "a number of quarters 1..400, got \"0\"",
+            ),
+            ("-- ironlake: latest() = 4", "unknown directive"),
+        ] {
+            let (_, errors) = parsed(&format!(
+                "-- ironlake: partition_by = quarter\n{directives}\n{sql}"
+            ));
+            assert!(
+                errors.iter().any(|e| e.contains(expected)),
+                "{directives:?}: {errors:?}"
+            );
+        }
+    }
 
     #[test]
     fn output_batches_land_in_their_quarters_files_in_order_without_the_quarter() {

@@ -141,14 +141,10 @@ async fn describe(catalog: &Catalog, name: &str) {
 /// description, then each column with type, unit, Chinese name and formula.
 async fn describe_aggregate(catalog: &Catalog, def: &ironlake::models::Definition) {
     println!("published.{} — {}", def.name, def.description);
-    let refresh = def
-        .lags
-        .as_ref()
-        .map_or("recomputed whole".to_string(), |l| {
-            let l: Vec<String> = l.iter().map(|x| x.to_string()).collect();
-            format!("quarter q reads input quarters q − {{{}}}", l.join(", "))
-        });
-    println!("defined in {}; partitioned by quarter; {refresh}", def.file);
+    println!(
+        "defined in {}; partitioned by quarter; {}",
+        def.file, def.refresh
+    );
     for (k, v) in &def.policy {
         println!("policy {k} = {v}");
     }

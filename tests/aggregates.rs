@@ -888,6 +888,111 @@ async fn incremental_refreshes_equal_a_full_rebuild_over_random_ingest_orders() 
     }
 }
 
+/// The line `refresh` printed for one aggregate: `name: mode [quarters], …`.
+fn refreshed<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no line for {name} in {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restated_old_quarter_recomputes_only_what_reads_it() {
+    let mut o = SimOptions::new(91, 200);
+    o.token = Some(TOKEN.into());
+    let sim = start_sim(o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, copy) = (dir.path().join("wh"), dir.path().join("copy"));
+    let (url, w, c, d) = (
+        sim.url(),
+        wh.clone(),
+        copy.clone(),
+        dir.path().to_path_buf(),
+    );
+    let outs = tokio::task::spawn_blocking(move || {
+        run_ok(ironlake(&w, &url, TOKEN).args(["ingest", "--all"]));
+        run_ok(ironlake(&w, &url, TOKEN).arg("refresh"));
+        // One drawn loan of `quarter` restated (1 yuan more drawn), imported
+        // as its bank would redeliver it; then an incremental refresh.
+        let restate = |quarter: &str| {
+            let csv = run_ok(ironlake(&w, &url, TOKEN).args([
+                "sql",
+                &format!(
+                    "SELECT bank_code, loan_id, period_end, uscc, balance, disbursed + 1 AS disbursed, \
+                     rate_pct, term, guarantee, product, guarantee_fee_pct FROM bank_loans \
+                     WHERE quarter = '{quarter}' AND disbursed > 0 ORDER BY loan_id LIMIT 1"
+                ),
+                "--format",
+                "csv",
+            ]));
+            assert_eq!(csv.lines().count(), 2, "{csv}");
+            let file = d.join(format!("restated-{quarter}.csv"));
+            std::fs::write(&file, csv).unwrap();
+            let out = run_ok(
+                ironlake(&w, &url, TOKEN)
+                    .args(["import", "bank_loans"])
+                    .arg(&file)
+                    .args(["--format", "csv"]),
+            );
+            assert!(out.contains(" 0 rejected"), "{out}");
+            run_ok(ironlake(&w, &url, TOKEN).arg("refresh"))
+        };
+        // 2018Q2 is before the recommendations' lookback (the latest 4
+        // quarters: 2019Q1–2019Q4); 2019Q3 is inside it.
+        let outs = (restate("2018Q2"), restate("2019Q3"));
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&w)
+            .arg(&c)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        run_ok(ironlake(&c, &url, TOKEN).args(["refresh", "--full"]));
+        outs
+    })
+    .await
+    .unwrap();
+    let (old, recent) = outs;
+    // Loans enter the profile only in their own quarter (lags(bank_loans) = 0),
+    // though its other inputs are read over four quarters.
+    assert!(
+        refreshed(&old, "enterprise_profile")
+            .starts_with("enterprise_profile: incremental [2018Q2],"),
+        "{old}"
+    );
+    assert!(
+        refreshed(&old, "bank_lending").starts_with("bank_lending: incremental [2018Q2, 2019Q2],"),
+        "{old}"
+    );
+    // Before the lookback: the recommendations, and the list that shows
+    // them, keep their published versions.
+    for name in ["demand_recommendations", "matching_list"] {
+        assert!(
+            refreshed(&old, name).starts_with(&format!("{name}: unchanged,")),
+            "{old}"
+        );
+    }
+    // Inside it: they are recomputed.
+    assert!(
+        refreshed(&recent, "demand_recommendations").starts_with("demand_recommendations: full"),
+        "{recent}"
+    );
+    assert!(
+        refreshed(&recent, "enterprise_profile")
+            .starts_with("enterprise_profile: incremental [2019Q3],"),
+        "{recent}"
+    );
+    // And every aggregate equals a full rebuild.
+    let inc = published_digests(&wh);
+    let full = published_digests(&copy);
+    assert_eq!(inc.as_object().unwrap().len(), 15);
+    for (name, v) in full.as_object().unwrap() {
+        assert_eq!(
+            &inc[name], v,
+            "{name}: incremental differs from a full rebuild"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_are_kept_readable_then_pruned_by_retention() {
     // No time-based grace for superseded files, so pruning shows at once.

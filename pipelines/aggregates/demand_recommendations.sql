@@ -24,6 +24,7 @@
 -- column: local_amount | 同区县金额 | CNY yuan | Σ disbursed of the local ones
 -- column: reason | 推荐理由 | | why this bank
 -- ironlake: partition_by = quarter
+-- ironlake: latest(bank_loans) = {{recommendation_lookback_quarters}}
 -- Each enterprise's latest registry snapshot ((uscc, as_of) is the key),
 -- taken in one aggregation rather than joining the registry to its maxima.
 WITH ent AS (

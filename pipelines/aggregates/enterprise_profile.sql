@@ -32,6 +32,8 @@
 -- column: water_per_10k_yuan | 万元产值水耗 | m³ per 10,000 yuan | water_m3 ÷ (output_value ÷ 10,000) in the quarter's report
 -- ironlake: partition_by = quarter
 -- ironlake: lags = 0, 1, 2, 3
+-- ironlake: lags(enterprises) = 0
+-- ironlake: lags(bank_loans) = 0
 WITH ent AS (
   SELECT
     e.quarter, e.uscc, e.name, e.district_code, substr(e.industry_code, 1, 2) AS division, e.size_class,
