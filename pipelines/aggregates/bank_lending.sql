@@ -25,10 +25,13 @@ WITH ind AS (
   JOIN enterprises e ON e.uscc = l.uscc AND e.quarter = l.quarter
   WHERE CAST(substr(e.industry_code, 1, 2) AS INT) BETWEEN 6 AND 46
 ),
-per_bank AS (
+-- One aggregation for the banks and for 'ALL', and the year-earlier
+-- balance from a window over the quarter number (exactly q − 4, null when
+-- the bank has no row then), so the join above runs once.
+b AS (
   SELECT
     quarter,
-    bank_code,
+    CASE WHEN GROUPING(bank_code) = 1 THEN 'ALL' ELSE bank_code END AS bank_code,
     SUM(balance) AS ib,
     SUM(CASE WHEN manufacturing THEN balance ELSE 0 END) AS mb,
     SUM(disbursed) AS nd,
@@ -38,27 +41,27 @@ per_bank AS (
     SUM(CASE WHEN balance > 0 THEN balance END) AS w,
     COUNT(*) AS n
   FROM ind
-  GROUP BY quarter, bank_code
+  GROUP BY GROUPING SETS ((quarter, bank_code), (quarter))
 ),
-b AS (
-  SELECT quarter, bank_code, ib, mb, nd, cb, mlb, wr, w, n FROM per_bank
-  UNION ALL
-  SELECT quarter, 'ALL' AS bank_code, SUM(ib), SUM(mb), SUM(nd), SUM(cb), SUM(mlb), SUM(wr), SUM(w), SUM(n)
-  FROM per_bank
-  GROUP BY quarter
+c AS (
+  SELECT
+    b.*,
+    FIRST_VALUE(ib) OVER (
+      PARTITION BY bank_code
+      ORDER BY CAST(substr(quarter, 1, 4) AS INT) * 4 + CAST(substr(quarter, 6, 1) AS INT)
+      RANGE BETWEEN 4 PRECEDING AND 4 PRECEDING
+    ) AS prev_ib
+  FROM b
 )
 SELECT
   c.quarter,
   c.bank_code,
   CAST(c.ib AS DECIMAL(20, 2)) AS industry_balance,
   CAST(c.mb AS DECIMAL(20, 2)) AS manufacturing_balance,
-  CAST(ROUND((CAST(c.ib AS DOUBLE) / CAST(NULLIF(p.ib, 0) AS DOUBLE) - 1) * 100, 2) AS DECIMAL(10, 2)) AS industry_yoy_pct,
+  CAST(ROUND((CAST(c.ib AS DOUBLE) / CAST(NULLIF(c.prev_ib, 0) AS DOUBLE) - 1) * 100, 2) AS DECIMAL(10, 2)) AS industry_yoy_pct,
   CAST(c.nd AS DECIMAL(20, 2)) AS new_industry_loans,
   CAST(ROUND(CAST(c.cb AS DOUBLE) / CAST(NULLIF(c.ib, 0) AS DOUBLE) * 100, 2) AS DECIMAL(10, 2)) AS credit_share_pct,
   CAST(ROUND(CAST(c.mlb AS DOUBLE) / CAST(NULLIF(c.ib, 0) AS DOUBLE) * 100, 2) AS DECIMAL(10, 2)) AS medium_long_share_pct,
   CAST(ROUND(CAST(c.wr AS DOUBLE) / CAST(NULLIF(c.w, 0) AS DOUBLE), 4) AS DECIMAL(10, 4)) AS avg_rate_pct,
   c.n AS loans
-FROM b c
-LEFT JOIN b p
-  ON p.bank_code = c.bank_code
- AND p.quarter = CAST(CAST(substr(c.quarter, 1, 4) AS INT) - 1 AS VARCHAR) || substr(c.quarter, 5, 2)
+FROM c
