@@ -55,6 +55,11 @@ ops AS (
 lags AS (
   SELECT column1 AS lag FROM (VALUES (0), (1), (2), (3))
 ),
+-- Only the windows of the quarters the registry has (the output quarters
+-- when a refresh narrows the inputs) are summed.
+wanted AS (
+  SELECT DISTINCT qn FROM ent
+),
 ttm AS (
   SELECT
     o.uscc, o.qn + l.lag AS qn,
@@ -64,6 +69,7 @@ ttm AS (
     SUM(o.financial_expenses) AS fin,
     SUM(o.main_business_cost) AS cost
   FROM ops o CROSS JOIN lags l
+  JOIN wanted w ON w.qn = o.qn + l.lag
   GROUP BY o.uscc, o.qn + l.lag
 ),
 -- Distinct banks with a balance > 0: one row per (quarter, uscc, bank) first.
