@@ -130,8 +130,18 @@ pub fn decode<'a>(
     match format {
         Format::Json => decode_json(records_field, cursor_field, columns, body),
         Format::Ndjson => Ok(decode_ndjson(columns, body)),
-        Format::Csv => decode_csv(columns, body),
+        Format::Csv => decode_csv(columns, None, body),
     }
+}
+
+/// Decodes CSV rows that follow a header row given apart (`header` holds
+/// it, with or without its line end): a later chunk of a local file.
+pub fn decode_csv_after<'a>(
+    columns: &Columns,
+    header: &[u8],
+    body: &'a [u8],
+) -> Result<DecodedPage<'a>, DecodeError> {
+    decode_csv(columns, Some(header), body)
 }
 
 struct Key<'de>(Cow<'de, str>);
@@ -540,10 +550,17 @@ fn csv_header(header: Option<CsvRecord<'_>>) -> Result<Vec<String>, DecodeError>
         .map_err(|_| DecodeError::CsvHeader("the header row is not valid UTF-8".into()))
 }
 
-fn decode_csv<'a>(columns: &Columns, body: &'a [u8]) -> Result<DecodedPage<'a>, DecodeError> {
+fn decode_csv<'a>(
+    columns: &Columns,
+    header: Option<&[u8]>,
+    body: &'a [u8],
+) -> Result<DecodedPage<'a>, DecodeError> {
     let mut page = DecodedPage::default();
     let mut recs = csv_records(body).into_iter();
-    let names = csv_header(recs.next())?;
+    let names = match header {
+        Some(h) => csv_header(csv_records(h).into_iter().next())?,
+        None => csv_header(recs.next())?,
+    };
     let mapping: Vec<Option<usize>> = names
         .iter()
         .map(|n| columns.index.get(n).copied())

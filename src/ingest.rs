@@ -2032,8 +2032,20 @@ fn csv_record_ends(buf: &[u8]) -> impl Iterator<Item = usize> + '_ {
 /// A chunk of a local file on its way to a checking thread.
 struct Chunk {
     seq: u64,
-    /// Whole records (later CSV chunks start with the file's header row again).
-    body: Vec<u8>,
+    /// The file's CSV header row, for CSV chunks after the first (which
+    /// starts with it).
+    header: Option<bytes::Bytes>,
+    /// Whole records.
+    body: bytes::Bytes,
+}
+
+/// A local file to import: read through a reader, or mapped whole (see
+/// [`crate::warehouse::fsutil::map_file`]), which spares copying it.
+pub enum ImportSource<'a> {
+    /// Read a chunk at a time.
+    Reader(&'a mut (dyn std::io::Read + Send)),
+    /// The whole file, mapped.
+    Mapped(crate::warehouse::fsutil::MappedFile),
 }
 
 /// Reads a local file a chunk of whole records at a time and hands each
@@ -2056,13 +2068,10 @@ fn read_chunks(
     // Bytes read past the last whole record sent: the start of the next chunk.
     let mut carry: Vec<u8> = Vec::new();
     let (mut eof, mut total, mut seq) = (false, 0u64, 0u64);
-    let mut header: Option<Vec<u8>> = None;
+    let mut header: Option<bytes::Bytes> = None;
     loop {
-        // A chunk is read straight into its own body, after the CSV header.
-        let prefix = header.as_deref().filter(|_| csv).unwrap_or_default();
-        let mut body = Vec::with_capacity(prefix.len() + carry.len() + chunk + 64 * 1024);
-        body.extend_from_slice(prefix);
-        let start = body.len();
+        // A chunk is read straight into its own body.
+        let mut body = Vec::with_capacity(carry.len() + chunk + 64 * 1024);
         body.append(&mut carry);
         // Fill up to a chunk past what is buffered; a JSON array is read whole.
         let mut want = body.len() + chunk;
@@ -2077,23 +2086,28 @@ fn read_chunks(
             if eof || format == Format::Json {
                 break body.len();
             }
-            match record_boundary(&body[start..], csv) {
-                Some(e) => break start + e,
+            match record_boundary(&body, csv) {
+                Some(e) => break e,
                 None => want += chunk, // one record longer than a chunk: read on
             }
         };
-        if end == start && seq > 0 {
+        if end == 0 && seq > 0 {
             break;
         }
-        total += (end - start) as u64;
+        total += end as u64;
         carry.extend_from_slice(&body[end..]);
         body.truncate(end);
+        let body = bytes::Bytes::from(body);
+        let chunk_header = header.clone();
         if csv && header.is_none() {
-            let piece = &body[start..];
-            let h_end = csv_record_ends(piece).next().unwrap_or(piece.len());
-            header = Some(piece[..h_end].to_vec());
+            let h_end = csv_record_ends(&body).next().unwrap_or(body.len());
+            header = Some(body.slice(..h_end));
         }
-        if !send(Chunk { seq, body }) {
+        if !send(Chunk {
+            seq,
+            header: chunk_header,
+            body,
+        }) {
             break;
         }
         seq += 1;
@@ -2102,6 +2116,51 @@ fn read_chunks(
         }
     }
     Ok(total)
+}
+
+/// Cuts a mapped file into chunks of whole records, as [`read_chunks`]
+/// reads them, without copying: each chunk is a slice of the mapping.
+fn mapped_chunks(
+    format: Format,
+    data: &bytes::Bytes,
+    chunk: usize,
+    mut send: impl FnMut(Chunk) -> bool,
+) -> u64 {
+    let csv = format == Format::Csv;
+    let n = data.len();
+    let (mut pos, mut seq) = (0usize, 0u64);
+    let mut header: Option<bytes::Bytes> = None;
+    while pos < n {
+        // A JSON array is one chunk; otherwise up to the last record end
+        // within a chunk's length (further when one record is longer).
+        let mut want = chunk;
+        let end = loop {
+            let stop = pos.saturating_add(want).min(n);
+            if stop == n || format == Format::Json {
+                break n;
+            }
+            match record_boundary(&data[pos..stop], csv) {
+                Some(e) => break pos + e,
+                None => want = want.saturating_add(chunk),
+            }
+        };
+        let body = data.slice(pos..end);
+        let chunk_header = header.clone();
+        if csv && header.is_none() {
+            let h_end = csv_record_ends(&body).next().unwrap_or(body.len());
+            header = Some(body.slice(..h_end));
+        }
+        if !send(Chunk {
+            seq,
+            header: chunk_header,
+            body,
+        }) {
+            break;
+        }
+        seq += 1;
+        pos = end;
+    }
+    pos as u64
 }
 
 /// Reads a local file a chunk of whole records at a time, decodes and
@@ -2113,7 +2172,7 @@ fn import_chunks(
     t: &TableSchema,
     format: Format,
     source_name: &str,
-    file: &mut (dyn std::io::Read + Send),
+    source: ImportSource<'_>,
     chunk: usize,
     sink: &mut Absorber,
 ) -> Result<u64, IngestError> {
@@ -2127,11 +2186,19 @@ fn import_chunks(
     let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
     type Done = Result<(Checked, u64), IngestError>;
     let (done_tx, done_rx) = mpsc::channel::<(u64, Done)>();
+    let (mut file, mapped) = match source {
+        ImportSource::Reader(file) => (Some(file), None),
+        ImportSource::Mapped(m) => (None, Some(m)),
+    };
+    let mapped = mapped.as_ref();
     std::thread::scope(|s| {
         let reader = s.spawn(move || {
-            read_chunks(format, source_name, file, chunk, |c| {
-                slot_tx.send(()).is_ok() && job_tx.send(c).is_ok()
-            })
+            let send = |c| slot_tx.send(()).is_ok() && job_tx.send(c).is_ok();
+            match (&mut file, mapped) {
+                (Some(file), _) => read_chunks(format, source_name, *file, chunk, send),
+                (None, Some(m)) => Ok(mapped_chunks(format, m.bytes(), chunk, send)),
+                (None, None) => unreachable!("a source is read or mapped"),
+            }
         });
         for _ in 0..threads {
             let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
@@ -2139,10 +2206,14 @@ fn import_chunks(
             s.spawn(move || {
                 loop {
                     let job = job_rx.lock().map(|rx| rx.recv());
-                    let Ok(Ok(Chunk { seq, body })) = job else {
+                    let Ok(Ok(Chunk { seq, header, body })) = job else {
                         break;
                     };
-                    let done = decode::decode(format, None, None, columns, &body)
+                    let decoded = match &header {
+                        Some(h) => decode::decode_csv_after(columns, h, &body),
+                        None => decode::decode(format, None, None, columns, &body),
+                    };
+                    let done = decoded
                         .map_err(|e| IngestError::Decode {
                             url: source_name.to_string(),
                             source: e,
@@ -2156,6 +2227,10 @@ fn import_chunks(
                             };
                             (checker.check(&page, source_name), advance)
                         });
+                    // Checked: a mapped chunk's pages leave memory.
+                    if let Some(m) = mapped {
+                        m.release(&body);
+                    }
                     if done_tx.send((seq, done)).is_err() {
                         break;
                     }
@@ -2204,7 +2279,7 @@ pub fn import(
     table: &str,
     format: Format,
     source_name: &str,
-    file: &mut (dyn std::io::Read + Send),
+    source: ImportSource<'_>,
 ) -> Result<RunRecord, IngestError> {
     let t = project.table(table).ok_or_else(|| {
         IngestError::UnknownTable(
@@ -2226,7 +2301,14 @@ pub fn import(
             let staging = Staging::new(wh, &run_id)?;
             let mut sink = Absorber::new(t, &staging, &run_id, &name);
             let started = Instant::now();
-            let bytes = import_chunks(t, format, source_name, file, IMPORT_CHUNK_BYTES, &mut sink)?;
+            let bytes = import_chunks(
+                t,
+                format,
+                source_name,
+                source,
+                IMPORT_CHUNK_BYTES,
+                &mut sink,
+            )?;
             sink.counters.record_into(&mut record);
             record.bytes = bytes;
             let spilled = sink.part.finish()?;
@@ -2323,7 +2405,14 @@ mod tests {
         text: String,
     ) -> Result<RunRecord, IngestError> {
         let mut reader = std::io::Cursor::new(text.into_bytes());
-        import(project, wh, "bank_loans", Format::Csv, "f.csv", &mut reader)
+        import(
+            project,
+            wh,
+            "bank_loans",
+            Format::Csv,
+            "f.csv",
+            ImportSource::Reader(&mut reader),
+        )
     }
 
     #[test]
@@ -2412,6 +2501,16 @@ mod tests {
         assert_eq!(balances, ["2.00", "9.00"]);
     }
 
+    /// `text` written to a file in `dir` and mapped.
+    fn map_text(dir: &tempfile::TempDir, text: &str) -> crate::warehouse::fsutil::MappedFile {
+        let path = dir.path().join("input");
+        std::fs::write(&path, text).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        crate::warehouse::fsutil::MappedFile::open(&f)
+            .unwrap()
+            .unwrap()
+    }
+
     #[test]
     fn a_file_imported_in_small_chunks_reads_like_one_page() {
         let project = project();
@@ -2422,11 +2521,16 @@ mod tests {
             csv.push_str(&format!("\"B\n{i}\",L{i},2019-09-30\n"));
         }
         csv.push_str("\"open");
-        let run = |chunk: usize| {
+        // Read, or cut from the file's bytes as a mapped file is.
+        let run = |chunk: usize, mapped: bool| {
             let dir = tempfile::tempdir().unwrap();
             let mut sink = Absorber::new(t, dir.path(), "r", "import-bank_loans");
             let mut reader = std::io::Cursor::new(csv.as_bytes().to_vec());
-            let n = import_chunks(t, Format::Csv, "f.csv", &mut reader, chunk, &mut sink).unwrap();
+            let source = match mapped {
+                true => ImportSource::Mapped(map_text(&dir, &csv)),
+                false => ImportSource::Reader(&mut reader),
+            };
+            let n = import_chunks(t, Format::Csv, "f.csv", source, chunk, &mut sink).unwrap();
             assert_eq!(n, csv.len() as u64);
             let spilled = sink.part.finish().unwrap();
             let q = crate::partition::read_spills(&spilled.quarantine["unknown"]).unwrap();
@@ -2443,17 +2547,34 @@ mod tests {
                 .collect();
             (sink.counters.rows_in, sink.counters.rejected, nos)
         };
-        let whole = run(1 << 20);
+        let whole = run(1 << 20, false);
         assert_eq!(whole.0, 51);
-        assert_eq!(run(37), whole, "chunked import differs from a whole read");
+        assert_eq!(
+            run(37, false),
+            whole,
+            "chunked import differs from a whole read"
+        );
+        assert_eq!(
+            run(1 << 20, true),
+            whole,
+            "a mapped file differs from a read one"
+        );
+        assert_eq!(run(37, true), whole, "chunks of a mapped file differ");
         let mut ndjson = String::new();
         for i in 0..20 {
             ndjson.push_str(&format!("{{\"bank_code\":\"B{i}\"}}\n\n"));
         }
-        let mut sink = Absorber::new(t, std::path::Path::new("/nonexistent"), "r", "x");
-        let mut reader = std::io::Cursor::new(ndjson.into_bytes());
-        let _ = import_chunks(t, Format::Ndjson, "f", &mut reader, 16, &mut sink);
-        assert_eq!(sink.counters.rows_in, 20);
+        for mapped in [false, true] {
+            let mut sink = Absorber::new(t, std::path::Path::new("/nonexistent"), "r", "x");
+            let mut reader = std::io::Cursor::new(ndjson.clone().into_bytes());
+            let dir = tempfile::tempdir().unwrap();
+            let source = match mapped {
+                true => ImportSource::Mapped(map_text(&dir, &ndjson)),
+                false => ImportSource::Reader(&mut reader),
+            };
+            let _ = import_chunks(t, Format::Ndjson, "f", source, 16, &mut sink);
+            assert_eq!(sink.counters.rows_in, 20, "mapped: {mapped}");
+        }
     }
 
     #[test]

@@ -299,16 +299,22 @@ fn import(
     )
     .context("cannot open the warehouse")?;
 
-    let mut reader = std::io::BufReader::new(
-        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?,
-    );
+    let f = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    // A regular file is mapped rather than copied into memory chunk by chunk.
+    let mapped = ironlake::warehouse::fsutil::MappedFile::open(&f)
+        .with_context(|| format!("cannot map {}", file.display()))?;
+    let mut reader = std::io::BufReader::new(f);
+    let source = match mapped {
+        Some(m) => ironlake::ingest::ImportSource::Mapped(m),
+        None => ironlake::ingest::ImportSource::Reader(&mut reader),
+    };
     match ironlake::ingest::import(
         project,
         &wh,
         table,
         format,
         &file.display().to_string(),
-        &mut reader,
+        source,
     ) {
         Ok(r) => {
             println!(

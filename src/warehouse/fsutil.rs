@@ -141,3 +141,132 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
         parent
     })
 }
+
+/// A whole file mapped read-only (see [`map_file`]); unmapped when the
+/// last `Bytes` slice of it is dropped.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is private, read-only and owned; it is only read.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: ptr..ptr + len stays mapped and readable until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map_file` mapped, once.
+        unsafe {
+            libc::munmap(self.ptr, self.len);
+        }
+    }
+}
+
+/// A local file mapped read-only: its bytes come from the page cache
+/// without being copied into the process. The file must not be truncated
+/// while mapped: reading past its new end ends the process with SIGBUS.
+pub struct MappedFile {
+    data: bytes::Bytes,
+}
+
+impl MappedFile {
+    /// Maps `file`; `None` for what cannot be mapped (an empty file, a pipe
+    /// or other non-regular file), to be read instead.
+    pub fn open(file: &File) -> io::Result<Option<MappedFile>> {
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.len() == 0 {
+            return Ok(None);
+        }
+        let len = usize::try_from(meta.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large to map"))?;
+        // SAFETY: a new private read-only mapping of an open regular file.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // The file is read front to back once.
+        // SAFETY: advice on the mapping just made; failure is harmless.
+        unsafe {
+            libc::madvise(ptr, len, libc::MADV_SEQUENTIAL);
+        }
+        Ok(Some(MappedFile {
+            data: bytes::Bytes::from_owner(Mapping { ptr, len }),
+        }))
+    }
+
+    /// The file's bytes (slices of them share the mapping).
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.data
+    }
+
+    /// Drops the pages wholly inside `part` (a slice of [`Self::bytes`]
+    /// read through) from the process's memory, so memory follows what is
+    /// being read, not the file; reading them again maps them again from
+    /// the page cache. Anything outside the mapping is left alone.
+    pub fn release(&self, part: &[u8]) {
+        let base = self.data.as_ptr() as usize;
+        let (start, end) = (part.as_ptr() as usize, part.as_ptr() as usize + part.len());
+        if start < base || end > base + self.data.len() {
+            return;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let (start, end) = (start.next_multiple_of(page), end / page * page);
+        if end > start {
+            // SAFETY: whole pages of this private read-only file mapping,
+            // which MADV_DONTNEED refills from the file on the next read.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod mapped_tests {
+    use super::MappedFile;
+
+    #[test]
+    fn released_pages_read_back_the_file_and_other_memory_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let text: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &text).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let m = MappedFile::open(&f).unwrap().unwrap();
+        assert_eq!(m.bytes().as_ref(), &text[..]);
+        // Pages released (whole ones inside the slice) are read again from the file.
+        m.release(&m.bytes()[5_000..150_000]);
+        assert_eq!(m.bytes().as_ref(), &text[..]);
+        // A slice outside the mapping (heap memory) is not touched.
+        let heap = text.clone();
+        m.release(&heap);
+        assert_eq!(heap, text);
+        // Empty files and directories are read, not mapped.
+        std::fs::write(dir.path().join("empty"), b"").unwrap();
+        let empty = std::fs::File::open(dir.path().join("empty")).unwrap();
+        assert!(MappedFile::open(&empty).unwrap().is_none());
+        assert!(
+            MappedFile::open(&std::fs::File::open(dir.path()).unwrap())
+                .unwrap()
+                .is_none()
+        );
+    }
+}
