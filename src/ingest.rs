@@ -2039,6 +2039,23 @@ struct Chunk {
     body: bytes::Bytes,
 }
 
+impl Chunk {
+    /// Chunk `seq` of a file; the first CSV chunk's header row is kept in
+    /// `header` and given to the chunks after it.
+    fn cut(seq: u64, body: bytes::Bytes, header: &mut Option<bytes::Bytes>, csv: bool) -> Chunk {
+        let chunk_header = header.clone();
+        if csv && header.is_none() {
+            let h_end = csv_record_ends(&body).next().unwrap_or(body.len());
+            *header = Some(body.slice(..h_end));
+        }
+        Chunk {
+            seq,
+            header: chunk_header,
+            body,
+        }
+    }
+}
+
 /// A local file to import: read through a reader, or mapped whole (see
 /// [`crate::warehouse::fsutil::map_file`]), which spares copying it.
 pub enum ImportSource<'a> {
@@ -2098,16 +2115,7 @@ fn read_chunks(
         carry.extend_from_slice(&body[end..]);
         body.truncate(end);
         let body = bytes::Bytes::from(body);
-        let chunk_header = header.clone();
-        if csv && header.is_none() {
-            let h_end = csv_record_ends(&body).next().unwrap_or(body.len());
-            header = Some(body.slice(..h_end));
-        }
-        if !send(Chunk {
-            seq,
-            header: chunk_header,
-            body,
-        }) {
+        if !send(Chunk::cut(seq, body, &mut header, csv)) {
             break;
         }
         seq += 1;
@@ -2145,16 +2153,7 @@ fn mapped_chunks(
             }
         };
         let body = data.slice(pos..end);
-        let chunk_header = header.clone();
-        if csv && header.is_none() {
-            let h_end = csv_record_ends(&body).next().unwrap_or(body.len());
-            header = Some(body.slice(..h_end));
-        }
-        if !send(Chunk {
-            seq,
-            header: chunk_header,
-            body,
-        }) {
+        if !send(Chunk::cut(seq, body, &mut header, csv)) {
             break;
         }
         seq += 1;

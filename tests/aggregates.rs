@@ -740,6 +740,18 @@ fn hand_worked_plan_measures_on_a_second_fixture() {
     );
 }
 
+/// Copies warehouse `wh` to `copy` and rebuilds every aggregate of the copy in full.
+fn rebuilt_copy(wh: &Path, copy: &Path, url: &str) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(wh)
+        .arg(copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    run_ok(ironlake(copy, url, TOKEN).args(["refresh", "--full"]));
+}
+
 fn published_digests(wh: &Path) -> serde_json::Value {
     py_json("published.py", &[wh.to_str().unwrap()])
 }
@@ -860,14 +872,7 @@ async fn incremental_refreshes_equal_a_full_rebuild_over_random_ingest_orders() 
         run_ok(ironlake(&w, &lu, TOKEN).args(["ingest", "--all"]));
         let out = run_ok(ironlake(&w, &lu, TOKEN).arg("refresh"));
         incremental += out.matches(": incremental").count();
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&w)
-            .arg(&c)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        run_ok(ironlake(&c, &lu, TOKEN).args(["refresh", "--full"]));
+        rebuilt_copy(&w, &c, &lu);
         (incremental, steps)
     })
     .await
@@ -939,14 +944,7 @@ async fn a_restated_old_quarter_recomputes_only_what_reads_it() {
         // 2018Q2 is before the recommendations' lookback (the latest 4
         // quarters: 2019Q1–2019Q4); 2019Q3 is inside it.
         let outs = (restate("2018Q2"), restate("2019Q3"));
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&w)
-            .arg(&c)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        run_ok(ironlake(&c, &url, TOKEN).args(["refresh", "--full"]));
+        rebuilt_copy(&w, &c, &url);
         outs
     })
     .await
