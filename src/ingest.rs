@@ -959,17 +959,6 @@ async fn fetch_window(
     (stats, result)
 }
 
-/// Hands the memory the fetch phase's threads freed back to the system
-/// before the merge allocates its own: glibc keeps freed memory in each
-/// thread's arena, so without this the two phases' peaks add up.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Threads that decode and validate pages side by side.
 fn check_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
@@ -1136,7 +1125,7 @@ async fn execute(
     let cursor_after = cursor_after(p, kind, cursor_before, sink.max_cursor.take());
     record.cursor_after = cursor_after.clone();
     let spilled = sink.part.finish()?;
-    release_freed_memory();
+    crate::primitives::release_freed_memory();
     report.send(&sink.counters, plan.quarters.len(), "committing");
     let done = commit_blocking(
         wh,
@@ -2057,7 +2046,7 @@ impl Chunk {
 }
 
 /// A local file to import: read through a reader, or mapped whole (see
-/// [`crate::warehouse::fsutil::map_file`]), which spares copying it.
+/// [`crate::warehouse::fsutil::MappedFile`]), which spares copying it.
 pub enum ImportSource<'a> {
     /// Read a chunk at a time.
     Reader(&'a mut (dyn std::io::Read + Send)),
@@ -2185,18 +2174,18 @@ fn import_chunks(
     let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
     type Done = Result<(Checked, u64), IngestError>;
     let (done_tx, done_rx) = mpsc::channel::<(u64, Done)>();
-    let (mut file, mapped) = match source {
-        ImportSource::Reader(file) => (Some(file), None),
-        ImportSource::Mapped(m) => (None, Some(m)),
+    // The checkers release a mapped file's pages as they finish with them.
+    let mapped = match &source {
+        ImportSource::Mapped(m) => Some(m.clone()),
+        ImportSource::Reader(_) => None,
     };
     let mapped = mapped.as_ref();
     std::thread::scope(|s| {
         let reader = s.spawn(move || {
             let send = |c| slot_tx.send(()).is_ok() && job_tx.send(c).is_ok();
-            match (&mut file, mapped) {
-                (Some(file), _) => read_chunks(format, source_name, *file, chunk, send),
-                (None, Some(m)) => Ok(mapped_chunks(format, m.bytes(), chunk, send)),
-                (None, None) => unreachable!("a source is read or mapped"),
+            match source {
+                ImportSource::Reader(file) => read_chunks(format, source_name, file, chunk, send),
+                ImportSource::Mapped(m) => Ok(mapped_chunks(format, m.bytes(), chunk, send)),
             }
         });
         for _ in 0..threads {
@@ -2311,7 +2300,7 @@ pub fn import(
             sink.counters.record_into(&mut record);
             record.bytes = bytes;
             let spilled = sink.part.finish()?;
-            release_freed_memory();
+            crate::primitives::release_freed_memory();
             let read = started.elapsed();
             let done = commit_run(wh, t, &name, spilled, None, record.clone())?;
             tracing::debug!(

@@ -61,6 +61,10 @@ pub struct Aggregate {
     pub latest: BTreeMap<String, u32>,
     /// The output columns' documentation (`-- column:` header lines), in file order.
     pub columns: Vec<ColumnDoc>,
+    /// The SQL as run: the file with its `{{placeholder}}`s filled from the policy.
+    pub sql: String,
+    /// What the SQL reads (see [`references`]), or why it does not parse.
+    pub reads: Result<BTreeSet<Input>, String>,
 }
 
 /// One output column's documentation, from a header line
@@ -175,7 +179,7 @@ pub fn definitions(project: &Project) -> BTreeMap<String, Definition> {
                 latest: sql_names(&a.latest),
                 refresh: a.refresh_rule(),
                 policy: used,
-                sql: render_sql(&a.file.text, policy),
+                sql: a.sql.clone(),
             };
             (a.name.clone(), d)
         })
@@ -268,7 +272,15 @@ pub fn load(project: &Project) -> (Vec<Aggregate>, Vec<Diagnostic>) {
             }
         };
         let file = SourceFile::new(shown, text);
-        let d = directives(&file, &project.settings.policy, &mut diags);
+        let sql = render_sql(&file.text, &project.settings.policy);
+        let reads = references(&sql);
+        let empty = BTreeSet::new();
+        let d = directives(
+            &file,
+            &project.settings.policy,
+            reads.as_ref().unwrap_or(&empty),
+            &mut diags,
+        );
         let columns = column_docs(&file, &mut diags);
         out.push(Aggregate {
             name,
@@ -278,6 +290,8 @@ pub fn load(project: &Project) -> (Vec<Aggregate>, Vec<Diagnostic>) {
             input_lags: d.input_lags,
             latest: d.latest,
             columns,
+            sql,
+            reads,
         });
     }
     (out, diags)
@@ -309,10 +323,14 @@ fn parse_lags(v: &str) -> Option<Vec<i32>> {
 /// The `-- ironlake:` directives of an aggregate file: whether it is
 /// partitioned by quarter, its lags, per-input lags and latest-quarters
 /// inputs (their values may use policy placeholders). Per-input directives
-/// must name an input the SQL reads.
-fn directives(file: &SourceFile, policy: &Policy, diags: &mut Vec<Diagnostic>) -> Directives {
+/// must name an input the SQL reads (`reads`).
+fn directives(
+    file: &SourceFile,
+    policy: &Policy,
+    reads: &BTreeSet<Input>,
+    diags: &mut Vec<Diagnostic>,
+) -> Directives {
     let mut d = Directives::default();
-    let reads = references(&render_sql(&file.text, policy)).unwrap_or_default();
     let mut offset = 0;
     for line in file.text.split_inclusive('\n') {
         let start = offset;
@@ -490,16 +508,17 @@ pub fn references(sql: &str) -> Result<BTreeSet<Input>, String> {
 /// The aggregates that read `table`, directly or through other aggregates,
 /// in dependency order: what an ingest into `table` makes stale.
 pub fn readers_of(project: &Project, table: &str) -> Vec<String> {
-    let policy = &project.settings.policy;
     let (aggs, _) = load(project);
-    let Ok(ordered) = order(&aggs, policy) else {
+    let Ok(ordered) = order(&aggs) else {
         return Vec::new();
     };
     let mut stale: BTreeSet<String> = BTreeSet::new();
     let mut out = Vec::new();
     // Readers come after what they read: one pass in order finds them all.
     for a in ordered.iter().map(|&i| &aggs[i]) {
-        let refs = references(&render_sql(&a.file.text, policy)).unwrap_or_default();
+        let Ok(refs) = &a.reads else {
+            continue;
+        };
         let reads_stale = refs.iter().any(|r| match r {
             Input::Dir(DirKey::Table(t)) => t == table,
             other => other.published().is_some_and(|p| stale.contains(p)),
@@ -513,7 +532,7 @@ pub fn readers_of(project: &Project, table: &str) -> Vec<String> {
 }
 
 /// Aggregates in dependency order; an error names a cycle or a missing aggregate.
-pub fn order(aggs: &[Aggregate], policy: &Policy) -> Result<Vec<usize>, String> {
+pub fn order(aggs: &[Aggregate]) -> Result<Vec<usize>, String> {
     let index: HashMap<&str, usize> = aggs
         .iter()
         .enumerate()
@@ -521,7 +540,9 @@ pub fn order(aggs: &[Aggregate], policy: &Policy) -> Result<Vec<usize>, String> 
         .collect();
     let mut deps: Vec<Vec<usize>> = Vec::new();
     for a in aggs {
-        let refs = references(&render_sql(&a.file.text, policy))
+        let refs = a
+            .reads
+            .as_ref()
             .map_err(|e| format!("{}: {e}", a.file.name))?;
         let mut d = Vec::new();
         for r in refs {
@@ -640,7 +661,7 @@ fn error_position(message: &str, sql: &str) -> Option<(usize, usize)> {
 /// Plans every aggregate against empty tables; returns diagnostics (for `ironlake check`).
 pub async fn check(project: &Project) -> Vec<Diagnostic> {
     let (aggs, mut diags) = load(project);
-    let order = match order(&aggs, &project.settings.policy) {
+    let order = match order(&aggs) {
         Ok(o) => o,
         Err(e) => {
             diags.push(SourceFile::new("pipelines/aggregates", "").error(None, "", e));
@@ -657,12 +678,13 @@ pub async fn check(project: &Project) -> Vec<Diagnostic> {
     let mut failed: BTreeSet<String> = BTreeSet::new();
     for i in order {
         let a = &aggs[i];
-        let sql = render_sql(&a.file.text, &project.settings.policy);
+        let sql = &a.sql;
         // An aggregate reading a broken one gets one line saying so, not a
         // knock-on "table not found".
-        let broken: Vec<String> = references(&sql)
-            .unwrap_or_default()
+        let broken: Vec<String> = a
+            .reads
             .iter()
+            .flatten()
             .filter_map(Input::published)
             .filter(|p| failed.contains(*p))
             .map(|p| format!("published.{p}"))
@@ -677,9 +699,9 @@ pub async fn check(project: &Project) -> Vec<Diagnostic> {
             continue;
         }
         let planned = async {
-            crate::query::check_read_only(&sql).map_err(|e| e.to_string())?;
+            crate::query::check_read_only(sql).map_err(|e| e.to_string())?;
             let df = ctx
-                .sql_with_options(&sql, crate::query::read_only_options())
+                .sql_with_options(sql, crate::query::read_only_options())
                 .await
                 // The table list is only needed to suggest a name in an error.
                 .map_err(|e| crate::query::describe(&e, &crate::query::table_names(&ctx)))?;
@@ -701,7 +723,7 @@ pub async fn check(project: &Project) -> Vec<Diagnostic> {
             Err(message) => {
                 failed.insert(a.name.clone());
                 let message = message.replace('\n', " ");
-                let d = match error_position(&message, &sql) {
+                let d = match error_position(&message, sql) {
                     Some((line, column)) => {
                         let offset = a
                             .file
@@ -954,7 +976,6 @@ fn selection(
     aggs: &[Aggregate],
     ordered: &[usize],
     names: &[String],
-    policy: &Policy,
 ) -> Result<BTreeSet<String>, ModelError> {
     if names.is_empty() {
         return Ok(aggs.iter().map(|a| a.name.clone()).collect());
@@ -970,7 +991,7 @@ fn selection(
     // Readers come after what they read in `ordered`: walk it backwards.
     for &i in ordered.iter().rev() {
         if wanted.contains(&aggs[i].name) {
-            for r in references(&render_sql(&aggs[i].file.text, policy)).unwrap_or_default() {
+            for r in aggs[i].reads.iter().flatten() {
                 if let Some(p) = r.published() {
                     wanted.insert(p.to_string());
                 }
@@ -1160,7 +1181,8 @@ impl Refresh<'_> {
     }
 
     /// The session an incremental recomputation runs in: the snapshot, with
-    /// the new versions published so far, and every input narrowed to `needed`.
+    /// the new versions published so far, and every input narrowed to the
+    /// quarters `reads` names for it (by manifest key).
     async fn narrowed(
         &self,
         a: &Aggregate,
@@ -1424,17 +1446,6 @@ impl Refresh<'_> {
     }
 }
 
-/// Hands memory freed by the last aggregate's hash tables back to the OS, so
-/// the peak of a refresh is that of its largest aggregate, not the sum of
-/// what glibc's per-thread arenas kept from each.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap memory; it is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Refreshes aggregates (all when `names` is empty, plus what they read);
 /// `full` forces full rebuilds. The aggregates are computed without the
 /// warehouse lock, so ingest commits need not wait; the lock is taken only
@@ -1445,14 +1456,13 @@ pub async fn refresh(
     full: bool,
 ) -> Result<Vec<Refreshed>, ModelError> {
     let project = catalog.project().clone();
-    let policy = &project.settings.policy;
     let (aggs, diags) = load(&project);
     if diags.iter().any(Diagnostic::is_error) {
         let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
         return Err(ModelError::Definitions(text.join("\n")));
     }
-    let ordered = order(&aggs, policy).map_err(ModelError::Definitions)?;
-    let wanted = selection(&aggs, &ordered, names, policy)?;
+    let ordered = order(&aggs).map_err(ModelError::Definitions)?;
+    let wanted = selection(&aggs, &ordered, names)?;
     let wh = catalog.warehouse().clone();
     let base = wh.manifest()?;
     let ctx = catalog.snapshot_at(base.clone()).await?.ctx;
@@ -1473,8 +1483,7 @@ pub async fn refresh(
         if !wanted.contains(&a.name) {
             continue;
         }
-        let sql = render_sql(&a.file.text, policy);
-        let inputs = references(&sql).map_err(|m| ModelError::Sql {
+        let inputs = a.reads.clone().map_err(|m| ModelError::Sql {
             name: a.name.clone(),
             message: m,
         })?;
@@ -1497,8 +1506,10 @@ pub async fn refresh(
             });
             continue;
         }
-        r.recompute(a, &sql, &inputs, step).await?;
-        release_freed_memory();
+        r.recompute(a, &a.sql, &inputs, step).await?;
+        // The peak of a refresh is that of its largest aggregate, not the
+        // sum of what each one's hash tables left in the allocator.
+        crate::primitives::release_freed_memory();
     }
     r.commit().await
 }
@@ -1513,7 +1524,9 @@ mod tests {
             recommendation_lookback_quarters: 6,
             ..Policy::default()
         };
-        let d = directives(&SourceFile::new("a.sql", text), &policy, &mut diags);
+        let file = SourceFile::new("a.sql", text);
+        let reads = references(&render_sql(text, &policy)).unwrap();
+        let d = directives(&file, &policy, &reads, &mut diags);
         (d, diags.iter().map(|d| d.message.clone()).collect())
     }
 
@@ -1675,19 +1688,18 @@ mod tests {
         let p = project();
         let (aggs, diags) = load(&p);
         assert!(diags.iter().all(|d| !d.is_error()));
-        let ordered = order(&aggs, &p.settings.policy).unwrap();
+        let ordered = order(&aggs).unwrap();
         let pos = |n: &str| ordered.iter().position(|&i| aggs[i].name == n).unwrap();
         assert!(pos("loan_balances") < pos("loan_growth"));
         assert!(pos("direct_financing_quarterly") < pos("direct_financing_growth"));
         // Asking for one brings what it reads along.
-        let wanted =
-            selection(&aggs, &ordered, &["loan_growth".into()], &p.settings.policy).unwrap();
+        let wanted = selection(&aggs, &ordered, &["loan_growth".into()]).unwrap();
         assert_eq!(
             wanted.into_iter().collect::<Vec<_>>(),
             ["loan_balances", "loan_growth"]
         );
         assert!(matches!(
-            selection(&aggs, &ordered, &["nope".into()], &p.settings.policy),
+            selection(&aggs, &ordered, &["nope".into()]),
             Err(ModelError::Unknown(..))
         ));
     }

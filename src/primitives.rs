@@ -1,6 +1,7 @@
 //! Small primitives that production code and the simulator share:
-//! constant-time comparison of secrets, randomness from the OS, and the
-//! 64-bit mixer behind quarantine fingerprints.
+//! constant-time comparison of secrets, randomness from the OS, the
+//! 64-bit mixer behind quarantine fingerprints, and handing freed memory
+//! back to the system.
 //!
 //! The fingerprint of a quarantined record is stored in the quarantine's
 //! Parquet files (`fingerprint` column) and compared across runs, so
@@ -8,6 +9,18 @@
 //! makes old and new fingerprints of the same record differ.
 
 use std::io::Read as _;
+
+/// Hands memory freed by finished work back to the system (glibc only):
+/// glibc keeps what each thread freed in that thread's arena, so without
+/// this the peaks of successive phases (an ingest's fetch and merge, a
+/// refresh's aggregates) add up.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

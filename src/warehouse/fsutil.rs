@@ -173,6 +173,8 @@ impl Drop for Mapping {
 /// A local file mapped read-only: its bytes come from the page cache
 /// without being copied into the process. The file must not be truncated
 /// while mapped: reading past its new end ends the process with SIGBUS.
+/// Clones share the mapping.
+#[derive(Clone)]
 pub struct MappedFile {
     data: bytes::Bytes,
 }
