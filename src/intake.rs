@@ -17,7 +17,7 @@ use crate::config::pipeline::Format;
 use crate::config::{PushPipeline, TableSchema};
 use crate::daemon::Daemon;
 use crate::decode::{self, Columns};
-use crate::ingest::{Absorber, IngestError, Staging, commit_rows};
+use crate::ingest::{Absorber, IngestError, RowsCommit, Staging, commit_rows};
 use crate::warehouse::{self, IntakeAnswer, Outcome, RunRecord, RunType, Warehouse};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -185,7 +185,13 @@ pub fn commit_absorbed(
     a: Absorbed,
 ) -> Result<(RunRecord, Vec<Reply>), IngestError> {
     crate::failpoint_panic("intake.before_commit");
-    let done = commit_rows(wh, table, pipeline, a.spilled, None, a.record, true)?;
+    let commit = RowsCommit {
+        pipeline,
+        cursor_after: None,
+        append: true,
+        delivered: None,
+    };
+    let done = commit_rows(wh, table, a.spilled, a.record, commit)?;
     drop(a.staging);
     Ok((done, a.replies))
 }

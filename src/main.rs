@@ -316,6 +316,15 @@ fn import(
         &file.display().to_string(),
         source,
     ) {
+        Ok(r) if r.unchanged_since.is_some() => {
+            println!(
+                "{table}: unchanged run {} — {} is the file run {} imported and the table is as it left it; nothing decoded, 0 rows new or changed in 0 partitions",
+                r.run_id,
+                file.display(),
+                r.unchanged_since.as_deref().unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(r) => {
             println!(
                 "{table}: committed run {} — {} records in, {} valid, {} rejected, {} rows new or changed in {} partitions",
@@ -379,6 +388,13 @@ fn ingest(
         while let Some((name, result)) = runs.next().await {
             progress::clear();
             match result {
+                Ok(r) if r.unchanged_since.is_some() => println!(
+                    "{name}: unchanged run {} — every page answered 304 Not Modified to the ETags of run {}, whose delivery the table still holds; nothing decoded, 0 rows new or changed in 0 partitions ({} requests, {} retries)",
+                    r.run_id,
+                    r.unchanged_since.as_deref().unwrap_or_default(),
+                    r.requests,
+                    r.retries
+                ),
                 Ok(r) => println!(
                     "{name}: committed run {} — {} records in, {} valid, {} rejected, {} rows new or changed in {} partitions ({} requests, {} retries)",
                     r.run_id,

@@ -101,6 +101,8 @@ pub struct Fetched {
     pub body: Bytes,
     /// The `Link: rel="next"` target, if any.
     pub next_link: Option<String>,
+    /// The page's `ETag`, if the feed sent one.
+    pub etag: Option<String>,
 }
 
 /// The origins (`scheme://host:port`) a pipeline may send requests, and
@@ -305,6 +307,32 @@ impl Source {
 
     /// GETs `url` with retries; returns the body, at most `max_body_bytes` long.
     pub async fn fetch(&self, url: &str, stats: &mut FetchStats) -> Result<Fetched, SourceError> {
+        Ok(self
+            .get(url, None, stats)
+            .await?
+            .expect("an unconditional request is never answered 304"))
+    }
+
+    /// GETs `url` with `If-None-Match: etag` (and retries): `true` when the
+    /// feed answers `304 Not Modified`, `false` when it sends the page (whose
+    /// body is read and dropped).
+    pub async fn unchanged(
+        &self,
+        url: &str,
+        etag: &str,
+        stats: &mut FetchStats,
+    ) -> Result<bool, SourceError> {
+        Ok(self.get(url, Some(etag), stats).await?.is_none())
+    }
+
+    /// GETs `url` with retries, conditionally when `if_none_match` is set;
+    /// `None` is a `304 Not Modified`.
+    async fn get(
+        &self,
+        url: &str,
+        if_none_match: Option<&str>,
+        stats: &mut FetchStats,
+    ) -> Result<Option<Fetched>, SourceError> {
         let policy: &RetryPolicy = &self.spec.retry;
         let shown = self.redact(url);
         let mut last = String::new();
@@ -313,7 +341,7 @@ impl Source {
                 stats.retries += 1;
             }
             stats.requests += 1;
-            let wait = match self.try_once(url, &shown, stats).await {
+            let wait = match self.try_once(url, if_none_match, &shown, stats).await {
                 Ok(f) => return Ok(f),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry {
@@ -347,10 +375,14 @@ impl Source {
     async fn try_once(
         &self,
         url: &str,
+        if_none_match: Option<&str>,
         shown: &str,
         stats: &mut FetchStats,
-    ) -> Result<Fetched, Attempt> {
+    ) -> Result<Option<Fetched>, Attempt> {
         let mut req = self.client.get(url).timeout(self.spec.timeout);
+        if let Some(etag) = if_none_match {
+            req = req.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
         req = match &self.auth {
             ResolvedAuth::None => req,
             ResolvedAuth::Bearer(t) => req.bearer_auth(t),
@@ -358,6 +390,9 @@ impl Source {
             ResolvedAuth::Basic(u, p) => req.basic_auth(u, Some(p)),
         };
         let resp = req.send().await.map_err(|e| self.send_error(&e, shown))?;
+        if if_none_match.is_some() && resp.status() == StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
         if !resp.status().is_success() {
             return Err(self.status_error(resp, shown).await);
         }
@@ -374,8 +409,17 @@ impl Source {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(next_link);
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = self.read_body(resp, shown, stats).await?;
-        Ok(Fetched { body, next_link })
+        Ok(Some(Fetched {
+            body,
+            next_link,
+            etag,
+        }))
     }
 
     /// A request that got no response: a redirect to an untrusted origin is

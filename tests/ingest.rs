@@ -292,3 +292,172 @@ fn latest_manifest(wh: &Path) -> String {
     names.sort();
     names.pop().unwrap()
 }
+
+/// The run id after `marker` in a command's output (`committed run X — …`).
+fn run_id_after<'a>(out: &'a str, marker: &str) -> &'a str {
+    let at = out
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in {out}"));
+    out[at + marker.len()..].split_whitespace().next().unwrap()
+}
+
+/// A run record as stored.
+fn run_record(wh: &Path, run_id: &str) -> serde_json::Value {
+    let path = wh.join(format!("_ironlake/runs/{run_id}.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_answering_304_to_every_page_is_not_fetched_or_decoded_again() {
+    let sim = start_sim(sim_opts(26, 150)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let backfill = |url: &str| {
+        run_ok(ironlake(&wh, url, TOKEN).args([
+            "backfill",
+            "bank_loans",
+            "--from",
+            "2017Q1",
+            "--to",
+            "2019Q4",
+        ]))
+    };
+    let first = backfill(&sim.url());
+    let first_run = run_id_after(&first, "bank_loans: committed run ").to_string();
+    let pages = run_record(&wh, &first_run)["pages"].as_u64().unwrap();
+    assert!(pages >= 12, "{pages} pages for 12 quarters");
+    let (files, manifest) = (file_digests(&wh), latest_manifest(&wh));
+
+    // The same feed again: every page answers 304 to its ETag.
+    let again = backfill(&sim.url());
+    let again_run = run_id_after(&again, "bank_loans: unchanged run ");
+    assert!(
+        again.contains(&format!("ETags of run {first_run}")),
+        "{again}"
+    );
+    assert!(again.contains("0 rows new or changed"), "{again}");
+    let record = run_record(&wh, again_run);
+    assert_eq!(record["outcome"], "succeeded");
+    assert_eq!(record["unchanged_since"], first_run.as_str());
+    assert_eq!(
+        record["requests"].as_u64(),
+        Some(pages),
+        "one request per page"
+    );
+    assert_eq!(record["bytes"], 0, "no page body was sent");
+    assert_eq!(record["rows_in"], 0, "nothing was decoded");
+    assert_eq!(file_digests(&wh), files, "a file changed");
+    assert_eq!(latest_manifest(&wh), manifest, "a version was committed");
+
+    // Another delivery into the table (one loan restated by an import): the
+    // table is no longer as the feed's delivery left it, so the feed is
+    // fetched and decoded in full, and its row wins again.
+    let csv = run_ok(ironlake(&wh, &sim.url(), TOKEN).args([
+        "sql",
+        "SELECT bank_code, loan_id, period_end, uscc, balance, disbursed + 1 AS disbursed, \
+         rate_pct, term, guarantee, product, guarantee_fee_pct FROM bank_loans \
+         WHERE quarter = '2018Q2' AND disbursed > 0 ORDER BY loan_id LIMIT 1",
+        "--format",
+        "csv",
+    ]));
+    let file = dir.path().join("restated.csv");
+    std::fs::write(&file, csv).unwrap();
+    let imported = run_ok(
+        ironlake(&wh, &sim.url(), TOKEN)
+            .args(["import", "bank_loans"])
+            .arg(&file)
+            .args(["--format", "csv"]),
+    );
+    assert!(
+        imported.contains("1 rows new or changed in 1 partitions"),
+        "{imported}"
+    );
+    let restored = backfill(&sim.url());
+    assert!(
+        restored.contains("bank_loans: committed run ")
+            && restored.contains("1 rows new or changed in 1 partitions"),
+        "{restored}"
+    );
+    assert_eq!(file_digests(&wh).len(), files.len());
+    // That run recorded its ETags: the next one is unchanged again.
+    assert!(
+        backfill(&sim.url()).contains("bank_loans: unchanged run "),
+        "after the restoring run"
+    );
+
+    // A feed with other content (another seed) has other ETags.
+    let other = start_sim(sim_opts(27, 150)).await;
+    let changed = backfill(&other.url());
+    assert!(changed.contains("bank_loans: committed run "), "{changed}");
+    assert!(!changed.contains(" 0 records in"), "{changed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn importing_the_file_the_table_last_took_decodes_nothing() {
+    let sim = start_sim(sim_opts(28, 120)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (source, wh) = (dir.path().join("source"), dir.path().join("wh"));
+    run_ok(ironlake(&source, &sim.url(), TOKEN).args(["ingest", "bank_loans"]));
+    let csv = run_ok(ironlake(&source, &sim.url(), TOKEN).args([
+        "sql",
+        "SELECT bank_code, loan_id, period_end, uscc, balance, disbursed, rate_pct, term, \
+         guarantee, product, guarantee_fee_pct FROM bank_loans ORDER BY loan_id, period_end",
+        "--format",
+        "csv",
+    ]));
+    assert!(csv.lines().count() > 1000, "{} rows", csv.lines().count());
+    let file = dir.path().join("loans.csv");
+    std::fs::write(&file, &csv).unwrap();
+    let import = |path: &Path| {
+        run_ok(
+            ironlake(&wh, &sim.url(), TOKEN)
+                .args(["import", "bank_loans"])
+                .arg(path)
+                .args(["--format", "csv"]),
+        )
+    };
+    let first = import(&file);
+    let first_run = run_id_after(&first, "bank_loans: committed run ").to_string();
+    let (files, manifest) = (file_digests(&wh), latest_manifest(&wh));
+
+    // The same bytes under another name: recognised, nothing decoded.
+    let copy = dir.path().join("loans-again.csv");
+    std::fs::copy(&file, &copy).unwrap();
+    let again = import(&copy);
+    let record = run_record(&wh, run_id_after(&again, "bank_loans: unchanged run "));
+    assert_eq!(record["unchanged_since"], first_run.as_str(), "{again}");
+    assert_eq!(record["rows_in"], 0);
+    assert_eq!(file_digests(&wh), files);
+    assert_eq!(latest_manifest(&wh), manifest);
+
+    // The same size, one digit changed: hashed, found different, imported.
+    let mut restated = csv.clone().into_bytes();
+    let second_line = csv.find('\n').unwrap() + 1;
+    let balance = second_line
+        + csv[second_line..]
+            .match_indices(',')
+            .nth(3)
+            .map(|(i, _)| i + 1)
+            .unwrap();
+    restated[balance] = if restated[balance] == b'1' {
+        b'2'
+    } else {
+        b'1'
+    };
+    std::fs::write(&copy, &restated).unwrap();
+    let changed = import(&copy);
+    assert!(
+        changed.contains("bank_loans: committed run ")
+            && changed.contains("1 rows new or changed in 1 partitions"),
+        "{changed}"
+    );
+    // The first file again: the table changed since it was imported, so it
+    // is imported in full (and restores the row); then it is recognised.
+    let restored = import(&file);
+    assert!(
+        restored.contains("committed run ") && restored.contains("1 rows new or changed"),
+        "{restored}"
+    );
+    assert_eq!(file_digests(&wh).len(), files.len());
+    assert!(import(&file).contains("bank_loans: unchanged run "));
+}

@@ -67,6 +67,8 @@ struct RawSource {
     max_pages: u64,
     #[serde(default = "default_max_run_secs")]
     max_run_secs: u64,
+    #[serde(default)]
+    conditional_requests: bool,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -559,6 +561,12 @@ pub struct HttpSource {
     pub max_pages: u64,
     /// Longest the fetch phase of a run may take before it fails (`source.max_run_secs`).
     pub max_run: Duration,
+    /// Whether the feed's `ETag`s are trusted (`source.conditional_requests`,
+    /// off by default): a run that would ask for the same pages as the
+    /// table's last delivery sends their `ETag`s in `If-None-Match`, and when
+    /// every page answers `304 Not Modified` (and the table is as that
+    /// delivery left it) the run ends without fetching or decoding anything.
+    pub conditional_requests: bool,
 }
 
 /// A validated pipeline.
@@ -1128,6 +1136,7 @@ fn source(ctx: &mut Ctx, s: &RawSource) -> HttpSource {
         allowed_origins,
         max_pages: s.max_pages,
         max_run: Duration::from_secs(s.max_run_secs),
+        conditional_requests: s.conditional_requests,
     }
 }
 

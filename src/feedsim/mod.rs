@@ -199,6 +199,8 @@ pub struct Truth {
 /// The simulator's state.
 pub struct Sim {
     opts: SimOptions,
+    /// A hash of the options that decide what the pages hold.
+    identity: blake3::Hash,
     world: World,
     counts: Mutex<HashMap<Segment, Arc<Vec<u32>>>>,
     attempts: Mutex<HashMap<String, u32>>,
@@ -232,13 +234,28 @@ impl Sim {
             from: opts.from,
             to: opts.to,
         };
+        let mut id = opts.clone();
+        id.listen.clear();
+        id.token = None;
+        let identity = blake3::hash(format!("{id:?}").as_bytes());
         Sim {
             opts,
+            identity,
             world,
             counts: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
             truth: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The `ETag` of the page at `url` (path and query): every page is a
+    /// function of the simulator's options and the request, so a hash of
+    /// both identifies its content (and its `Link`) without rendering it.
+    fn etag(&self, url: &str) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(self.identity.as_bytes());
+        h.update(url.as_bytes());
+        format!("\"{}\"", &h.finalize().to_hex()[..32])
     }
 
     fn record_faults(&self) -> bool {
@@ -806,12 +823,15 @@ struct Page {
     link: Option<String>,
 }
 
-fn finish(page: Result<Page, Reject>, fault: Option<Transient>) -> Response {
+fn finish(page: Result<Page, Reject>, fault: Option<Transient>, etag: String) -> Response {
     let page = match page {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
     let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, v);
+    }
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(page.content_type),
@@ -950,18 +970,40 @@ fn begin(
     Ok((query(req), url_of(req)))
 }
 
-/// The page's hostile fault (a huge body is answered at once) and this
-/// request's transient fault (an error status is answered at once).
+/// The request's `If-None-Match` values, joined.
+fn if_none_match(req: &Request) -> Option<String> {
+    let values: Vec<&str> = req
+        .headers()
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// The page's hostile fault (a huge body is answered at once), this
+/// request's transient fault (an error status is answered at once) and the
+/// page's `ETag` (a matching `If-None-Match` is answered `304` at once).
 async fn faults(
     sim: &Sim,
+    if_none_match: Option<String>,
     url: &str,
     content_type: &'static str,
-) -> Result<(Option<Hostile>, Option<Transient>), Response> {
+) -> Result<(Option<Hostile>, Option<Transient>, String), Response> {
     let hostile = sim.hostile(url);
     if hostile == Some(Hostile::HugeBody) {
         return Err(huge_body(content_type));
     }
-    Ok((hostile, apply_transient(sim, url).await?))
+    let fault = apply_transient(sim, url).await?;
+    let etag = sim.etag(url);
+    let unchanged = if_none_match.iter().flat_map(|v| v.split(',')).any(|t| {
+        let t = t.trim();
+        t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
+    });
+    if unchanged {
+        return Err((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    Ok((hostile, fault, etag))
 }
 
 macro_rules! guard {
@@ -1019,10 +1061,11 @@ async fn enterprises(State(sim): State<Arc<Sim>>, req: Request) -> Response {
     if page == 0 {
         return bad_request("page numbers start at 1").into_response();
     }
-    let (hostile, fault) = match faults(&sim, &url, "application/json").await {
-        Ok(f) => f,
-        Err(resp) => return resp,
-    };
+    let (hostile, fault, etag) =
+        match faults(&sim, if_none_match(&req), &url, "application/json").await {
+            Ok(f) => f,
+            Err(resp) => return resp,
+        };
     let result = build(sim.clone(), move |sim| {
         let segs: Vec<Segment> = sim
             .world
@@ -1050,7 +1093,7 @@ async fn enterprises(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         })
     })
     .await;
-    finish(result, fault)
+    finish(result, fault, etag)
 }
 
 async fn operations(State(sim): State<Arc<Sim>>, req: Request) -> Response {
@@ -1067,10 +1110,11 @@ async fn operations(State(sim): State<Arc<Sim>>, req: Request) -> Response {
             }
         },
     };
-    let (hostile, fault) = match faults(&sim, &url, "application/json").await {
-        Ok(f) => f,
-        Err(resp) => return resp,
-    };
+    let (hostile, fault, etag) =
+        match faults(&sim, if_none_match(&req), &url, "application/json").await {
+            Ok(f) => f,
+            Err(resp) => return resp,
+        };
     let result = build(sim.clone(), move |sim| {
         let first = since.map_or(sim.world.from, |d| {
             Quarter::from_date(d).max(sim.world.from)
@@ -1121,7 +1165,7 @@ async fn operations(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         })
     })
     .await;
-    finish(result, fault)
+    finish(result, fault, etag)
 }
 
 async fn bank_loans(State(sim): State<Arc<Sim>>, req: Request) -> Response {
@@ -1145,10 +1189,11 @@ async fn bank_loans(State(sim): State<Arc<Sim>>, req: Request) -> Response {
             }
         },
     };
-    let (hostile, fault) = match faults(&sim, &url, "text/csv; charset=utf-8").await {
-        Ok(f) => f,
-        Err(resp) => return resp,
-    };
+    let (hostile, fault, etag) =
+        match faults(&sim, if_none_match(&req), &url, "text/csv; charset=utf-8").await {
+            Ok(f) => f,
+            Err(resp) => return resp,
+        };
     let base = base_url(req.headers(), req.uri().path());
     let result = build(sim.clone(), move |sim| {
         let segs: Vec<Segment> = sim
@@ -1211,7 +1256,7 @@ async fn bank_loans(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         })
     })
     .await;
-    finish(result, fault)
+    finish(result, fault, etag)
 }
 
 async fn financing_demands(State(sim): State<Arc<Sim>>, req: Request) -> Response {
@@ -1222,10 +1267,11 @@ async fn financing_demands(State(sim): State<Arc<Sim>>, req: Request) -> Respons
     if page == 0 {
         return bad_request("page numbers start at 1").into_response();
     }
-    let (hostile, fault) = match faults(&sim, &url, "application/x-ndjson").await {
-        Ok(f) => f,
-        Err(resp) => return resp,
-    };
+    let (hostile, fault, etag) =
+        match faults(&sim, if_none_match(&req), &url, "application/x-ndjson").await {
+            Ok(f) => f,
+            Err(resp) => return resp,
+        };
     let result = build(sim.clone(), move |sim| {
         let first = since.map_or(sim.world.from, |d| {
             Quarter::from_date(d).max(sim.world.from)
@@ -1265,17 +1311,18 @@ async fn financing_demands(State(sim): State<Arc<Sim>>, req: Request) -> Respons
         })
     })
     .await;
-    finish(result, fault)
+    finish(result, fault, etag)
 }
 
 async fn direct_financing(State(sim): State<Arc<Sim>>, req: Request) -> Response {
     let (q, url) = guard!(begin(&sim, &req, AuthKind::Bearer));
     let offset = guard!(param_usize(&q, "offset", 0));
     let limit = guard!(page_size(&q, "limit", 100));
-    let (hostile, fault) = match faults(&sim, &url, "application/json").await {
-        Ok(f) => f,
-        Err(resp) => return resp,
-    };
+    let (hostile, fault, etag) =
+        match faults(&sim, if_none_match(&req), &url, "application/json").await {
+            Ok(f) => f,
+            Err(resp) => return resp,
+        };
     let result = build(sim.clone(), move |sim| {
         let segs = full_crawl(&sim.world, Table::DirectFinancing);
         let total: usize = segs
@@ -1312,7 +1359,7 @@ async fn direct_financing(State(sim): State<Arc<Sim>>, req: Request) -> Response
         })
     })
     .await;
-    finish(result, fault)
+    finish(result, fault, etag)
 }
 
 async fn truth_cached(sim: &Arc<Sim>) -> Arc<Truth> {

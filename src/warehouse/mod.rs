@@ -11,6 +11,7 @@
 //!     manifests/m-<version>.json   the commit log; the highest version is current
 //!     journal/<run>.json           commit intent: written before any link moves
 //!     runs/<run>.json              run history (system.runs)
+//!     deliveries/<run>.json        the pages (URLs, ETags) of a table's last feed delivery
 //!     staging/<run>/               a run's spill files until it commits
 //!     lock                         held while committing, recovering or collecting garbage
 //! ```
@@ -261,7 +262,42 @@ pub struct Manifest {
     /// Published aggregates: versions and the input state they were computed from.
     #[serde(default)]
     pub published: BTreeMap<String, PublishedMeta>,
+    /// Each table's last delivery that changed it, by table name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deliveries: BTreeMap<String, Delivery>,
 }
+
+/// The last delivery that changed a table: what identifies it, and the state
+/// it left the table in. The same delivery again, while the table is still
+/// in that state, would change nothing (merging is idempotent and rejected
+/// records are quarantined once), so a run that recognises it skips the
+/// decoding and records the run as unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The pipeline (`import-<table>` for imports) that delivered it.
+    pub pipeline: String,
+    /// The run that committed it.
+    pub run_id: String,
+    /// BLAKE3 (hex) of everything that decided what it committed: the
+    /// content (a file's bytes, or each page's URL and `ETag`), the table's
+    /// schema and ironlake's version.
+    pub fingerprint: String,
+    /// [`Manifest::table_state`] right after its commit.
+    pub state: String,
+    /// The pipeline's cursor right after its commit.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Bytes of an imported file (a first, cheap test before hashing a file).
+    #[serde(default)]
+    pub bytes: u64,
+    /// For a feed: the file under `_ironlake/deliveries/` that lists its
+    /// pages' URLs and `ETag`s, window by window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<String>,
+}
+
+/// The pages of a feed delivery: for each window, each page's URL and `ETag`.
+pub type DeliveredPages = Vec<Vec<(String, String)>>;
 
 /// One published version of an aggregate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +331,25 @@ pub struct PublishedMeta {
 }
 
 impl Manifest {
+    /// A token of a table's committed state (its partitions' files and its
+    /// quarantine's): equal tokens mean the same committed rows.
+    pub fn table_state(&self, table: &str) -> String {
+        let dirs = (
+            self.dirs.get(&DirKey::Table(table.to_string()).key()),
+            self.dirs.get(&DirKey::Quarantine(table.to_string()).key()),
+        );
+        let json = serde_json::to_vec(&dirs).expect("dir states serialise");
+        blake3::hash(&json).to_hex().to_string()
+    }
+
+    /// The table's last delivery, if the table is still as it left it and
+    /// `cursor` is the cursor it left.
+    pub fn standing_delivery(&self, table: &str, cursor: Option<&str>) -> Option<&Delivery> {
+        self.deliveries
+            .get(table)
+            .filter(|d| d.cursor.as_deref() == cursor && d.state == self.table_state(table))
+    }
+
     /// Absolute path of a committed file.
     pub fn file_path(
         &self,
@@ -398,6 +453,12 @@ pub struct RunRecord {
     pub rows_changed: u64,
     /// Rows in the partition files this run wrote.
     pub rows_written: u64,
+    /// Set when the run recognised the table's last delivery (the same
+    /// file, or every page answered `304 Not Modified`) with the table still
+    /// as that delivery left it: the run that committed it. Nothing was
+    /// decoded or committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchanged_since: Option<String>,
     /// Partitions rewritten.
     pub partitions_touched: Vec<String>,
     /// Fields the feed sent that the schema does not declare, with counts.
@@ -462,6 +523,7 @@ impl RunRecord {
             rows_rejected: 0,
             rows_changed: 0,
             rows_written: 0,
+            unchanged_since: None,
             partitions_touched: Vec::new(),
             unknown_fields: BTreeMap::new(),
             cursor_before: None,
@@ -1351,6 +1413,34 @@ impl Warehouse {
             tracing::warn!(version = journal.manifest.version, error = %e, "Committed, but housekeeping after the commit failed; it is retried later.");
         }
         Ok(())
+    }
+
+    /// Writes a feed delivery's pages for `run_id` (durably, before the
+    /// commit that names them); returns the name for [`Delivery::pages`].
+    pub fn write_delivered_pages(&self, run_id: &str, pages: &DeliveredPages) -> Result<String> {
+        let name = format!("{run_id}.json");
+        let p = self.meta(&format!("deliveries/{name}"));
+        let dir = self.meta("deliveries");
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let data = serde_json::to_vec(pages).expect("pages serialise");
+        fsutil::write_atomic(&p, &data).map_err(io_err("write", &p))?;
+        Ok(name)
+    }
+
+    /// Reads the pages a [`Delivery`] names (`None` if the file is gone or unreadable).
+    pub fn delivered_pages(&self, name: &str) -> Option<DeliveredPages> {
+        if name.contains('/') {
+            return None;
+        }
+        let data = std::fs::read(self.meta(&format!("deliveries/{name}"))).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    /// Removes a delivery's page file (one no manifest names any more; best effort).
+    pub fn remove_delivered_pages(&self, name: &str) {
+        if !name.contains('/') {
+            let _ = std::fs::remove_file(self.meta(&format!("deliveries/{name}")));
+        }
     }
 
     /// Writes (or replaces) a run record.
