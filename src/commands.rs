@@ -515,6 +515,9 @@ fn print_runs(runs: &[ironlake::warehouse::RunRecord]) {
         if let Some(e) = &r.error {
             println!("      error: {}", e.chars().take(200).collect::<String>());
         }
+        if let Some(since) = &r.unchanged_since {
+            println!("      unchanged: the delivery of run {since} again; nothing decoded");
+        }
     }
 }
 

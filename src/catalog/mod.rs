@@ -472,6 +472,7 @@ fn runs_table(runs: &[crate::warehouse::RunRecord]) -> Result<Arc<MemTable>, Cat
         Field::new("cursor_before", DataType::Utf8, true),
         Field::new("cursor_after", DataType::Utf8, true),
         Field::new("manifest_version", DataType::UInt64, true),
+        Field::new("unchanged_since", DataType::Utf8, true),
     ]));
     let cols: Vec<ArrayRef> = vec![
         s(&|r| Some(r.run_id.clone())),
@@ -497,6 +498,7 @@ fn runs_table(runs: &[crate::warehouse::RunRecord]) -> Result<Arc<MemTable>, Cat
         Arc::new(UInt64Array::from(
             runs.iter().map(|r| r.manifest_version).collect::<Vec<_>>(),
         )),
+        s(&|r| r.unchanged_since.clone()),
     ];
     mem_table(schema, cols)
 }
