@@ -460,6 +460,7 @@ fn main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Ingest { pipelines, all } => {
+            ironlake::primitives::return_large_blocks();
             let project = load_project(&opts)?;
             let names: Vec<String> = if all {
                 project.pipelines.iter().map(|p| p.name.clone()).collect()
@@ -474,6 +475,7 @@ fn main() -> Result<ExitCode> {
             if to < from {
                 anyhow::bail!("--to {to} is before --from {from}");
             }
+            ironlake::primitives::return_large_blocks();
             let project = load_project(&opts)?;
             ingest(
                 &project,

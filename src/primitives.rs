@@ -22,6 +22,24 @@ pub fn release_freed_memory() {
     }
 }
 
+/// Blocks of 256 KiB and more from now on get mappings of their own, given
+/// back to the system when freed (glibc only; for the rest of the process).
+/// By default glibc raises that threshold to the size of each such block
+/// freed, after which blocks of up to 32 MiB come from the heap and, freed,
+/// stay there: a commit that writes larger partitions then leaves a larger
+/// RSS behind, though no more memory is live (on 5.1M loan rows: 124 MB
+/// instead of 89 MB at a quarter of them; with this, about 75 MB at both).
+/// The one-shot commands that land data call it (`ingest`, `backfill`, and
+/// `import` before its commit); the daemon, whose queries reuse such blocks
+/// all the time, keeps glibc's default.
+pub fn return_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator parameter; it is thread-safe.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
