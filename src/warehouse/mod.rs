@@ -1795,6 +1795,67 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_stands_only_while_its_table_quarantine_and_cursor_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = Warehouse::open(dir.path()).unwrap();
+        commit_dir(&wh, "tables/t", "r1", &["2019Q1"]);
+        let m = commit_dir(&wh, "quarantine/t", "r1", &["2019Q1"]);
+        let mut m = m.clone();
+        m.deliveries.insert(
+            "t".into(),
+            Delivery {
+                pipeline: "p".into(),
+                run_id: "r1".into(),
+                fingerprint: "f".into(),
+                state: m.table_state("t"),
+                cursor: Some("2019Q1".into()),
+                bytes: 0,
+                pages: None,
+            },
+        );
+        assert_eq!(
+            m.standing_delivery("t", Some("2019Q1"))
+                .map(|d| d.run_id.as_str()),
+            Some("r1")
+        );
+        assert!(m.standing_delivery("t", None).is_none(), "another cursor");
+        assert!(
+            m.standing_delivery("u", Some("2019Q1")).is_none(),
+            "another table"
+        );
+        // Other tables and published aggregates do not matter.
+        let mut other = m.clone();
+        other
+            .dirs
+            .insert("tables/u".into(), other.dirs["tables/t"].clone());
+        assert!(other.standing_delivery("t", Some("2019Q1")).is_some());
+        // Any change to the table's files or to its quarantine does.
+        for key in ["tables/t", "quarantine/t"] {
+            let mut changed = m.clone();
+            let d = changed.dirs.get_mut(key).unwrap();
+            d.partitions.get_mut("2019Q1").unwrap().files[0].rows += 1;
+            assert!(
+                changed.standing_delivery("t", Some("2019Q1")).is_none(),
+                "{key}"
+            );
+            let mut gone = m.clone();
+            gone.dirs.remove(key);
+            assert!(
+                gone.standing_delivery("t", Some("2019Q1")).is_none(),
+                "{key}"
+            );
+        }
+        // A feed's pages are written apart and read back; a name with a
+        // path in it is refused.
+        let pages: DeliveredPages = vec![vec![("http://h/a?p=1".into(), "\"e1\"".into())]];
+        let name = wh.write_delivered_pages("r1", &pages).unwrap();
+        assert_eq!(wh.delivered_pages(&name), Some(pages));
+        assert_eq!(wh.delivered_pages("../manifests/x.json"), None);
+        wh.remove_delivered_pages(&name);
+        assert_eq!(wh.delivered_pages(&name), None);
+    }
+
+    #[test]
     fn appends_in_place_keep_the_generation_and_list_the_new_file() {
         let dir = tempfile::tempdir().unwrap();
         let wh = Warehouse::open(dir.path()).unwrap();
