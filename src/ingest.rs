@@ -853,9 +853,10 @@ fn repeats_last_page(p: &Pagination, body: &[u8], last: &mut Option<u64>) -> boo
 }
 
 /// The one paging loop: walks every window of the plan page by page and
-/// hands each body to `tx`; returns the pages it fetched. Styles whose next page is known from the
-/// response alone (a `Link` header, a single page) fetch ahead of decoding;
-/// the others wait for the decoded page's item count or cursor.
+/// hands each body to `tx`; returns the pages it fetched. Styles whose next
+/// page is known from the response alone (a `Link` header, a single page)
+/// fetch ahead of decoding; the others wait for the decoded page's item
+/// count or cursor.
 async fn fetch_pages(
     p: &Pipeline,
     source: &Source,
@@ -1129,12 +1130,19 @@ async fn execute(
         Window::Incremental { field, .. } => table.columns.iter().position(|c| &c.name == field),
         _ => None,
     };
+    // The fetch phase (revalidation included) has a deadline; the commit,
+    // once started, is not cut short.
+    let deadline = tokio::time::Instant::now() + p.source.max_run;
+    let past_deadline = || IngestError::Deadline(p.source.max_run.as_secs());
     if p.source.conditional_requests {
         let mut stats = FetchStats::default();
-        let since =
-            same_pages_again(p, table, wh, &source, &plan, &cursor_before, &mut stats).await;
+        let since = tokio::time::timeout_at(
+            deadline,
+            same_pages_again(p, table, wh, &source, &plan, &cursor_before, &mut stats),
+        )
+        .await;
         (record.requests, record.retries) = (stats.requests, stats.retries);
-        if let Some(since) = since? {
+        if let Some(since) = since.map_err(|_| past_deadline())?? {
             return record_unchanged(wh, record.clone(), since);
         }
     }
@@ -1146,16 +1154,17 @@ async fn execute(
         windows: plan.quarters.len(),
         started: Instant::now(),
     };
-    // The fetch phase has a deadline; the commit, once started, is not cut short.
-    let fetched = tokio::time::timeout(
-        p.source.max_run,
+    let fetched = tokio::time::timeout_at(
+        deadline,
         fetch_into(p, table, &source, &plan, &mut sink, &report),
     )
     .await
-    .unwrap_or(Err(IngestError::Deadline(p.source.max_run.as_secs())));
-    let requests_before = record.requests;
+    .unwrap_or_else(|_| Err(past_deadline()));
+    // The revalidation's requests count too.
+    let (requests_before, retries_before) = (record.requests, record.retries);
     sink.counters.record_into(record);
     record.requests += requests_before;
+    record.retries += retries_before;
     // On failure the staging directory goes with `staging`.
     let delivered = fetched?
         .filter(|_| p.source.conditional_requests)

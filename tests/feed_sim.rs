@@ -696,3 +696,48 @@ fn binary_prints_its_address_first_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_carry_etags_and_a_matching_if_none_match_gets_304() {
+    let (a, b) = (start_sim(opts(61, 40)).await, start_sim(opts(62, 40)).await);
+    let c = client();
+    let page = |base: &str, q: &str| format!("{base}/v1/bank_loans?quarter={q}&per_page=50");
+    let etag = |r: &reqwest::Response| r.headers()["etag"].to_str().unwrap().to_string();
+    let first = get(&c, &page(&a.url(), "2019Q3"), "bearer").await;
+    assert_eq!(first.status(), 200);
+    let tag = etag(&first);
+    assert!(tag.starts_with('"') && tag.ends_with('"'), "{tag}");
+    assert!(!first.bytes().await.unwrap().is_empty());
+    // The same page again, conditionally: 304, no body, the same ETag.
+    let again = c
+        .get(page(&a.url(), "2019Q3"))
+        .bearer_auth(TOKEN)
+        .header("If-None-Match", format!("\"other\", W/{tag}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(etag(&again), tag);
+    assert!(again.bytes().await.unwrap().is_empty());
+    // Another page, or the same page of another city, has another ETag and
+    // is sent in full.
+    let other_quarter = get(&c, &page(&a.url(), "2019Q2"), "bearer").await;
+    assert_ne!(etag(&other_quarter), tag);
+    let other_city = c
+        .get(page(&b.url(), "2019Q3"))
+        .bearer_auth(TOKEN)
+        .header("If-None-Match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_city.status(), 200);
+    assert_ne!(etag(&other_city), tag);
+    // Credentials are checked before any 304.
+    let anonymous = c
+        .get(page(&a.url(), "2019Q3"))
+        .header("If-None-Match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
