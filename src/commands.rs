@@ -271,6 +271,12 @@ async fn demo_backfill(daemon: &Daemon) {
         .await;
         crate::progress::clear();
         match result {
+            Ok(r) if r.unchanged_since.is_some() => println!(
+                "  {:<18} unchanged since run {}: every page answered 304 ({} requests)",
+                p.name,
+                r.unchanged_since.as_deref().unwrap_or_default(),
+                r.requests
+            ),
             Ok(r) => println!(
                 "  {:<18} {:>8} records in, {:>8} valid, {:>5} rejected, {:>8} rows new or changed ({} requests)",
                 p.name, r.rows_in, r.rows_valid, r.rows_rejected, r.rows_changed, r.requests

@@ -2418,7 +2418,7 @@ fn import_chunks(
                             let advance = if csv {
                                 page.items
                             } else {
-                                body.iter().filter(|&&b| b == b'\n').count() as u64
+                                memchr::memchr_iter(b'\n', &body).count() as u64
                             };
                             let hash = blake3::hash(&body);
                             (checker.check(&page, source_name), advance, hash)
