@@ -35,7 +35,8 @@ fn walk(d: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 /// Every file under `_ironlake/gen` is referenced by a retained manifest or
 /// lies in a generation a commit superseded (kept for the retention time,
-/// marked `.superseded`); no journal, staging or temp file is left.
+/// marked `.superseded`); no journal, staging or temp file is left, nor
+/// delivery pages the current manifest does not name.
 fn assert_no_orphans(wh: &Path) {
     let mut referenced = BTreeSet::new();
     for m in std::fs::read_dir(wh.join("_ironlake/manifests")).unwrap() {
@@ -71,6 +72,21 @@ fn assert_no_orphans(wh: &Path) {
     for sub in ["_ironlake/journal", "_ironlake/staging"] {
         let left: Vec<_> = std::fs::read_dir(wh.join(sub)).unwrap().collect();
         assert!(left.is_empty(), "{sub} is not empty: {left:?}");
+    }
+    // A delivery's pages are kept only while the current manifest names them.
+    let latest = std::fs::read_dir(wh.join("_ironlake/manifests"))
+        .unwrap()
+        .map(|m| m.unwrap().path())
+        .max()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(latest).unwrap()).unwrap();
+    let named: BTreeSet<&str> = v["deliveries"]
+        .as_object()
+        .map(|d| d.values().filter_map(|d| d["pages"].as_str()).collect())
+        .unwrap_or_default();
+    for e in std::fs::read_dir(wh.join("_ironlake/deliveries")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(named.contains(name.as_str()), "delivery pages left: {name}");
     }
     let mut all = Vec::new();
     walk(wh, &mut all);

@@ -862,6 +862,7 @@ impl Warehouse {
             "_ironlake/manifests",
             "_ironlake/journal",
             "_ironlake/runs",
+            "_ironlake/deliveries",
             "_ironlake/staging",
             "_ironlake/locks",
             "tables",
@@ -1676,7 +1677,8 @@ impl Warehouse {
     /// Removes manifests older than the last [`RETAINED_MANIFESTS`];
     /// generations none of those references, once superseded for the
     /// retention time (at once if never committed: a crashed run's); stale
-    /// temp files; and run records past [`RUNS_KEPT_PER_PIPELINE`].
+    /// temp files; delivery pages no longer named; and run records past
+    /// [`RUNS_KEPT_PER_PIPELINE`].
     /// Generations are listed only when one may be due (or a minute has
     /// passed), so a commit's cost does not grow with what is kept.
     pub fn collect_garbage(&self, _guard: &CommitGuard) -> Result<()> {
@@ -1702,6 +1704,24 @@ impl Warehouse {
         };
         if prune {
             self.prune_runs()?;
+        }
+        // Delivery pages the current manifest does not name: a commit that
+        // wrote them and then failed or died (commits hold the lock too).
+        let named: HashSet<String> = self
+            .manifest_shared()?
+            .deliveries
+            .values()
+            .filter_map(|d| d.pages.clone())
+            .collect();
+        let d = self.meta("deliveries");
+        for e in std::fs::read_dir(&d)
+            .map_err(io_err("read", &d))?
+            .filter_map(|e| e.ok())
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(".tmp-") && !named.contains(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
         if !scan {
             return Ok(());
@@ -1733,6 +1753,7 @@ impl Warehouse {
             "_ironlake/manifests",
             "_ironlake/runs",
             "_ironlake/journal",
+            "_ironlake/deliveries",
             "tables",
             "quarantine",
             "published",
@@ -1849,10 +1870,15 @@ mod tests {
         // path in it is refused.
         let pages: DeliveredPages = vec![vec![("http://h/a?p=1".into(), "\"e1\"".into())]];
         let name = wh.write_delivered_pages("r1", &pages).unwrap();
-        assert_eq!(wh.delivered_pages(&name), Some(pages));
+        assert_eq!(wh.delivered_pages(&name), Some(pages.clone()));
         assert_eq!(wh.delivered_pages("../manifests/x.json"), None);
         wh.remove_delivered_pages(&name);
         assert_eq!(wh.delivered_pages(&name), None);
+        // Pages no manifest names (a commit that died after writing them)
+        // go with the next garbage collection.
+        let orphan = wh.write_delivered_pages("r2", &pages).unwrap();
+        wh.collect_garbage(&wh.lock().unwrap()).unwrap();
+        assert_eq!(wh.delivered_pages(&orphan), None);
     }
 
     #[test]
