@@ -1120,7 +1120,8 @@ async fn execute(
     progress: Option<ProgressFn>,
     record: &mut RunRecord,
 ) -> Result<RunRecord, IngestError> {
-    let cursor_before = wh.manifest()?.cursors.get(&p.name).map(|c| c.value.clone());
+    let manifest = wh.manifest_shared()?;
+    let cursor_before = manifest.cursors.get(&p.name).map(|c| c.value.clone());
     record.cursor_before = cursor_before.clone();
     let staging = Staging::new(wh, &record.run_id)?;
     crate::failpoint_panic("ingest.panic");
@@ -1134,16 +1135,17 @@ async fn execute(
     // once started, is not cut short.
     let deadline = tokio::time::Instant::now() + p.source.max_run;
     let past_deadline = || IngestError::Deadline(p.source.max_run.as_secs());
+    // The revalidation's requests count in the run's record.
+    let mut revalidated = FetchStats::default();
     if p.source.conditional_requests {
-        let mut stats = FetchStats::default();
         let since = tokio::time::timeout_at(
             deadline,
-            same_pages_again(p, table, wh, &source, &plan, &cursor_before, &mut stats),
+            same_pages_again(p, table, wh, &manifest, &source, &plan, &mut revalidated),
         )
         .await;
-        (record.requests, record.retries) = (stats.requests, stats.retries);
+        (record.requests, record.retries) = (revalidated.requests, revalidated.retries);
         if let Some(since) = since.map_err(|_| past_deadline())?? {
-            return record_unchanged(wh, record.clone(), since);
+            return record_unchanged(wh, &manifest, record.clone(), since);
         }
     }
     let mut sink = Absorber::with_cursor(table, &staging, &record.run_id, &p.name, cursor_col);
@@ -1160,11 +1162,9 @@ async fn execute(
     )
     .await
     .unwrap_or_else(|_| Err(past_deadline()));
-    // The revalidation's requests count too.
-    let (requests_before, retries_before) = (record.requests, record.retries);
     sink.counters.record_into(record);
-    record.requests += requests_before;
-    record.retries += retries_before;
+    record.requests += revalidated.requests;
+    record.retries += revalidated.retries;
     // On failure the staging directory goes with `staging`.
     let delivered = fetched?
         .filter(|_| p.source.conditional_requests)
@@ -1205,14 +1205,14 @@ async fn same_pages_again(
     p: &Pipeline,
     table: &TableSchema,
     wh: &Warehouse,
+    manifest: &warehouse::Manifest,
     source: &Source,
     plan: &Plan,
-    cursor: &Option<String>,
     stats: &mut FetchStats,
 ) -> Result<Option<String>, IngestError> {
     use futures::StreamExt as _;
-    let manifest = wh.manifest()?;
-    let Some(d) = manifest.standing_delivery(&table.name, cursor.as_deref()) else {
+    let cursor = manifest.cursors.get(&p.name).map(|c| c.value.as_str());
+    let Some(d) = manifest.standing_delivery(&table.name, cursor) else {
         return Ok(None);
     };
     let Some(pages) = d.pages.as_deref().and_then(|n| wh.delivered_pages(n)) else {
@@ -1222,16 +1222,11 @@ async fn same_pages_again(
         return Ok(None);
     }
     // The same windows, each starting where this run would start it.
+    let pagination = &p.source.pagination;
     let firsts = plan
         .quarters
         .iter()
-        .map(|q| {
-            Ok(Pager::start(
-                &p.source.pagination,
-                window_url(p, source, plan, *q)?,
-            ))
-        })
-        .map(|pager: Result<Pager, IngestError>| Ok(pager?.url(&p.source.pagination)))
+        .map(|q| Ok(Pager::start(pagination, window_url(p, source, plan, *q)?).url(pagination)))
         .collect::<Result<Vec<String>, IngestError>>()?;
     let same_windows = firsts.len() == pages.len()
         && firsts
@@ -1266,7 +1261,7 @@ async fn same_pages_again(
     Ok(Some(d.run_id.clone()))
 }
 
-/// Runs [`commit_run`] (not appending) on a blocking thread. The staging directory lives
+/// Runs [`commit_rows`] on a blocking thread. The staging directory lives
 /// until the commit is over, even if the awaiting future is dropped.
 async fn commit_blocking(
     wh: &Warehouse,
@@ -1277,17 +1272,20 @@ async fn commit_blocking(
     staging: Staging,
 ) -> Result<RunRecord, IngestError> {
     let (wh, table, pipeline) = (wh.clone(), table.clone(), commit.pipeline.to_string());
-    let (cursor_after, delivered) = (commit.cursor_after, commit.delivered);
+    let RowsCommit {
+        cursor_after,
+        append,
+        delivered,
+        ..
+    } = commit;
     tokio::task::spawn_blocking(move || {
-        let r = commit_run(
-            &wh,
-            &table,
-            &pipeline,
-            spilled,
+        let commit = RowsCommit {
+            pipeline: &pipeline,
             cursor_after,
-            record,
+            append,
             delivered,
-        );
+        };
+        let r = commit_rows(&wh, &table, spilled, record, commit);
         drop(staging);
         r
     })
@@ -2048,27 +2046,6 @@ impl Target {
     }
 }
 
-/// Merges a run's spilled rows into the warehouse and commits (blocking;
-/// takes the warehouse lock): the table's new generation, the quarantine's,
-/// and the cursor, in one manifest version.
-pub fn commit_run(
-    wh: &Warehouse,
-    table: &TableSchema,
-    pipeline: &str,
-    spilled: Spilled,
-    cursor_after: Option<String>,
-    record: RunRecord,
-    delivered: Option<Delivered>,
-) -> Result<RunRecord, IngestError> {
-    let commit = RowsCommit {
-        pipeline,
-        cursor_after,
-        append: false,
-        delivered,
-    };
-    commit_rows(wh, table, spilled, record, commit)
-}
-
 /// What identifies a run's delivery, recorded with its commit as the
 /// table's [`warehouse::Delivery`].
 pub struct Delivered {
@@ -2093,7 +2070,9 @@ pub struct RowsCommit<'a> {
     pub delivered: Option<Delivered>,
 }
 
-/// [`commit_run`], with the choices of [`RowsCommit`].
+/// Merges a run's spilled rows into the warehouse and commits (blocking;
+/// takes the warehouse lock): the table's new generation, the quarantine's,
+/// the cursor and the delivery, in one manifest version, as `commit` says.
 pub fn commit_rows(
     wh: &Warehouse,
     table: &TableSchema,
@@ -2152,10 +2131,8 @@ pub fn commit_rows(
     }
     // The delivery is recorded with the commit (its pages in a file of their
     // own, written first); a commit without one forgets the table's last.
-    let replaced = base
-        .deliveries
-        .get(&table.name)
-        .and_then(|d| d.pages.clone());
+    // Page files no manifest names any more (replaced, or of a commit that
+    // failed) go with the garbage collection that follows every commit.
     let pages = match delivered.as_ref().and_then(|d| d.pages.as_ref()) {
         Some(pages) => Some(wh.write_delivered_pages(&record.run_id, pages)?),
         None => None,
@@ -2177,19 +2154,7 @@ pub fn commit_rows(
             next.deliveries.remove(&table.name);
         }
     };
-    let committed = match wh.commit_with(&guard, &base, changes, cursors, delivery, record.clone())
-    {
-        Ok(m) => m,
-        Err(e) => {
-            if let Some(p) = &pages {
-                wh.remove_delivered_pages(p);
-            }
-            return Err(e.into());
-        }
-    };
-    if let Some(old) = replaced.filter(|old| Some(old) != pages.as_ref()) {
-        wh.remove_delivered_pages(&old);
-    }
+    let committed = wh.commit_with(&guard, &base, changes, cursors, delivery, record.clone())?;
     record.manifest_version = Some(committed.version);
     record.ended_at = Some(warehouse::now());
     Ok(record)
@@ -2552,26 +2517,24 @@ fn feed_fingerprint(
 /// that committed it. Hashing costs a read of the file, done only when the
 /// sizes match.
 fn same_file_again(
-    wh: &Warehouse,
+    manifest: &warehouse::Manifest,
     t: &TableSchema,
     format: Format,
     m: &crate::warehouse::fsutil::MappedFile,
-) -> Result<Option<String>, IngestError> {
-    let manifest = wh.manifest()?;
-    let Some(d) = manifest.standing_delivery(&t.name, None) else {
-        return Ok(None);
-    };
+) -> Option<String> {
+    let d = manifest.standing_delivery(&t.name, None)?;
     if d.pipeline != format!("import-{}", t.name) || d.bytes != m.bytes().len() as u64 {
-        return Ok(None);
+        return None;
     }
     let fingerprint = import_fingerprint(t, format, &mapped_content_hash(format, m));
-    Ok((fingerprint == d.fingerprint).then(|| d.run_id.clone()))
+    (fingerprint == d.fingerprint).then(|| d.run_id.clone())
 }
 
 /// Records a run that recognised the table's last delivery (committed by
-/// run `since`): succeeded, nothing decoded, nothing committed.
+/// run `since`) in `manifest`: succeeded, nothing decoded, nothing committed.
 fn record_unchanged(
     wh: &Warehouse,
+    manifest: &warehouse::Manifest,
     mut record: RunRecord,
     since: String,
 ) -> Result<RunRecord, IngestError> {
@@ -2579,7 +2542,7 @@ fn record_unchanged(
     record.outcome = Outcome::Succeeded;
     record.unchanged_since = Some(since);
     record.cursor_after = record.cursor_before.clone();
-    record.manifest_version = Some(wh.manifest()?.version);
+    record.manifest_version = Some(manifest.version);
     record.ended_at = Some(warehouse::now());
     wh.write_run(&record)?;
     Ok(record)
@@ -2612,11 +2575,12 @@ pub fn import(
     wh.write_run(&record)?;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
         || -> Result<RunRecord, IngestError> {
-            if let ImportSource::Mapped(m) = &source
-                && let Some(since) = same_file_again(wh, t, format, m)?
-            {
-                record.bytes = m.bytes().len() as u64;
-                return record_unchanged(wh, record.clone(), since);
+            if let ImportSource::Mapped(m) = &source {
+                let manifest = wh.manifest_shared()?;
+                if let Some(since) = same_file_again(&manifest, t, format, m) {
+                    record.bytes = m.bytes().len() as u64;
+                    return record_unchanged(wh, &manifest, record.clone(), since);
+                }
             }
             // Only a mapped file is hashed as the check above hashes it.
             let mapped = matches!(source, ImportSource::Mapped(_));
@@ -2644,7 +2608,13 @@ pub fn import(
                 bytes,
                 pages: None,
             });
-            let done = commit_run(wh, t, &name, spilled, None, record.clone(), delivered)?;
+            let commit = RowsCommit {
+                pipeline: &name,
+                cursor_after: None,
+                append: false,
+                delivered,
+            };
+            let done = commit_rows(wh, t, spilled, record.clone(), commit)?;
             tracing::debug!(
                 read_ms = read.as_millis() as u64,
                 commit_ms = (started.elapsed() - read).as_millis() as u64,

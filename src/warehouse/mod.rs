@@ -1421,8 +1421,6 @@ impl Warehouse {
     pub fn write_delivered_pages(&self, run_id: &str, pages: &DeliveredPages) -> Result<String> {
         let name = format!("{run_id}.json");
         let p = self.meta(&format!("deliveries/{name}"));
-        let dir = self.meta("deliveries");
-        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let data = serde_json::to_vec(pages).expect("pages serialise");
         fsutil::write_atomic(&p, &data).map_err(io_err("write", &p))?;
         Ok(name)
@@ -1435,13 +1433,6 @@ impl Warehouse {
         }
         let data = std::fs::read(self.meta(&format!("deliveries/{name}"))).ok()?;
         serde_json::from_slice(&data).ok()
-    }
-
-    /// Removes a delivery's page file (one no manifest names any more; best effort).
-    pub fn remove_delivered_pages(&self, name: &str) {
-        if !name.contains('/') {
-            let _ = std::fs::remove_file(self.meta(&format!("deliveries/{name}")));
-        }
     }
 
     /// Writes (or replaces) a run record.
@@ -1872,12 +1863,11 @@ mod tests {
         let name = wh.write_delivered_pages("r1", &pages).unwrap();
         assert_eq!(wh.delivered_pages(&name), Some(pages.clone()));
         assert_eq!(wh.delivered_pages("../manifests/x.json"), None);
-        wh.remove_delivered_pages(&name);
-        assert_eq!(wh.delivered_pages(&name), None);
-        // Pages no manifest names (a commit that died after writing them)
-        // go with the next garbage collection.
+        // Pages no manifest names (replaced, or of a commit that died after
+        // writing them) go with the next garbage collection.
         let orphan = wh.write_delivered_pages("r2", &pages).unwrap();
         wh.collect_garbage(&wh.lock().unwrap()).unwrap();
+        assert_eq!(wh.delivered_pages(&name), None);
         assert_eq!(wh.delivered_pages(&orphan), None);
     }
 
