@@ -39,6 +39,13 @@ fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# The debug build and the test data take about 6 GB under target/ and the
+# temp dir; a full disk shows up later as a linker crash, so say it first.
+free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+if ((free_gb < 8)); then
+    echo "warning: only ${free_gb} GB free on $(df -P . | awk 'NR==2 {print $6}'); the build and tests need about 6 GB" >&2
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
