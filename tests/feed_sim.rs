@@ -30,8 +30,13 @@ async fn get(c: &reqwest::Client, url: &str, auth: &str) -> reqwest::Response {
 }
 
 async fn try_get(c: &reqwest::Client, url: &str, auth: &str) -> reqwest::Result<reqwest::Response> {
+    request(c, url, auth).send().await
+}
+
+/// A GET of `url` with the credentials `auth` names (none for any other word).
+fn request(c: &reqwest::Client, url: &str, auth: &str) -> reqwest::RequestBuilder {
     let req = c.get(url);
-    let req = match auth {
+    match auth {
         "bearer" => req.bearer_auth(TOKEN),
         "api_key" => req.header("X-Api-Key", TOKEN),
         "basic" => req.header(
@@ -42,8 +47,7 @@ async fn try_get(c: &reqwest::Client, url: &str, auth: &str) -> reqwest::Result<
             ),
         ),
         _ => req,
-    };
-    req.send().await
+    }
 }
 
 /// Every record of a table's full crawl, in feed order, and the number of requests.
@@ -703,19 +707,18 @@ async fn pages_carry_etags_and_a_matching_if_none_match_gets_304() {
     let c = client();
     let page = |base: &str, q: &str| format!("{base}/v1/bank_loans?quarter={q}&per_page=50");
     let etag = |r: &reqwest::Response| r.headers()["etag"].to_str().unwrap().to_string();
+    // The 2019Q3 page of the city at `base`, sent with `If-None-Match: tags`.
+    let conditional = |base: &str, auth: &str, tags: &str| {
+        let req = request(&c, &page(base, "2019Q3"), auth).header("If-None-Match", tags);
+        async move { req.send().await.unwrap() }
+    };
     let first = get(&c, &page(&a.url(), "2019Q3"), "bearer").await;
     assert_eq!(first.status(), 200);
     let tag = etag(&first);
     assert!(tag.starts_with('"') && tag.ends_with('"'), "{tag}");
     assert!(!first.bytes().await.unwrap().is_empty());
     // The same page again, conditionally: 304, no body, the same ETag.
-    let again = c
-        .get(page(&a.url(), "2019Q3"))
-        .bearer_auth(TOKEN)
-        .header("If-None-Match", format!("\"other\", W/{tag}"))
-        .send()
-        .await
-        .unwrap();
+    let again = conditional(&a.url(), "bearer", &format!("\"other\", W/{tag}")).await;
     assert_eq!(again.status(), 304);
     assert_eq!(etag(&again), tag);
     assert!(again.bytes().await.unwrap().is_empty());
@@ -723,21 +726,10 @@ async fn pages_carry_etags_and_a_matching_if_none_match_gets_304() {
     // is sent in full.
     let other_quarter = get(&c, &page(&a.url(), "2019Q2"), "bearer").await;
     assert_ne!(etag(&other_quarter), tag);
-    let other_city = c
-        .get(page(&b.url(), "2019Q3"))
-        .bearer_auth(TOKEN)
-        .header("If-None-Match", &tag)
-        .send()
-        .await
-        .unwrap();
+    let other_city = conditional(&b.url(), "bearer", &tag).await;
     assert_eq!(other_city.status(), 200);
     assert_ne!(etag(&other_city), tag);
     // Credentials are checked before any 304.
-    let anonymous = c
-        .get(page(&a.url(), "2019Q3"))
-        .header("If-None-Match", &tag)
-        .send()
-        .await
-        .unwrap();
+    let anonymous = conditional(&a.url(), "none", &tag).await;
     assert_eq!(anonymous.status(), 401);
 }

@@ -75,10 +75,9 @@ PY
 run_import "$WORK/loans-restated.csv" csv "$WORK/wh-import-csv" "$WORK/t-import-restated"
 
 "$PY" - "$WORK" "$ROWS" "$ROWS_SMALL" "$NEW_ROWS" <<'PY'
-import duckdb, sys
+import duckdb, os, sys
 work, rows, rows_small, new_rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def t(name):
-    import os
     if not os.path.exists(f"{work}/{name}"):
         # Best of three: the shortest time, and the highest peak RSS of the three.
         runs = [t(f"{name}.{i}") for i in (1, 2, 3)]

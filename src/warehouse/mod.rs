@@ -1399,8 +1399,16 @@ impl Warehouse {
             fsutil::fsync_dir(&mdir).map_err(io_err("fsync", &mdir))?;
         }
         crate::failpoint("commit.after_manifest");
-        // Committed. What follows is housekeeping: a failure is logged, not
-        // reported as a failed commit (the next start or commit redoes it).
+        // Committed. The new manifest is what readers of the shared one (the
+        // garbage collection below first) get, without parsing it back.
+        let version = journal.manifest.version;
+        *self
+            .manifest_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(std::sync::Arc::new(journal.manifest));
+        // What follows is housekeeping: a failure is logged, not reported
+        // as a failed commit (the next start or commit redoes it).
         let after = || -> Result<()> {
             if let Some(run) = &journal.run {
                 self.write_run(run)?;
@@ -1411,7 +1419,7 @@ impl Warehouse {
             self.collect_garbage(guard)
         };
         if let Err(e) = after() {
-            tracing::warn!(version = journal.manifest.version, error = %e, "Committed, but housekeeping after the commit failed; it is retried later.");
+            tracing::warn!(version, error = %e, "Committed, but housekeeping after the commit failed; it is retried later.");
         }
         Ok(())
     }
