@@ -460,3 +460,46 @@ async fn the_shell_lists_describes_and_runs_multi_line_queries() {
         "{stdout}"
     );
 }
+
+/// `DATAFUSION_*` environment variables tune the engine as in
+/// `datafusion-cli`; ironlake's own settings still win, and a value the
+/// engine cannot parse is named in a warning while the query runs on the
+/// defaults.
+#[test]
+fn datafusion_environment_variables_tune_the_engine_but_not_ironlakes_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    std::fs::create_dir(&wh).unwrap();
+    let q = "SELECT name, value FROM information_schema.df_settings WHERE name IN ('datafusion.execution.batch_size', 'datafusion.execution.parquet.schema_force_view_types') ORDER BY name";
+    let settings = |batch_size: &str| {
+        let out = ironlake(&wh, "http://127.0.0.1:9", TOKEN)
+            .args(["sql", q, "--format", "csv"])
+            .env("DATAFUSION_EXECUTION_BATCH_SIZE", batch_size)
+            .env(
+                "DATAFUSION_EXECUTION_PARQUET_SCHEMA_FORCE_VIEW_TYPES",
+                "true",
+            )
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr)
+    };
+    let (stdout, stderr) = settings("1234");
+    assert_eq!(
+        stdout,
+        "name,value\ndatafusion.execution.batch_size,1234\ndatafusion.execution.parquet.schema_force_view_types,false\n",
+        "{stderr}"
+    );
+    assert!(!stderr.contains("DATAFUSION_"), "{stderr}");
+    let (stdout, stderr) = settings("many");
+    assert!(
+        stdout.contains("datafusion.execution.batch_size,8192"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("A DATAFUSION_* environment variable has a value the engine cannot use")
+            && stderr.contains("many"),
+        "{stderr}"
+    );
+}

@@ -93,9 +93,30 @@ pub struct Snapshot {
     pub manifest: Manifest,
 }
 
-/// Session settings every ironlake session uses.
+/// Engine options from `DATAFUSION_*` environment variables, as
+/// `datafusion-cli` reads them (`DATAFUSION_EXECUTION_BATCH_SIZE=16384` sets
+/// `datafusion.execution.batch_size`), read once per process. A value the
+/// engine cannot parse is reported once and the defaults are used instead.
+fn environment_options() -> &'static datafusion::config::ConfigOptions {
+    static OPTIONS: std::sync::OnceLock<datafusion::config::ConfigOptions> =
+        std::sync::OnceLock::new();
+    OPTIONS.get_or_init(|| {
+        datafusion::config::ConfigOptions::from_env().unwrap_or_else(|e| {
+            tracing::warn!(
+                error = %e,
+                "A DATAFUSION_* environment variable has a value the engine cannot use; \
+                 all of them are ignored."
+            );
+            datafusion::config::ConfigOptions::default()
+        })
+    })
+}
+
+/// Session settings every ironlake session uses: the engine's options from
+/// the environment (see [`environment_options`]), then ironlake's own, which
+/// always win (read-only string types, exact decimals, the parallelism).
 pub fn session_config(target_partitions: usize) -> SessionConfig {
-    let mut config = SessionConfig::new()
+    let mut config = SessionConfig::from(environment_options().clone())
         .with_target_partitions(target_partitions)
         .with_information_schema(true)
         .set_bool(
