@@ -420,61 +420,30 @@ impl Sim {
         None
     }
 
-    /// Up to `n` items from `pos`; the position after them if more remain.
-    fn collect(&self, segs: &[Segment], mut pos: Pos, n: usize) -> (Vec<Rec>, Option<Pos>) {
-        let mut out = Vec::new();
-        while pos.seg < segs.len() {
-            while pos.ent < self.world.enterprises {
-                let items = self.items(&segs[pos.seg], pos.ent);
-                if out.len() == n {
-                    if pos.item < items.len() {
-                        return (out, Some(pos));
-                    }
-                } else {
-                    let len = items.len();
-                    let take = (n - out.len()).min(len.saturating_sub(pos.item));
-                    out.extend(items.into_iter().skip(pos.item).take(take));
-                    pos.item += take;
-                    if pos.item < len {
-                        return (out, Some(pos));
-                    }
-                }
-                pos.ent += 1;
-                pos.item = 0;
-            }
-            pos.seg += 1;
-            pos.ent = 0;
-        }
-        (out, None)
-    }
-
-    /// [`Sim::collect`] of bank_loans segments for a partner without
-    /// faults (each enterprise's items are its loans), written straight into
-    /// `out` as CSV rows without a `Rec` per row; the next position, if any.
-    fn loans_csv(&self, segs: &[Segment], mut pos: Pos, n: usize, out: &mut String) -> Option<Pos> {
-        let w = &self.world;
-        let mut loans = Vec::new();
+    /// Walks the items of `segs` from `pos`, enterprise by enterprise, until
+    /// `n` are taken: `items(seg, e)` gives enterprise `e`'s items and their
+    /// count, `take(items, range)` receives the ones on this page. The
+    /// position after them if more remain.
+    fn walk<G>(
+        &self,
+        segs: &[Segment],
+        mut pos: Pos,
+        n: usize,
+        mut items: impl FnMut(&Segment, usize) -> (G, usize),
+        mut take: impl FnMut(G, std::ops::Range<usize>),
+    ) -> Option<Pos> {
         let mut taken = 0;
         while pos.seg < segs.len() {
-            let q = segs[pos.seg].quarter.expect("quarter segment");
-            while pos.ent < w.enterprises {
-                let ent = w.enterprise(pos.ent);
-                loans.clear();
-                w.loans(&ent, q, &mut loans);
-                if taken == n {
-                    if pos.item < loans.len() {
-                        return Some(pos);
-                    }
-                } else {
-                    let take = (n - taken).min(loans.len().saturating_sub(pos.item));
-                    for l in loans.iter().skip(pos.item).take(take) {
-                        render::write_loan_csv(out, &ent.uscc, l);
-                    }
-                    taken += take;
-                    pos.item += take;
-                    if pos.item < loans.len() {
-                        return Some(pos);
-                    }
+            while pos.ent < self.world.enterprises {
+                let (group, len) = items(&segs[pos.seg], pos.ent);
+                if taken < n {
+                    let k = (n - taken).min(len.saturating_sub(pos.item));
+                    take(group, pos.item..pos.item + k);
+                    taken += k;
+                    pos.item += k;
+                }
+                if pos.item < len {
+                    return Some(pos);
                 }
                 pos.ent += 1;
                 pos.item = 0;
@@ -483,6 +452,47 @@ impl Sim {
             pos.ent = 0;
         }
         None
+    }
+
+    /// Up to `n` items from `pos`; the position after them if more remain.
+    fn collect(&self, segs: &[Segment], pos: Pos, n: usize) -> (Vec<Rec>, Option<Pos>) {
+        let mut out = Vec::new();
+        let next = self.walk(
+            segs,
+            pos,
+            n,
+            |seg, e| {
+                let items = self.items(seg, e);
+                let len = items.len();
+                (items, len)
+            },
+            |items, r| out.extend(items.into_iter().skip(r.start).take(r.len())),
+        );
+        (out, next)
+    }
+
+    /// [`Sim::collect`] of bank_loans segments for a partner without
+    /// faults (each enterprise's items are its loans), written straight into
+    /// `out` as CSV rows without a `Rec` per row; the next position, if any.
+    fn loans_csv(&self, segs: &[Segment], pos: Pos, n: usize, out: &mut String) -> Option<Pos> {
+        let w = &self.world;
+        self.walk(
+            segs,
+            pos,
+            n,
+            |seg, e| {
+                let ent = w.enterprise(e);
+                let mut loans = Vec::new();
+                w.loans(&ent, seg.quarter.expect("quarter segment"), &mut loans);
+                let len = loans.len();
+                ((ent, loans), len)
+            },
+            |(ent, loans), r| {
+                for l in loans.iter().skip(r.start).take(r.len()) {
+                    render::write_loan_csv(out, &ent.uscc, l);
+                }
+            },
+        )
     }
 
     /// Ground truth, computed once from a full virtual crawl.
