@@ -29,6 +29,10 @@ fn data_err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
 
 /// Writer properties of every warehouse file.
 pub fn writer_properties() -> WriterProperties {
+    writer_properties_builder().build()
+}
+
+fn writer_properties_builder() -> parquet::file::properties::WriterPropertiesBuilder {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid level"),
@@ -36,7 +40,57 @@ pub fn writer_properties() -> WriterProperties {
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("ironlake {}", env!("CARGO_PKG_VERSION")))
-        .build()
+}
+
+/// Rows of a file's first batch looked at to choose each column's encoding.
+const ENCODING_SAMPLE_ROWS: usize = 4096;
+
+/// The columns of `batch` not worth a dictionary: among its first
+/// [`ENCODING_SAMPLE_ROWS`] rows (when it has at least 1024), more than
+/// half the non-null values are distinct, as for keys, identifiers and
+/// amounts. Their dictionaries would outgrow the page limit and fall back
+/// to plain encoding anyway, after interning every value; enumerations,
+/// codes and dates keep theirs. The choice depends only on the rows, so
+/// the same rows give the same file.
+pub fn high_cardinality_columns(batch: &RecordBatch) -> Vec<String> {
+    let n = batch.num_rows().min(ENCODING_SAMPLE_ROWS);
+    if n < 1024 {
+        return Vec::new();
+    }
+    let schema = batch.schema();
+    let mut out = Vec::new();
+    for (field, col) in schema.fields().iter().zip(batch.columns()) {
+        if field.data_type() == &arrow::datatypes::DataType::Boolean {
+            continue;
+        }
+        let sample = col.slice(0, n);
+        let Ok(conv) = RowConverter::new(vec![SortField::new(field.data_type().clone())]) else {
+            continue;
+        };
+        let Ok(rows) = conv.convert_columns(std::slice::from_ref(&sample)) else {
+            continue;
+        };
+        let non_null = n - sample.null_count();
+        let distinct: std::collections::HashSet<&[u8]> = (0..n)
+            .filter(|&i| sample.is_valid(i))
+            .map(|i| rows.row(i).data())
+            .collect();
+        if non_null > 0 && distinct.len() * 2 > non_null {
+            out.push(field.name().clone());
+        }
+    }
+    out
+}
+
+/// Writer properties for a file whose first batch is `first`: those of
+/// [`writer_properties`], without dictionaries for the columns of
+/// [`high_cardinality_columns`].
+fn writer_properties_for(first: &RecordBatch) -> WriterProperties {
+    let mut b = writer_properties_builder();
+    for name in high_cardinality_columns(first) {
+        b = b.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(name), false);
+    }
+    b.build()
 }
 
 /// Writes `batch` to `path` as one Parquet file, fsynced; returns its entry.
@@ -45,10 +99,14 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<FileEntry> {
     write_parquet_rows(path, batch, &all)
 }
 
-/// A Parquet file written a batch at a time (the warehouse way), fsynced on finish.
+/// A Parquet file written a batch at a time (the warehouse way), fsynced on
+/// finish. The writer starts at the first batch, which chooses the columns'
+/// encodings (see [`high_cardinality_columns`]).
 pub struct ParquetFile {
     path: std::path::PathBuf,
-    writer: ArrowWriter<std::fs::File>,
+    schema: SchemaRef,
+    file: Option<std::fs::File>,
+    writer: Option<ArrowWriter<std::fs::File>>,
     rows: u64,
 }
 
@@ -56,22 +114,42 @@ impl ParquetFile {
     /// Creates `path` for batches of `schema`.
     pub fn create(path: &Path, schema: SchemaRef) -> Result<ParquetFile> {
         let ctx = format!("writing {}", path.display());
-        let file = std::fs::File::create(path).map_err(|e| data_err(ctx.clone())(e))?;
-        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))
-            .map_err(|e| data_err(ctx)(e))?;
+        let file = std::fs::File::create(path).map_err(|e| data_err(ctx)(e))?;
         Ok(ParquetFile {
             path: path.to_path_buf(),
-            writer,
+            schema,
+            file: Some(file),
+            writer: None,
             rows: 0,
         })
+    }
+
+    /// The writer, started with the encodings `first` chooses.
+    fn writer(&mut self, first: Option<&RecordBatch>) -> Result<&mut ArrowWriter<std::fs::File>> {
+        if self.writer.is_none() {
+            let ctx = format!("writing {}", self.path.display());
+            let file = self
+                .file
+                .take()
+                .ok_or_else(|| data_err(ctx.clone())("the file is gone"))?;
+            let props = match first {
+                Some(b) => writer_properties_for(b),
+                None => writer_properties(),
+            };
+            let w = ArrowWriter::try_new(file, self.schema.clone(), Some(props))
+                .map_err(|e| data_err(ctx)(e))?;
+            self.writer = Some(w);
+        }
+        Ok(self.writer.as_mut().expect("writer started"))
     }
 
     /// Appends a batch.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
-        self.writer
+        let path = self.path.display().to_string();
+        self.writer(Some(batch))?
             .write(batch)
-            .map_err(|e| data_err(format!("writing {}", self.path.display()))(e))
+            .map_err(|e| data_err(format!("writing {path}"))(e))
     }
 
     /// Rows written so far.
@@ -80,10 +158,13 @@ impl ParquetFile {
     }
 
     /// Closes and fsyncs the file; returns its entry.
-    pub fn finish(self) -> Result<FileEntry> {
+    pub fn finish(mut self) -> Result<FileEntry> {
         let ctx = format!("writing {}", self.path.display());
+        self.writer(None)?;
         let file = self
             .writer
+            .take()
+            .expect("writer started")
             .into_inner()
             .map_err(|e| data_err(ctx.clone())(e))?;
         file.sync_all().map_err(|e| data_err(ctx.clone())(e))?;
@@ -501,6 +582,81 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// Whether each column chunk of `path`'s first row group has a dictionary page.
+    fn dictionary_pages(path: &Path) -> Vec<(String, bool)> {
+        let reader =
+            parquet::file::reader::SerializedFileReader::new(std::fs::File::open(path).unwrap())
+                .unwrap();
+        let meta = parquet::file::reader::FileReader::metadata(&reader);
+        meta.row_group(0)
+            .columns()
+            .iter()
+            .map(|c| {
+                (
+                    c.column_path().string(),
+                    c.dictionary_page_offset().is_some(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn columns_of_mostly_distinct_values_are_written_without_a_dictionary() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("loan_id", DataType::Utf8, false),
+            Field::new("term", DataType::Utf8, false),
+            Field::new("balance", DataType::Int64, true),
+            Field::new("note", DataType::Utf8, true),
+        ]));
+        let n = 5000;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("L{i:08}")),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| ["short", "medium_long"][i % 2]),
+                )),
+                // Distinct, and some nulls (not counted).
+                Arc::new(Int64Array::from_iter(
+                    (0..n as i64).map(|i| (i % 10 != 0).then_some(i * 3)),
+                )),
+                // Mostly null; the few values repeat.
+                Arc::new(StringArray::from_iter(
+                    (0..n).map(|i| (i % 100 == 0).then_some("x")),
+                )),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            high_cardinality_columns(&batch),
+            vec!["loan_id".to_string(), "balance".to_string()]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.parquet");
+        let mut f = ParquetFile::create(&path, schema.clone()).unwrap();
+        f.write(&batch).unwrap();
+        f.write(&batch.slice(0, 10)).unwrap();
+        assert_eq!(f.finish().unwrap().rows, n as u64 + 10);
+        assert_eq!(
+            dictionary_pages(&path),
+            vec![
+                ("loan_id".to_string(), false),
+                ("term".to_string(), true),
+                ("balance".to_string(), false),
+                ("note".to_string(), true),
+            ]
+        );
+        // The rows read back unchanged, whatever the encoding.
+        assert_eq!(read_parquet(&path, &schema).unwrap().slice(0, n), batch);
+        // A small first batch chooses nothing: every column keeps its dictionary.
+        assert!(high_cardinality_columns(&batch.slice(0, 1000)).is_empty());
+        let small = dir.path().join("small.parquet");
+        write_parquet(&small, &batch.slice(0, 1000)).unwrap();
+        assert!(dictionary_pages(&small).iter().all(|(_, d)| *d));
     }
 
     fn rows(m: &Merged) -> Vec<(String, Option<i64>)> {
