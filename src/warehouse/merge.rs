@@ -52,7 +52,7 @@ const ENCODING_SAMPLE_ROWS: usize = 4096;
 /// to plain encoding anyway, after interning every value; enumerations,
 /// codes and dates keep theirs. The choice depends only on the rows, so
 /// the same rows give the same file.
-pub fn high_cardinality_columns(batch: &RecordBatch) -> Vec<String> {
+fn high_cardinality_columns(batch: &RecordBatch) -> Vec<String> {
     let n = batch.num_rows().min(ENCODING_SAMPLE_ROWS);
     if n < 1024 {
         return Vec::new();
@@ -124,32 +124,34 @@ impl ParquetFile {
         })
     }
 
-    /// The writer, started with the encodings `first` chooses.
-    fn writer(&mut self, first: Option<&RecordBatch>) -> Result<&mut ArrowWriter<std::fs::File>> {
-        if self.writer.is_none() {
-            let ctx = format!("writing {}", self.path.display());
-            let file = self
-                .file
-                .take()
-                .ok_or_else(|| data_err(ctx.clone())("the file is gone"))?;
-            let props = match first {
-                Some(b) => writer_properties_for(b),
-                None => writer_properties(),
-            };
-            let w = ArrowWriter::try_new(file, self.schema.clone(), Some(props))
-                .map_err(|e| data_err(ctx)(e))?;
-            self.writer = Some(w);
+    /// Starts the writer, with the encodings `first` chooses, unless it has started.
+    fn start(&mut self, first: Option<&RecordBatch>) -> Result<()> {
+        if self.writer.is_some() {
+            return Ok(());
         }
-        Ok(self.writer.as_mut().expect("writer started"))
+        let ctx = format!("writing {}", self.path.display());
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| data_err(ctx.clone())("the file is gone"))?;
+        let props = match first {
+            Some(b) => writer_properties_for(b),
+            None => writer_properties(),
+        };
+        let w = ArrowWriter::try_new(file, self.schema.clone(), Some(props))
+            .map_err(|e| data_err(ctx)(e))?;
+        self.writer = Some(w);
+        Ok(())
     }
 
     /// Appends a batch.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.start(Some(batch))?;
         self.rows += batch.num_rows() as u64;
-        let path = self.path.display().to_string();
-        self.writer(Some(batch))?
+        let writer = self.writer.as_mut().expect("writer started");
+        writer
             .write(batch)
-            .map_err(|e| data_err(format!("writing {path}"))(e))
+            .map_err(|e| data_err(format!("writing {}", self.path.display()))(e))
     }
 
     /// Rows written so far.
@@ -160,7 +162,7 @@ impl ParquetFile {
     /// Closes and fsyncs the file; returns its entry.
     pub fn finish(mut self) -> Result<FileEntry> {
         let ctx = format!("writing {}", self.path.display());
-        self.writer(None)?;
+        self.start(None)?;
         let file = self
             .writer
             .take()
