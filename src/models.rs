@@ -38,7 +38,7 @@ use datafusion::prelude::{SessionContext, col, lit};
 use futures::StreamExt as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One aggregate definition.
 #[derive(Debug, Clone)]
@@ -1053,16 +1053,43 @@ struct Refresh<'a> {
     run_id: String,
     full: bool,
     retention: usize,
+    /// What has been recomputed so far. Recomputations running at once
+    /// lock it only to read or record, never across an `await`.
+    done: Mutex<Done>,
+}
+
+/// The recomputations of one refresh so far.
+#[derive(Default)]
+struct Done {
+    /// New generations, for the commit.
     changes: Vec<warehouse::DirChange>,
+    /// The next metadata of each recomputed aggregate.
     metas: BTreeMap<String, PublishedMeta>,
+    /// The new state of each recomputed aggregate (later aggregates read it).
     pending: BTreeMap<String, DirState>,
+    /// One entry per aggregate, in the order they finished.
     report: Vec<Refreshed>,
 }
 
+/// Incremental recomputations of independent aggregates that run at once:
+/// one quarter of an input is mostly a single file, which DataFusion reads
+/// on one thread, and planning is single-threaded too. Full recomputations
+/// run alone, so a full refresh's memory stays that of its largest aggregate.
+fn concurrent_recomputations() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 impl Refresh<'_> {
+    fn done(&self) -> std::sync::MutexGuard<'_, Done> {
+        self.done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Compares the aggregate's inputs now with those it was last computed
     /// from, and decides: unchanged, incremental (which quarters), or full.
     fn step(&self, a: &Aggregate, inputs: &BTreeSet<Input>) -> Step {
+        let pending = self.done().pending.clone();
         let mut current: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         let mut always_full = self.full || a.lags.is_none();
         let mut untracked = false;
@@ -1072,7 +1099,7 @@ impl Refresh<'_> {
                     current.insert(d.key(), tokens(self.base.dirs.get(&d.key())));
                 }
                 Input::Dir(d @ DirKey::Published(p)) => {
-                    let state = self.pending.get(p).or_else(|| self.base.dirs.get(&d.key()));
+                    let state = pending.get(p).or_else(|| self.base.dirs.get(&d.key()));
                     current.insert(d.key(), tokens(state));
                 }
                 Input::Reference => {}
@@ -1144,7 +1171,7 @@ impl Refresh<'_> {
             vec![incremental.clone().map(pass)]
         } else {
             let outs: Vec<String> = outs.into_iter().collect();
-            outs.chunks(self.quarters_per_pass(&current))
+            outs.chunks(self.quarters_per_pass(&current, &pending))
                 .map(|c| Some(pass(c.iter().cloned().collect())))
                 .collect()
         };
@@ -1158,12 +1185,16 @@ impl Refresh<'_> {
 
     /// Output quarters per pass for inputs with these partitions: as many
     /// as keep a pass near [`ROWS_PER_PASS`] input rows, at least one.
-    fn quarters_per_pass(&self, current: &BTreeMap<String, BTreeMap<String, String>>) -> usize {
+    fn quarters_per_pass(
+        &self,
+        current: &BTreeMap<String, BTreeMap<String, String>>,
+        pending: &BTreeMap<String, DirState>,
+    ) -> usize {
         let rows: u64 = current
             .keys()
             .map(|key| {
                 let pending = match DirKey::parse(key) {
-                    Some(DirKey::Published(p)) => self.pending.get(&p),
+                    Some(DirKey::Published(p)) => pending.get(&p),
                     _ => None,
                 };
                 let state = pending.or_else(|| self.base.dirs.get(key));
@@ -1190,11 +1221,20 @@ impl Refresh<'_> {
         reads: &BTreeMap<String, BTreeSet<String>>,
     ) -> Result<SessionContext, ModelError> {
         let c = self.catalog.snapshot_at(self.base.clone()).await?.ctx;
-        for (name, dir) in &self.pending {
-            let meta = self.metas.get(name).expect("pending has meta");
+        let published: Vec<(String, PathBuf, PublishedMeta)> = {
+            let done = self.done();
+            done.pending
+                .iter()
+                .map(|(name, dir)| {
+                    let meta = done.metas.get(name).expect("pending has meta");
+                    let path = self.wh.root().join(&dir.generation);
+                    (name.clone(), path, meta.clone())
+                })
+                .collect()
+        };
+        for (name, path, meta) in &published {
             let _ = c.deregister_table(format!("published.{name}").as_str());
-            catalog::register_published(&c, name, &self.wh.root().join(&dir.generation), meta)
-                .await?;
+            catalog::register_published(&c, name, path, meta).await?;
         }
         for input in inputs {
             let (table, key) = match input {
@@ -1253,7 +1293,7 @@ impl Refresh<'_> {
     /// Recomputes one aggregate into a new generation (built without the
     /// warehouse lock) and records it for the commit.
     async fn recompute(
-        &mut self,
+        &self,
         a: &Aggregate,
         sql: &str,
         inputs: &BTreeSet<Input>,
@@ -1326,7 +1366,8 @@ impl Refresh<'_> {
             &meta,
         )
         .await?;
-        self.report.push(Refreshed {
+        let mut done = self.done();
+        done.report.push(Refreshed {
             secs: started.elapsed().as_secs_f64(),
             name: a.name.clone(),
             mode,
@@ -1334,9 +1375,9 @@ impl Refresh<'_> {
             rows: state.rows(),
             version: self.base.version + 1,
         });
-        self.pending.insert(a.name.clone(), state);
-        self.metas.insert(a.name.clone(), meta);
-        self.changes.push(change);
+        done.pending.insert(a.name.clone(), state);
+        done.metas.insert(a.name.clone(), meta);
+        done.changes.push(change);
         Ok(())
     }
 
@@ -1388,31 +1429,38 @@ impl Refresh<'_> {
     /// Commits every new generation in one manifest version, on top of
     /// whatever was committed meanwhile, unless another refresh published one
     /// of these aggregates (then nothing is published).
-    async fn commit(mut self) -> Result<Vec<Refreshed>, ModelError> {
-        if self.changes.is_empty() {
-            return Ok(self.report);
+    async fn commit(self) -> Result<Vec<Refreshed>, ModelError> {
+        let Done {
+            changes,
+            metas,
+            pending: _,
+            mut report,
+        } = self
+            .done
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if changes.is_empty() {
+            return Ok(report);
         }
-        let names: Vec<&str> = self.report.iter().map(|r| r.name.as_str()).collect();
+        let names: Vec<&str> = report.iter().map(|r| r.name.as_str()).collect();
         let mut run = RunRecord::start(
             &self.run_id,
             "refresh",
             warehouse::RunType::Refresh,
             &names.join(","),
         );
-        run.partitions_touched = self
-            .report
+        run.partitions_touched = report
             .iter()
             .flat_map(|r| r.quarters.iter().map(move |q| format!("{}:{q}", r.name)))
             .collect();
-        run.rows_written = self
-            .report
+        run.rows_written = report
             .iter()
             .filter(|r| r.mode != RefreshMode::Unchanged)
             .map(|r| r.rows)
             .sum();
         let guard = self.wh.lock_async().await?;
         let current = self.wh.manifest()?;
-        for name in self.metas.keys() {
+        for name in metas.keys() {
             let key = DirKey::Published(name.clone()).key();
             if current.dirs.get(&key) != self.base.dirs.get(&key)
                 || current.published.get(name) != self.base.published.get(name)
@@ -1420,11 +1468,10 @@ impl Refresh<'_> {
                 return Err(ModelError::Conflict(name.clone()));
             }
         }
-        let metas = std::mem::take(&mut self.metas);
         let committed = self.wh.commit_with(
             &guard,
             &current,
-            std::mem::take(&mut self.changes),
+            changes,
             BTreeMap::new(),
             move |m: &mut Manifest| {
                 let version = m.version;
@@ -1437,12 +1484,30 @@ impl Refresh<'_> {
             },
             run,
         )?;
-        for r in &mut self.report {
+        for r in &mut report {
             if r.mode != RefreshMode::Unchanged {
                 r.version = committed.version;
             }
         }
-        Ok(self.report)
+        Ok(report)
+    }
+}
+
+/// The report of an aggregate nothing it reads changed for.
+fn unchanged(base: &Manifest, a: &Aggregate) -> Refreshed {
+    let prev = base.published.get(&a.name);
+    Refreshed {
+        secs: 0.0,
+        name: a.name.clone(),
+        mode: RefreshMode::Unchanged,
+        quarters: vec![],
+        rows: base
+            .dirs
+            .get(&DirKey::Published(a.name.clone()).key())
+            .map_or(0, DirState::rows),
+        version: prev
+            .and_then(|p| p.versions.last())
+            .map_or(base.version, |v| v.version),
     }
 }
 
@@ -1466,7 +1531,7 @@ pub async fn refresh(
     let wh = catalog.warehouse().clone();
     let base = wh.manifest()?;
     let ctx = catalog.snapshot_at(base.clone()).await?.ctx;
-    let mut r = Refresh {
+    let r = Refresh {
         catalog,
         wh,
         base,
@@ -1474,43 +1539,70 @@ pub async fn refresh(
         run_id: warehouse::new_run_id("refresh"),
         full,
         retention: project.settings.publish.retention_versions as usize,
-        changes: Vec::new(),
-        metas: BTreeMap::new(),
-        pending: BTreeMap::new(),
-        report: Vec::new(),
+        done: Mutex::new(Done::default()),
     };
-    for a in ordered.iter().map(|&i| &aggs[i]) {
-        if !wanted.contains(&a.name) {
-            continue;
-        }
-        let inputs = a.reads.clone().map_err(|m| ModelError::Sql {
-            name: a.name.clone(),
-            message: m,
-        })?;
-        let step = r.step(a, &inputs);
-        if step.unchanged {
-            let prev = r.base.published.get(&a.name);
-            r.report.push(Refreshed {
-                secs: 0.0,
+    let mut waiting: Vec<&Aggregate> = ordered
+        .iter()
+        .map(|&i| &aggs[i])
+        .filter(|a| wanted.contains(&a.name))
+        .collect();
+    // Each aggregate starts once the aggregates it reads are published
+    // (in this refresh's pending state); see `concurrent_recomputations`.
+    let limit = concurrent_recomputations();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut running_names: BTreeSet<String> = BTreeSet::new();
+    let mut alone = false;
+    loop {
+        let mut i = 0;
+        while i < waiting.len() && running.len() < limit && !alone {
+            let a = waiting[i];
+            let inputs = a.reads.clone().map_err(|m| ModelError::Sql {
                 name: a.name.clone(),
-                mode: RefreshMode::Unchanged,
-                quarters: vec![],
-                rows: r
-                    .base
-                    .dirs
-                    .get(&DirKey::Published(a.name.clone()).key())
-                    .map_or(0, DirState::rows),
-                version: prev
-                    .and_then(|p| p.versions.last())
-                    .map_or(r.base.version, |v| v.version),
+                message: m,
+            })?;
+            let ready = inputs
+                .iter()
+                .filter_map(Input::published)
+                .all(|p| !running_names.contains(p) && !waiting[..i].iter().any(|w| w.name == p));
+            if !ready {
+                i += 1;
+                continue;
+            }
+            let step = r.step(a, &inputs);
+            if step.unchanged {
+                waiting.remove(i);
+                r.done().report.push(unchanged(&r.base, a));
+                continue;
+            }
+            if step.incremental.is_none() {
+                if !running.is_empty() {
+                    break;
+                }
+                alone = true;
+            }
+            waiting.remove(i);
+            running_names.insert(a.name.clone());
+            let r = &r;
+            running.push(async move {
+                let result = r.recompute(a, &a.sql, &inputs, step).await;
+                (a, result)
             });
-            continue;
         }
-        r.recompute(a, &a.sql, &inputs, step).await?;
-        // The peak of a refresh is that of its largest aggregate, not the
+        let Some((a, result)) = running.next().await else {
+            break;
+        };
+        result?;
+        running_names.remove(&a.name);
+        alone = false;
+        // The peak of a refresh is that of its largest aggregates, not the
         // sum of what each one's hash tables left in the allocator.
         crate::primitives::release_freed_memory();
     }
+    drop(running);
+    // The report in the aggregates' order, however they finished.
+    r.done()
+        .report
+        .sort_by_key(|x| ordered.iter().position(|&i| aggs[i].name == x.name));
     r.commit().await
 }
 
