@@ -17,10 +17,24 @@ use std::fmt;
 /// One cell as sent.
 #[derive(Debug, Clone)]
 pub enum Cell<'a> {
-    /// A JSON value, verbatim (its exact text, known to be valid JSON).
+    /// A JSON value other than a string without escapes, verbatim (its
+    /// exact text, known to be valid JSON).
     Json(&'a str),
+    /// A JSON string without escapes: its text between the quotes.
+    JsonStr(&'a str),
     /// A CSV field, unquoted.
     Text(Cow<'a, str>),
+}
+
+impl<'a> Cell<'a> {
+    /// The cell of a valid JSON value's text: a string without escapes
+    /// is kept as its contents, anything else verbatim.
+    fn json(raw: &'a str) -> Cell<'a> {
+        match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            Some(inner) if !inner.contains('\\') => Cell::JsonStr(inner),
+            _ => Cell::Json(raw),
+        }
+    }
 }
 
 /// One record, its cells in schema column order (`None`: the field was absent or empty).
@@ -197,7 +211,7 @@ impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
                     let v: &'de RawValue = map.next_value()?;
                     match self.columns.find(k.as_ref(), guess) {
                         Some(i) => {
-                            cells[i] = Some(Cell::Json(v.get()));
+                            cells[i] = Some(Cell::json(v.get()));
                             guess = i + 1;
                         }
                         None => unknown.push(k.into_owned()),
@@ -295,16 +309,22 @@ fn flat_object<'a>(columns: &Columns, text: &'a str) -> Option<JsonCells<'a>> {
                 return None;
             }
             let start = ws(i + 1);
-            let end = match b.get(start)? {
-                b'"' => string(start)?,
-                b't' if b[start..].starts_with(b"true") => start + 4,
-                b'f' if b[start..].starts_with(b"false") => start + 5,
-                b'n' if b[start..].starts_with(b"null") => start + 4,
-                _ => number(start)?,
+            let (end, cell) = match b.get(start)? {
+                b'"' => {
+                    let end = string(start)?;
+                    (end, Cell::JsonStr(&text[start + 1..end - 1]))
+                }
+                b't' if b[start..].starts_with(b"true") => (start + 4, Cell::Json("true")),
+                b'f' if b[start..].starts_with(b"false") => (start + 5, Cell::Json("false")),
+                b'n' if b[start..].starts_with(b"null") => (start + 4, Cell::Json("null")),
+                _ => {
+                    let end = number(start)?;
+                    (end, Cell::Json(&text[start..end]))
+                }
             };
             match columns.find(key, guess) {
                 Some(c) => {
-                    cells[c] = Some(Cell::Json(&text[start..end]));
+                    cells[c] = Some(cell);
                     guess = c + 1;
                 }
                 None => unknown.push(key.to_string()),
@@ -432,104 +452,120 @@ fn decode_ndjson<'a>(columns: &Columns, body: &'a [u8]) -> DecodedPage<'a> {
     page
 }
 
-/// Splits CSV (RFC 4180) into records of byte ranges and cells.
+/// Splits CSV (RFC 4180) into records of byte ranges and cells, one record
+/// at a time into the same cell buffer.
+struct CsvReader<'a> {
+    body: &'a [u8],
+    /// Where the next record starts.
+    at: usize,
+    /// The cells of the record [`CsvReader::next`] returned last.
+    cells: Vec<Cow<'a, [u8]>>,
+}
+
+/// One CSV record's text; its cells are in [`CsvReader::cells`].
 struct CsvRecord<'a> {
     raw: &'a [u8],
-    cells: Vec<Cow<'a, [u8]>>,
     /// A quoted field was still open at the end of the page.
     unterminated: bool,
 }
 
-fn csv_records(body: &[u8]) -> Vec<CsvRecord<'_>> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    let n = body.len();
-    let mut width = 0;
-    while i < n {
-        let start = i;
-        let mut cells: Vec<Cow<'_, [u8]>> = Vec::with_capacity(width);
-        let mut unterminated = false;
-        loop {
-            // One cell.
-            if i < n && body[i] == b'"' {
-                let mut buf: Option<Vec<u8>> = None;
-                let content_start = i + 1;
-                i += 1;
-                loop {
-                    if i >= n {
-                        unterminated = true;
-                        break;
-                    }
-                    if body[i] == b'"' {
-                        if i + 1 < n && body[i + 1] == b'"' {
-                            let b = buf.get_or_insert_with(|| body[content_start..i].to_vec());
-                            b.push(b'"');
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    if let Some(b) = buf.as_mut() {
-                        b.push(body[i]);
-                    }
-                    i += 1;
-                }
-                let cell = match buf {
-                    Some(b) => Cow::Owned(b),
-                    None => Cow::Borrowed(&body[content_start..i.min(n)]),
-                };
-                i = (i + 1).min(n); // closing quote (none at the end of an unterminated page)
-                // Anything up to the delimiter after a closing quote is kept verbatim.
-                let extra_start = i;
-                while i < n && body[i] != b',' && body[i] != b'\n' {
-                    i += 1;
-                }
-                if i > extra_start {
-                    let mut c = cell.into_owned();
-                    c.extend_from_slice(&body[extra_start..i]);
-                    cells.push(Cow::Owned(c));
-                } else {
-                    cells.push(cell);
-                }
-            } else {
-                let s = i;
-                i = memchr::memchr2(b',', b'\n', &body[i..]).map_or(n, |k| i + k);
-                let mut cell = &body[s..i];
-                if i < n && body[i] == b'\n' && cell.last() == Some(&b'\r') {
-                    cell = &cell[..cell.len() - 1];
-                }
-                cells.push(Cow::Borrowed(cell));
-            }
-            if i < n && body[i] == b',' {
-                i += 1;
-                continue;
-            }
-            break;
-        }
-        let mut end = i;
-        if i < n && body[i] == b'\n' {
-            i += 1;
-        }
-        if end > start && body[end - 1] == b'\r' {
-            end -= 1;
-        }
-        let raw = &body[start..end];
-        // A blank line is no record; a line holding `""` is one (an empty value).
-        width = cells.len();
-        if !raw.is_empty() || unterminated {
-            out.push(CsvRecord {
-                raw,
-                cells,
-                unterminated,
-            });
+impl<'a> CsvReader<'a> {
+    fn new(body: &'a [u8]) -> CsvReader<'a> {
+        CsvReader {
+            body,
+            at: 0,
+            cells: Vec::new(),
         }
     }
-    out
+
+    /// The next record (blank lines are none), its cells in `self.cells`.
+    fn next(&mut self) -> Option<CsvRecord<'a>> {
+        let body = self.body;
+        let n = body.len();
+        let mut i = self.at;
+        while i < n {
+            let start = i;
+            self.cells.clear();
+            let mut unterminated = false;
+            loop {
+                // One cell.
+                if i < n && body[i] == b'"' {
+                    let mut buf: Option<Vec<u8>> = None;
+                    let content_start = i + 1;
+                    i += 1;
+                    loop {
+                        if i >= n {
+                            unterminated = true;
+                            break;
+                        }
+                        if body[i] == b'"' {
+                            if i + 1 < n && body[i + 1] == b'"' {
+                                let b = buf.get_or_insert_with(|| body[content_start..i].to_vec());
+                                b.push(b'"');
+                                i += 2;
+                                continue;
+                            }
+                            break;
+                        }
+                        if let Some(b) = buf.as_mut() {
+                            b.push(body[i]);
+                        }
+                        i += 1;
+                    }
+                    let cell = match buf {
+                        Some(b) => Cow::Owned(b),
+                        None => Cow::Borrowed(&body[content_start..i.min(n)]),
+                    };
+                    i = (i + 1).min(n); // closing quote (none at the end of an unterminated page)
+                    // Anything up to the delimiter after a closing quote is kept verbatim.
+                    let extra_start = i;
+                    while i < n && body[i] != b',' && body[i] != b'\n' {
+                        i += 1;
+                    }
+                    if i > extra_start {
+                        let mut c = cell.into_owned();
+                        c.extend_from_slice(&body[extra_start..i]);
+                        self.cells.push(Cow::Owned(c));
+                    } else {
+                        self.cells.push(cell);
+                    }
+                } else {
+                    let s = i;
+                    i = memchr::memchr2(b',', b'\n', &body[i..]).map_or(n, |k| i + k);
+                    let mut cell = &body[s..i];
+                    if i < n && body[i] == b'\n' && cell.last() == Some(&b'\r') {
+                        cell = &cell[..cell.len() - 1];
+                    }
+                    self.cells.push(Cow::Borrowed(cell));
+                }
+                if i < n && body[i] == b',' {
+                    i += 1;
+                    continue;
+                }
+                break;
+            }
+            let mut end = i;
+            if i < n && body[i] == b'\n' {
+                i += 1;
+            }
+            if end > start && body[end - 1] == b'\r' {
+                end -= 1;
+            }
+            let raw = &body[start..end];
+            // A blank line is no record; a line holding `""` is one (an empty value).
+            if !raw.is_empty() || unterminated {
+                self.at = i;
+                return Some(CsvRecord { raw, unterminated });
+            }
+        }
+        self.at = n;
+        None
+    }
 }
 
 /// The field names of a CSV page's header row (a leading BOM dropped).
-fn csv_header(header: Option<CsvRecord<'_>>) -> Result<Vec<String>, DecodeError> {
-    let Some(header) = header else {
+fn csv_header(reader: &mut CsvReader<'_>) -> Result<Vec<String>, DecodeError> {
+    let Some(header) = reader.next() else {
         return Err(DecodeError::CsvHeader(
             "the body is empty; a CSV page starts with a header row".into(),
         ));
@@ -539,7 +575,7 @@ fn csv_header(header: Option<CsvRecord<'_>>) -> Result<Vec<String>, DecodeError>
             "a quoted field in the header row is never closed".into(),
         ));
     }
-    header
+    reader
         .cells
         .iter()
         .map(|c| {
@@ -556,10 +592,10 @@ fn decode_csv<'a>(
     body: &'a [u8],
 ) -> Result<DecodedPage<'a>, DecodeError> {
     let mut page = DecodedPage::default();
-    let mut recs = csv_records(body).into_iter();
+    let mut recs = CsvReader::new(body);
     let names = match header {
-        Some(h) => csv_header(csv_records(h).into_iter().next())?,
-        None => csv_header(recs.next())?,
+        Some(h) => csv_header(&mut CsvReader::new(h))?,
+        None => csv_header(&mut recs)?,
     };
     let mapping: Vec<Option<usize>> = names
         .iter()
@@ -582,9 +618,10 @@ fn decode_csv<'a>(
             None => std::str::from_utf8(bytes).ok(),
         }
     };
-    for (i, rec) in recs.enumerate() {
+    let mut no = 0;
+    while let Some(rec) = recs.next() {
         page.items += 1;
-        let no = i as u64 + 1;
+        no += 1;
         let raw = match text_of(rec.raw)
             .ok_or(())
             .or_else(|_| std::str::from_utf8(rec.raw))
@@ -612,21 +649,21 @@ fn decode_csv<'a>(
             });
             continue;
         }
-        if rec.cells.len() != names.len() {
+        if recs.cells.len() != names.len() {
             page.bad.push(BadItem {
                 no,
                 raw: raw.to_string(),
                 code: "csv_field_count",
                 reason: format!(
                     "row has {} fields, the header has {}",
-                    rec.cells.len(),
+                    recs.cells.len(),
                     names.len()
                 ),
             });
             continue;
         }
         let mut cells = vec![None; columns.len];
-        for (cell, m) in rec.cells.into_iter().zip(&mapping) {
+        for (cell, m) in recs.cells.drain(..).zip(&mapping) {
             let Some(idx) = *m else {
                 continue;
             };
@@ -713,6 +750,7 @@ mod tests {
     fn text(c: &Option<Cell>) -> String {
         match c {
             Some(Cell::Json(v)) => v.to_string(),
+            Some(Cell::JsonStr(v)) => format!("{v:?}"),
             Some(Cell::Text(t)) => t.to_string(),
             None => "<none>".into(),
         }

@@ -648,20 +648,21 @@ impl Checker {
         }
         let mut buffers: BTreeMap<Quarter, partition::RowBuffer> = BTreeMap::new();
         let (mut valid, mut max_cursor) = (0, None::<String>);
+        let mut values = Vec::with_capacity(self.validator.schema().columns.len());
         for rec in &page.records {
-            match self.validator.validate(rec) {
-                Ok(row) => {
+            match self.validator.validate_into(rec, &mut values) {
+                Ok(quarter) => {
                     valid += 1;
                     if let Some(ci) = self.cursor_col
-                        && let Some(v) = cursor_value(&row.values[ci])
+                        && let Some(v) = cursor_value(&values[ci])
                         && max_cursor.as_ref().is_none_or(|m| &v > m)
                     {
                         max_cursor = Some(v);
                     }
                     buffers
-                        .entry(row.quarter)
+                        .entry(quarter)
                         .or_insert_with(|| partition::RowBuffer::new(self.validator.schema()))
-                        .push(&row.values);
+                        .push(&values);
                 }
                 Err(rej) => {
                     let row = QuarantineRow {

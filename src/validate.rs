@@ -46,15 +46,6 @@ pub struct Rejection {
 /// A validation failure of one value: its stable code and its message.
 type Bad = (&'static str, String);
 
-/// A record that passed validation.
-#[derive(Debug)]
-pub struct ValidRow<'a> {
-    /// Values in schema column order.
-    pub values: Vec<Value<'a>>,
-    /// The quarter of the period column.
-    pub quarter: Quarter,
-}
-
 const EPOCH_DAYS_CE: i32 = 719_163;
 
 /// Parses a `YYYY-MM-DD` date strictly.
@@ -150,6 +141,7 @@ impl Validator {
                 Json::Str(s) => s.into_owned(),
                 _ => return None,
             },
+            Cell::JsonStr(s) => s.to_string(),
             Cell::Text(t) => t.to_string(),
         };
         parse_date(&text).map(Quarter::from_date)
@@ -162,11 +154,7 @@ impl Validator {
         let bad = |code: &'static str, what: String| Err((code, what));
         match classify(raw).map_err(|e| ("bad_json_string", e))? {
             Json::Null => Ok(Value::Null),
-            Json::Str(s) if t == ColumnType::Boolean => bad(
-                "not_boolean",
-                format!("expected true or false, got the text {}", shown(&s)),
-            ),
-            Json::Str(s) => self.parse_text(t, &s),
+            Json::Str(s) => self.json_text(t, s),
             Json::Num(n) => match t {
                 ColumnType::Utf8 => bad(
                     "not_text",
@@ -198,6 +186,18 @@ impl Validator {
                 ),
             ),
         }
+    }
+
+    /// A JSON string as a value of the column's type: parsed like CSV
+    /// text, except that it is never a boolean.
+    fn json_text<'a>(&self, t: ColumnType, s: Cow<'a, str>) -> Result<Value<'a>, Bad> {
+        if t == ColumnType::Boolean {
+            return Err((
+                "not_boolean",
+                format!("expected true or false, got the text {}", shown(&s)),
+            ));
+        }
+        self.parse_text(t, &s)
     }
 
     /// A text value against the column's enumeration and validator.
@@ -233,9 +233,15 @@ impl Validator {
         }
     }
 
-    /// Validates one record.
-    pub fn validate<'a>(&self, rec: &'a RawRecord<'a>) -> Result<ValidRow<'a>, Rejection> {
-        let mut values = Vec::with_capacity(self.schema.columns.len());
+    /// Validates one record into `values`, in schema column order (cleared
+    /// first; left partly filled on a rejection), so a page's records can
+    /// share one buffer. Returns the quarter of its period column.
+    pub fn validate_into<'a>(
+        &self,
+        rec: &'a RawRecord<'a>,
+        values: &mut Vec<Value<'a>>,
+    ) -> Result<Quarter, Rejection> {
+        values.clear();
         for (i, col) in self.schema.columns.iter().enumerate() {
             let reject = |(code, reason): Bad| Rejection {
                 field: Some(col.name.clone()),
@@ -247,6 +253,9 @@ impl Validator {
                 None => Value::Null,
                 Some(Cell::Text(t)) => self.parse_text(col.data_type, t).map_err(reject)?,
                 Some(Cell::Json(raw)) => self.json_cell(col.data_type, raw).map_err(reject)?,
+                Some(Cell::JsonStr(s)) => self
+                    .json_text(col.data_type, Cow::Borrowed(s))
+                    .map_err(reject)?,
             };
             match &v {
                 Value::Null if !col.nullable => {
@@ -261,13 +270,12 @@ impl Validator {
             }
             values.push(v);
         }
-        let quarter = match values[self.schema.period_column] {
-            Value::Date(d) => Quarter::from_date(
+        match values[self.schema.period_column] {
+            Value::Date(d) => Ok(Quarter::from_date(
                 NaiveDate::from_num_days_from_ce_opt(d + EPOCH_DAYS_CE).expect("valid date"),
-            ),
+            )),
             _ => unreachable!("period column is a non-null Date32"),
-        };
-        Ok(ValidRow { values, quarter })
+        }
     }
 
     fn parse_text<'a>(&self, t: ColumnType, s: &Cow<'a, str>) -> Result<Value<'a>, Bad> {
@@ -349,8 +357,9 @@ mod tests {
         let body = format!("[{json}]");
         let page = decode(Format::Json, None, None, &cols, body.as_bytes()).unwrap();
         let v = Validator::new(&s);
-        v.validate(&page.records[0])
-            .map(|r| r.values.iter().map(|v| format!("{v:?}")).collect())
+        let mut values = Vec::new();
+        v.validate_into(&page.records[0], &mut values)
+            .map(|_| values.iter().map(|v| format!("{v:?}")).collect())
             .map_err(|r| (r.field, format!("{}: {}", r.code, r.reason)))
     }
 
