@@ -473,9 +473,6 @@ fn main() -> Result<ExitCode> {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Import { .. }) {
-        keep_freed_memory();
-    }
     let progress_bar = matches!(
         cli.command,
         Command::Ingest { .. } | Command::Backfill { .. } | Command::Demo { .. }
@@ -542,6 +539,7 @@ fn main() -> Result<ExitCode> {
             file,
             format,
         } => {
+            keep_freed_memory();
             let project = load_project(&opts)?;
             import(&project, &table, &file, format)
         }
