@@ -12,6 +12,7 @@
 //! `system.runs`, `system.partitions`, `ref_districts`, `ref_industries`.
 
 mod files;
+mod split;
 
 use crate::config::Project;
 use crate::config::schema::PARTITION_COLUMN;
@@ -353,6 +354,20 @@ impl Catalog {
             let path = root.join(&dir.generation);
             register_published(&ctx, name, &path, meta).await?;
         }
+        // Aggregates grouped by quarter over a warehouse table run one
+        // quarter at a time, and joins of one quarter to the same quarter
+        // do not hash the quarter (see [`split`]).
+        let quarters = self
+            .project
+            .tables
+            .iter()
+            .filter_map(|t| {
+                let dir = manifest.dirs.get(&DirKey::Table(t.name.clone()).key())?;
+                Some((t.name.clone(), dir.partitions.keys().cloned().collect()))
+            })
+            .collect();
+        ctx.add_optimizer_rule(Arc::new(split::SplitByQuarter::new(quarters)));
+        ctx.add_optimizer_rule(Arc::new(split::SameQuarterJoin));
         register(&ctx, "system.runs", self.runs_table()?)?;
         register(&ctx, "system.partitions", partitions_table(&manifest)?)?;
         register(&ctx, "ref_districts", districts_table()?)?;

@@ -1,0 +1,555 @@
+//! Aggregates grouped by `quarter`, computed one partition at a time.
+//!
+//! `quarter` is a partition column: every row of a file has the same value,
+//! but DataFusion builds it for each row and hashes it into the groups.
+//! `SELECT quarter, count(*) … GROUP BY quarter` over 10M loans spends most
+//! of its time there. [`SplitByQuarter`] rewrites such an aggregate over one
+//! warehouse table into a `UNION ALL` of the same aggregate over each
+//! quarter the table holds (each scan reading only that partition), with
+//! the quarter a constant and no longer a grouping key. The groups of
+//! different quarters are disjoint, so the union is the same rows; the
+//! columns keep their names and types.
+
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, ScalarValue};
+use datafusion::error::Result;
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{
+    Aggregate, Expr, Filter, LogicalPlan, Projection, SubqueryAlias, Union, col, lit,
+};
+use datafusion::optimizer::optimizer::ApplyOrder;
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::config::schema::PARTITION_COLUMN;
+
+/// Name of the hidden row count that keeps an emptied quarter out of the result.
+const ROWS: &str = "__ironlake_quarter_rows";
+
+/// The optimizer rule; see the module documentation.
+#[derive(Debug, Default)]
+pub struct SplitByQuarter {
+    /// Quarters of each table, by its name as a scan names it (`bank_loans`).
+    quarters: HashMap<String, Vec<String>>,
+}
+
+impl SplitByQuarter {
+    /// A rule for tables with these quarters (table name → partition values).
+    pub fn new(quarters: HashMap<String, Vec<String>>) -> SplitByQuarter {
+        SplitByQuarter { quarters }
+    }
+
+    /// The split plan, or `None` when `agg` is not one this rule handles.
+    fn split(&self, agg: &Aggregate) -> Option<LogicalPlan> {
+        if agg
+            .group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+        {
+            return None;
+        }
+        let quarter_col = agg.group_expr.iter().find_map(|e| match e {
+            Expr::Column(c) if c.name == PARTITION_COLUMN => Some(c.clone()),
+            _ => None,
+        })?;
+        let (table, literal) = scan_of(&agg.input)?;
+        let known = self.quarters.get(&table)?;
+        let quarters: Vec<&String> = known
+            .iter()
+            .filter(|q| literal.as_ref().is_none_or(|l| l.contains(*q)))
+            .collect();
+        if quarters.is_empty() || quarters.len() > MAX_BRANCHES {
+            return None;
+        }
+        let mut branches = Vec::with_capacity(quarters.len());
+        for q in quarters {
+            match branch(agg, &quarter_col, q) {
+                Ok(Some(b)) => branches.push(Arc::new(b)),
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "not splitting an aggregate by quarter");
+                    return None;
+                }
+            }
+        }
+        let union = if branches.len() == 1 {
+            branches.pop().expect("one branch")
+        } else {
+            Arc::new(LogicalPlan::Union(Union::try_new(branches).ok()?))
+        };
+        // The union's columns, named as the aggregate named them.
+        let exprs = union
+            .schema()
+            .columns()
+            .into_iter()
+            .zip(agg.schema.iter())
+            .map(|(c, (qualifier, field))| {
+                Expr::Column(c).alias_qualified(qualifier.cloned(), field.name())
+            })
+            .collect();
+        let plan = LogicalPlan::Projection(Projection::try_new(exprs, union).ok()?);
+        same_fields(&plan, agg).then_some(plan)
+    }
+}
+
+/// More quarters than this are left to one aggregate (the union's plan
+/// would cost more than hashing the column).
+const MAX_BRANCHES: usize = 256;
+
+fn same_fields(p: &LogicalPlan, agg: &Aggregate) -> bool {
+    let a = p.schema();
+    a.fields().len() == agg.schema.fields().len()
+        && a.iter().zip(agg.schema.iter()).all(|((qa, fa), (qb, fb))| {
+            qa == qb && fa.name() == fb.name() && fa.data_type() == fb.data_type()
+        })
+}
+
+/// The warehouse table under an aggregate's input, reached through
+/// projections, filters and aliases that pass `quarter` on unchanged, and
+/// the quarters its filters allow, when they name them as literals.
+fn scan_of(plan: &LogicalPlan) -> Option<(String, Option<BTreeSet<String>>)> {
+    let mut allowed: Option<BTreeSet<String>> = None;
+    let mut narrow = |preds: &[&Expr]| {
+        for p in preds {
+            if let Some(qs) = literal_quarters(p) {
+                allowed = Some(match allowed.take() {
+                    Some(a) => a.intersection(&qs).cloned().collect(),
+                    None => qs,
+                });
+            }
+        }
+    };
+    let mut node = plan;
+    loop {
+        match node {
+            LogicalPlan::Projection(p) => {
+                let passes = p
+                    .expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::Column(c) if c.name == PARTITION_COLUMN));
+                if !passes {
+                    return None;
+                }
+                node = &p.input;
+            }
+            LogicalPlan::Filter(f) => {
+                narrow(&split_conjunction(&f.predicate));
+                node = &f.input;
+            }
+            LogicalPlan::SubqueryAlias(SubqueryAlias { input, .. }) => node = input,
+            LogicalPlan::TableScan(s) => {
+                if s.fetch.is_some()
+                    || s.projected_schema
+                        .field_with_unqualified_name(PARTITION_COLUMN)
+                        .is_err()
+                {
+                    return None;
+                }
+                let filters: Vec<&Expr> = s.filters.iter().flat_map(split_conjunction).collect();
+                narrow(&filters);
+                return Some((s.table_name.to_string(), allowed));
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn split_conjunction(e: &Expr) -> Vec<&Expr> {
+    datafusion::logical_expr::utils::split_conjunction(e)
+}
+
+/// The quarters `e` allows when it is `quarter = 'q'`, `quarter IN ('q', …)`
+/// or a disjunction of those (the optimizer turns short `IN` lists into one).
+fn literal_quarters(e: &Expr) -> Option<BTreeSet<String>> {
+    let is_quarter = |e: &Expr| matches!(e, Expr::Column(c) if c.name == PARTITION_COLUMN);
+    let text = |e: &Expr| match e {
+        Expr::Literal(ScalarValue::Utf8(Some(s)), _) => Some(s.clone()),
+        _ => None,
+    };
+    match e {
+        Expr::BinaryExpr(b) if b.op == datafusion::logical_expr::Operator::Or => {
+            let mut l = literal_quarters(&b.left)?;
+            l.extend(literal_quarters(&b.right)?);
+            Some(l)
+        }
+        Expr::BinaryExpr(b) if b.op == datafusion::logical_expr::Operator::Eq => {
+            if is_quarter(&b.left) {
+                text(&b.right).map(|s| BTreeSet::from([s]))
+            } else if is_quarter(&b.right) {
+                text(&b.left).map(|s| BTreeSet::from([s]))
+            } else {
+                None
+            }
+        }
+        Expr::InList(l) if !l.negated && is_quarter(&l.expr) => {
+            l.list.iter().map(text).collect::<Option<BTreeSet<_>>>()
+        }
+        _ => None,
+    }
+}
+
+/// The aggregate over quarter `q` alone: its scan reads that partition, the
+/// quarter is a constant in every expression, and the columns come out in
+/// the aggregate's order (the quarter itself as a literal).
+fn branch(agg: &Aggregate, quarter_col: &Column, q: &str) -> Result<Option<LogicalPlan>> {
+    let constant = |e: &Expr| -> Result<Expr> {
+        e.clone()
+            .transform(|x| match x {
+                Expr::Column(c) if &c == quarter_col => Ok(Transformed::yes(lit(q))),
+                other => Ok(Transformed::no(other)),
+            })
+            .map(|t| t.data)
+    };
+    let Some(input) = with_quarter_filter(&agg.input, q)? else {
+        return Ok(None);
+    };
+    let names: Vec<String> = (0..agg.schema.fields().len())
+        .map(|i| format!("__ironlake_c{i}"))
+        .collect();
+    let mut group = Vec::new();
+    let mut outputs = Vec::new(); // per output column: None = the quarter literal
+    for (i, e) in agg.group_expr.iter().enumerate() {
+        if matches!(e, Expr::Column(c) if c == quarter_col) {
+            outputs.push(None);
+        } else {
+            group.push(constant(e)?.alias(&names[i]));
+            outputs.push(Some(names[i].clone()));
+        }
+    }
+    let n_group = agg.group_expr.len();
+    let mut aggr = Vec::new();
+    for (j, e) in agg.aggr_expr.iter().enumerate() {
+        aggr.push(constant(e)?.alias(&names[n_group + j]));
+        outputs.push(Some(names[n_group + j].clone()));
+    }
+    // Without grouping keys an aggregate answers one row even for an empty
+    // quarter; the original answers none for it.
+    let ungrouped = group.is_empty();
+    if ungrouped {
+        aggr.push(
+            Expr::AggregateFunction(AggregateFunction::new_udf(
+                datafusion::functions_aggregate::count::count_udaf(),
+                vec![lit(1i64)],
+                false,
+                None,
+                vec![],
+                None,
+            ))
+            .alias(ROWS),
+        );
+    }
+    let mut plan = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), group, aggr)?);
+    if ungrouped {
+        plan = LogicalPlan::Filter(Filter::try_new(col(ROWS).gt(lit(0i64)), Arc::new(plan))?);
+    }
+    let (quarter_qualifier, _) = agg
+        .schema
+        .iter()
+        .zip(agg.group_expr.iter())
+        .find(|(_, e)| matches!(e, Expr::Column(c) if c == quarter_col))
+        .map(|((q, f), _)| (q.cloned(), f.clone()))
+        .expect("the quarter is a grouping key");
+    let exprs = outputs
+        .into_iter()
+        .map(|o| match o {
+            None => lit(q).alias_qualified(quarter_qualifier.clone(), PARTITION_COLUMN),
+            Some(name) => col(Column::from_name(name)),
+        })
+        .collect();
+    Ok(Some(LogicalPlan::Projection(Projection::try_new(
+        exprs,
+        Arc::new(plan),
+    )?)))
+}
+
+/// `plan` with a filter `quarter = 'q'` right above its table scan (the
+/// next optimizer pass pushes it into the scan, which then lists only that
+/// partition).
+fn with_quarter_filter(plan: &LogicalPlan, q: &str) -> Result<Option<LogicalPlan>> {
+    let mut found = false;
+    let out = plan
+        .clone()
+        .transform_up(|node| match node {
+            LogicalPlan::TableScan(s) if !found => {
+                found = true;
+                let column = Column::new(Some(s.table_name.clone()), PARTITION_COLUMN);
+                let predicate = Expr::Column(column).eq(lit(q));
+                let scan = Arc::new(LogicalPlan::TableScan(s));
+                Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(
+                    predicate, scan,
+                )?)))
+            }
+            other => Ok(Transformed::no(other)),
+        })?
+        .data;
+    Ok(found.then_some(out))
+}
+
+impl OptimizerRule for SplitByQuarter {
+    fn name(&self) -> &str {
+        "ironlake_split_by_quarter"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::TopDown)
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let LogicalPlan::Aggregate(agg) = &plan else {
+            return Ok(Transformed::no(plan));
+        };
+        match self.split(agg) {
+            Some(p) => Ok(Transformed::yes(p)),
+            None => Ok(Transformed::no(plan)),
+        }
+    }
+}
+
+/// The optimizer rule that drops `a.quarter = b.quarter` from a join's keys
+/// when both sides hold one and the same quarter (their filters name it):
+/// the condition is then true for every pair of rows, and hashing the
+/// partition column on both sides costs more than the rest of the join.
+#[derive(Debug, Default)]
+pub struct SameQuarterJoin;
+
+/// The single quarter every row of `plan` has in its `quarter` column, when
+/// a filter below pins it (`quarter = 'q'`), through projections, aliases
+/// and aggregates grouped by it.
+fn pinned_quarter(plan: &LogicalPlan) -> Option<String> {
+    let pinned_by = |preds: Vec<&Expr>| {
+        preds.into_iter().find_map(|p| {
+            literal_quarters(p)
+                .filter(|qs| qs.len() == 1)
+                .and_then(|qs| qs.into_iter().next())
+        })
+    };
+    match plan {
+        LogicalPlan::TableScan(s) => {
+            pinned_by(s.filters.iter().flat_map(split_conjunction).collect())
+        }
+        LogicalPlan::Filter(f) => {
+            pinned_by(split_conjunction(&f.predicate)).or_else(|| pinned_quarter(&f.input))
+        }
+        LogicalPlan::SubqueryAlias(a) => pinned_quarter(&a.input),
+        LogicalPlan::Projection(p) => {
+            let (i, _) = p
+                .schema
+                .iter()
+                .enumerate()
+                .find(|(_, (_, f))| f.name() == PARTITION_COLUMN)?;
+            match p.expr.get(i)? {
+                Expr::Column(c) if c.name == PARTITION_COLUMN => pinned_quarter(&p.input),
+                Expr::Alias(a) => match a.expr.as_ref() {
+                    Expr::Literal(ScalarValue::Utf8(Some(s)), _) => Some(s.clone()),
+                    Expr::Column(c) if c.name == PARTITION_COLUMN => pinned_quarter(&p.input),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        LogicalPlan::Aggregate(a)
+            if a.group_expr
+                .iter()
+                .any(|e| matches!(e, Expr::Column(c) if c.name == PARTITION_COLUMN)) =>
+        {
+            pinned_quarter(&a.input)
+        }
+        _ => None,
+    }
+}
+
+impl OptimizerRule for SameQuarterJoin {
+    fn name(&self) -> &str {
+        "ironlake_same_quarter_join"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::BottomUp)
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let LogicalPlan::Join(join) = plan else {
+            return Ok(Transformed::no(plan));
+        };
+        let is_quarter = |e: &Expr| matches!(e, Expr::Column(c) if c.name == PARTITION_COLUMN);
+        let Some(i) = join
+            .on
+            .iter()
+            .position(|(l, r)| is_quarter(l) && is_quarter(r))
+        else {
+            return Ok(Transformed::no(LogicalPlan::Join(join)));
+        };
+        if join.on.len() < 2
+            || join.null_equality != datafusion::common::NullEquality::NullEqualsNothing
+        {
+            return Ok(Transformed::no(LogicalPlan::Join(join)));
+        }
+        match (pinned_quarter(&join.left), pinned_quarter(&join.right)) {
+            (Some(a), Some(b)) if a == b => {
+                let mut join = join;
+                join.on.remove(i);
+                Ok(Transformed::yes(LogicalPlan::Join(join)))
+            }
+            _ => Ok(Transformed::no(LogicalPlan::Join(join))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Decimal128Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionContext;
+
+    /// Loans of three quarters, the quarters mixed within batches.
+    fn session(split: bool) -> SessionContext {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("guarantee", DataType::Utf8, true),
+            Field::new("balance", DataType::Decimal128(18, 2), true),
+            Field::new(PARTITION_COLUMN, DataType::Utf8, false),
+        ]));
+        let batch = |q: &[&str], g: &[Option<&str>], b: &[Option<i128>]| {
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(g.to_vec())),
+                Arc::new(
+                    Decimal128Array::from(b.to_vec())
+                        .with_precision_and_scale(18, 2)
+                        .unwrap(),
+                ),
+                Arc::new(StringArray::from(q.to_vec())),
+            ];
+            RecordBatch::try_new(schema.clone(), cols).unwrap()
+        };
+        let b1 = batch(
+            &["2019Q1", "2019Q2", "2019Q1", "2019Q3"],
+            &[Some("credit"), Some("credit"), Some("mortgage"), None],
+            &[Some(100), Some(250), Some(-5), None],
+        );
+        let b2 = batch(
+            &["2019Q2", "2019Q1", "2019Q2"],
+            &[Some("mortgage"), Some("credit"), Some("credit")],
+            &[Some(7), Some(1), None],
+        );
+        let table = MemTable::try_new(schema.clone(), vec![vec![b1], vec![b2]]).unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_table("loans", Arc::new(table)).unwrap();
+        if split {
+            // 2019Q4 has no rows: its branch must add none.
+            let quarters = ["2019Q1", "2019Q2", "2019Q3", "2019Q4"].map(String::from);
+            ctx.add_optimizer_rule(Arc::new(SplitByQuarter::new(HashMap::from([(
+                "loans".to_string(),
+                quarters.to_vec(),
+            )]))));
+        }
+        ctx
+    }
+
+    async fn run(ctx: &SessionContext, sql: &str) -> String {
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    }
+
+    async fn plan(ctx: &SessionContext, sql: &str) -> String {
+        let df = ctx.sql(sql).await.unwrap();
+        format!("{}", df.into_optimized_plan().unwrap().display_indent())
+    }
+
+    #[tokio::test]
+    async fn grouping_by_quarter_runs_a_quarter_at_a_time_with_the_same_rows() {
+        let split = session(true);
+        let plain = session(false);
+        let q1 = "SELECT quarter, count(*) AS loans, sum(balance) AS balance FROM loans GROUP BY quarter ORDER BY quarter";
+        assert_eq!(
+            run(&split, q1).await,
+            [
+                "+---------+-------+---------+",
+                "| quarter | loans | balance |",
+                "+---------+-------+---------+",
+                "| 2019Q1  | 3     | 0.96    |",
+                "| 2019Q2  | 3     | 2.57    |",
+                "| 2019Q3  | 1     |         |",
+                "+---------+-------+---------+",
+            ]
+            .join("\n")
+        );
+        let p = plan(&split, q1).await;
+        assert!(p.contains("Union"), "not split:\n{p}");
+        assert!(!plan(&plain, q1).await.contains("Union"));
+        for sql in [
+            q1,
+            "SELECT quarter, guarantee, count(*), sum(balance) FROM loans GROUP BY quarter, guarantee ORDER BY 1, 2",
+            "SELECT guarantee, l.quarter, max(balance) FROM loans l WHERE quarter IN ('2019Q2', '2019Q3', '2020Q1') GROUP BY l.quarter, guarantee ORDER BY 2, 1",
+            "SELECT DISTINCT quarter FROM loans ORDER BY 1",
+            "SELECT count(DISTINCT guarantee) AS kinds, quarter FROM loans GROUP BY quarter HAVING count(*) > 1 ORDER BY quarter",
+            "SELECT quarter, substr(quarter, 1, 4) AS y, count(*) FROM loans GROUP BY quarter, substr(quarter, 1, 4) ORDER BY 1",
+            "SELECT quarter, count(*) FROM loans WHERE quarter = '2019Q4' GROUP BY quarter",
+            "SELECT quarter, guarantee, sum(balance) FROM loans GROUP BY GROUPING SETS ((quarter, guarantee), (quarter)) ORDER BY 1, 2",
+        ] {
+            assert_eq!(run(&split, sql).await, run(&plain, sql).await, "{sql}");
+        }
+        // Only literal quarters of the filters get a branch.
+        let narrowed = plan(
+            &split,
+            "SELECT quarter, count(*) FROM loans WHERE quarter IN ('2019Q1', '2019Q2') GROUP BY quarter",
+        )
+        .await;
+        assert!(
+            narrowed.contains("2019Q2") && !narrowed.contains("2019Q3"),
+            "{narrowed}"
+        );
+    }
+
+    #[tokio::test]
+    async fn joins_within_one_quarter_do_not_compare_the_quarter() {
+        let split = session(true);
+        split.add_optimizer_rule(Arc::new(SameQuarterJoin));
+        let plain = session(false);
+        let one = "SELECT a.guarantee, count(*), sum(b.balance) FROM loans a JOIN loans b ON a.guarantee = b.guarantee AND a.quarter = b.quarter WHERE a.quarter = '2019Q2' GROUP BY 1 ORDER BY 1";
+        let two = "SELECT a.guarantee, count(*), sum(b.balance) FROM loans a JOIN loans b ON a.guarantee = b.guarantee AND a.quarter = b.quarter WHERE a.quarter IN ('2019Q1', '2019Q2') GROUP BY 1 ORDER BY 1";
+        let left = "SELECT a.quarter, a.guarantee, b.n FROM loans a LEFT JOIN (SELECT quarter, guarantee, count(*) AS n FROM loans WHERE quarter = '2019Q1' GROUP BY quarter, guarantee) b ON b.quarter = a.quarter AND b.guarantee = a.guarantee WHERE a.quarter = '2019Q1' ORDER BY 1, 2, 3";
+        assert_eq!(
+            run(&split, one).await,
+            [
+                "+-----------+----------+----------------+",
+                "| guarantee | count(*) | sum(b.balance) |",
+                "+-----------+----------+----------------+",
+                "| credit    | 4        | 5.00           |",
+                "| mortgage  | 1        | 0.07           |",
+                "+-----------+----------+----------------+",
+            ]
+            .join("\n")
+        );
+        for sql in [one, two, left] {
+            assert_eq!(run(&split, sql).await, run(&plain, sql).await, "{sql}");
+        }
+        let keys = |p: String| {
+            p.lines()
+                .filter(|l| l.contains("Join"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let p = keys(plan(&split, one).await);
+        assert!(
+            p.contains("a.guarantee = b.guarantee") && !p.contains("quarter"),
+            "{p}"
+        );
+        let p = keys(plan(&split, two).await);
+        assert!(p.contains("a.quarter = b.quarter"), "{p}");
+        let p = keys(plan(&split, left).await);
+        assert!(!p.contains("quarter"), "{p}");
+    }
+}
