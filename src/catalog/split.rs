@@ -11,11 +11,12 @@
 //! columns keep their names and types.
 
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, ScalarValue};
+use datafusion::common::{Column, DFSchema, NullEquality, ScalarValue, TableReference};
 use datafusion::error::Result;
 use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
-    Aggregate, Expr, Filter, LogicalPlan, Projection, SubqueryAlias, Union, col, lit,
+    Aggregate, Expr, Filter, LogicalPlan, Operator, Projection, Union, col, lit,
 };
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -27,8 +28,159 @@ use crate::config::schema::PARTITION_COLUMN;
 /// Name of the hidden row count that keeps an emptied quarter out of the result.
 const ROWS: &str = "__ironlake_quarter_rows";
 
+/// More quarters than this are left to one aggregate (the union's plan
+/// would cost more than hashing the column).
+const MAX_BRANCHES: usize = 256;
+
+/// Whether `e` is a `quarter` column.
+fn is_quarter(e: &Expr) -> bool {
+    matches!(e, Expr::Column(c) if c.name == PARTITION_COLUMN)
+}
+
+/// What the plan below a node says about one of its `quarter` columns.
+#[derive(Default)]
+struct QuarterChain {
+    /// The warehouse table scanned, when the chain reaches its partition
+    /// column through filters, projections and aliases alone.
+    table: Option<String>,
+    /// The quarters the chain's filters on that column allow, when they
+    /// name them as literals.
+    allowed: Option<BTreeSet<String>>,
+}
+
+impl QuarterChain {
+    fn narrow(&mut self, qs: BTreeSet<String>) {
+        self.allowed = Some(match self.allowed.take() {
+            Some(a) => a.intersection(&qs).cloned().collect(),
+            None => qs,
+        });
+    }
+
+    fn narrow_by<'a>(&mut self, preds: impl IntoIterator<Item = &'a Expr>, column: &Column) {
+        for p in preds {
+            if let Some(qs) = literal_quarters(p, column) {
+                self.narrow(qs);
+            }
+        }
+    }
+
+    /// The single quarter every row has, if the filters pin it.
+    fn pinned(&self) -> Option<&String> {
+        let a = self.allowed.as_ref()?;
+        (a.len() == 1).then(|| a.first()).flatten()
+    }
+}
+
+/// The position of `column` in `schema`; `None` when it is not there, or
+/// when it is unqualified and more than one field has its name.
+fn position(schema: &DFSchema, column: &Column) -> Option<usize> {
+    if column.relation.is_none()
+        && schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() == &column.name)
+            .count()
+            > 1
+    {
+        return None;
+    }
+    schema.maybe_index_of_column(column)
+}
+
+/// Follows `column` of `plan`'s output down through filters, aliases,
+/// projections that pass it on (or set it to a literal) and aggregates
+/// grouped by it (after which no table is named), collecting the literal
+/// quarters the filters on it allow.
+fn follow_quarter(plan: &LogicalPlan, column: &Column) -> QuarterChain {
+    let mut chain = QuarterChain::default();
+    let mut column = column.clone();
+    let mut through_aggregate = false;
+    let mut node = plan;
+    loop {
+        match node {
+            LogicalPlan::Filter(f) => {
+                chain.narrow_by(split_conjunction(&f.predicate), &column);
+                node = &f.input;
+            }
+            LogicalPlan::SubqueryAlias(a) => {
+                let Some(i) = position(&a.schema, &column) else {
+                    return chain;
+                };
+                column = Column::from(a.input.schema().qualified_field(i));
+                node = &a.input;
+            }
+            LogicalPlan::Projection(p) => {
+                let Some(i) = position(&p.schema, &column) else {
+                    return chain;
+                };
+                match p.expr[i].clone().unalias() {
+                    Expr::Column(c) => column = c,
+                    Expr::Literal(ScalarValue::Utf8(Some(q)), _) => {
+                        chain.narrow(BTreeSet::from([q]));
+                        return chain;
+                    }
+                    _ => return chain,
+                }
+                node = &p.input;
+            }
+            LogicalPlan::Aggregate(a) => {
+                let key = position(&a.schema, &column).and_then(|i| a.group_expr.get(i));
+                let Some(Expr::Column(c)) = key else {
+                    return chain;
+                };
+                column = c.clone();
+                through_aggregate = true;
+                node = &a.input;
+            }
+            LogicalPlan::TableScan(s) => {
+                chain.narrow_by(s.filters.iter().flat_map(split_conjunction), &column);
+                if !through_aggregate
+                    && s.fetch.is_none()
+                    && column.name == PARTITION_COLUMN
+                    && position(&s.projected_schema, &column).is_some()
+                {
+                    chain.table = Some(s.table_name.to_string());
+                }
+                return chain;
+            }
+            _ => return chain,
+        }
+    }
+}
+
+/// The quarters `e` allows `column` when it is `column = 'q'`,
+/// `column IN ('q', …)` or a disjunction of those (the optimizer turns
+/// short `IN` lists into one).
+fn literal_quarters(e: &Expr, column: &Column) -> Option<BTreeSet<String>> {
+    let is_it = |e: &Expr| matches!(e, Expr::Column(c) if c == column);
+    let text = |e: &Expr| match e {
+        Expr::Literal(ScalarValue::Utf8(Some(s)), _) => Some(s.clone()),
+        _ => None,
+    };
+    match e {
+        Expr::BinaryExpr(b) if b.op == Operator::Or => {
+            let mut l = literal_quarters(&b.left, column)?;
+            l.extend(literal_quarters(&b.right, column)?);
+            Some(l)
+        }
+        Expr::BinaryExpr(b) if b.op == Operator::Eq => {
+            if is_it(&b.left) {
+                text(&b.right).map(|s| BTreeSet::from([s]))
+            } else if is_it(&b.right) {
+                text(&b.left).map(|s| BTreeSet::from([s]))
+            } else {
+                None
+            }
+        }
+        Expr::InList(l) if !l.negated && is_it(&l.expr) => {
+            l.list.iter().map(text).collect::<Option<BTreeSet<_>>>()
+        }
+        _ => None,
+    }
+}
+
 /// The optimizer rule; see the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SplitByQuarter {
     /// Quarters of each table, by its name as a scan names it (`bank_loans`).
     quarters: HashMap<String, Vec<String>>,
@@ -49,34 +201,30 @@ impl SplitByQuarter {
         {
             return None;
         }
-        let quarter_col = agg.group_expr.iter().find_map(|e| match e {
-            Expr::Column(c) if c.name == PARTITION_COLUMN => Some(c.clone()),
-            _ => None,
-        })?;
-        let (table, literal) = scan_of(&agg.input)?;
-        let known = self.quarters.get(&table)?;
+        // Grouping keys come first in the aggregate's schema.
+        let key = agg.group_expr.iter().position(is_quarter)?;
+        let Expr::Column(quarter_col) = &agg.group_expr[key] else {
+            return None;
+        };
+        let (qualifier, _) = agg.schema.qualified_field(key);
+        let chain = follow_quarter(&agg.input, quarter_col);
+        let known = self.quarters.get(chain.table.as_ref()?)?;
         let quarters: Vec<&String> = known
             .iter()
-            .filter(|q| literal.as_ref().is_none_or(|l| l.contains(*q)))
+            .filter(|q| chain.allowed.as_ref().is_none_or(|l| l.contains(*q)))
             .collect();
         if quarters.is_empty() || quarters.len() > MAX_BRANCHES {
             return None;
         }
-        let mut branches = Vec::with_capacity(quarters.len());
-        for q in quarters {
-            match branch(agg, &quarter_col, q) {
-                Ok(Some(b)) => branches.push(Arc::new(b)),
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::debug!(error = %e, "not splitting an aggregate by quarter");
-                    return None;
-                }
-            }
-        }
-        let union = if branches.len() == 1 {
-            branches.pop().expect("one branch")
-        } else {
-            Arc::new(LogicalPlan::Union(Union::try_new(branches).ok()?))
+        let branches = quarters
+            .into_iter()
+            .map(|q| branch(agg, quarter_col, qualifier, q).map(Arc::new))
+            .collect::<Result<Vec<_>>>()
+            .inspect_err(|e| tracing::debug!(error = %e, "not splitting an aggregate by quarter"))
+            .ok()?;
+        let union = match <[_; 1]>::try_from(branches) {
+            Ok([one]) => one,
+            Err(branches) => Arc::new(LogicalPlan::Union(Union::try_new(branches).ok()?)),
         };
         // The union's columns, named as the aggregate named them.
         let exprs = union
@@ -89,139 +237,45 @@ impl SplitByQuarter {
             })
             .collect();
         let plan = LogicalPlan::Projection(Projection::try_new(exprs, union).ok()?);
-        same_fields(&plan, agg).then_some(plan)
-    }
-}
-
-/// More quarters than this are left to one aggregate (the union's plan
-/// would cost more than hashing the column).
-const MAX_BRANCHES: usize = 256;
-
-fn same_fields(p: &LogicalPlan, agg: &Aggregate) -> bool {
-    let a = p.schema();
-    a.fields().len() == agg.schema.fields().len()
-        && a.iter().zip(agg.schema.iter()).all(|((qa, fa), (qb, fb))| {
-            qa == qb && fa.name() == fb.name() && fa.data_type() == fb.data_type()
-        })
-}
-
-/// The warehouse table under an aggregate's input, reached through
-/// projections, filters and aliases that pass `quarter` on unchanged, and
-/// the quarters its filters allow, when they name them as literals.
-fn scan_of(plan: &LogicalPlan) -> Option<(String, Option<BTreeSet<String>>)> {
-    let mut allowed: Option<BTreeSet<String>> = None;
-    let mut narrow = |preds: &[&Expr]| {
-        for p in preds {
-            if let Some(qs) = literal_quarters(p) {
-                allowed = Some(match allowed.take() {
-                    Some(a) => a.intersection(&qs).cloned().collect(),
-                    None => qs,
-                });
-            }
-        }
-    };
-    let mut node = plan;
-    loop {
-        match node {
-            LogicalPlan::Projection(p) => {
-                let passes = p
-                    .expr
-                    .iter()
-                    .any(|e| matches!(e, Expr::Column(c) if c.name == PARTITION_COLUMN));
-                if !passes {
-                    return None;
-                }
-                node = &p.input;
-            }
-            LogicalPlan::Filter(f) => {
-                narrow(&split_conjunction(&f.predicate));
-                node = &f.input;
-            }
-            LogicalPlan::SubqueryAlias(SubqueryAlias { input, .. }) => node = input,
-            LogicalPlan::TableScan(s) => {
-                if s.fetch.is_some()
-                    || s.projected_schema
-                        .field_with_unqualified_name(PARTITION_COLUMN)
-                        .is_err()
-                {
-                    return None;
-                }
-                let filters: Vec<&Expr> = s.filters.iter().flat_map(split_conjunction).collect();
-                narrow(&filters);
-                return Some((s.table_name.to_string(), allowed));
-            }
-            _ => return None,
-        }
-    }
-}
-
-fn split_conjunction(e: &Expr) -> Vec<&Expr> {
-    datafusion::logical_expr::utils::split_conjunction(e)
-}
-
-/// The quarters `e` allows when it is `quarter = 'q'`, `quarter IN ('q', …)`
-/// or a disjunction of those (the optimizer turns short `IN` lists into one).
-fn literal_quarters(e: &Expr) -> Option<BTreeSet<String>> {
-    let is_quarter = |e: &Expr| matches!(e, Expr::Column(c) if c.name == PARTITION_COLUMN);
-    let text = |e: &Expr| match e {
-        Expr::Literal(ScalarValue::Utf8(Some(s)), _) => Some(s.clone()),
-        _ => None,
-    };
-    match e {
-        Expr::BinaryExpr(b) if b.op == datafusion::logical_expr::Operator::Or => {
-            let mut l = literal_quarters(&b.left)?;
-            l.extend(literal_quarters(&b.right)?);
-            Some(l)
-        }
-        Expr::BinaryExpr(b) if b.op == datafusion::logical_expr::Operator::Eq => {
-            if is_quarter(&b.left) {
-                text(&b.right).map(|s| BTreeSet::from([s]))
-            } else if is_quarter(&b.right) {
-                text(&b.left).map(|s| BTreeSet::from([s]))
-            } else {
-                None
-            }
-        }
-        Expr::InList(l) if !l.negated && is_quarter(&l.expr) => {
-            l.list.iter().map(text).collect::<Option<BTreeSet<_>>>()
-        }
-        _ => None,
+        plan.schema()
+            .has_equivalent_names_and_types(&agg.schema)
+            .is_ok()
+            .then_some(plan)
     }
 }
 
 /// The aggregate over quarter `q` alone: its scan reads that partition, the
 /// quarter is a constant in every expression, and the columns come out in
 /// the aggregate's order (the quarter itself as a literal).
-fn branch(agg: &Aggregate, quarter_col: &Column, q: &str) -> Result<Option<LogicalPlan>> {
-    let constant = |e: &Expr| -> Result<Expr> {
-        e.clone()
-            .transform(|x| match x {
-                Expr::Column(c) if &c == quarter_col => Ok(Transformed::yes(lit(q))),
-                other => Ok(Transformed::no(other)),
-            })
-            .map(|t| t.data)
+fn branch(
+    agg: &Aggregate,
+    quarter_col: &Column,
+    qualifier: Option<&TableReference>,
+    q: &str,
+) -> Result<LogicalPlan> {
+    let constant = |e: &Expr, name: String| -> Result<Expr> {
+        let e = e.clone().transform(|x| match x {
+            Expr::Column(c) if &c == quarter_col => Ok(Transformed::yes(lit(q))),
+            other => Ok(Transformed::no(other)),
+        })?;
+        Ok(e.data.alias(name))
     };
-    let Some(input) = with_quarter_filter(&agg.input, q)? else {
-        return Ok(None);
-    };
-    let names: Vec<String> = (0..agg.schema.fields().len())
-        .map(|i| format!("__ironlake_c{i}"))
-        .collect();
+    let name = |i: usize| format!("__ironlake_c{i}");
     let mut group = Vec::new();
-    let mut outputs = Vec::new(); // per output column: None = the quarter literal
+    let mut outputs = Vec::new();
     for (i, e) in agg.group_expr.iter().enumerate() {
         if matches!(e, Expr::Column(c) if c == quarter_col) {
-            outputs.push(None);
+            outputs.push(lit(q).alias_qualified(qualifier.cloned(), PARTITION_COLUMN));
         } else {
-            group.push(constant(e)?.alias(&names[i]));
-            outputs.push(Some(names[i].clone()));
+            group.push(constant(e, name(i))?);
+            outputs.push(col(Column::from_name(name(i))));
         }
     }
-    let n_group = agg.group_expr.len();
     let mut aggr = Vec::new();
     for (j, e) in agg.aggr_expr.iter().enumerate() {
-        aggr.push(constant(e)?.alias(&names[n_group + j]));
-        outputs.push(Some(names[n_group + j].clone()));
+        let i = agg.group_expr.len() + j;
+        aggr.push(constant(e, name(i))?);
+        outputs.push(col(Column::from_name(name(i))));
     }
     // Without grouping keys an aggregate answers one row even for an empty
     // quarter; the original answers none for it.
@@ -239,51 +293,33 @@ fn branch(agg: &Aggregate, quarter_col: &Column, q: &str) -> Result<Option<Logic
             .alias(ROWS),
         );
     }
+    let input = with_quarter_filter(&agg.input, q)?;
     let mut plan = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), group, aggr)?);
     if ungrouped {
         plan = LogicalPlan::Filter(Filter::try_new(col(ROWS).gt(lit(0i64)), Arc::new(plan))?);
     }
-    let (quarter_qualifier, _) = agg
-        .schema
-        .iter()
-        .zip(agg.group_expr.iter())
-        .find(|(_, e)| matches!(e, Expr::Column(c) if c == quarter_col))
-        .map(|((q, f), _)| (q.cloned(), f.clone()))
-        .expect("the quarter is a grouping key");
-    let exprs = outputs
-        .into_iter()
-        .map(|o| match o {
-            None => lit(q).alias_qualified(quarter_qualifier.clone(), PARTITION_COLUMN),
-            Some(name) => col(Column::from_name(name)),
-        })
-        .collect();
-    Ok(Some(LogicalPlan::Projection(Projection::try_new(
-        exprs,
+    Ok(LogicalPlan::Projection(Projection::try_new(
+        outputs,
         Arc::new(plan),
-    )?)))
+    )?))
 }
 
-/// `plan` with a filter `quarter = 'q'` right above its table scan (the
-/// next optimizer pass pushes it into the scan, which then lists only that
-/// partition).
-fn with_quarter_filter(plan: &LogicalPlan, q: &str) -> Result<Option<LogicalPlan>> {
-    let mut found = false;
-    let out = plan
-        .clone()
-        .transform_up(|node| match node {
-            LogicalPlan::TableScan(s) if !found => {
-                found = true;
-                let column = Column::new(Some(s.table_name.clone()), PARTITION_COLUMN);
-                let predicate = Expr::Column(column).eq(lit(q));
-                let scan = Arc::new(LogicalPlan::TableScan(s));
-                Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(
-                    predicate, scan,
-                )?)))
-            }
-            other => Ok(Transformed::no(other)),
-        })?
-        .data;
-    Ok(found.then_some(out))
+/// `plan` (a chain [`follow_quarter`] followed to one table scan) with a
+/// filter `quarter = 'q'` right above the scan (the next optimizer pass
+/// pushes it into the scan, which then lists only that partition).
+fn with_quarter_filter(plan: &LogicalPlan, q: &str) -> Result<LogicalPlan> {
+    let out = plan.clone().transform_up(|node| match node {
+        LogicalPlan::TableScan(s) => {
+            let column = Column::new(Some(s.table_name.clone()), PARTITION_COLUMN);
+            let predicate = Expr::Column(column).eq(lit(q));
+            let scan = Arc::new(LogicalPlan::TableScan(s));
+            Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(
+                predicate, scan,
+            )?)))
+        }
+        other => Ok(Transformed::no(other)),
+    })?;
+    Ok(out.data)
 }
 
 impl OptimizerRule for SplitByQuarter {
@@ -317,52 +353,6 @@ impl OptimizerRule for SplitByQuarter {
 #[derive(Debug, Default)]
 pub struct SameQuarterJoin;
 
-/// The single quarter every row of `plan` has in its `quarter` column, when
-/// a filter below pins it (`quarter = 'q'`), through projections, aliases
-/// and aggregates grouped by it.
-fn pinned_quarter(plan: &LogicalPlan) -> Option<String> {
-    let pinned_by = |preds: Vec<&Expr>| {
-        preds.into_iter().find_map(|p| {
-            literal_quarters(p)
-                .filter(|qs| qs.len() == 1)
-                .and_then(|qs| qs.into_iter().next())
-        })
-    };
-    match plan {
-        LogicalPlan::TableScan(s) => {
-            pinned_by(s.filters.iter().flat_map(split_conjunction).collect())
-        }
-        LogicalPlan::Filter(f) => {
-            pinned_by(split_conjunction(&f.predicate)).or_else(|| pinned_quarter(&f.input))
-        }
-        LogicalPlan::SubqueryAlias(a) => pinned_quarter(&a.input),
-        LogicalPlan::Projection(p) => {
-            let (i, _) = p
-                .schema
-                .iter()
-                .enumerate()
-                .find(|(_, (_, f))| f.name() == PARTITION_COLUMN)?;
-            match p.expr.get(i)? {
-                Expr::Column(c) if c.name == PARTITION_COLUMN => pinned_quarter(&p.input),
-                Expr::Alias(a) => match a.expr.as_ref() {
-                    Expr::Literal(ScalarValue::Utf8(Some(s)), _) => Some(s.clone()),
-                    Expr::Column(c) if c.name == PARTITION_COLUMN => pinned_quarter(&p.input),
-                    _ => None,
-                },
-                _ => None,
-            }
-        }
-        LogicalPlan::Aggregate(a)
-            if a.group_expr
-                .iter()
-                .any(|e| matches!(e, Expr::Column(c) if c.name == PARTITION_COLUMN)) =>
-        {
-            pinned_quarter(&a.input)
-        }
-        _ => None,
-    }
-}
-
 impl OptimizerRule for SameQuarterJoin {
     fn name(&self) -> &str {
         "ironlake_same_quarter_join"
@@ -377,29 +367,29 @@ impl OptimizerRule for SameQuarterJoin {
         plan: LogicalPlan,
         _config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        let LogicalPlan::Join(join) = plan else {
+        let LogicalPlan::Join(mut join) = plan else {
             return Ok(Transformed::no(plan));
         };
-        let is_quarter = |e: &Expr| matches!(e, Expr::Column(c) if c.name == PARTITION_COLUMN);
-        let Some(i) = join
-            .on
-            .iter()
-            .position(|(l, r)| is_quarter(l) && is_quarter(r))
-        else {
-            return Ok(Transformed::no(LogicalPlan::Join(join)));
+        let same_quarter = |(l, r): &(Expr, Expr)| match (l, r) {
+            (Expr::Column(l), Expr::Column(r))
+                if l.name == PARTITION_COLUMN && r.name == PARTITION_COLUMN =>
+            {
+                let left = follow_quarter(&join.left, l);
+                left.pinned().is_some() && left.pinned() == follow_quarter(&join.right, r).pinned()
+            }
+            _ => false,
         };
-        if join.on.len() < 2
-            || join.null_equality != datafusion::common::NullEquality::NullEqualsNothing
-        {
-            return Ok(Transformed::no(LogicalPlan::Join(join)));
-        }
-        match (pinned_quarter(&join.left), pinned_quarter(&join.right)) {
-            (Some(a), Some(b)) if a == b => {
-                let mut join = join;
+        let key = if join.on.len() > 1 && join.null_equality == NullEquality::NullEqualsNothing {
+            join.on.iter().position(same_quarter)
+        } else {
+            None
+        };
+        match key {
+            Some(i) => {
                 join.on.remove(i);
                 Ok(Transformed::yes(LogicalPlan::Join(join)))
             }
-            _ => Ok(Transformed::no(LogicalPlan::Join(join))),
+            None => Ok(Transformed::no(LogicalPlan::Join(join))),
         }
     }
 }
