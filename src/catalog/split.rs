@@ -8,10 +8,15 @@
 //! quarter the table holds (each scan reading only that partition), with
 //! the quarter a constant and no longer a grouping key. The groups of
 //! different quarters are disjoint, so the union is the same rows; the
-//! columns keep their names and types.
+//! columns keep their names and types. An aggregate over rows that all
+//! have one quarter already (an aggregate over one quarter's aggregate, as
+//! in a refresh of one output quarter) drops the key the same way:
+//! DataFusion takes a constant key for a sort order and then emits its
+//! groups a batch at a time, several times slower than hashing the others.
 
+use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, DFSchema, NullEquality, ScalarValue, TableReference};
+use datafusion::common::{Column, DFSchema, JoinType, NullEquality, ScalarValue, TableReference};
 use datafusion::error::Result;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::utils::split_conjunction;
@@ -88,13 +93,15 @@ fn position(schema: &DFSchema, column: &Column) -> Option<usize> {
 }
 
 /// Follows `column` of `plan`'s output down through filters, aliases,
-/// projections that pass it on (or set it to a literal) and aggregates
-/// grouped by it (after which no table is named), collecting the literal
-/// quarters the filters on it allow.
+/// projections that pass it on (or set it to a literal), aggregates grouped
+/// by it and joins to the side it comes from when that side's rows all
+/// reach the output (after an aggregate or a join no table is named: the
+/// rows are no longer one table's), collecting the literal quarters the
+/// filters on it allow.
 fn follow_quarter(plan: &LogicalPlan, column: &Column) -> QuarterChain {
     let mut chain = QuarterChain::default();
     let mut column = column.clone();
-    let mut through_aggregate = false;
+    let mut one_table = true;
     let mut node = plan;
     loop {
         match node {
@@ -129,12 +136,30 @@ fn follow_quarter(plan: &LogicalPlan, column: &Column) -> QuarterChain {
                     return chain;
                 };
                 column = c.clone();
-                through_aggregate = true;
+                one_table = false;
                 node = &a.input;
+            }
+            LogicalPlan::Join(j) => {
+                // Only a side none of whose output rows is null-extended.
+                let (left, right) = match j.join_type {
+                    JoinType::Inner => (true, true),
+                    JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti => (true, false),
+                    JoinType::Right | JoinType::RightSemi | JoinType::RightAnti => (false, true),
+                    _ => return chain,
+                };
+                let side = if left && position(j.left.schema(), &column).is_some() {
+                    &j.left
+                } else if right && position(j.right.schema(), &column).is_some() {
+                    &j.right
+                } else {
+                    return chain;
+                };
+                one_table = false;
+                node = side;
             }
             LogicalPlan::TableScan(s) => {
                 chain.narrow_by(s.filters.iter().flat_map(split_conjunction), &column);
-                if !through_aggregate
+                if one_table
                     && s.fetch.is_none()
                     && column.name == PARTITION_COLUMN
                     && position(&s.projected_schema, &column).is_some()
@@ -208,17 +233,28 @@ impl SplitByQuarter {
         };
         let (qualifier, _) = agg.schema.qualified_field(key);
         let chain = follow_quarter(&agg.input, quarter_col);
-        let known = self.quarters.get(chain.table.as_ref()?)?;
-        let quarters: Vec<&String> = known
-            .iter()
-            .filter(|q| chain.allowed.as_ref().is_none_or(|l| l.contains(*q)))
-            .collect();
+        // Over one table: a branch per quarter it holds (that the filters
+        // allow), each reading that partition. Over anything else whose
+        // rows all have one quarter (set to a literal, or pinned by the
+        // filters: an aggregate over a quarter's aggregate), that quarter
+        // alone, the input as it is.
+        let (quarters, filter): (Vec<&String>, bool) = match &chain.table {
+            Some(table) => (
+                self.quarters
+                    .get(table)?
+                    .iter()
+                    .filter(|q| chain.allowed.as_ref().is_none_or(|l| l.contains(*q)))
+                    .collect(),
+                true,
+            ),
+            None => (vec![chain.pinned()?], false),
+        };
         if quarters.is_empty() || quarters.len() > MAX_BRANCHES {
             return None;
         }
         let branches = quarters
             .into_iter()
-            .map(|q| branch(agg, quarter_col, qualifier, q).map(Arc::new))
+            .map(|q| branch(agg, quarter_col, qualifier, q, filter).map(Arc::new))
             .collect::<Result<Vec<_>>>()
             .inspect_err(|e| tracing::debug!(error = %e, "not splitting an aggregate by quarter"))
             .ok()?;
@@ -244,14 +280,15 @@ impl SplitByQuarter {
     }
 }
 
-/// The aggregate over quarter `q` alone: its scan reads that partition, the
-/// quarter is a constant in every expression, and the columns come out in
-/// the aggregate's order (the quarter itself as a literal).
+/// The aggregate over quarter `q` alone: the quarter is a constant in every
+/// expression, the columns come out in the aggregate's order (the quarter
+/// itself as a literal), and with `filter` its scan reads that partition.
 fn branch(
     agg: &Aggregate,
     quarter_col: &Column,
     qualifier: Option<&TableReference>,
     q: &str,
+    filter: bool,
 ) -> Result<LogicalPlan> {
     let constant = |e: &Expr, name: String| -> Result<Expr> {
         let e = e.clone().transform(|x| match x {
@@ -293,7 +330,11 @@ fn branch(
             .alias(ROWS),
         );
     }
-    let input = with_quarter_filter(&agg.input, q)?;
+    let input = if filter {
+        with_quarter_filter(&agg.input, q)?
+    } else {
+        agg.input.as_ref().clone()
+    };
     let mut plan = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), group, aggr)?);
     if ungrouped {
         plan = LogicalPlan::Filter(Filter::try_new(col(ROWS).gt(lit(0i64)), Arc::new(plan))?);
@@ -350,6 +391,10 @@ impl OptimizerRule for SplitByQuarter {
 /// when both sides hold one and the same quarter (their filters name it):
 /// the condition is then true for every pair of rows, and hashing the
 /// partition column on both sides costs more than the rest of the join.
+/// When only one side is pinned to a quarter and the other side's rows
+/// need no match to appear (an inner join, or the inner side of an outer
+/// or semi join), the other side is first filtered to that quarter: its
+/// other rows could match nothing, and its scan then reads one partition.
 #[derive(Debug, Default)]
 pub struct SameQuarterJoin;
 
@@ -370,27 +415,55 @@ impl OptimizerRule for SameQuarterJoin {
         let LogicalPlan::Join(mut join) = plan else {
             return Ok(Transformed::no(plan));
         };
-        let same_quarter = |(l, r): &(Expr, Expr)| match (l, r) {
-            (Expr::Column(l), Expr::Column(r))
-                if l.name == PARTITION_COLUMN && r.name == PARTITION_COLUMN =>
-            {
-                let left = follow_quarter(&join.left, l);
-                left.pinned().is_some() && left.pinned() == follow_quarter(&join.right, r).pinned()
-            }
-            _ => false,
-        };
-        let key = if join.on.len() > 1 && join.null_equality == NullEquality::NullEqualsNothing {
-            join.on.iter().position(same_quarter)
-        } else {
-            None
-        };
-        match key {
-            Some(i) => {
-                join.on.remove(i);
-                Ok(Transformed::yes(LogicalPlan::Join(join)))
-            }
-            None => Ok(Transformed::no(LogicalPlan::Join(join))),
+        if join.on.len() < 2 || join.null_equality != NullEquality::NullEqualsNothing {
+            return Ok(Transformed::no(LogicalPlan::Join(join)));
         }
+        // Which side may be filtered to the other's quarter.
+        let (filter_left, filter_right) = match join.join_type {
+            JoinType::Inner => (true, true),
+            JoinType::Left | JoinType::LeftSemi => (false, true),
+            JoinType::Right | JoinType::RightSemi => (true, false),
+            _ => (false, false),
+        };
+        for (i, (l, r)) in join.on.iter().enumerate() {
+            let (Expr::Column(l), Expr::Column(r)) = (l, r) else {
+                continue;
+            };
+            if l.name != PARTITION_COLUMN || r.name != PARTITION_COLUMN {
+                continue;
+            }
+            let left = follow_quarter(&join.left, l);
+            let right = follow_quarter(&join.right, r);
+            let filtered = match (left.pinned(), right.pinned()) {
+                (Some(a), Some(b)) if a == b => None,
+                (Some(q), None) if filter_right => Some((false, r.clone(), q.clone())),
+                (None, Some(q)) if filter_left => Some((true, l.clone(), q.clone())),
+                _ => continue,
+            };
+            if let Some((on_left, column, q)) = filtered {
+                let side = if on_left {
+                    &mut join.left
+                } else {
+                    &mut join.right
+                };
+                // The quarters compared are text literals: so must the column be.
+                let text = side
+                    .schema()
+                    .qualified_field_from_column(&column)
+                    .is_ok_and(|(_, f)| f.data_type() == &DataType::Utf8);
+                if !text {
+                    continue;
+                }
+                let predicate = Expr::Column(column).eq(lit(q));
+                *side = Arc::new(LogicalPlan::Filter(Filter::try_new(
+                    predicate,
+                    side.clone(),
+                )?));
+            }
+            join.on.remove(i);
+            return Ok(Transformed::yes(LogicalPlan::Join(join)));
+        }
+        Ok(Transformed::no(LogicalPlan::Join(join)))
     }
 }
 
@@ -503,6 +576,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_quarter_every_row_has_is_no_grouping_key() {
+        let split = session(true);
+        let plain = session(false);
+        // An aggregate over one quarter's aggregate, and over a literal quarter.
+        let nested = "SELECT quarter, n, count(*) AS kinds FROM (SELECT quarter, guarantee, count(*) AS n FROM loans WHERE quarter = '2019Q2' GROUP BY quarter, guarantee) t GROUP BY quarter, n ORDER BY n";
+        let literal = "SELECT quarter, count(*) AS loans FROM (SELECT '2019Q3' AS quarter, guarantee FROM loans) t GROUP BY quarter";
+        let empty = "SELECT quarter, count(*) AS kinds FROM (SELECT quarter, guarantee FROM loans WHERE quarter = '2019Q4' GROUP BY quarter, guarantee) t GROUP BY quarter";
+        assert_eq!(
+            run(&split, nested).await,
+            [
+                "+---------+---+-------+",
+                "| quarter | n | kinds |",
+                "+---------+---+-------+",
+                "| 2019Q2  | 1 | 1     |",
+                "| 2019Q2  | 2 | 1     |",
+                "+---------+---+-------+",
+            ]
+            .join("\n")
+        );
+        for sql in [nested, literal, empty] {
+            assert_eq!(run(&split, sql).await, run(&plain, sql).await, "{sql}");
+            // No aggregate groups by a quarter any more.
+            let p = plan(&split, sql).await;
+            let keys: Vec<&str> = p
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("Aggregate: groupBy=["))
+                .collect();
+            assert!(!keys.is_empty(), "{p}");
+            assert!(keys.iter().all(|k| !k.contains("quarter")), "{sql}:\n{p}");
+            let k = plan(&plain, sql).await;
+            assert!(k.contains("groupBy=[[t.quarter"), "{k}");
+        }
+    }
+
+    #[tokio::test]
     async fn joins_within_one_quarter_do_not_compare_the_quarter() {
         let split = session(true);
         split.add_optimizer_rule(Arc::new(SameQuarterJoin));
@@ -522,9 +630,6 @@ mod tests {
             ]
             .join("\n")
         );
-        for sql in [one, two, left] {
-            assert_eq!(run(&split, sql).await, run(&plain, sql).await, "{sql}");
-        }
         let keys = |p: String| {
             p.lines()
                 .filter(|l| l.contains("Join"))
@@ -532,6 +637,36 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
+        // One side pinned (through a join): the other is filtered to its
+        // quarter, unless its rows appear without a match.
+        let pinned = "SELECT a.quarter, a.guarantee, count(b.balance) FROM (SELECT x.* FROM loans x JOIN loans y ON y.balance = x.balance WHERE x.quarter = '2019Q2') a LEFT JOIN loans b ON b.quarter = a.quarter AND b.guarantee = a.guarantee GROUP BY 1, 2 ORDER BY 1, 2";
+        let kept = "SELECT a.quarter, a.guarantee, count(b.balance) FROM loans a LEFT JOIN (SELECT * FROM loans WHERE quarter = '2019Q2') b ON b.quarter = a.quarter AND b.guarantee = a.guarantee GROUP BY 1, 2 ORDER BY 1, 2";
+        for sql in [one, two, left, pinned, kept] {
+            assert_eq!(run(&split, sql).await, run(&plain, sql).await, "{sql}");
+        }
+        assert_eq!(
+            run(&split, pinned).await,
+            [
+                "+---------+-----------+------------------+",
+                "| quarter | guarantee | count(b.balance) |",
+                "+---------+-----------+------------------+",
+                "| 2019Q2  | credit    | 1                |",
+                "| 2019Q2  | mortgage  | 1                |",
+                "+---------+-----------+------------------+",
+            ]
+            .join("\n")
+        );
+        let p = plan(&split, pinned).await;
+        assert!(!keys(p.clone()).contains("quarter"), "{p}");
+        // Both sides' scans read the quarter alone.
+        assert_eq!(
+            p.matches("Filter: loans.quarter = Utf8(\"2019Q2\")")
+                .count(),
+            2,
+            "{p}"
+        );
+        let p = keys(plan(&split, kept).await);
+        assert!(p.contains("a.quarter = b.quarter"), "{p}");
         let p = keys(plan(&split, one).await);
         assert!(
             p.contains("a.guarantee = b.guarantee") && !p.contains("quarter"),
