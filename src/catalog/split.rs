@@ -238,17 +238,16 @@ impl SplitByQuarter {
         // rows all have one quarter (set to a literal, or pinned by the
         // filters: an aggregate over a quarter's aggregate), that quarter
         // alone, the input as it is.
-        let (quarters, filter): (Vec<&String>, bool) = match &chain.table {
-            Some(table) => (
-                self.quarters
-                    .get(table)?
-                    .iter()
-                    .filter(|q| chain.allowed.as_ref().is_none_or(|l| l.contains(*q)))
-                    .collect(),
-                true,
-            ),
-            None => (vec![chain.pinned()?], false),
+        let quarters: Vec<&String> = match &chain.table {
+            Some(table) => self
+                .quarters
+                .get(table)?
+                .iter()
+                .filter(|q| chain.allowed.as_ref().is_none_or(|l| l.contains(*q)))
+                .collect(),
+            None => vec![chain.pinned()?],
         };
+        let filter = chain.table.is_some();
         if quarters.is_empty() || quarters.len() > MAX_BRANCHES {
             return None;
         }
@@ -391,10 +390,11 @@ impl OptimizerRule for SplitByQuarter {
 /// when both sides hold one and the same quarter (their filters name it):
 /// the condition is then true for every pair of rows, and hashing the
 /// partition column on both sides costs more than the rest of the join.
-/// When only one side is pinned to a quarter and the other side's rows
-/// need no match to appear (an inner join, or the inner side of an outer
-/// or semi join), the other side is first filtered to that quarter: its
-/// other rows could match nothing, and its scan then reads one partition.
+/// When only one side is pinned to a quarter, `other.quarter = 'q'` is
+/// implied by the join's condition, and where DataFusion would push such an
+/// ON-clause predicate into the other side ([`JoinType::on_lr_is_preserved`])
+/// the other side is first filtered to that quarter: its other rows could
+/// match nothing, and its scan then reads one partition.
 #[derive(Debug, Default)]
 pub struct SameQuarterJoin;
 
@@ -419,12 +419,7 @@ impl OptimizerRule for SameQuarterJoin {
             return Ok(Transformed::no(LogicalPlan::Join(join)));
         }
         // Which side may be filtered to the other's quarter.
-        let (filter_left, filter_right) = match join.join_type {
-            JoinType::Inner => (true, true),
-            JoinType::Left | JoinType::LeftSemi => (false, true),
-            JoinType::Right | JoinType::RightSemi => (true, false),
-            _ => (false, false),
-        };
+        let (filter_left, filter_right) = join.join_type.on_lr_is_preserved();
         for (i, (l, r)) in join.on.iter().enumerate() {
             let (Expr::Column(l), Expr::Column(r)) = (l, r) else {
                 continue;
@@ -434,32 +429,28 @@ impl OptimizerRule for SameQuarterJoin {
             }
             let left = follow_quarter(&join.left, l);
             let right = follow_quarter(&join.right, r);
-            let filtered = match (left.pinned(), right.pinned()) {
-                (Some(a), Some(b)) if a == b => None,
-                (Some(q), None) if filter_right => Some((false, r.clone(), q.clone())),
-                (None, Some(q)) if filter_left => Some((true, l.clone(), q.clone())),
+            let (side, column, q) = match (left.pinned(), right.pinned()) {
+                (Some(a), Some(b)) if a == b => {
+                    join.on.remove(i);
+                    return Ok(Transformed::yes(LogicalPlan::Join(join)));
+                }
+                (Some(q), None) if filter_right => (&mut join.right, r, q),
+                (None, Some(q)) if filter_left => (&mut join.left, l, q),
                 _ => continue,
             };
-            if let Some((on_left, column, q)) = filtered {
-                let side = if on_left {
-                    &mut join.left
-                } else {
-                    &mut join.right
-                };
-                // The quarters compared are text literals: so must the column be.
-                let text = side
-                    .schema()
-                    .qualified_field_from_column(&column)
-                    .is_ok_and(|(_, f)| f.data_type() == &DataType::Utf8);
-                if !text {
-                    continue;
-                }
-                let predicate = Expr::Column(column).eq(lit(q));
-                *side = Arc::new(LogicalPlan::Filter(Filter::try_new(
-                    predicate,
-                    side.clone(),
-                )?));
+            // The quarters compared are text literals: so must the column be.
+            let text = side
+                .schema()
+                .qualified_field_from_column(column)
+                .is_ok_and(|(_, f)| f.data_type() == &DataType::Utf8);
+            if !text {
+                continue;
             }
+            let predicate = Expr::Column(column.clone()).eq(lit(q.clone()));
+            *side = Arc::new(LogicalPlan::Filter(Filter::try_new(
+                predicate,
+                side.clone(),
+            )?));
             join.on.remove(i);
             return Ok(Transformed::yes(LogicalPlan::Join(join)));
         }
@@ -667,6 +658,21 @@ mod tests {
         );
         let p = keys(plan(&split, kept).await);
         assert!(p.contains("a.quarter = b.quarter"), "{p}");
+        // Semi and anti joins (correlated subqueries): the subquery's side
+        // is filtered to the outer side's quarter and the key dropped.
+        let semi = "SELECT guarantee, balance FROM loans a WHERE quarter = '2019Q2' AND EXISTS (SELECT 1 FROM loans b WHERE b.quarter = a.quarter AND b.guarantee = a.guarantee AND b.balance IS DISTINCT FROM a.balance) ORDER BY 1, 2";
+        let anti = "SELECT guarantee, balance FROM loans a WHERE quarter = '2019Q2' AND NOT EXISTS (SELECT 1 FROM loans b WHERE b.quarter = a.quarter AND b.guarantee = a.guarantee AND b.balance IS DISTINCT FROM a.balance) ORDER BY 1, 2";
+        for sql in [semi, anti] {
+            assert_eq!(run(&split, sql).await, run(&plain, sql).await, "{sql}");
+            let p = plan(&split, sql).await;
+            assert!(!keys(p.clone()).contains("quarter"), "{sql}:\n{p}");
+        }
+        // Another loan of the same kind in the same quarter: the two
+        // credit loans of 2019Q2 have one, its one mortgage has none.
+        assert_eq!(run(&split, semi).await.matches("credit").count(), 2);
+        assert!(!run(&split, semi).await.contains("mortgage"));
+        assert!(run(&split, anti).await.contains("mortgage"));
+        assert!(!run(&split, anti).await.contains("credit"));
         let p = keys(plan(&split, one).await);
         assert!(
             p.contains("a.guarantee = b.guarantee") && !p.contains("quarter"),
