@@ -127,10 +127,31 @@ impl Columns {
     /// list their fields in schema order, so most fields need no hashing.
     fn find(&self, name: &str, guess: usize) -> Option<usize> {
         match self.names.get(guess) {
-            Some(n) if n == name => Some(guess),
+            Some(n) if same_short(n.as_bytes(), name.as_bytes()) => Some(guess),
             _ => self.index.get(name).copied(),
         }
     }
+}
+
+/// `a == b` for short byte strings such as field names, eight bytes at a
+/// time and without a call into the C library (this runs for every field
+/// of every record).
+#[inline]
+fn same_short(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let words = |x: &[u8]| u64::from_ne_bytes(x.try_into().expect("eight bytes"));
+    if !a8
+        .by_ref()
+        .zip(b8.by_ref())
+        .all(|(x, y)| words(x) == words(y))
+    {
+        return false;
+    }
+    let (ra, rb) = (a8.remainder(), b8.remainder());
+    ra.iter().zip(rb).all(|(x, y)| x == y)
 }
 
 /// Decodes one page.
@@ -252,15 +273,19 @@ fn flat_object<'a>(columns: &Columns, text: &'a str) -> Option<JsonCells<'a>> {
         i
     };
     // A string without escapes or control characters: the index after its closing quote.
+    // One pass over the (short) string, without a call per string.
     let string = |i: usize| -> Option<usize> {
         if b.get(i) != Some(&b'"') {
             return None;
         }
-        let end = i + 1 + memchr::memchr(b'"', &b[i + 1..])?;
-        b[i + 1..end]
-            .iter()
-            .all(|&c| c >= 0x20 && c != b'\\')
-            .then_some(end + 1)
+        let mut j = i + 1;
+        loop {
+            match *b.get(j)? {
+                b'"' => return Some(j + 1),
+                c if c < 0x20 || c == b'\\' => return None,
+                _ => j += 1,
+            }
+        }
     };
     let digits = |mut i: usize| {
         let start = i;

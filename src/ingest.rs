@@ -1816,11 +1816,13 @@ fn merge_partition<'a>(
     Ok(Some((job.part, merged)))
 }
 
-/// A partition with no committed rows, written straight from its spills in
-/// delivery order, a batch at a time: memory holds one batch, a row group
-/// being encoded and a hash per key, whatever the partition's size. `None`
-/// when a key may repeat (or nothing was delivered): the full merge then
-/// picks each key's last row.
+/// A partition with no committed rows, from its staged files in delivery
+/// order. One staged file (one window) whose keys are distinct is kept as
+/// it is: it was written the way the warehouse writes its files. Several
+/// are written again into one, a batch at a time: memory holds one batch,
+/// a row group being encoded and a hash per key, whatever the partition's
+/// size. `None` when a key may repeat (or nothing was delivered): the full
+/// merge then picks each key's last row.
 fn write_new_partition(
     g: &warehouse::GenBuilder,
     schema: &arrow::datatypes::SchemaRef,
@@ -1830,6 +1832,18 @@ fn write_new_partition(
     delivery: Option<String>,
 ) -> Result<Option<PartitionMerge>, IngestError> {
     let path = g.partition_dir(part)?.join(g.file_name(0));
+    if let [staged] = paths {
+        let (distinct, rows) = merge::staged_keys_distinct(staged, key)?;
+        if !distinct || rows == 0 {
+            return Ok(None);
+        }
+        let entry = merge::adopt_staged(staged, &path, rows)?;
+        return Ok(Some(PartitionMerge {
+            changed: entry.rows,
+            file: Some(entry),
+            delivery,
+        }));
+    }
     let mut file = merge::ParquetFile::create(&path, schema.clone())?;
     let mut keys = merge::DistinctKeys::default();
     let distinct = partition::each_spilled_batch(paths, |batch| {

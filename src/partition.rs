@@ -1,11 +1,14 @@
 //! Partition: valid rows into per-quarter Arrow batches, rejected records
-//! into quarantine rows; both spilled to the run's staging directory as
-//! Arrow IPC files so memory stays bounded whatever the feed's size.
+//! into quarantine rows; both spilled to the run's staging directory so
+//! memory stays bounded whatever the feed's size. Valid rows are encoded
+//! as they spill into one Parquet file per window and quarter, written as
+//! a warehouse file would be, so a commit can keep such a file as it is;
+//! rejected records spill as Arrow IPC files.
 
 use crate::config::schema::{ColumnType, TableSchema};
 use crate::domain::Quarter;
 use crate::validate::Value;
-use crate::warehouse::merge::DeliveryHash;
+use crate::warehouse::merge::{DeliveryHash, ParquetFile};
 use arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder,
     RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
@@ -13,6 +16,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +28,9 @@ const SPILL_ROWS: usize = 32 * 1024;
 const SPILL_TOTAL_ROWS: usize = 128 * 1024;
 /// Longest raw record text kept in the quarantine.
 pub const MAX_RAW_BYTES: usize = 64 * 1024;
+/// Memory the staged Parquet writers may hold for their unfinished row
+/// groups before the largest one ends its row group early.
+const STAGED_MEMORY_BYTES: usize = 64 << 20;
 /// Raw text buffered for one quarantine partition before it is spilled
 /// (also keeps each spilled batch far below Utf8's 2 GiB offset limit).
 const SPILL_QUARANTINE_BYTES: usize = 8 << 20;
@@ -260,7 +267,9 @@ pub struct Partitioner {
     received_at: i64,
     buffers: BTreeMap<(usize, Quarter), Pending>,
     buffered: usize,
-    spills: BTreeMap<(usize, Quarter), Vec<PathBuf>>,
+    /// The staged Parquet file of each window's rows of a quarter.
+    staged: BTreeMap<(usize, Quarter), PathBuf>,
+    stager: Stager,
     quarantine: BTreeMap<(usize, String), QuarantineBuffer>,
     quarantine_spills: BTreeMap<(usize, String), Vec<PathBuf>>,
     /// Fingerprints each window's rows of a quarter, as pushed.
@@ -279,7 +288,8 @@ impl Partitioner {
             received_at: chrono::Utc::now().timestamp_micros(),
             buffers: BTreeMap::new(),
             buffered: 0,
-            spills: BTreeMap::new(),
+            staged: BTreeMap::new(),
+            stager: Stager::default(),
             quarantine: BTreeMap::new(),
             quarantine_spills: BTreeMap::new(),
             fingerprints: Fingerprinter::default(),
@@ -367,7 +377,7 @@ impl Partitioner {
             }
             b.finish(&self.run_id, &self.pipeline, self.received_at)
         };
-        let path = self.spill_path(&format!("quarantine-{}-{}", key.1, key.0));
+        let path = self.spill_path(&format!("quarantine-{}-{}", key.1, key.0), "arrow");
         write_ipc(&path, &batch.schema(), std::slice::from_ref(&batch))?;
         self.quarantine_spills
             .entry(key.clone())
@@ -376,9 +386,9 @@ impl Partitioner {
         Ok(())
     }
 
-    fn spill_path(&mut self, what: &str) -> PathBuf {
+    fn spill_path(&mut self, what: &str, extension: &str) -> PathBuf {
         self.seq += 1;
-        self.dir.join(format!("{what}-{:06}.arrow", self.seq))
+        self.dir.join(format!("{what}-{:06}.{extension}", self.seq))
     }
 
     fn spill_quarter(&mut self, key: (usize, Quarter)) -> Result<(), PartitionError> {
@@ -389,11 +399,16 @@ impl Partitioner {
             return Ok(());
         }
         self.buffered -= buf.rows;
-        let batches = std::mem::take(buf);
-        let path = self.spill_path(&format!("rows-{}-{}", key.1, key.0));
-        write_ipc(&path, &self.schema, &batches.batches)?;
-        self.spills.entry(key).or_default().push(path);
-        Ok(())
+        let batches = std::mem::take(buf).batches;
+        let path = match self.staged.get(&key) {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.spill_path(&format!("rows-{}-{}", key.1, key.0), "parquet");
+                self.staged.insert(key, p.clone());
+                p
+            }
+        };
+        self.stager.write(&self.schema, path, batches)
     }
 
     fn spill_all(&mut self) -> Result<(), PartitionError> {
@@ -407,14 +422,15 @@ impl Partitioner {
     /// Spills everything and returns the spill files: rows by quarter, quarantine by partition.
     pub fn finish(mut self) -> Result<Spilled, PartitionError> {
         self.spill_all()?;
+        self.stager.finish()?;
         let keys: Vec<(usize, String)> = self.quarantine.keys().cloned().collect();
         for k in keys {
             self.spill_quarantine(&k)?;
         }
         // Window by window: the keys sort by window first.
         let mut spilled = Spilled::default();
-        for ((_, q), paths) in self.spills {
-            spilled.rows.entry(q).or_default().extend(paths);
+        for ((_, q), path) in std::mem::take(&mut self.staged) {
+            spilled.rows.entry(q).or_default().push(path);
         }
         for ((_, part), paths) in self.quarantine_spills {
             spilled.quarantine.entry(part).or_default().extend(paths);
@@ -428,6 +444,111 @@ impl Partitioner {
         }
         Ok(spilled)
     }
+}
+
+/// What the staging thread is asked to do.
+enum Stage {
+    /// Append these rows to the staged file at this path (created at its first rows).
+    Rows(PathBuf, Vec<RecordBatch>),
+    /// Close every staged file: the run's rows are all in.
+    Finish,
+}
+
+/// Encodes spilled rows into their staged Parquet files on a thread of its
+/// own, so the thread that partitions does not wait for the encoding. The
+/// unfinished row groups of all files together stay under
+/// [`STAGED_MEMORY_BYTES`]. Dropped without [`Stager::finish`] (a failed
+/// run), it leaves its files unfinished for the staging directory's removal.
+#[derive(Default)]
+struct Stager {
+    tx: Option<mpsc::SyncSender<Stage>>,
+    thread: Option<std::thread::JoinHandle<Result<(), PartitionError>>>,
+}
+
+impl Stager {
+    fn write(
+        &mut self,
+        schema: &SchemaRef,
+        path: PathBuf,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(), PartitionError> {
+        let tx = self.tx.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::sync_channel::<Stage>(4);
+            let schema = schema.clone();
+            self.thread = Some(std::thread::spawn(move || stage_rows(&schema, &rx)));
+            tx
+        });
+        if tx.send(Stage::Rows(path, batches)).is_err() {
+            // The thread stopped at an error: report it.
+            return self.join();
+        }
+        Ok(())
+    }
+
+    /// Closes every staged file; the first error of the staging thread.
+    fn finish(&mut self) -> Result<(), PartitionError> {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Stage::Finish);
+        }
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), PartitionError> {
+        self.tx = None;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(PartitionError {
+                context: "staging rows".into(),
+                source: "the staging thread panicked".into(),
+            }),
+        }
+    }
+}
+
+impl Drop for Stager {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}
+
+/// What the staging thread's errors say it was doing (they name the file).
+const STAGING: &str = "staging the run's rows";
+
+/// The staging thread: appends rows to their files until told to finish.
+fn stage_rows(schema: &SchemaRef, rx: &mpsc::Receiver<Stage>) -> Result<(), PartitionError> {
+    let mut files: BTreeMap<PathBuf, ParquetFile> = BTreeMap::new();
+    for job in rx {
+        let (path, batches) = match job {
+            Stage::Rows(path, batches) => (path, batches),
+            Stage::Finish => {
+                for (path, file) in files {
+                    file.close()
+                        .map_err(perr(format!("staging {}", path.display())))?;
+                }
+                return Ok(());
+            }
+        };
+        let file = match files.entry(path) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let f = ParquetFile::create(e.key(), schema.clone()).map_err(perr(STAGING))?;
+                e.insert(f)
+            }
+        };
+        for b in &batches {
+            file.write(b).map_err(perr(STAGING))?;
+        }
+        let held: usize = files.values().map(ParquetFile::memory_size).sum();
+        if held > STAGED_MEMORY_BYTES
+            && let Some((path, f)) = files.iter_mut().max_by_key(|(_, f)| f.memory_size())
+        {
+            f.flush()
+                .map_err(perr(format!("staging {}", path.display())))?;
+        }
+    }
+    // Dropped without `finish`: the run failed.
+    Ok(())
 }
 
 /// Fingerprints pushed rows on a thread of its own, in push order, so the
@@ -482,7 +603,7 @@ impl Drop for Fingerprinter {
 /// A run's spilled data.
 #[derive(Debug, Default)]
 pub struct Spilled {
-    /// Valid rows by quarter, in delivery order.
+    /// Valid rows by quarter, in delivery order: a staged Parquet file per window.
     pub rows: BTreeMap<Quarter, Vec<PathBuf>>,
     /// Quarantined records by partition value.
     pub quarantine: BTreeMap<String, Vec<PathBuf>>,
@@ -507,7 +628,7 @@ fn write_ipc(
     w.finish().map_err(|e| perr(ctx)(e))
 }
 
-/// Reads spill files back, in order.
+/// Reads spill files back, in order (Parquet for rows, Arrow IPC for rejected records).
 pub fn read_spills(paths: &[PathBuf]) -> Result<Vec<RecordBatch>, PartitionError> {
     let mut out = Vec::new();
     each_spilled_batch(paths, |b| {
@@ -526,6 +647,17 @@ pub fn each_spilled_batch<E: From<PartitionError>>(
     for p in paths {
         let ctx = format!("reading spill {}", p.display());
         let file = std::fs::File::open(p).map_err(|e| perr(ctx.clone())(e))?;
+        if p.extension().is_some_and(|e| e == "parquet") {
+            let r = ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|b| b.with_batch_size(64 * 1024).build())
+                .map_err(|e| perr(ctx.clone())(e))?;
+            for b in r {
+                if !f(b.map_err(|e| perr(ctx.clone())(e))?)? {
+                    return Ok(false);
+                }
+            }
+            continue;
+        }
         let file = std::io::BufReader::with_capacity(1 << 20, file);
         let r = FileReader::try_new(file, None).map_err(|e| perr(ctx.clone())(e))?;
         for b in r {

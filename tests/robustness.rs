@@ -900,10 +900,10 @@ async fn a_full_disk_fails_the_import_cleanly_and_the_next_one_succeeds() {
         ]))
     };
     let before = count();
-    // No file may grow past 64 KiB: the import's files do.
+    // No file may grow past 8 KiB: the import's staged files do.
     let mut cmd = std::process::Command::new("bash");
     cmd.arg("-c")
-        .arg("ulimit -f 64; exec \"$@\"")
+        .arg("ulimit -f 8; exec \"$@\"")
         .arg("bash")
         .arg(env!("CARGO_BIN_EXE_ironlake"))
         .arg("--config")

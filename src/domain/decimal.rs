@@ -48,24 +48,33 @@ pub enum DecimalError {
 /// Trailing zeros past the scale are exact and accepted (`1.500` at scale 2).
 pub fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128, DecimalError> {
     let syntax = || DecimalError::Syntax(text.to_string());
-    let (negative, body) = match text.as_bytes().first() {
-        Some(b'-') => (true, &text[1..]),
-        Some(b'+') => (false, &text[1..]),
-        _ => (false, text),
+    let bytes = text.as_bytes();
+    let (negative, body) = match bytes.first() {
+        Some(b'-') => (true, &bytes[1..]),
+        Some(b'+') => (false, &bytes[1..]),
+        _ => (false, bytes),
     };
-    let (int_part, frac_part) = match body.split_once('.') {
-        Some((i, f)) => (i, f),
-        None => (body, ""),
+    // One pass: digits, at most one point (the first splits the parts).
+    let mut point = None;
+    for (i, &b) in body.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {}
+            b'.' if point.is_none() => point = Some(i),
+            _ => return Err(syntax()),
+        }
+    }
+    let (int_part, frac_part) = match point {
+        Some(p) => (&body[..p], &body[p + 1..]),
+        None => (body, &body[body.len()..]),
     };
     if int_part.is_empty() && frac_part.is_empty() {
         return Err(syntax());
     }
-    if !int_part.bytes().all(|b| b.is_ascii_digit())
-        || !frac_part.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(syntax());
-    }
-    let frac = frac_part.trim_end_matches('0');
+    let frac_len = frac_part
+        .iter()
+        .rposition(|&b| b != b'0')
+        .map_or(0, |p| p + 1);
+    let frac = &frac_part[..frac_len];
     if frac.len() > usize::from(scale) {
         return Err(DecimalError::Scale {
             text: text.to_string(),
@@ -73,7 +82,11 @@ pub fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128, Decim
             scale,
         });
     }
-    let int = int_part.trim_start_matches('0');
+    let int_start = int_part
+        .iter()
+        .position(|&b| b != b'0')
+        .unwrap_or(int_part.len());
+    let int = &int_part[int_start..];
     let max_int = precision.saturating_sub(scale);
     if int.len() > usize::from(max_int) {
         return Err(DecimalError::Precision {
@@ -83,18 +96,14 @@ pub fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128, Decim
             max: max_int,
         });
     }
-    let mut value: i128 = 0;
-    for b in int.bytes() {
-        value = value * 10 + i128::from(b - b'0');
-    }
-    let mut digits = 0;
-    for b in frac.bytes() {
-        value = value * 10 + i128::from(b - b'0');
-        digits += 1;
-    }
-    for _ in digits..scale {
-        value *= 10;
-    }
+    let digits = int.iter().chain(frac);
+    let value: i128 = if int.len() + frac.len() <= 18 {
+        // Fits in 64 bits: the common case, without 128-bit multiplies.
+        i128::from(digits.fold(0u64, |v, &b| v * 10 + u64::from(b - b'0')))
+    } else {
+        digits.fold(0i128, |v, &b| v * 10 + i128::from(b - b'0'))
+    };
+    let value = value * 10i128.pow(u32::from(scale) - frac.len() as u32);
     Ok(if negative { -value } else { value })
 }
 
@@ -163,6 +172,61 @@ mod tests {
                 matches!(parse_decimal(bad, 18, 2), Err(DecimalError::Syntax(_))),
                 "{bad:?}"
             );
+        }
+    }
+
+    /// The plain reading of the rules, kept as the oracle of the one-pass parser.
+    fn reference(text: &str, precision: u8, scale: u8) -> Result<i128, DecimalError> {
+        let syntax = || DecimalError::Syntax(text.to_string());
+        let (negative, body) = match text.as_bytes().first() {
+            Some(b'-') => (true, &text[1..]),
+            Some(b'+') => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let (int_part, frac_part) = body.split_once('.').unwrap_or((body, ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if (int_part.is_empty() && frac_part.is_empty()) || !digits(int_part) || !digits(frac_part)
+        {
+            return Err(syntax());
+        }
+        let frac = frac_part.trim_end_matches('0');
+        if frac.len() > usize::from(scale) {
+            let found = frac.len();
+            return Err(DecimalError::Scale {
+                text: text.into(),
+                found,
+                scale,
+            });
+        }
+        let int = int_part.trim_start_matches('0');
+        let max = precision.saturating_sub(scale);
+        if int.len() > usize::from(max) {
+            return Err(DecimalError::Precision {
+                text: text.into(),
+                precision,
+                scale,
+                max,
+            });
+        }
+        let mut value: i128 = 0;
+        for b in int.bytes().chain(frac.bytes()) {
+            value = value * 10 + i128::from(b - b'0');
+        }
+        for _ in frac.len()..usize::from(scale) {
+            value *= 10;
+        }
+        Ok(if negative { -value } else { value })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_parser_agrees_with_the_plain_rules(
+            text in "[-+]?[0-9]{0,24}(\\.[0-9]{0,24})?[.0-9a]?",
+            precision in 1u8..=38,
+            scale in 0u8..=12,
+        ) {
+            let scale = scale.min(precision);
+            proptest::prop_assert_eq!(parse_decimal(&text, precision, scale), reference(&text, precision, scale));
         }
     }
 

@@ -159,8 +159,33 @@ impl ParquetFile {
         self.rows
     }
 
+    /// Memory the writer holds for the row group being written.
+    pub fn memory_size(&self) -> usize {
+        self.writer.as_ref().map_or(0, ArrowWriter::memory_size)
+    }
+
+    /// Ends the row group being written, releasing its memory.
+    pub fn flush(&mut self) -> Result<()> {
+        match self.writer.as_mut() {
+            Some(w) => w
+                .flush()
+                .map_err(|e| data_err(format!("writing {}", self.path.display()))(e)),
+            None => Ok(()),
+        }
+    }
+
     /// Closes and fsyncs the file; returns its entry.
-    pub fn finish(mut self) -> Result<FileEntry> {
+    pub fn finish(self) -> Result<FileEntry> {
+        self.end(true)
+    }
+
+    /// Closes the file without waiting for the disk (a staged file, which
+    /// [`adopt_staged`] syncs when it keeps it); returns its entry.
+    pub fn close(self) -> Result<FileEntry> {
+        self.end(false)
+    }
+
+    fn end(mut self, sync: bool) -> Result<FileEntry> {
         let ctx = format!("writing {}", self.path.display());
         self.start(None)?;
         let file = self
@@ -169,18 +194,70 @@ impl ParquetFile {
             .expect("writer started")
             .into_inner()
             .map_err(|e| data_err(ctx.clone())(e))?;
-        file.sync_all().map_err(|e| data_err(ctx.clone())(e))?;
+        if sync {
+            file.sync_all().map_err(|e| data_err(ctx.clone())(e))?;
+        }
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(FileEntry {
-            name: self
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            name: file_name(&self.path),
             rows: self.rows,
             bytes,
         })
     }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether the keys (columns `key` of the table) of a staged Parquet file
+/// are all distinct (as far as 64-bit hashes tell: a collision says no),
+/// reading only those columns; and its rows.
+pub fn staged_keys_distinct(path: &Path, key: &[usize]) -> Result<(bool, u64)> {
+    let ctx = format!("reading {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| data_err(ctx.clone())(e))?;
+    let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), key.iter().copied());
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| data_err(ctx.clone())(e))?;
+    // The projected batch holds the key columns only, in table order.
+    let cols: Vec<usize> = (0..key.len()).collect();
+    let mut keys = DistinctKeys::default();
+    for b in reader {
+        let b = b.map_err(|e| data_err(ctx.clone())(e))?;
+        if !keys.insert(&b, &cols)? {
+            return Ok((false, rows));
+        }
+    }
+    Ok((true, rows))
+}
+
+/// Makes the staged file `staged` (of `rows` rows) the file at `path`:
+/// synced to disk, then linked there (copied where linking is not
+/// possible), leaving the staged name for the staging directory's removal.
+pub fn adopt_staged(staged: &Path, path: &Path, rows: u64) -> Result<FileEntry> {
+    let ctx = format!("keeping {} as {}", staged.display(), path.display());
+    let file = std::fs::File::open(staged).map_err(|e| data_err(ctx.clone())(e))?;
+    file.sync_all().map_err(|e| data_err(ctx.clone())(e))?;
+    let bytes = file.metadata().map_err(|e| data_err(ctx.clone())(e))?.len();
+    if std::fs::hard_link(staged, path).is_err() {
+        std::fs::copy(staged, path).map_err(|e| data_err(ctx.clone())(e))?;
+        std::fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| data_err(ctx.clone())(e))?;
+    }
+    Ok(FileEntry {
+        name: file_name(path),
+        rows,
+        bytes,
+    })
 }
 
 /// Calls `f` with every non-null value of the Utf8 column at `index`,
@@ -584,6 +661,43 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_staged_file_with_distinct_keys_is_kept_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let stage = |name: &str, rows: &[(&str, Option<i64>)]| {
+            let path = dir.path().join(name);
+            let mut f = ParquetFile::create(&path, schema()).unwrap();
+            f.write(&batch(rows)).unwrap();
+            f.close().unwrap();
+            path
+        };
+        let distinct = stage(
+            "a.parquet",
+            &[("k1", Some(1)), ("k2", None), ("k3", Some(3))],
+        );
+        let repeated = stage(
+            "b.parquet",
+            &[("k1", Some(1)), ("k2", None), ("k1", Some(3))],
+        );
+        assert_eq!(staged_keys_distinct(&distinct, &[0]).unwrap(), (true, 3));
+        assert_eq!(staged_keys_distinct(&repeated, &[0]).unwrap(), (false, 3));
+        // Only the key columns count: the values may repeat.
+        assert_eq!(staged_keys_distinct(&repeated, &[0, 1]).unwrap(), (true, 3));
+        let kept = dir.path().join("kept.parquet");
+        let entry = adopt_staged(&distinct, &kept, 3).unwrap();
+        assert_eq!(entry.name, "kept.parquet");
+        assert_eq!(entry.rows, 3);
+        assert_eq!(
+            std::fs::read(&kept).unwrap(),
+            std::fs::read(&distinct).unwrap()
+        );
+        assert_eq!(entry.bytes, std::fs::metadata(&kept).unwrap().len());
+        assert_eq!(
+            read_parquet(&kept, &schema()).unwrap(),
+            batch(&[("k1", Some(1)), ("k2", None), ("k3", Some(3))])
+        );
     }
 
     /// Whether each column chunk of `path`'s first row group has a dictionary page.
