@@ -127,31 +127,10 @@ impl Columns {
     /// list their fields in schema order, so most fields need no hashing.
     fn find(&self, name: &str, guess: usize) -> Option<usize> {
         match self.names.get(guess) {
-            Some(n) if same_short(n.as_bytes(), name.as_bytes()) => Some(guess),
+            Some(n) if n == name => Some(guess),
             _ => self.index.get(name).copied(),
         }
     }
-}
-
-/// `a == b` for short byte strings such as field names, eight bytes at a
-/// time and without a call into the C library (this runs for every field
-/// of every record).
-#[inline]
-fn same_short(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let words = |x: &[u8]| u64::from_ne_bytes(x.try_into().expect("eight bytes"));
-    if !a8
-        .by_ref()
-        .zip(b8.by_ref())
-        .all(|(x, y)| words(x) == words(y))
-    {
-        return false;
-    }
-    let (ra, rb) = (a8.remainder(), b8.remainder());
-    ra.iter().zip(rb).all(|(x, y)| x == y)
 }
 
 /// Decodes one page.
@@ -272,8 +251,8 @@ fn flat_object<'a>(columns: &Columns, text: &'a str) -> Option<JsonCells<'a>> {
         }
         i
     };
-    // A string without escapes or control characters: the index after its closing quote.
-    // One pass over the (short) string, without a call per string.
+    // A string without escapes or control characters: the index after its
+    // closing quote (one pass over the short string, no call per string).
     let string = |i: usize| -> Option<usize> {
         if b.get(i) != Some(&b'"') {
             return None;

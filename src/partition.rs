@@ -16,7 +16,6 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -495,14 +494,23 @@ impl Stager {
 
     fn join(&mut self) -> Result<(), PartitionError> {
         self.tx = None;
-        match self.thread.take().map(std::thread::JoinHandle::join) {
-            None => Ok(()),
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(PartitionError {
-                context: "staging rows".into(),
-                source: "the staging thread panicked".into(),
-            }),
-        }
+        join_worker(self.thread.take(), STAGING).and_then(|r| r.unwrap_or(Ok(())))
+    }
+}
+
+/// What a worker thread returned (`None` when none was started), or an
+/// error saying what it was doing when it panicked.
+fn join_worker<T>(
+    thread: Option<std::thread::JoinHandle<T>>,
+    doing: &str,
+) -> Result<Option<T>, PartitionError> {
+    match thread.map(std::thread::JoinHandle::join) {
+        None => Ok(None),
+        Some(Ok(r)) => Ok(Some(r)),
+        Some(Err(_)) => Err(PartitionError {
+            context: doing.into(),
+            source: "the thread panicked".into(),
+        }),
     }
 }
 
@@ -522,9 +530,8 @@ fn stage_rows(schema: &SchemaRef, rx: &mpsc::Receiver<Stage>) -> Result<(), Part
         let (path, batches) = match job {
             Stage::Rows(path, batches) => (path, batches),
             Stage::Finish => {
-                for (path, file) in files {
-                    file.close()
-                        .map_err(perr(format!("staging {}", path.display())))?;
+                for file in files.into_values() {
+                    file.close().map_err(perr(STAGING))?;
                 }
                 return Ok(());
             }
@@ -541,10 +548,9 @@ fn stage_rows(schema: &SchemaRef, rx: &mpsc::Receiver<Stage>) -> Result<(), Part
         }
         let held: usize = files.values().map(ParquetFile::memory_size).sum();
         if held > STAGED_MEMORY_BYTES
-            && let Some((path, f)) = files.iter_mut().max_by_key(|(_, f)| f.memory_size())
+            && let Some(f) = files.values_mut().max_by_key(|f| f.memory_size())
         {
-            f.flush()
-                .map_err(perr(format!("staging {}", path.display())))?;
+            f.flush().map_err(perr(STAGING))?;
         }
     }
     // Dropped without `finish`: the run failed.
@@ -583,14 +589,7 @@ impl Fingerprinter {
     /// The fingerprints of everything pushed.
     fn finish(&mut self) -> Result<BTreeMap<(usize, Quarter), DeliveryHash>, PartitionError> {
         self.tx = None;
-        match self.thread.take().map(std::thread::JoinHandle::join) {
-            None => Ok(BTreeMap::new()),
-            Some(Ok(hashes)) => Ok(hashes),
-            Some(Err(_)) => Err(PartitionError {
-                context: "fingerprinting the delivery".into(),
-                source: "the fingerprinting thread panicked".into(),
-            }),
-        }
+        Ok(join_worker(self.thread.take(), "fingerprinting the delivery")?.unwrap_or_default())
     }
 }
 
@@ -646,10 +645,10 @@ pub fn each_spilled_batch<E: From<PartitionError>>(
 ) -> Result<bool, E> {
     for p in paths {
         let ctx = format!("reading spill {}", p.display());
-        let file = std::fs::File::open(p).map_err(|e| perr(ctx.clone())(e))?;
         if p.extension().is_some_and(|e| e == "parquet") {
-            let r = ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.with_batch_size(64 * 1024).build())
+            let r = crate::warehouse::merge::parquet_reader(p, None)
+                .map_err(perr(ctx.clone()))?
+                .build()
                 .map_err(|e| perr(ctx.clone())(e))?;
             for b in r {
                 if !f(b.map_err(|e| perr(ctx.clone())(e))?)? {
@@ -658,6 +657,7 @@ pub fn each_spilled_batch<E: From<PartitionError>>(
             }
             continue;
         }
+        let file = std::fs::File::open(p).map_err(|e| perr(ctx.clone())(e))?;
         let file = std::io::BufReader::with_capacity(1 << 20, file);
         let r = FileReader::try_new(file, None).map_err(|e| perr(ctx.clone())(e))?;
         for b in r {

@@ -217,16 +217,9 @@ fn file_name(path: &Path) -> String {
 /// reading only those columns; and its rows.
 pub fn staged_keys_distinct(path: &Path, key: &[usize]) -> Result<(bool, u64)> {
     let ctx = format!("reading {}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| data_err(ctx.clone())(e))?;
+    let builder = parquet_reader(path, Some(key))?;
     let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
-    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), key.iter().copied());
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(64 * 1024)
-        .build()
-        .map_err(|e| data_err(ctx.clone())(e))?;
+    let reader = builder.build().map_err(|e| data_err(ctx.clone())(e))?;
     // The projected batch holds the key columns only, in table order.
     let cols: Vec<usize> = (0..key.len()).collect();
     let mut keys = DistinctKeys::default();
@@ -264,13 +257,7 @@ pub fn adopt_staged(staged: &Path, path: &Path, rows: u64) -> Result<FileEntry> 
 /// reading only that column.
 pub fn read_strings(path: &Path, index: usize, mut f: impl FnMut(&str)) -> Result<()> {
     let ctx = format!("reading {}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| data_err(ctx.clone())(e))?;
-    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [index]);
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(64 * 1024)
+    let reader = parquet_reader(path, Some(&[index]))?
         .build()
         .map_err(|e| data_err(ctx.clone())(e))?;
     for b in reader {
@@ -292,13 +279,31 @@ pub fn read_parquet(path: &Path, schema: &SchemaRef) -> Result<RecordBatch> {
     concat_batches(schema, &batches).map_err(|e| data_err(format!("reading {}", path.display()))(e))
 }
 
+/// A reader of `path` in batches of 64K rows, of the (top-level) columns
+/// at `columns` only when given, in file order; `build` it to read.
+pub fn parquet_reader(
+    path: &Path,
+    columns: Option<&[usize]>,
+) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
+    let ctx = format!("reading {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(data_err(ctx))?
+        .with_batch_size(64 * 1024);
+    Ok(match columns {
+        Some(c) => {
+            let mask =
+                parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), c.iter().copied());
+            builder.with_projection(mask)
+        }
+        None => builder,
+    })
+}
+
 /// Reads a whole Parquet file as batches with `schema`.
 pub fn read_parquet_batches(path: &Path, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
     let ctx = format!("reading {}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| data_err(ctx.clone())(e))?
-        .with_batch_size(64 * 1024)
+    let reader = parquet_reader(path, None)?
         .build()
         .map_err(|e| data_err(ctx.clone())(e))?;
     let mut batches = Vec::new();
