@@ -1315,19 +1315,6 @@ fn partition_files<'a>(
         .map(move |f| dir.join(&f.name))
 }
 
-fn read_dir_state(
-    wh: &Warehouse,
-    state: &warehouse::DirState,
-    partition: &str,
-    schema: &arrow::datatypes::SchemaRef,
-) -> Result<Vec<arrow::array::RecordBatch>, IngestError> {
-    let mut batches = Vec::new();
-    for path in partition_files(wh, state, partition) {
-        batches.extend(merge::read_parquet_batches(&path, schema)?);
-    }
-    Ok(batches)
-}
-
 /// What merging a run's rows into its table produced.
 #[derive(Default)]
 struct TableMerge {
@@ -1689,8 +1676,8 @@ fn merge_rows(c: &CommitInput) -> Result<TableMerge, IngestError> {
             remove,
         });
     }
-    // Partitions merge side by side (a partition with committed rows is held
-    // in memory; a new one streams from its spills).
+    // Partitions merge side by side (a partition with committed rows a
+    // column at a time; a new one streams from its spills).
     let merged = parallel_map(jobs, check_threads().min(MERGE_THREADS), |job| {
         merge_partition(c, &state, &g, &schema, job)
     })?;
@@ -1736,7 +1723,7 @@ fn append_partition(
     Ok(Some((added, written)))
 }
 
-/// Partitions merged at once (one with committed rows is held in memory).
+/// Partitions merged at once (each holds its keys and one column of its rows).
 const MERGE_THREADS: usize = 2;
 
 /// One partition to merge with its committed files.
@@ -1760,7 +1747,8 @@ struct PartitionMerge {
 }
 
 /// Merges one partition's new rows with its committed files and writes the
-/// result into the generation; `None` when nothing changed.
+/// result into the generation, a column at a time (see [`merge::merge`]);
+/// `None` when nothing changed.
 fn merge_partition<'a>(
     c: &CommitInput,
     state: &warehouse::DirState,
@@ -1793,20 +1781,19 @@ fn merge_partition<'a>(
         return Ok(Some((job.part, m)));
     }
     let new = match (job.new, job.paths) {
-        (Some(new), _) => new,
-        (None, Some(paths)) => partition::read_spills(paths)?,
+        (Some(new), _) => vec![merge::RowSource::Batches(new)],
+        (None, Some(paths)) => spill_sources(paths)?,
         (None, None) => Vec::new(),
     };
-    let existing = read_dir_state(c.wh, state, job.part, schema)?;
-    let Some(m) = merge::merge(schema, existing, new, &c.table.primary_key, job.remove)? else {
+    let existing = partition_files(c.wh, state, job.part)
+        .map(merge::RowSource::File)
+        .collect();
+    let path = || Ok(g.partition_dir(job.part)?.join(g.file_name(0)));
+    let key = &c.table.primary_key;
+    let Some(m) = merge::merge(path, schema, existing, new, key, job.remove)? else {
         return Ok(None);
     };
-    let file = if m.num_rows() == 0 {
-        None
-    } else {
-        let path = g.partition_dir(job.part)?.join(g.file_name(0));
-        Some(m.write(&path)?)
-    };
+    let file = m.file;
     let changed = m.changed_rows;
     let merged = PartitionMerge {
         changed,
@@ -1814,6 +1801,21 @@ fn merge_partition<'a>(
         delivery,
     };
     Ok(Some((job.part, merged)))
+}
+
+/// The staged files of a partition's new rows as merge sources: Parquet
+/// files are read a column at a time, others (Arrow IPC) whole.
+fn spill_sources(paths: &[std::path::PathBuf]) -> Result<Vec<merge::RowSource>, IngestError> {
+    paths
+        .iter()
+        .map(|p| {
+            Ok(if p.extension().is_some_and(|e| e == "parquet") {
+                merge::RowSource::File(p.clone())
+            } else {
+                merge::RowSource::Batches(partition::read_spills(std::slice::from_ref(p))?)
+            })
+        })
+        .collect()
 }
 
 /// A partition with no committed rows, from its staged files in delivery

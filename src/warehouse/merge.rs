@@ -9,9 +9,11 @@ use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, compute_leaves};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -58,28 +60,34 @@ fn high_cardinality_columns(batch: &RecordBatch) -> Vec<String> {
         return Vec::new();
     }
     let schema = batch.schema();
-    let mut out = Vec::new();
-    for (field, col) in schema.fields().iter().zip(batch.columns()) {
-        if field.data_type() == &arrow::datatypes::DataType::Boolean {
-            continue;
-        }
-        let sample = col.slice(0, n);
-        let Ok(conv) = RowConverter::new(vec![SortField::new(field.data_type().clone())]) else {
-            continue;
-        };
-        let Ok(rows) = conv.convert_columns(std::slice::from_ref(&sample)) else {
-            continue;
-        };
-        let non_null = n - sample.null_count();
-        let distinct: std::collections::HashSet<&[u8]> = (0..n)
-            .filter(|&i| sample.is_valid(i))
-            .map(|i| rows.row(i).data())
-            .collect();
-        if non_null > 0 && distinct.len() * 2 > non_null {
-            out.push(field.name().clone());
-        }
+    schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .filter(|(field, col)| high_cardinality(field, &col.slice(0, n)))
+        .map(|(field, _)| field.name().clone())
+        .collect()
+}
+
+/// Whether more than half the non-null values of `sample` (a column's
+/// first rows) are distinct; never for booleans.
+fn high_cardinality(field: &arrow::datatypes::Field, sample: &ArrayRef) -> bool {
+    if field.data_type() == &arrow::datatypes::DataType::Boolean {
+        return false;
     }
-    out
+    let Ok(conv) = RowConverter::new(vec![SortField::new(field.data_type().clone())]) else {
+        return false;
+    };
+    let Ok(rows) = conv.convert_columns(std::slice::from_ref(sample)) else {
+        return false;
+    };
+    let n = sample.len();
+    let non_null = n - sample.null_count();
+    let distinct: std::collections::HashSet<&[u8]> = (0..n)
+        .filter(|&i| sample.is_valid(i))
+        .map(|i| rows.row(i).data())
+        .collect();
+    non_null > 0 && distinct.len() * 2 > non_null
 }
 
 /// Writer properties for a file whose first batch is `first`: those of
@@ -476,60 +484,8 @@ impl DeliveryHash {
     }
 }
 
-/// A row of a merge: (batch, row within it).
-pub type RowRef = (usize, usize);
-
-/// What a merge produced.
-#[derive(Debug)]
-pub struct Merged {
-    /// Every row considered (existing then new) as read, never copied into one batch.
-    pub batches: Vec<RecordBatch>,
-    /// The rows of the partition's new content, sorted by key.
-    pub order: Vec<RowRef>,
-    /// Rows whose key is new or whose values changed (plus rows removed).
-    pub changed_rows: u64,
-}
-
-impl Merged {
-    /// Rows in the merged partition.
-    pub fn num_rows(&self) -> usize {
-        self.order.len()
-    }
-
-    /// Writes the merged partition to one Parquet file, a row group at a time.
-    pub fn write(&self, path: &Path) -> Result<FileEntry> {
-        write_picked(path, &self.batches, &self.order)
-    }
-}
-
-/// How many (before, after) row pairs differ in any column (nulls equal),
-/// compared a chunk at a time so memory stays bounded.
-fn count_different(batches: &[RecordBatch], pairs: &[(RowRef, RowRef)]) -> Result<u64> {
-    let err = |e: arrow::error::ArrowError| data_err("comparing restated rows")(e);
-    let Some(first) = batches.first() else {
-        return Ok(0);
-    };
-    let mut n = 0u64;
-    for chunk in pairs.chunks(64 * 1024) {
-        let a: Vec<RowRef> = chunk.iter().map(|p| p.0).collect();
-        let b: Vec<RowRef> = chunk.iter().map(|p| p.1).collect();
-        let mut same = vec![true; chunk.len()];
-        for c in 0..first.num_columns() {
-            let col: Vec<&dyn arrow::array::Array> =
-                batches.iter().map(|x| x.column(c).as_ref()).collect();
-            let x = arrow::compute::interleave(&col, &a).map_err(err)?;
-            let y = arrow::compute::interleave(&col, &b).map_err(err)?;
-            let eq = arrow::compute::kernels::cmp::not_distinct(&x, &y).map_err(err)?;
-            for (i, s) in same.iter_mut().enumerate() {
-                if !eq.value(i) {
-                    *s = false;
-                }
-            }
-        }
-        n += same.iter().filter(|s| !**s).count() as u64;
-    }
-    Ok(n)
-}
+/// A row of `batches`: (batch, row within it).
+type RowRef = (usize, usize);
 
 /// Writes the rows of `all` picked by `order` to one Parquet file, a row group at a time.
 pub fn write_parquet_rows(path: &Path, all: &RecordBatch, order: &[u32]) -> Result<FileEntry> {
@@ -551,52 +507,180 @@ fn write_picked(path: &Path, batches: &[RecordBatch], order: &[RowRef]) -> Resul
     f.finish()
 }
 
-/// Merges `new` rows (in delivery order) into `existing` rows by the key
-/// columns `key`: for each key the last delivered row wins; rows whose key
-/// is in `remove` are dropped. Returns `None` when nothing changes.
+/// Where a merge reads rows of the table's schema: a Parquet file, read a
+/// few columns at a time, or batches already in memory.
+pub enum RowSource {
+    /// A Parquet file (a committed partition file or a staged file).
+    File(std::path::PathBuf),
+    /// Batches in memory.
+    Batches(Vec<RecordBatch>),
+}
+
+impl RowSource {
+    /// The columns at `columns` of every row, in batches whose columns come
+    /// in the order asked, checked against `schema`.
+    fn read(&self, schema: &SchemaRef, columns: &[usize]) -> Result<Vec<RecordBatch>> {
+        let projected = Arc::new(
+            schema
+                .project(columns)
+                .map_err(|e| data_err("merging partition")(e))?,
+        );
+        let path = match self {
+            RowSource::Batches(batches) => {
+                return batches
+                    .iter()
+                    .map(|b| {
+                        b.project(columns)
+                            .map_err(|e| data_err("merging partition")(e))
+                    })
+                    .collect();
+            }
+            RowSource::File(path) => path,
+        };
+        let ctx = format!("reading {}", path.display());
+        let mismatch =
+            |e: String| data_err(ctx.clone())(format!("file does not match the table schema: {e}"));
+        let mut sorted = columns.to_vec();
+        sorted.sort_unstable();
+        let builder = parquet_reader(path, Some(&sorted))?;
+        let found = builder.schema().fields().len();
+        if found != schema.fields().len() {
+            return Err(mismatch(format!(
+                "{found} columns, expected {}",
+                schema.fields().len()
+            )));
+        }
+        // The reader gives the columns in file order.
+        let at: Vec<usize> = columns
+            .iter()
+            .map(|c| sorted.binary_search(c).expect("column asked"))
+            .collect();
+        let reader = builder.build().map_err(|e| data_err(ctx.clone())(e))?;
+        let mut out = Vec::new();
+        for b in reader {
+            let b = b.map_err(|e| data_err(ctx.clone())(e))?;
+            let cols = at.iter().map(|&i| b.column(i).clone()).collect();
+            out.push(
+                RecordBatch::try_new(projected.clone(), cols)
+                    .map_err(|e| mismatch(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// One column of every row of a merge's sources, batch by batch.
+struct MergeColumn {
+    arrays: Vec<ArrayRef>,
+    /// The number of the first row of each batch, counting over all sources.
+    starts: Vec<usize>,
+}
+
+impl MergeColumn {
+    fn read(sources: &[RowSource], schema: &SchemaRef, c: usize) -> Result<MergeColumn> {
+        let (mut arrays, mut starts, mut rows) = (Vec::new(), Vec::new(), 0);
+        for s in sources {
+            for b in s.read(schema, &[c])? {
+                starts.push(rows);
+                rows += b.num_rows();
+                arrays.push(b.column(0).clone());
+            }
+        }
+        Ok(MergeColumn { arrays, starts })
+    }
+
+    /// The values of the rows numbered `rows` (counting over all sources), in that order.
+    fn take(&self, rows: impl Iterator<Item = u32>) -> Result<ArrayRef> {
+        let refs: Vec<RowRef> = rows
+            .map(|g| {
+                let g = g as usize;
+                // The last batch starting at or before the row (empty batches share a start).
+                let b = self.starts.partition_point(|&s| s <= g) - 1;
+                (b, g - self.starts[b])
+            })
+            .collect();
+        let arrays: Vec<&dyn arrow::array::Array> =
+            self.arrays.iter().map(|a| a.as_ref()).collect();
+        arrow::compute::interleave(&arrays, &refs).map_err(|e| data_err("merging partition")(e))
+    }
+}
+
+/// What a merge changed and wrote.
+#[derive(Debug)]
+pub struct Merged {
+    /// Rows whose key is new or whose values changed (plus rows removed).
+    pub changed_rows: u64,
+    /// The partition's one file, sorted by key; `None` when no row is left.
+    pub file: Option<FileEntry>,
+}
+
+/// Merges the rows of `new` (in delivery order) into those of `existing`
+/// by the key columns `key`: for each key the last delivered row wins;
+/// rows whose key is in `remove` are dropped. Writes the partition's rows,
+/// sorted by key, to the file `path()` names, fsynced; returns `None` when
+/// nothing changes (and writes nothing).
+///
+/// Memory holds the key of every row, then one column of every row at a
+/// time (with the file's encoded pages), never whole rows: the rows are
+/// compared and each column encoded on its own, and the file is assembled
+/// from the encoded columns, the same file a row-wise writer would write.
 pub fn merge(
+    path: impl FnOnce() -> Result<std::path::PathBuf>,
     schema: &SchemaRef,
-    existing: Vec<RecordBatch>,
-    new: Vec<RecordBatch>,
+    existing: Vec<RowSource>,
+    new: Vec<RowSource>,
     key: &[usize],
     remove: &std::collections::HashSet<Vec<u8>>,
 ) -> Result<Option<Merged>> {
-    let existing_batches = existing.len();
-    let mut batches = existing;
-    batches.extend(new);
+    let err = |e: arrow::error::ArrowError| data_err("merging partition")(e);
+    let existing_sources = existing.len();
+    let mut sources = existing;
+    sources.extend(new);
+
+    // The keys, batch by batch; batches before `first_new` hold existing rows.
     let key_conv = RowConverter::new(
         key.iter()
             .map(|&i| SortField::new(schema.field(i).data_type().clone()))
             .collect(),
     )
-    .map_err(|e| data_err("merging partition")(e))?;
-    let keys = batches
-        .iter()
-        .map(|b| {
-            let cols: Vec<ArrayRef> = key.iter().map(|&i| b.column(i).clone()).collect();
-            key_conv.convert_columns(&cols)
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| data_err("merging partition")(e))?;
-    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    .map_err(err)?;
+    let (mut keys, mut starts, mut first_new, mut total) = (Vec::new(), Vec::new(), 0, 0usize);
+    for (s, source) in sources.iter().enumerate() {
+        for b in source.read(schema, key)? {
+            starts.push(total);
+            total += b.num_rows();
+            keys.push(key_conv.convert_columns(b.columns()).map_err(err)?);
+        }
+        if s + 1 == existing_sources {
+            first_new = keys.len();
+        }
+    }
+    if u32::try_from(total).is_err() {
+        return Err(data_err("merging partition")(format!(
+            "{total} rows are more than a partition may hold"
+        )));
+    }
+    let key_of = |&(b, r): &(u32, u32)| keys[b as usize].row(r as usize);
+    let number = |(b, r): (u32, u32)| (starts[b as usize] + r as usize) as u32;
 
     // Every row by key, then in delivery order (existing rows first): the
     // last row of each run of equal keys wins; an existing row of the key,
     // if any, is the first of its run.
-    let mut rows: Vec<(&[u8], RowRef)> = Vec::with_capacity(total);
+    let mut rows: Vec<(u32, u32)> = Vec::with_capacity(total);
     for (b, k) in keys.iter().enumerate() {
-        rows.extend((0..k.num_rows()).map(|r| (k.row(r).data(), (b, r))));
+        rows.extend((0..k.num_rows() as u32).map(|r| (b as u32, r)));
     }
-    rows.sort_unstable_by(|x, y| x.0.cmp(y.0).then(x.1.cmp(&y.1)));
+    rows.sort_unstable_by(|x, y| key_of(x).cmp(&key_of(y)).then(x.cmp(y)));
     let mut changed = 0u64;
-    let mut order: Vec<RowRef> = Vec::with_capacity(total);
+    // The rows of the merged partition, numbered over all sources.
+    let mut order: Vec<u32> = Vec::with_capacity(total);
     // Keys present before whose winner is a new delivery: compare values below.
-    let mut pairs: Vec<(RowRef, RowRef)> = Vec::new();
-    for run in rows.chunk_by(|x, y| x.0 == y.0) {
-        let (key, first) = run[0];
-        let winner = run[run.len() - 1].1;
-        let before = (first.0 < existing_batches).then_some(first);
-        if !remove.is_empty() && remove.contains(key) {
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    for run in rows.chunk_by(|x, y| key_of(x) == key_of(y)) {
+        let first = run[0];
+        let winner = run[run.len() - 1];
+        let before = ((first.0 as usize) < first_new).then_some(first);
+        if !remove.is_empty() && remove.contains(key_of(&first).data()) {
             if before.is_some() {
                 changed += 1;
             }
@@ -604,21 +688,101 @@ pub fn merge(
         }
         match before {
             Some(b) if b == winner => {}
-            Some(b) => pairs.push((b, winner)),
+            Some(b) => pairs.push((number(b), number(winner))),
             None => changed += 1,
         }
-        order.push(winner);
+        order.push(number(winner));
     }
     drop(rows);
-    changed += count_different(&batches, &pairs)?;
+    drop(keys);
+
+    // A column at a time: compare the restated rows, choose the encoding
+    // (from the first rows, as a row-wise writer does) and encode each row group.
+    let mut same = vec![true; pairs.len()];
+    let mut props = writer_properties_builder();
+    let mut encoded: Vec<std::vec::IntoIter<ArrowColumnChunk>> = Vec::new();
+    for (c, field) in schema.fields().iter().enumerate() {
+        let column = MergeColumn::read(&sources, schema, c)?;
+        for (chunk, same) in pairs.chunks(64 * 1024).zip(same.chunks_mut(64 * 1024)) {
+            let before = column.take(chunk.iter().map(|p| p.0))?;
+            let after = column.take(chunk.iter().map(|p| p.1))?;
+            let eq = arrow::compute::kernels::cmp::not_distinct(&before, &after).map_err(err)?;
+            for (i, s) in same.iter_mut().enumerate() {
+                *s &= eq.value(i);
+            }
+        }
+        let mut column_props = writer_properties_builder();
+        let sample = order.len().min(ENCODING_SAMPLE_ROWS);
+        if sample >= 1024 && high_cardinality(field, &column.take(order[..sample].iter().copied())?)
+        {
+            let name = parquet::schema::types::ColumnPath::from(field.name().as_str());
+            props = props.set_column_dictionary_enabled(name.clone(), false);
+            column_props = column_props.set_column_dictionary_enabled(name, false);
+        }
+        let (_, writers) =
+            ArrowWriter::try_new(std::io::sink(), schema.clone(), Some(column_props.build()))
+                .and_then(ArrowWriter::into_serialized_writer)
+                .map_err(|e| data_err("merging partition")(e))?;
+        let mut chunks = Vec::new();
+        for (group, rows) in order.chunks(ROW_GROUP_ROWS).enumerate() {
+            let values = column.take(rows.iter().copied())?;
+            let mut writers = writers
+                .create_column_writers(group)
+                .map_err(|e| data_err("merging partition")(e))?;
+            if writers.len() != schema.fields().len() {
+                return Err(data_err("merging partition")(
+                    "nested columns cannot be merged",
+                ));
+            }
+            let mut w = writers.swap_remove(c);
+            for leaf in
+                compute_leaves(field, &values).map_err(|e| data_err("merging partition")(e))?
+            {
+                w.write(&leaf)
+                    .map_err(|e| data_err("merging partition")(e))?;
+            }
+            chunks.push(w.close().map_err(|e| data_err("merging partition")(e))?);
+        }
+        encoded.push(chunks.into_iter());
+    }
+    changed += same.iter().filter(|s| !**s).count() as u64;
     if changed == 0 {
         return Ok(None);
     }
-    drop(keys);
+    if order.is_empty() {
+        return Ok(Some(Merged {
+            changed_rows: changed,
+            file: None,
+        }));
+    }
+
+    // The file, a row group of encoded columns at a time.
+    let path = path()?;
+    let ctx = format!("writing {}", path.display());
+    let file = std::fs::File::create(&path).map_err(|e| data_err(ctx.clone())(e))?;
+    let (mut w, _) = ArrowWriter::try_new(file, schema.clone(), Some(props.build()))
+        .and_then(ArrowWriter::into_serialized_writer)
+        .map_err(|e| data_err(ctx.clone())(e))?;
+    for _ in 0..order.len().div_ceil(ROW_GROUP_ROWS) {
+        let mut group = w.next_row_group().map_err(|e| data_err(ctx.clone())(e))?;
+        for column in &mut encoded {
+            let chunk = column.next().expect("a chunk per row group");
+            chunk
+                .append_to_row_group(&mut group)
+                .map_err(|e| data_err(ctx.clone())(e))?;
+        }
+        group.close().map_err(|e| data_err(ctx.clone())(e))?;
+    }
+    let file = w.into_inner().map_err(|e| data_err(ctx.clone())(e))?;
+    file.sync_all().map_err(|e| data_err(ctx.clone())(e))?;
+    let bytes = file.metadata().map_err(|e| data_err(ctx.clone())(e))?.len();
     Ok(Some(Merged {
-        batches,
-        order,
         changed_rows: changed,
+        file: Some(FileEntry {
+            name: file_name(&path),
+            rows: order.len() as u64,
+            bytes,
+        }),
     }))
 }
 
@@ -780,20 +944,46 @@ mod tests {
         assert!(dictionary_pages(&small).iter().all(|(_, d)| *d));
     }
 
-    fn rows(m: &Merged) -> Vec<(String, Option<i64>)> {
-        m.order
-            .iter()
-            .map(|&(b, i)| {
-                let batch = &m.batches[b];
-                let ids = batch.column(0).as_any().downcast_ref::<StringArray>();
-                let vs = batch.column(1).as_any().downcast_ref::<Int64Array>();
-                let (ids, vs) = (ids.unwrap(), vs.unwrap());
+    /// Rows of the test schema, read back.
+    type Rows = Vec<(String, Option<i64>)>;
+
+    /// Merges into a file in a temporary directory: the rows changed, and
+    /// the rows written, read back.
+    fn merged(
+        existing: &[RecordBatch],
+        new: &[RecordBatch],
+        remove: &std::collections::HashSet<Vec<u8>>,
+    ) -> Option<(u64, Rows)> {
+        let dir = tempfile::tempdir().unwrap();
+        // One existing source from a file, one in memory: both kinds are read.
+        let file = dir.path().join("existing.parquet");
+        let mut sources = Vec::new();
+        if let Some((first, rest)) = existing.split_first() {
+            write_parquet(&file, first).unwrap();
+            sources.push(RowSource::File(file));
+            sources.push(RowSource::Batches(rest.to_vec()));
+        }
+        let out = dir.path().join("out.parquet");
+        let new = vec![RowSource::Batches(new.to_vec())];
+        let m = merge(|| Ok(out.clone()), &schema(), sources, new, &[0], remove).unwrap()?;
+        let Some(entry) = m.file else {
+            assert!(!out.exists());
+            return Some((m.changed_rows, Vec::new()));
+        };
+        assert_eq!(entry.bytes, std::fs::metadata(&out).unwrap().len());
+        let b = read_parquet(&out, &schema()).unwrap();
+        assert_eq!(entry.rows, b.num_rows() as u64);
+        let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let vs = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let rows = (0..b.num_rows())
+            .map(|i| {
                 (
                     ids.value(i).to_string(),
                     vs.is_valid(i).then(|| vs.value(i)),
                 )
             })
-            .collect()
+            .collect();
+        Some((m.changed_rows, rows))
     }
 
     #[test]
@@ -823,51 +1013,114 @@ mod tests {
     #[test]
     fn the_newest_delivery_of_a_key_wins_and_rows_come_out_sorted_by_key() {
         let none = std::collections::HashSet::new();
-        let existing = batch(&[("b", Some(1)), ("a", Some(1))]);
+        let existing = [
+            batch(&[("b", Some(1)), ("a", Some(1))]),
+            batch(&[("d", None)]),
+        ];
         let new = [
             batch(&[("c", Some(3)), ("b", Some(2))]),
             batch(&[("c", Some(4))]),
         ];
-        let m = merge(&schema(), vec![existing], new.to_vec(), &[0], &none)
-            .unwrap()
-            .unwrap();
+        let (changed, rows) = merged(&existing, &new, &none).unwrap();
         assert_eq!(
-            rows(&m),
+            rows,
             [
                 ("a".into(), Some(1)),
                 ("b".into(), Some(2)),
-                ("c".into(), Some(4))
+                ("c".into(), Some(4)),
+                ("d".into(), None)
             ]
         );
         // b changed, c is new: two rows.
-        assert_eq!(m.changed_rows, 2);
+        assert_eq!(changed, 2);
     }
 
     #[test]
     fn re_delivering_the_same_rows_changes_nothing_and_nulls_compare_equal() {
         let none = std::collections::HashSet::new();
-        let existing = batch(&[("a", Some(1)), ("b", None)]);
+        let existing = [batch(&[("a", Some(1)), ("b", None)])];
         let again = [batch(&[("b", None), ("a", Some(1))])];
-        assert!(
-            merge(&schema(), vec![existing], again.to_vec(), &[0], &none)
-                .unwrap()
-                .is_none()
-        );
+        assert!(merged(&existing, &again, &none).is_none());
+        // One value differs: that row only.
+        let one = [batch(&[("b", Some(0)), ("a", Some(1))])];
+        let (changed, rows) = merged(&existing, &one, &none).unwrap();
+        assert_eq!(changed, 1);
+        assert_eq!(rows, [("a".into(), Some(1)), ("b".into(), Some(0))]);
     }
 
     #[test]
     fn removed_keys_leave_the_partition() {
-        let existing = batch(&[("a", Some(1)), ("b", Some(2))]);
-        let remove: std::collections::HashSet<Vec<u8>> =
-            encode_keys(&schema(), &batch(&[("b", Some(2))]), &[0])
+        let existing = [batch(&[("a", Some(1)), ("b", Some(2))])];
+        let remove = |rows: &[(&str, Option<i64>)]| -> std::collections::HashSet<Vec<u8>> {
+            encode_keys(&schema(), &batch(rows), &[0])
                 .unwrap()
                 .into_iter()
-                .collect();
-        let m = merge(&schema(), vec![existing], Vec::new(), &[0], &remove)
-            .unwrap()
-            .unwrap();
-        assert_eq!(rows(&m), [("a".into(), Some(1))]);
-        assert_eq!(m.changed_rows, 1);
+                .collect()
+        };
+        let (changed, rows) = merged(&existing, &[], &remove(&[("b", Some(2))])).unwrap();
+        assert_eq!(rows, [("a".into(), Some(1))]);
+        assert_eq!(changed, 1);
+        // Every key removed: no file at all.
+        let all = remove(&[("a", None), ("b", None)]);
+        assert_eq!(merged(&existing, &[], &all), Some((2, Vec::new())));
+    }
+
+    #[test]
+    fn a_source_gives_the_columns_in_the_order_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.parquet");
+        let b = batch(&[("a", Some(1)), ("b", None)]);
+        write_parquet(&path, &b).unwrap();
+        for source in [RowSource::File(path), RowSource::Batches(vec![b.clone()])] {
+            let got = source.read(&schema(), &[1, 0]).unwrap();
+            assert_eq!(got, [b.project(&[1, 0]).unwrap()]);
+        }
+        // A file of another table is refused, naming the file.
+        let other = dir.path().join("other.parquet");
+        write_parquet(&other, &b.project(&[0]).unwrap()).unwrap();
+        let e = RowSource::File(other).read(&schema(), &[0]).unwrap_err();
+        assert!(e.to_string().contains("other.parquet"), "{e}");
+    }
+
+    #[test]
+    fn a_merged_file_is_the_file_a_row_wise_writer_writes() {
+        // Enough rows for two row groups and for the encoding choice
+        // (distinct ids without a dictionary, repeated values with one).
+        let n = ROW_GROUP_ROWS + 5000;
+        let ids: Vec<String> = (0..n).map(|i| format!("k{i:07}")).collect();
+        let rows: Vec<(&str, Option<i64>)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), (i % 7 != 0).then_some(i as i64 % 5)))
+            .collect();
+        let none = std::collections::HashSet::new();
+        let (half, rest) = rows.split_at(n / 2);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("merged.parquet");
+        // New rows in reverse key order: the merge sorts them.
+        let mut new: Vec<_> = rest.to_vec();
+        new.reverse();
+        let m = merge(
+            || Ok(out.clone()),
+            &schema(),
+            vec![RowSource::Batches(vec![batch(half)])],
+            vec![RowSource::Batches(vec![batch(&new)])],
+            &[0],
+            &none,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(m.changed_rows, rest.len() as u64);
+        let expected = dir.path().join("row-wise.parquet");
+        write_parquet(&expected, &batch(&rows)).unwrap();
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(&expected).unwrap()
+        );
+        assert_eq!(
+            dictionary_pages(&out),
+            [("id".to_string(), false), ("v".to_string(), true)]
+        );
     }
 
     #[test]
