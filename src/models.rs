@@ -1075,6 +1075,26 @@ struct Done {
 /// one quarter of an input is mostly a single file, which DataFusion reads
 /// on one thread, and planning is single-threaded too. Full recomputations
 /// run alone, so a full refresh's memory stays that of its largest aggregate.
+/// A refresh's session: joins whose smaller side is estimated at up to
+/// 1M rows and 64 MiB build one hash table for all partitions instead of
+/// hash-partitioning both sides (DataFusion's defaults are 128K rows and
+/// 1 MiB). An incremental refresh joins one quarter of a table (a registry
+/// snapshot of 300K enterprises) with another: partitioning copied both
+/// sides once more for nothing. On 10.7M loans, after one quarter of them
+/// changed: 4.3 -> 3.7 CPU-seconds; a full refresh is unchanged. Analysts'
+/// sessions keep the defaults (a join of a quarter's loans with the registry
+/// measured a little slower this way).
+fn refresh_session(ctx: SessionContext) -> SessionContext {
+    {
+        let state = ctx.state_ref();
+        let mut state = state.write();
+        let o = &mut state.config_mut().options_mut().optimizer;
+        o.hash_join_single_partition_threshold = 64 << 20;
+        o.hash_join_single_partition_threshold_rows = 1 << 20;
+    }
+    ctx
+}
+
 fn concurrent_recomputations() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -1220,7 +1240,7 @@ impl Refresh<'_> {
         inputs: &BTreeSet<Input>,
         reads: &BTreeMap<String, BTreeSet<String>>,
     ) -> Result<SessionContext, ModelError> {
-        let c = self.catalog.snapshot_at(self.base.clone()).await?.ctx;
+        let c = refresh_session(self.catalog.snapshot_at(self.base.clone()).await?.ctx);
         let published: Vec<(String, PathBuf, PublishedMeta)> = {
             let done = self.done();
             done.pending
@@ -1321,9 +1341,19 @@ impl Refresh<'_> {
                     files.insert(QuarterFiles::new(&a.name, schema, place)?)
                 }
             };
-            let mut stream = df.execute_stream().await.map_err(&err)?;
+            let task = Arc::new(df.task_ctx());
+            let plan = df.create_physical_plan().await.map_err(&err)?;
+            let mut stream =
+                datafusion::physical_plan::execute_stream(plan.clone(), task).map_err(&err)?;
             while let Some(batch) = stream.next().await {
                 files.write(&batch.map_err(&err)?)?;
+            }
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let shown =
+                    datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                        plan.as_ref(),
+                    );
+                tracing::debug!(aggregate = %a.name, "Executed plan:\n{}", shown.indent(true));
             }
         }
         let files = files.expect("at least one pass");
@@ -1530,7 +1560,7 @@ pub async fn refresh(
     let wanted = selection(&aggs, &ordered, names)?;
     let wh = catalog.warehouse().clone();
     let base = wh.manifest()?;
-    let ctx = catalog.snapshot_at(base.clone()).await?.ctx;
+    let ctx = refresh_session(catalog.snapshot_at(base.clone()).await?.ctx);
     let r = Refresh {
         catalog,
         wh,
@@ -1583,20 +1613,26 @@ pub async fn refresh(
             waiting.remove(i);
             running_names.insert(a.name.clone());
             let r = &r;
+            let whole = step.incremental.is_none();
             running.push(async move {
                 let result = r.recompute(a, &a.sql, &inputs, step).await;
-                (a, result)
+                (a, whole, result)
             });
         }
-        let Some((a, result)) = running.next().await else {
+        let Some((a, whole, result)) = running.next().await else {
             break;
         };
         result?;
         running_names.remove(&a.name);
         alone = false;
         // The peak of a refresh is that of its largest aggregates, not the
-        // sum of what each one's hash tables left in the allocator.
-        crate::primitives::release_freed_memory();
+        // sum of what each one's hash tables left in the allocator. After an
+        // incremental step (a few quarters) the freed memory is kept for
+        // the next: handing it back and faulting it in again cost more
+        // system time than the step's reading.
+        if whole {
+            crate::primitives::release_freed_memory();
+        }
     }
     drop(running);
     // The report in the aggregates' order, however they finished.

@@ -56,21 +56,24 @@ lags AS (
   SELECT column1 AS lag FROM (VALUES (0), (1), (2), (3))
 ),
 -- Only the windows of the quarters the registry has (the output quarters
--- when a refresh narrows the inputs) are summed.
-wanted AS (
-  SELECT DISTINCT qn FROM ent
+-- when a refresh narrows the inputs) are summed: each wanted quarter with
+-- the four report quarters of its window, joined to the reports, so no
+-- report is paired with a window nobody asked for.
+windows AS (
+  SELECT w.qn - l.lag AS report_qn, w.qn
+  FROM (SELECT DISTINCT qn FROM ent) w CROSS JOIN lags l
 ),
 ttm AS (
   SELECT
-    o.uscc, o.qn + l.lag AS qn,
+    o.uscc, w.qn,
     COUNT(*) AS reports,
     SUM(o.revenue) AS revenue,
     SUM(o.total_profit) AS profit,
     SUM(o.financial_expenses) AS fin,
     SUM(o.main_business_cost) AS cost
-  FROM ops o CROSS JOIN lags l
-  JOIN wanted w ON w.qn = o.qn + l.lag
-  GROUP BY o.uscc, o.qn + l.lag
+  FROM windows w
+  JOIN ops o ON o.qn = w.report_qn
+  GROUP BY o.uscc, w.qn
 ),
 -- Distinct banks with a balance > 0: one row per (quarter, uscc, bank) first.
 loan_banks AS (
