@@ -466,9 +466,6 @@ struct CsvReader<'a> {
     cells: Vec<Cow<'a, [u8]>>,
 }
 
-/// Bytes of an unquoted CSV cell scanned one at a time before a vector search.
-const SHORT_CELL: usize = 32;
-
 /// One CSV record's text; its cells are in [`CsvReader::cells`].
 struct CsvRecord<'a> {
     raw: &'a [u8],
@@ -538,16 +535,7 @@ impl<'a> CsvReader<'a> {
                     }
                 } else {
                     let s = i;
-                    // Cells are short (codes, amounts, dates): a plain scan
-                    // of the first bytes beats setting up a vector search
-                    // per cell (which took a fifth of an import's CPU).
-                    let plain = (i + SHORT_CELL).min(n);
-                    while i < plain && body[i] != b',' && body[i] != b'\n' {
-                        i += 1;
-                    }
-                    if i == plain && i < n {
-                        i = memchr::memchr2(b',', b'\n', &body[i..]).map_or(n, |k| i + k);
-                    }
+                    i = memchr::memchr2(b',', b'\n', &body[i..]).map_or(n, |k| i + k);
                     let mut cell = &body[s..i];
                     if i < n && body[i] == b'\n' && cell.last() == Some(&b'\r') {
                         cell = &cell[..cell.len() - 1];
@@ -895,8 +883,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Unquoted cells of any length (short ones are scanned byte by
-        /// byte, longer ones searched) split exactly at commas and line
+        /// Unquoted cells of any length split exactly at commas and line
         /// ends, `\r\n` or `\n`, with or without a last line end.
         #[test]
         fn unquoted_csv_cells_split_at_every_length(
