@@ -633,6 +633,7 @@ pub fn merge(
     remove: &std::collections::HashSet<Vec<u8>>,
 ) -> Result<Option<Merged>> {
     let err = |e: arrow::error::ArrowError| data_err("merging partition")(e);
+    let encoding = |e: parquet::errors::ParquetError| data_err("merging partition")(e);
     let existing_sources = existing.len();
     let mut sources = existing;
     sources.extend(new);
@@ -722,26 +723,21 @@ pub fn merge(
         let (_, writers) =
             ArrowWriter::try_new(std::io::sink(), schema.clone(), Some(column_props.build()))
                 .and_then(ArrowWriter::into_serialized_writer)
-                .map_err(|e| data_err("merging partition")(e))?;
+                .map_err(encoding)?;
         let mut chunks = Vec::new();
         for (group, rows) in order.chunks(ROW_GROUP_ROWS).enumerate() {
             let values = column.take(rows.iter().copied())?;
-            let mut writers = writers
-                .create_column_writers(group)
-                .map_err(|e| data_err("merging partition")(e))?;
+            let mut writers = writers.create_column_writers(group).map_err(encoding)?;
             if writers.len() != schema.fields().len() {
                 return Err(data_err("merging partition")(
                     "nested columns cannot be merged",
                 ));
             }
             let mut w = writers.swap_remove(c);
-            for leaf in
-                compute_leaves(field, &values).map_err(|e| data_err("merging partition")(e))?
-            {
-                w.write(&leaf)
-                    .map_err(|e| data_err("merging partition")(e))?;
+            for leaf in compute_leaves(field, &values).map_err(encoding)? {
+                w.write(&leaf).map_err(encoding)?;
             }
-            chunks.push(w.close().map_err(|e| data_err("merging partition")(e))?);
+            chunks.push(w.close().map_err(encoding)?);
         }
         encoded.push(chunks.into_iter());
     }
