@@ -498,7 +498,10 @@ impl Source {
         stats: &mut FetchStats,
     ) -> Result<Bytes, Attempt> {
         let limit = self.spec.max_body_bytes;
-        let mut body = BytesMut::new();
+        // Sized once from the announced length (trusted up to 16 MiB and the
+        // limit): growing by doubling copied each page's body several times.
+        let announced = resp.content_length().unwrap_or(0).min(limit).min(16 << 20);
+        let mut body = BytesMut::with_capacity(announced as usize);
         loop {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
