@@ -1782,7 +1782,8 @@ fn merge_partition<'a>(
     }
     let new = match (job.new, job.paths) {
         (Some(new), _) => vec![merge::RowSource::Batches(new)],
-        (None, Some(paths)) => spill_sources(paths)?,
+        // Staged rows are Parquet files (see `partition::Spilled::rows`).
+        (None, Some(paths)) => paths.iter().cloned().map(merge::RowSource::File).collect(),
         (None, None) => Vec::new(),
     };
     let existing = partition_files(c.wh, state, job.part)
@@ -1801,21 +1802,6 @@ fn merge_partition<'a>(
         delivery,
     };
     Ok(Some((job.part, merged)))
-}
-
-/// The staged files of a partition's new rows as merge sources: Parquet
-/// files are read a column at a time, others (Arrow IPC) whole.
-fn spill_sources(paths: &[std::path::PathBuf]) -> Result<Vec<merge::RowSource>, IngestError> {
-    paths
-        .iter()
-        .map(|p| {
-            Ok(if p.extension().is_some_and(|e| e == "parquet") {
-                merge::RowSource::File(p.clone())
-            } else {
-                merge::RowSource::Batches(partition::read_spills(std::slice::from_ref(p))?)
-            })
-        })
-        .collect()
 }
 
 /// A partition with no committed rows, from its staged files in delivery

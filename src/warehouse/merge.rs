@@ -202,15 +202,7 @@ impl ParquetFile {
             .expect("writer started")
             .into_inner()
             .map_err(|e| data_err(ctx.clone())(e))?;
-        if sync {
-            file.sync_all().map_err(|e| data_err(ctx.clone())(e))?;
-        }
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(FileEntry {
-            name: file_name(&self.path),
-            rows: self.rows,
-            bytes,
-        })
+        file_entry(&self.path, &file, self.rows, sync)
     }
 }
 
@@ -589,6 +581,60 @@ impl MergeColumn {
         Ok(MergeColumn { arrays, starts })
     }
 
+    /// Clears `same` for each (before, after) pair of `pairs` whose values
+    /// in this column differ (nulls equal), a chunk of pairs at a time.
+    fn compare(&self, pairs: &[(u32, u32)], same: &mut [bool]) -> Result<()> {
+        for (chunk, same) in pairs.chunks(64 * 1024).zip(same.chunks_mut(64 * 1024)) {
+            let before = self.take(chunk.iter().map(|p| p.0))?;
+            let after = self.take(chunk.iter().map(|p| p.1))?;
+            let eq = arrow::compute::kernels::cmp::not_distinct(&before, &after)
+                .map_err(|e| data_err("merging partition")(e))?;
+            for (i, s) in same.iter_mut().enumerate() {
+                *s &= eq.value(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// This column (the `c`th of `schema`) of the rows `order`, encoded one
+    /// row group of [`ROW_GROUP_ROWS`] rows at a time, with or without a
+    /// dictionary, the way the warehouse's writer encodes it.
+    fn encode(
+        &self,
+        schema: &SchemaRef,
+        c: usize,
+        order: &[u32],
+        dictionary: bool,
+    ) -> Result<Vec<ArrowColumnChunk>> {
+        let encoding = |e: parquet::errors::ParquetError| data_err("merging partition")(e);
+        let field = schema.field(c);
+        let mut props = writer_properties_builder();
+        if !dictionary {
+            let name = parquet::schema::types::ColumnPath::from(field.name().as_str());
+            props = props.set_column_dictionary_enabled(name, false);
+        }
+        let (_, writers) =
+            ArrowWriter::try_new(std::io::sink(), schema.clone(), Some(props.build()))
+                .and_then(ArrowWriter::into_serialized_writer)
+                .map_err(encoding)?;
+        let mut chunks = Vec::new();
+        for (group, rows) in order.chunks(ROW_GROUP_ROWS).enumerate() {
+            let values = self.take(rows.iter().copied())?;
+            let mut writers = writers.create_column_writers(group).map_err(encoding)?;
+            if writers.len() != schema.fields().len() {
+                return Err(data_err("merging partition")(
+                    "nested columns cannot be merged",
+                ));
+            }
+            let mut w = writers.swap_remove(c);
+            for leaf in compute_leaves(field, &values).map_err(encoding)? {
+                w.write(&leaf).map_err(encoding)?;
+            }
+            chunks.push(w.close().map_err(encoding)?);
+        }
+        Ok(chunks)
+    }
+
     /// The values of the rows numbered `rows` (counting over all sources), in that order.
     fn take(&self, rows: impl Iterator<Item = u32>) -> Result<ArrayRef> {
         let refs: Vec<RowRef> = rows
@@ -632,25 +678,84 @@ pub fn merge(
     key: &[usize],
     remove: &std::collections::HashSet<Vec<u8>>,
 ) -> Result<Option<Merged>> {
-    let err = |e: arrow::error::ArrowError| data_err("merging partition")(e);
-    let encoding = |e: parquet::errors::ParquetError| data_err("merging partition")(e);
     let existing_sources = existing.len();
     let mut sources = existing;
     sources.extend(new);
+    let Picked {
+        order,
+        pairs,
+        mut changed,
+    } = pick_rows(&sources, existing_sources, schema, key, remove)?;
 
+    // A column at a time: compare the restated rows, choose the encoding
+    // (from the first rows, as a row-wise writer does) and encode each row group.
+    let mut same = vec![true; pairs.len()];
+    let mut props = writer_properties_builder();
+    let mut encoded: Vec<std::vec::IntoIter<ArrowColumnChunk>> = Vec::new();
+    for (c, field) in schema.fields().iter().enumerate() {
+        let column = MergeColumn::read(&sources, schema, c)?;
+        column.compare(&pairs, &mut same)?;
+        let sample = order.len().min(ENCODING_SAMPLE_ROWS);
+        let dictionary = sample < 1024
+            || !high_cardinality(field, &column.take(order[..sample].iter().copied())?);
+        if !dictionary {
+            let name = parquet::schema::types::ColumnPath::from(field.name().as_str());
+            props = props.set_column_dictionary_enabled(name, false);
+        }
+        encoded.push(column.encode(schema, c, &order, dictionary)?.into_iter());
+    }
+    changed += same.iter().filter(|s| !**s).count() as u64;
+    if changed == 0 {
+        return Ok(None);
+    }
+    let file = if order.is_empty() {
+        None
+    } else {
+        Some(write_encoded(
+            &path()?,
+            schema,
+            props.build(),
+            encoded,
+            order.len(),
+        )?)
+    };
+    Ok(Some(Merged {
+        changed_rows: changed,
+        file,
+    }))
+}
+
+/// The rows a merge keeps, numbered over all its sources in order.
+struct Picked {
+    /// The rows of the merged partition, sorted by key.
+    order: Vec<u32>,
+    /// (row before, row after) of keys present before whose winner is a
+    /// new delivery: equal or not, their values tell.
+    pairs: Vec<(u32, u32)>,
+    /// Keys new or removed.
+    changed: u64,
+}
+
+/// Picks each key's row from the keys alone: every row by key, then in
+/// delivery order (existing rows first, the first `existing_sources`
+/// sources), the last row of each run of equal keys wins; an existing row
+/// of the key, if any, is the first of its run.
+fn pick_rows(
+    sources: &[RowSource],
+    existing_sources: usize,
+    schema: &SchemaRef,
+    key: &[usize],
+    remove: &std::collections::HashSet<Vec<u8>>,
+) -> Result<Picked> {
+    let err = |e: arrow::error::ArrowError| data_err("merging partition")(e);
+    let conv = key_converter(schema, key).map_err(err)?;
     // The keys, batch by batch; batches before `first_new` hold existing rows.
-    let key_conv = RowConverter::new(
-        key.iter()
-            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-            .collect(),
-    )
-    .map_err(err)?;
     let (mut keys, mut starts, mut first_new, mut total) = (Vec::new(), Vec::new(), 0, 0usize);
     for (s, source) in sources.iter().enumerate() {
         for b in source.read(schema, key)? {
             starts.push(total);
             total += b.num_rows();
-            keys.push(key_conv.convert_columns(b.columns()).map_err(err)?);
+            keys.push(conv.convert_columns(b.columns()).map_err(err)?);
         }
         if s + 1 == existing_sources {
             first_new = keys.len();
@@ -663,105 +768,53 @@ pub fn merge(
     }
     let key_of = |&(b, r): &(u32, u32)| keys[b as usize].row(r as usize);
     let number = |(b, r): (u32, u32)| (starts[b as usize] + r as usize) as u32;
-
-    // Every row by key, then in delivery order (existing rows first): the
-    // last row of each run of equal keys wins; an existing row of the key,
-    // if any, is the first of its run.
     let mut rows: Vec<(u32, u32)> = Vec::with_capacity(total);
     for (b, k) in keys.iter().enumerate() {
         rows.extend((0..k.num_rows() as u32).map(|r| (b as u32, r)));
     }
     rows.sort_unstable_by(|x, y| key_of(x).cmp(&key_of(y)).then(x.cmp(y)));
-    let mut changed = 0u64;
-    // The rows of the merged partition, numbered over all sources.
-    let mut order: Vec<u32> = Vec::with_capacity(total);
-    // Keys present before whose winner is a new delivery: compare values below.
-    let mut pairs: Vec<(u32, u32)> = Vec::new();
+    let mut picked = Picked {
+        order: Vec::with_capacity(total),
+        pairs: Vec::new(),
+        changed: 0,
+    };
     for run in rows.chunk_by(|x, y| key_of(x) == key_of(y)) {
         let first = run[0];
         let winner = run[run.len() - 1];
         let before = ((first.0 as usize) < first_new).then_some(first);
         if !remove.is_empty() && remove.contains(key_of(&first).data()) {
             if before.is_some() {
-                changed += 1;
+                picked.changed += 1;
             }
             continue;
         }
         match before {
             Some(b) if b == winner => {}
-            Some(b) => pairs.push((number(b), number(winner))),
-            None => changed += 1,
+            Some(b) => picked.pairs.push((number(b), number(winner))),
+            None => picked.changed += 1,
         }
-        order.push(number(winner));
+        picked.order.push(number(winner));
     }
-    drop(rows);
-    drop(keys);
+    Ok(picked)
+}
 
-    // A column at a time: compare the restated rows, choose the encoding
-    // (from the first rows, as a row-wise writer does) and encode each row group.
-    let mut same = vec![true; pairs.len()];
-    let mut props = writer_properties_builder();
-    let mut encoded: Vec<std::vec::IntoIter<ArrowColumnChunk>> = Vec::new();
-    for (c, field) in schema.fields().iter().enumerate() {
-        let column = MergeColumn::read(&sources, schema, c)?;
-        for (chunk, same) in pairs.chunks(64 * 1024).zip(same.chunks_mut(64 * 1024)) {
-            let before = column.take(chunk.iter().map(|p| p.0))?;
-            let after = column.take(chunk.iter().map(|p| p.1))?;
-            let eq = arrow::compute::kernels::cmp::not_distinct(&before, &after).map_err(err)?;
-            for (i, s) in same.iter_mut().enumerate() {
-                *s &= eq.value(i);
-            }
-        }
-        let mut column_props = writer_properties_builder();
-        let sample = order.len().min(ENCODING_SAMPLE_ROWS);
-        if sample >= 1024 && high_cardinality(field, &column.take(order[..sample].iter().copied())?)
-        {
-            let name = parquet::schema::types::ColumnPath::from(field.name().as_str());
-            props = props.set_column_dictionary_enabled(name.clone(), false);
-            column_props = column_props.set_column_dictionary_enabled(name, false);
-        }
-        let (_, writers) =
-            ArrowWriter::try_new(std::io::sink(), schema.clone(), Some(column_props.build()))
-                .and_then(ArrowWriter::into_serialized_writer)
-                .map_err(encoding)?;
-        let mut chunks = Vec::new();
-        for (group, rows) in order.chunks(ROW_GROUP_ROWS).enumerate() {
-            let values = column.take(rows.iter().copied())?;
-            let mut writers = writers.create_column_writers(group).map_err(encoding)?;
-            if writers.len() != schema.fields().len() {
-                return Err(data_err("merging partition")(
-                    "nested columns cannot be merged",
-                ));
-            }
-            let mut w = writers.swap_remove(c);
-            for leaf in compute_leaves(field, &values).map_err(encoding)? {
-                w.write(&leaf).map_err(encoding)?;
-            }
-            chunks.push(w.close().map_err(encoding)?);
-        }
-        encoded.push(chunks.into_iter());
-    }
-    changed += same.iter().filter(|s| !**s).count() as u64;
-    if changed == 0 {
-        return Ok(None);
-    }
-    if order.is_empty() {
-        return Ok(Some(Merged {
-            changed_rows: changed,
-            file: None,
-        }));
-    }
-
-    // The file, a row group of encoded columns at a time.
-    let path = path()?;
+/// Writes a file of `rows` rows from its columns' encoded row groups (one
+/// chunk per row group of [`ROW_GROUP_ROWS`] rows in each column), fsynced.
+fn write_encoded(
+    path: &Path,
+    schema: &SchemaRef,
+    props: WriterProperties,
+    mut columns: Vec<std::vec::IntoIter<ArrowColumnChunk>>,
+    rows: usize,
+) -> Result<FileEntry> {
     let ctx = format!("writing {}", path.display());
-    let file = std::fs::File::create(&path).map_err(|e| data_err(ctx.clone())(e))?;
-    let (mut w, _) = ArrowWriter::try_new(file, schema.clone(), Some(props.build()))
+    let file = std::fs::File::create(path).map_err(|e| data_err(ctx.clone())(e))?;
+    let (mut w, _) = ArrowWriter::try_new(file, schema.clone(), Some(props))
         .and_then(ArrowWriter::into_serialized_writer)
         .map_err(|e| data_err(ctx.clone())(e))?;
-    for _ in 0..order.len().div_ceil(ROW_GROUP_ROWS) {
+    for _ in 0..rows.div_ceil(ROW_GROUP_ROWS) {
         let mut group = w.next_row_group().map_err(|e| data_err(ctx.clone())(e))?;
-        for column in &mut encoded {
+        for column in &mut columns {
             let chunk = column.next().expect("a chunk per row group");
             chunk
                 .append_to_row_group(&mut group)
@@ -770,26 +823,39 @@ pub fn merge(
         group.close().map_err(|e| data_err(ctx.clone())(e))?;
     }
     let file = w.into_inner().map_err(|e| data_err(ctx.clone())(e))?;
-    file.sync_all().map_err(|e| data_err(ctx.clone())(e))?;
-    let bytes = file.metadata().map_err(|e| data_err(ctx.clone())(e))?.len();
-    Ok(Some(Merged {
-        changed_rows: changed,
-        file: Some(FileEntry {
-            name: file_name(&path),
-            rows: order.len() as u64,
-            bytes,
-        }),
-    }))
+    file_entry(path, &file, rows as u64, true)
 }
 
-/// The encoded key of every row of `batch` (for cross-partition moves).
-pub fn encode_keys(schema: &SchemaRef, batch: &RecordBatch, key: &[usize]) -> Result<Vec<Vec<u8>>> {
-    let conv = RowConverter::new(
+/// The entry of the file at `path` just written through `file`, synced
+/// to disk first when `sync`.
+fn file_entry(path: &Path, file: &std::fs::File, rows: u64, sync: bool) -> Result<FileEntry> {
+    let ctx = format!("writing {}", path.display());
+    if sync {
+        file.sync_all().map_err(|e| data_err(ctx.clone())(e))?;
+    }
+    let bytes = file.metadata().map_err(|e| data_err(ctx)(e))?.len();
+    Ok(FileEntry {
+        name: file_name(path),
+        rows,
+        bytes,
+    })
+}
+
+/// A converter of the key columns `key` of `schema` to comparable rows.
+fn key_converter(
+    schema: &SchemaRef,
+    key: &[usize],
+) -> std::result::Result<RowConverter, arrow::error::ArrowError> {
+    RowConverter::new(
         key.iter()
             .map(|&i| SortField::new(schema.field(i).data_type().clone()))
             .collect(),
     )
-    .map_err(|e| data_err("encoding keys")(e))?;
+}
+
+/// The encoded key of every row of `batch` (for cross-partition moves).
+pub fn encode_keys(schema: &SchemaRef, batch: &RecordBatch, key: &[usize]) -> Result<Vec<Vec<u8>>> {
+    let conv = key_converter(schema, key).map_err(|e| data_err("encoding keys")(e))?;
     let cols: Vec<ArrayRef> = key.iter().map(|&i| batch.column(i).clone()).collect();
     let rows = conv
         .convert_columns(&cols)
