@@ -703,6 +703,7 @@ pub async fn check(project: &Project) -> Vec<Diagnostic> {
             let df = ctx
                 .sql_with_options(sql, crate::query::read_only_options())
                 .await
+                .and_then(crate::query::plain_strings)
                 // The table list is only needed to suggest a name in an error.
                 .map_err(|e| crate::query::describe(&e, &crate::query::table_names(&ctx)))?;
             Ok::<_, String>(df)
@@ -1240,7 +1241,7 @@ impl Refresh<'_> {
         inputs: &BTreeSet<Input>,
         reads: &BTreeMap<String, BTreeSet<String>>,
     ) -> Result<SessionContext, ModelError> {
-        let c = refresh_session(self.catalog.snapshot_at(self.base.clone()).await?.ctx);
+        let c = refresh_session(self.catalog.refresh_snapshot(self.base.clone()).await?.ctx);
         let published: Vec<(String, PathBuf, PublishedMeta)> = {
             let done = self.done();
             done.pending
@@ -1299,6 +1300,7 @@ impl Refresh<'_> {
         let df = ctx
             .sql_with_options(sql, crate::query::read_only_options())
             .await
+            .and_then(crate::query::plain_strings)
             .map_err(&err)?;
         match pass {
             Some(p) => {
@@ -1560,7 +1562,7 @@ pub async fn refresh(
     let wanted = selection(&aggs, &ordered, names)?;
     let wh = catalog.warehouse().clone();
     let base = wh.manifest()?;
-    let ctx = refresh_session(catalog.snapshot_at(base.clone()).await?.ctx);
+    let ctx = refresh_session(catalog.refresh_snapshot(base.clone()).await?.ctx);
     let r = Refresh {
         catalog,
         wh,

@@ -317,14 +317,60 @@ pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
     Ok(())
 }
 
-/// Plans a read-only query on a snapshot.
+/// Plans a read-only query on a snapshot; its string columns come out as
+/// `Utf8` (see [`plain_strings`]).
 pub async fn sql(snapshot: &Snapshot, sql: &str) -> Result<DataFrame, QueryError> {
     check_read_only(sql)?;
     snapshot
         .ctx
         .sql_with_options(sql, read_only_options())
         .await
+        .and_then(plain_strings)
         .map_err(|e| engine_err(e, &table_names(&snapshot.ctx)))
+}
+
+/// `df` with the columns that come out as `Utf8View` cast to `Utf8`,
+/// names and qualifiers kept. Tables read some text as views
+/// ([`crate::config::schema::TableSchema::read_schema`]); results, stored
+/// aggregates and every front end keep the plain string type of the
+/// schemas, which every client reads. Which columns are views is known
+/// only after type coercion (`CASE WHEN … THEN 'ALL' ELSE district_code
+/// END` reads `Utf8` before it and is a view after), so the plan is
+/// analyzed here to find them; the other columns are left alone, so the
+/// optimizer's rules still see them as they are.
+pub fn plain_strings(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+    use arrow::datatypes::DataType;
+    use datafusion::common::Column;
+    use datafusion::logical_expr::{Expr, LogicalPlan, Projection, cast};
+    let (state, plan) = df.into_parts();
+    let analyzed =
+        state
+            .analyzer()
+            .execute_and_check(plan.clone(), state.config_options(), |_, _| {})?;
+    let views: Vec<bool> = analyzed
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.data_type() == &DataType::Utf8View)
+        .collect();
+    if !views.contains(&true) || views.len() != plan.schema().fields().len() {
+        return Ok(DataFrame::new(state, plan));
+    }
+    let exprs: Vec<Expr> = plan
+        .schema()
+        .iter()
+        .zip(views)
+        .map(|((qualifier, f), view)| {
+            let c = Expr::Column(Column::new(qualifier.cloned(), f.name()));
+            if view {
+                cast(c, DataType::Utf8).alias_qualified(qualifier.cloned(), f.name())
+            } else {
+                c
+            }
+        })
+        .collect();
+    let projection = Projection::try_new(exprs, std::sync::Arc::new(plan))?;
+    Ok(DataFrame::new(state, LogicalPlan::Projection(projection)))
 }
 
 /// Result formats.
@@ -578,6 +624,60 @@ pub async fn write_results(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn views_leave_as_plain_strings_even_where_coercion_makes_them() {
+        use arrow::array::{Int64Array, StringViewArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::datasource::MemTable;
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Utf8View, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringViewArray::from(vec![Some("credit"), None])),
+                Arc::new(Int64Array::from(vec![1, 2])),
+            ],
+        )
+        .unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table(
+            "t",
+            Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap()),
+        )
+        .unwrap();
+        // `CASE … THEN 'ALL' ELSE v END` reads Utf8 before type coercion
+        // and is a view after it; `t.v` is a view throughout.
+        let sql = "SELECT CASE WHEN n = 2 THEN 'ALL' ELSE v END AS c, t.v, n FROM t ORDER BY n";
+        let df = plain_strings(ctx.sql(sql).await.unwrap()).unwrap();
+        let types: Vec<DataType> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        assert_eq!(types, [DataType::Utf8, DataType::Utf8, DataType::Int64]);
+        let out = df.collect().await.unwrap();
+        let schema = out[0].schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["c", "v", "n"]);
+        for f in schema.fields().iter().take(2) {
+            assert_eq!(f.data_type(), &DataType::Utf8, "{f}");
+        }
+        let c = out[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(c.iter().collect::<Vec<_>>(), [Some("credit"), Some("ALL")]);
+        // A plan without views is left as it is.
+        let df = ctx.sql("SELECT n FROM t").await.unwrap();
+        let plan = df.logical_plan().clone();
+        assert_eq!(plain_strings(df).unwrap().logical_plan(), &plan);
+    }
 
     #[test]
     fn deep_expressions_are_refused_before_parsing() {

@@ -180,6 +180,16 @@ pub struct Column {
     pub check: Option<Check>,
 }
 
+impl Column {
+    /// Whether the column's values come from a small closed set: an
+    /// enumeration (`allowed` values), a district code (38 of them) or an
+    /// industry class (a few hundred).
+    pub fn closed_set(&self) -> bool {
+        self.allowed.is_some()
+            || matches!(self.check, Some(Check::DistrictCode | Check::IndustryCode))
+    }
+}
+
 /// One validated table schema.
 #[derive(Debug, Clone)]
 pub struct TableSchema {
@@ -206,6 +216,31 @@ impl TableSchema {
             .columns
             .iter()
             .map(|c| Field::new(&c.name, c.data_type.arrow(), c.nullable))
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The Arrow schema analysts' queries read the stored rows with (the
+    /// refresh reads them as stored: [`crate::catalog::Catalog::refresh_snapshot`]): as
+    /// [`TableSchema::arrow_schema`], but text from a small closed set
+    /// ([`Column::closed_set`]) as `Utf8View`. Such a column is
+    /// dictionary-encoded in the files; the Parquet reader makes views of
+    /// the dictionary instead of copying each row's string, and grouping by
+    /// or comparing them mostly compares the bytes inside the view. Results
+    /// leave the engine as `Utf8` again ([`crate::query::plain_strings`]).
+    /// Text of many values (USCCs, names, contract numbers) stays `Utf8`:
+    /// there, hashing and comparing views measured slower.
+    pub fn read_schema(&self) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let dt = match c.data_type.arrow() {
+                    DataType::Utf8 if c.closed_set() => DataType::Utf8View,
+                    dt => dt,
+                };
+                Field::new(&c.name, dt, c.nullable)
+            })
             .collect();
         Arc::new(Schema::new(fields))
     }
