@@ -1,6 +1,6 @@
 //! Text read as string views, compacted as it leaves the Parquet scan.
 //!
-//! Columns from a small closed set are read as `Utf8View`
+//! Text columns of few distinct values are read as `Utf8View`
 //! ([`crate::config::schema::TableSchema::read_schema`]). The Parquet
 //! reader makes each batch's views point into the column chunk's dictionary
 //! page and attaches that page to the batch, even when every value is short

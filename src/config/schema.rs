@@ -44,6 +44,8 @@ struct RawColumn {
     allowed: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     check: Option<Spanned<String>>,
+    #[serde(default)]
+    few_values: Option<Spanned<bool>>,
 }
 
 /// A column's Arrow type, restricted to what the warehouse stores.
@@ -178,14 +180,18 @@ pub struct Column {
     pub allowed: Option<Vec<String>>,
     /// Domain validator applied to each value.
     pub check: Option<Check>,
+    /// Declared to take few distinct values (`few_values = true`: a few
+    /// dozen reporting banks), though they are not listed as an enumeration.
+    pub few_values: bool,
 }
 
 impl Column {
-    /// Whether the column's values come from a small closed set: an
-    /// enumeration (`allowed` values), a district code (38 of them) or an
-    /// industry class (a few hundred).
-    pub fn closed_set(&self) -> bool {
-        self.allowed.is_some()
+    /// Whether the column takes few distinct values: an enumeration
+    /// (`allowed` values), a district code (38 of them), an industry class
+    /// (a few hundred) or a column declared with `few_values = true`.
+    pub fn few_values(&self) -> bool {
+        self.few_values
+            || self.allowed.is_some()
             || matches!(self.check, Some(Check::DistrictCode | Check::IndustryCode))
     }
 }
@@ -222,8 +228,8 @@ impl TableSchema {
 
     /// The Arrow schema analysts' queries read the stored rows with (the
     /// refresh reads them as stored: [`crate::catalog::Catalog::refresh_snapshot`]): as
-    /// [`TableSchema::arrow_schema`], but text from a small closed set
-    /// ([`Column::closed_set`]) as `Utf8View`. Such a column is
+    /// [`TableSchema::arrow_schema`], but text of few distinct values
+    /// ([`Column::few_values`]) as `Utf8View`. Such a column is
     /// dictionary-encoded in the files; the Parquet reader makes views of
     /// the dictionary instead of copying each row's string, and grouping by
     /// or comparing them mostly compares the bytes inside the view. Results
@@ -236,7 +242,7 @@ impl TableSchema {
             .iter()
             .map(|c| {
                 let dt = match c.data_type.arrow() {
-                    DataType::Utf8 if c.closed_set() => DataType::Utf8View,
+                    DataType::Utf8 if c.few_values() => DataType::Utf8View,
                     dt => dt,
                 };
                 Field::new(&c.name, dt, c.nullable)
@@ -335,6 +341,15 @@ fn column(
         errors.push(file.error(Some(c.span()), &key("check"), problem));
         None
     });
+    if let Some(few) = &rc.few_values
+        && data_type != ColumnType::Utf8
+    {
+        errors.push(file.error(
+            Some(few.span()),
+            &key("few_values"),
+            format!("`few_values` applies only to Utf8 columns, not {data_type}"),
+        ));
+    }
     Some(Column {
         name,
         data_type,
@@ -343,6 +358,7 @@ fn column(
         unit: rc.unit.clone(),
         allowed: rc.allowed.as_ref().map(|a| a.get_ref().clone()),
         check,
+        few_values: rc.few_values.as_ref().is_some_and(|f| *f.get_ref()),
     })
 }
 
@@ -482,6 +498,67 @@ pub fn load(file: &SourceFile) -> Result<TableSchema, Vec<Diagnostic>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_of_few_values_is_read_as_views_and_stored_as_text() {
+        let text = |few: &str| {
+            format!(
+                r#"table = "t"
+description = "d"
+primary_key = ["id"]
+period_column = "day"
+[[columns]]
+name = "id"
+type = "Utf8"
+description = "many values"
+[[columns]]
+name = "day"
+type = "Date32"
+description = "the period"
+[[columns]]
+name = "kind"
+type = "Utf8"
+allowed = ["a", "b"]
+description = "an enumeration"
+[[columns]]
+name = "bank"
+type = "{few}"
+description = "declared few"
+few_values = true
+"#
+            )
+        };
+        let t = load(&SourceFile::new("t.toml", text("Utf8"))).unwrap();
+        let types = |s: SchemaRef| -> Vec<DataType> {
+            s.fields().iter().map(|f| f.data_type().clone()).collect()
+        };
+        assert_eq!(
+            types(t.read_schema()),
+            [
+                DataType::Utf8,
+                DataType::Date32,
+                DataType::Utf8View,
+                DataType::Utf8View
+            ]
+        );
+        assert_eq!(
+            types(t.arrow_schema()),
+            [
+                DataType::Utf8,
+                DataType::Date32,
+                DataType::Utf8,
+                DataType::Utf8
+            ]
+        );
+        let errors = load(&SourceFile::new("t.toml", text("Int64"))).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        let shown = errors[0].to_string();
+        assert!(
+            shown.contains("columns[3].few_values")
+                && shown.contains("`few_values` applies only to Utf8 columns, not Int64"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn decimal_types_parse_with_limits() {
