@@ -47,13 +47,14 @@ impl PhysicalOptimizerRule for CompactViews {
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
+            if node.downcast_ref::<DataSourceExec>().is_none() {
+                return Ok(Transformed::no(node));
+            }
             let schema = node.schema();
-            let scan = node.downcast_ref::<DataSourceExec>().is_some();
-            if !scan
-                || !schema
-                    .fields()
-                    .iter()
-                    .any(|f| f.data_type() == &DataType::Utf8View)
+            if !schema
+                .fields()
+                .iter()
+                .any(|f| f.data_type() == &DataType::Utf8View)
             {
                 return Ok(Transformed::no(node));
             }
@@ -121,32 +122,34 @@ impl PhysicalExpr for Compacted {
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
-        Ok(match self.0.evaluate(batch)? {
-            ColumnarValue::Array(a) if a.data_type() == &DataType::Utf8View => {
-                let views = a.as_string_view();
-                let inline = views
-                    .views()
-                    .iter()
-                    .all(|v| (*v as u32) as usize <= MAX_INLINE_VIEW_LEN as usize);
-                if views.data_buffers().is_empty() || !inline {
-                    ColumnarValue::Array(a)
-                } else {
-                    // SAFETY: every view (null or not) holds its bytes
-                    // inline (length ≤ 12, checked above), so none refers
-                    // to a buffer; views and nulls are those of a valid
-                    // array.
-                    let bare = unsafe {
-                        StringViewArray::new_unchecked(
-                            views.views().clone(),
-                            Vec::new(),
-                            views.nulls().cloned(),
-                        )
-                    };
-                    ColumnarValue::Array(Arc::new(bare))
-                }
-            }
-            other => other,
-        })
+        let value = self.0.evaluate(batch)?;
+        let ColumnarValue::Array(a) = &value else {
+            return Ok(value);
+        };
+        let Some(views) = a.as_string_view_opt() else {
+            return Ok(value);
+        };
+        // Most batches come with their dictionary page; only then are the
+        // views looked at.
+        if views.data_buffers().is_empty()
+            || !views
+                .views()
+                .iter()
+                .all(|v| (*v as u32) as usize <= MAX_INLINE_VIEW_LEN as usize)
+        {
+            return Ok(value);
+        }
+        // SAFETY: every view (null or not) holds its bytes inline (length
+        // ≤ 12, checked above), so none refers to a buffer; views and nulls
+        // are those of a valid array.
+        let bare = unsafe {
+            StringViewArray::new_unchecked(
+                views.views().clone(),
+                Vec::new(),
+                views.nulls().cloned(),
+            )
+        };
+        Ok(ColumnarValue::Array(Arc::new(bare)))
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
