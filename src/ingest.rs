@@ -649,7 +649,7 @@ impl Checker {
         let mut buffers: BTreeMap<Quarter, partition::RowBuffer> = BTreeMap::new();
         let (mut valid, mut max_cursor) = (0, None::<String>);
         let mut values = Vec::with_capacity(self.validator.schema().columns.len());
-        for rec in &page.records {
+        for (i, rec) in page.records.iter().enumerate() {
             match self.validator.validate_into(rec, &mut values) {
                 Ok(quarter) => {
                     valid += 1;
@@ -661,7 +661,11 @@ impl Checker {
                     }
                     buffers
                         .entry(quarter)
-                        .or_insert_with(|| partition::RowBuffer::new(self.validator.schema()))
+                        .or_insert_with(|| {
+                            // Room for the rest of the page: it is mostly one quarter.
+                            let rest = page.records.len() - i;
+                            partition::RowBuffer::with_capacity(self.validator.schema(), rest)
+                        })
                         .push(&values);
                 }
                 Err(rej) => {

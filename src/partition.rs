@@ -65,15 +65,15 @@ enum ColBuilder {
 }
 
 impl ColBuilder {
-    fn new(t: ColumnType) -> ColBuilder {
+    fn new(t: ColumnType, rows: usize) -> ColBuilder {
         match t {
-            ColumnType::Utf8 => ColBuilder::Utf8(StringBuilder::new()),
-            ColumnType::Boolean => ColBuilder::Bool(BooleanBuilder::new()),
-            ColumnType::Int32 => ColBuilder::I32(Int32Builder::new()),
-            ColumnType::Int64 => ColBuilder::I64(Int64Builder::new()),
-            ColumnType::Date32 => ColBuilder::Date(Date32Builder::new()),
+            ColumnType::Utf8 => ColBuilder::Utf8(StringBuilder::with_capacity(rows, rows * 16)),
+            ColumnType::Boolean => ColBuilder::Bool(BooleanBuilder::with_capacity(rows)),
+            ColumnType::Int32 => ColBuilder::I32(Int32Builder::with_capacity(rows)),
+            ColumnType::Int64 => ColBuilder::I64(Int64Builder::with_capacity(rows)),
+            ColumnType::Date32 => ColBuilder::Date(Date32Builder::with_capacity(rows)),
             ColumnType::Decimal128 { precision, scale } => {
-                ColBuilder::Dec(Decimal128Builder::new(), precision, scale)
+                ColBuilder::Dec(Decimal128Builder::with_capacity(rows), precision, scale)
             }
         }
     }
@@ -118,13 +118,14 @@ pub struct RowBuffer {
 }
 
 impl RowBuffer {
-    /// An empty buffer for rows of `schema`.
-    pub fn new(schema: &TableSchema) -> RowBuffer {
+    /// An empty buffer for rows of `schema`, with room for `rows` rows
+    /// (and text of 16 bytes a value) before it has to grow.
+    pub fn with_capacity(schema: &TableSchema, rows: usize) -> RowBuffer {
         RowBuffer {
             cols: schema
                 .columns
                 .iter()
-                .map(|c| ColBuilder::new(c.data_type))
+                .map(|c| ColBuilder::new(c.data_type, rows))
                 .collect(),
             rows: 0,
         }
@@ -729,7 +730,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Partitioner::new(&t, dir.path(), "run-1", "bank_loans");
         let rows = |ids: &[&str]| {
-            let mut b = RowBuffer::new(&t);
+            let mut b = RowBuffer::with_capacity(&t, ids.len());
             for id in ids {
                 let values: Vec<Value> = t
                     .columns

@@ -1,5 +1,5 @@
 """DuckDB's side of the ingest benchmark: a local CSV or NDJSON file of
-bank_loans to quarter-partitioned Parquet (zstd), with the table's types.
+bank_loans to quarter-partitioned Parquet (LZ4, as ironlake writes), with the table's types.
 
 Usage: duckdb_copy.py FILE OUT_DIR [csv|ndjson]
        duckdb_copy.py CSV_FILE NDJSON_FILE to-ndjson   (the same rows as NDJSON, not timed)
@@ -30,7 +30,7 @@ con.sql(
     COPY (
       SELECT *, strftime(period_end, '%Y') || 'Q' || quarter(period_end) AS quarter
       FROM {reader}
-    ) TO '{out}' (FORMAT parquet, PARTITION_BY (quarter), COMPRESSION zstd, OVERWRITE_OR_IGNORE)
+    ) TO '{out}' (FORMAT parquet, PARTITION_BY (quarter), COMPRESSION lz4_raw, OVERWRITE_OR_IGNORE)
     """
 )
 print(f"duckdb copy ({fmt}): {time.time() - t:.1f}s", file=sys.stderr)

@@ -280,7 +280,7 @@ impl Sim {
                 }
             }
             Table::BankLoans => {
-                let mut loans = Vec::new();
+                let mut loans = Vec::with_capacity(8);
                 w.loans(&ent, seg.quarter.expect("quarter segment"), &mut loans);
                 out.extend(loans.iter().map(|l| render::loan(&ent.uscc, l)));
             }
@@ -482,7 +482,7 @@ impl Sim {
             n,
             |seg, e| {
                 let ent = w.enterprise(e);
-                let mut loans = Vec::new();
+                let mut loans = Vec::with_capacity(8);
                 w.loans(&ent, seg.quarter.expect("quarter segment"), &mut loans);
                 let len = loans.len();
                 ((ent, loans), len)
@@ -1258,7 +1258,9 @@ async fn bank_loans(State(sim): State<Arc<Sim>>, req: Request) -> Response {
             ent: 0,
             item: 0,
         });
-        let mut s = String::with_capacity(per_page.min(10_000) * 120 + 200);
+        // Rows are about 150 bytes: room for all of them, so the page is
+        // never copied as it grows.
+        let mut s = String::with_capacity(per_page.min(10_000) * 170 + 200);
         // The header is always sent, also for an empty quarter.
         let header_rec = render::loan(
             "",

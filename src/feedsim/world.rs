@@ -9,6 +9,7 @@ use super::rng::Rng;
 use crate::domain::Quarter;
 use crate::domain::uscc;
 use chrono::{Datelike, Duration, NaiveDate};
+use std::fmt::Write as _;
 
 /// Enterprise size class (企业规模).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -609,7 +610,12 @@ impl World {
                     (guarantee == "guaranteed").then(|| 1000 * i128::from(r.range(10, 25) as i32));
                 out.push(Loan {
                     bank_code: bank,
-                    loan_id: format!("{}{}{:07}{:02}", &bank[..3], origin, ent.index, j),
+                    loan_id: {
+                        // Sized up front: `format!` would grow it twice.
+                        let mut id = String::with_capacity(24);
+                        let _ = write!(id, "{}{}{:07}{:02}", &bank[..3], origin, ent.index, j);
+                        id
+                    },
                     quarter: q,
                     enterprise: ent.index,
                     balance,
