@@ -978,6 +978,7 @@ mod tests {
             Field::new("term", DataType::Utf8, false),
             Field::new("balance", DataType::Int64, true),
             Field::new("note", DataType::Utf8, true),
+            Field::new("borrower", DataType::Utf8, false),
         ]));
         let n = 5000;
         let batch = RecordBatch::try_new(
@@ -997,12 +998,21 @@ mod tests {
                 Arc::new(StringArray::from_iter(
                     (0..n).map(|i| (i % 100 == 0).then_some("x")),
                 )),
+                // Each value twice, so only half the rows are distinct, but
+                // at that rate a row group's dictionary would be ~1.4 MB.
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("91500000MA{:08}", i / 2)),
+                )),
             ],
         )
         .unwrap();
         assert_eq!(
             high_cardinality_columns(&batch),
-            vec!["loan_id".to_string(), "balance".to_string()]
+            vec![
+                "loan_id".to_string(),
+                "balance".to_string(),
+                "borrower".to_string()
+            ]
         );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.parquet");
@@ -1017,6 +1027,7 @@ mod tests {
                 ("term".to_string(), true),
                 ("balance".to_string(), false),
                 ("note".to_string(), true),
+                ("borrower".to_string(), false),
             ]
         );
         // The rows read back unchanged, whatever the encoding.
