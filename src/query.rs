@@ -495,7 +495,7 @@ impl<W: Write + Send> Encoder<W> {
                 parquet::arrow::ArrowWriter::try_new(
                     out,
                     schema.clone(),
-                    Some(crate::warehouse::merge::writer_properties()),
+                    Some(crate::warehouse::merge::writer_properties(&schema)),
                 )
                 .map_err(out_err)?,
             ),

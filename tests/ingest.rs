@@ -90,13 +90,14 @@ async fn a_clean_crawl_matches_truth_and_files_are_right_for_duckdb() {
         "INTEGER"
     );
     assert!(summary["quarantine"].as_object().unwrap().is_empty());
-    // LZ4 (the raw block format, which pyarrow calls LZ4), page statistics
-    // and page index, plain Utf8 strings.
+    // LZ4 (the raw block format, which pyarrow calls LZ4) for text, none
+    // for numbers, page statistics and page index, plain Utf8 strings.
     let meta = py_json(
         "file_meta.py",
         &[wh.join("tables/bank_loans").to_str().unwrap()],
     );
     assert_eq!(meta["compression"], "LZ4");
+    assert_eq!(meta["balance_compression"], "UNCOMPRESSED");
     assert_eq!(meta["has_page_index"], true);
     assert_eq!(meta["uscc_type"], "string");
     assert_eq!(meta["has_min_max"], true);

@@ -14,6 +14,7 @@ uscc = rg.column(names.index("uscc"))
 json.dump(
     {
         "compression": uscc.compression,
+        "balance_compression": rg.column(names.index("balance")).compression,
         "has_page_index": bool(uscc.has_column_index and uscc.has_offset_index),
         "has_min_max": bool(uscc.statistics is not None and uscc.statistics.has_min_max),
         "uscc_type": str(f.schema_arrow.field("uscc").type),
