@@ -10,6 +10,7 @@
 
 use crate::config::schema::PARTITION_COLUMN;
 use crate::warehouse::Manifest;
+use crate::warehouse::fsutil::MappedFile;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::object_store::local::LocalFileSystem;
 use datafusion::object_store::path::Path;
@@ -58,6 +59,26 @@ impl ManifestFiles {
         }
     }
 
+    /// `ranges` of the file at `location` as slices of one mapping of it;
+    /// `None` when it cannot be mapped or a range lies outside it.
+    fn mapped_ranges(
+        &self,
+        location: &Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Option<Vec<bytes::Bytes>> {
+        let path = self.inner.path_to_filesystem(location).ok()?;
+        let file = std::fs::File::open(path).ok()?;
+        let mapped = MappedFile::open_for_ranges(&file).ok()??;
+        let data = mapped.bytes();
+        ranges
+            .iter()
+            .map(|r| {
+                let (start, end) = (usize::try_from(r.start).ok()?, usize::try_from(r.end).ok()?);
+                (start <= end && end <= data.len()).then(|| data.slice(start..end))
+            })
+            .collect()
+    }
+
     /// Whether a listed object is one the manifest lists (or lies outside its directories).
     fn shows(visible: &Visible, location: &Path) -> bool {
         let loc = location.as_ref();
@@ -104,11 +125,21 @@ impl ObjectStore for ManifestFiles {
         self.inner.get_opts(location, options).await
     }
 
+    /// Column chunks come as slices of a mapping of the file: the object
+    /// store's own reads zero-fill a fresh buffer per range and copy the
+    /// page cache into it, which was a quarter of a sum's time over a
+    /// column. Warehouse files never change once written (new ones are
+    /// added, old ones removed, none truncated), so the mapping stays
+    /// valid while the slices live. Anything unusual (a range past the
+    /// end, a file that cannot be mapped) is left to the object store.
     async fn get_ranges(
         &self,
         location: &Path,
         ranges: &[std::ops::Range<u64>],
     ) -> Result<Vec<bytes::Bytes>> {
+        if let Some(parts) = self.mapped_ranges(location, ranges) {
+            return Ok(parts);
+        }
         self.inner.get_ranges(location, ranges).await
     }
 
@@ -194,5 +225,26 @@ mod tests {
         assert!(shows(
             "wh/_ironlake/gen/published.x/v2-b/quarter=2019Q4/d.parquet"
         ));
+    }
+
+    #[tokio::test]
+    async fn ranges_come_from_a_mapping_and_bad_ranges_get_the_stores_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("f.parquet"), &data).unwrap();
+        let store = ManifestFiles::new(dir.path(), &Manifest::default());
+        let location = Path::from_filesystem_path(dir.path().join("f.parquet")).unwrap();
+        let ranges = [0..10, 4_096..70_000, 99_990..100_000, 5..5];
+        let parts = store.get_ranges(&location, &ranges).await.unwrap();
+        for (part, r) in parts.iter().zip(&ranges) {
+            assert_eq!(part.as_ref(), &data[r.start as usize..r.end as usize]);
+        }
+        // They are slices of the file's mapping, not copies on the heap.
+        assert!(store.mapped_ranges(&location, &ranges).is_some());
+        // Past the end, or a missing file: the object store answers, with its errors.
+        assert!(store.mapped_ranges(&location, &[99_990..100_001]).is_none());
+        assert!(store.get_ranges(&location, &[99_990..100_001]).await.is_err());
+        let missing = Path::from_filesystem_path(dir.path()).unwrap().child("nope.parquet");
+        assert!(store.get_ranges(&missing, &[0..1]).await.is_err());
     }
 }

@@ -180,9 +180,21 @@ pub struct MappedFile {
 }
 
 impl MappedFile {
-    /// Maps `file`; `None` for what cannot be mapped (an empty file, a pipe
-    /// or other non-regular file), to be read instead.
+    /// Maps `file` to be read front to back once; `None` for what cannot
+    /// be mapped (an empty file, a pipe or other non-regular file), to be
+    /// read instead.
     pub fn open(file: &File) -> io::Result<Option<MappedFile>> {
+        Self::map(file, Some(libc::MADV_SEQUENTIAL))
+    }
+
+    /// Maps `file` to read parts of it, in any order and maybe again (the
+    /// kernel's usual read-ahead, pages kept cached); `None` as for
+    /// [`MappedFile::open`].
+    pub fn open_for_ranges(file: &File) -> io::Result<Option<MappedFile>> {
+        Self::map(file, None)
+    }
+
+    fn map(file: &File, advice: Option<libc::c_int>) -> io::Result<Option<MappedFile>> {
         let meta = file.metadata()?;
         if !meta.is_file() || meta.len() == 0 {
             return Ok(None);
@@ -203,10 +215,11 @@ impl MappedFile {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        // The file is read front to back once.
-        // SAFETY: advice on the mapping just made; failure is harmless.
-        unsafe {
-            libc::madvise(ptr, len, libc::MADV_SEQUENTIAL);
+        if let Some(advice) = advice {
+            // SAFETY: advice on the mapping just made; failure is harmless.
+            unsafe {
+                libc::madvise(ptr, len, advice);
+            }
         }
         Ok(Some(MappedFile {
             data: bytes::Bytes::from_owner(Mapping { ptr, len }),
