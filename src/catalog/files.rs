@@ -243,8 +243,15 @@ mod tests {
         assert!(store.mapped_ranges(&location, &ranges).is_some());
         // Past the end, or a missing file: the object store answers, with its errors.
         assert!(store.mapped_ranges(&location, &[99_990..100_001]).is_none());
-        assert!(store.get_ranges(&location, &[99_990..100_001]).await.is_err());
-        let missing = Path::from_filesystem_path(dir.path()).unwrap().child("nope.parquet");
+        assert!(
+            store
+                .get_ranges(&location, &[99_990..100_001])
+                .await
+                .is_err()
+        );
+        let missing = Path::from_filesystem_path(dir.path())
+            .unwrap()
+            .child("nope.parquet");
         assert!(store.get_ranges(&missing, &[0..1]).await.is_err());
     }
 }
