@@ -181,8 +181,10 @@ pub struct Column {
     /// Domain validator applied to each value.
     pub check: Option<Check>,
     /// Declared to take few distinct values (`few_values = true`: a few
-    /// dozen reporting banks), though they are not listed as an enumeration.
-    pub few_values: bool,
+    /// dozen reporting banks), though they are not listed as an enumeration;
+    /// [`Column::few_values`] tells whether the column takes few values
+    /// for any reason.
+    pub declared_few_values: bool,
 }
 
 impl Column {
@@ -190,7 +192,7 @@ impl Column {
     /// (`allowed` values), a district code (38 of them), an industry class
     /// (a few hundred) or a column declared with `few_values = true`.
     pub fn few_values(&self) -> bool {
-        self.few_values
+        self.declared_few_values
             || self.allowed.is_some()
             || matches!(self.check, Some(Check::DistrictCode | Check::IndustryCode))
     }
@@ -218,12 +220,7 @@ pub struct TableSchema {
 impl TableSchema {
     /// The Arrow schema of the stored rows (without the `quarter` partition column).
     pub fn arrow_schema(&self) -> SchemaRef {
-        let fields: Vec<Field> = self
-            .columns
-            .iter()
-            .map(|c| Field::new(&c.name, c.data_type.arrow(), c.nullable))
-            .collect();
-        Arc::new(Schema::new(fields))
+        self.schema_with(|c| c.data_type.arrow())
     }
 
     /// The Arrow schema analysts' queries read the stored rows with (the
@@ -237,16 +234,18 @@ impl TableSchema {
     /// Text of many values (USCCs, names, contract numbers) stays `Utf8`:
     /// there, hashing and comparing views measured slower.
     pub fn read_schema(&self) -> SchemaRef {
+        self.schema_with(|c| match c.data_type.arrow() {
+            DataType::Utf8 if c.few_values() => DataType::Utf8View,
+            dt => dt,
+        })
+    }
+
+    /// The columns as Arrow fields, each of the type `type_of` gives it.
+    fn schema_with(&self, type_of: impl Fn(&Column) -> DataType) -> SchemaRef {
         let fields: Vec<Field> = self
             .columns
             .iter()
-            .map(|c| {
-                let dt = match c.data_type.arrow() {
-                    DataType::Utf8 if c.few_values() => DataType::Utf8View,
-                    dt => dt,
-                };
-                Field::new(&c.name, dt, c.nullable)
-            })
+            .map(|c| Field::new(&c.name, type_of(c), c.nullable))
             .collect();
         Arc::new(Schema::new(fields))
     }
@@ -358,7 +357,7 @@ fn column(
         unit: rc.unit.clone(),
         allowed: rc.allowed.as_ref().map(|a| a.get_ref().clone()),
         check,
-        few_values: rc.few_values.as_ref().is_some_and(|f| *f.get_ref()),
+        declared_few_values: rc.few_values.as_ref().is_some_and(|f| *f.get_ref()),
     })
 }
 
