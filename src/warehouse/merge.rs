@@ -14,6 +14,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::{
     DEFAULT_DICTIONARY_PAGE_SIZE_LIMIT, EnabledStatistics, WriterProperties,
 };
+use parquet::schema::types::ColumnPath;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -53,7 +54,7 @@ fn writer_properties_builder(
     // decoding is what sums and filters over them cost.
     for field in schema.fields() {
         if field.data_type().is_primitive() {
-            let name = parquet::schema::types::ColumnPath::from(field.name().as_str());
+            let name = ColumnPath::from(field.name().as_str());
             b = b.set_column_compression(name, Compression::UNCOMPRESSED);
         }
     }
@@ -130,7 +131,7 @@ fn high_cardinality(field: &arrow::datatypes::Field, sample: &ArrayRef) -> bool 
 fn writer_properties_for(first: &RecordBatch) -> WriterProperties {
     let mut b = writer_properties_builder(&first.schema());
     for name in high_cardinality_columns(first) {
-        b = b.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(name), false);
+        b = b.set_column_dictionary_enabled(ColumnPath::from(name), false);
     }
     b.build()
 }
@@ -644,7 +645,7 @@ impl MergeColumn {
         let field = schema.field(c);
         let mut props = writer_properties_builder(schema);
         if !dictionary {
-            let name = parquet::schema::types::ColumnPath::from(field.name().as_str());
+            let name = ColumnPath::from(field.name().as_str());
             props = props.set_column_dictionary_enabled(name, false);
         }
         let (_, writers) =
@@ -733,7 +734,7 @@ pub fn merge(
         let dictionary = sample < 1024
             || !high_cardinality(field, &column.take(order[..sample].iter().copied())?);
         if !dictionary {
-            let name = parquet::schema::types::ColumnPath::from(field.name().as_str());
+            let name = ColumnPath::from(field.name().as_str());
             props = props.set_column_dictionary_enabled(name, false);
         }
         encoded.push(column.encode(schema, c, &order, dictionary)?.into_iter());
