@@ -336,6 +336,29 @@ fn push_date(out: &mut String, d: NaiveDate) {
     out.push_str(std::str::from_utf8(&text).expect("ASCII digits"));
 }
 
+/// Appends the last day of `q` as [`push_date`] would, without computing
+/// the date: the same four month-days end every year's quarters.
+fn push_quarter_end(out: &mut String, q: Quarter) {
+    let y = q.year();
+    if !(0..=9999).contains(&y) {
+        return push_date(out, q.last_day());
+    }
+    let y = y as u32;
+    let year = [
+        b'0' + (y / 1000) as u8,
+        b'0' + (y / 100 % 10) as u8,
+        b'0' + (y / 10 % 10) as u8,
+        b'0' + (y % 10) as u8,
+    ];
+    out.push_str(std::str::from_utf8(&year).expect("ASCII digits"));
+    out.push_str(match q.q() {
+        1 => "-03-31",
+        2 => "-06-30",
+        3 => "-09-30",
+        _ => "-12-31",
+    });
+}
+
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -433,7 +456,7 @@ pub fn write_loan_csv(out: &mut String, uscc: &str, l: &Loan) {
         csv_field(out, text);
         out.push(',');
     }
-    push_date(out, l.quarter.last_day());
+    push_quarter_end(out, l.quarter);
     out.push(',');
     csv_field(out, uscc);
     for (value, scale) in [(l.balance, 2), (l.disbursed, 2), (l.rate, 4)] {
@@ -564,6 +587,12 @@ mod tests {
             let mut out = String::new();
             push_date(&mut out, day);
             assert_eq!(out, day.format("%Y-%m-%d").to_string());
+        }
+        for index in [0, 4 * 1985, 4 * 2019 + 3, 4 * 10_000 + 1, -7] {
+            let q = Quarter::new(2000, 1).unwrap().plus(index - 4 * 2000);
+            let mut out = String::new();
+            push_quarter_end(&mut out, q);
+            assert_eq!(out, q.last_day().format("%Y-%m-%d").to_string(), "{q}");
         }
     }
 }

@@ -25,6 +25,17 @@ impl Rng {
         Rng(s)
     }
 
+    /// The generator [`Rng::new`] gives for this one's `(seed, stream,
+    /// parts…)` followed by `more`: a loop drawing per item of one owner
+    /// mixes the owner's part once, not once per item.
+    pub fn with(&self, more: &[u64]) -> Rng {
+        let mut s = self.0;
+        for &p in more {
+            s = mix(s ^ p);
+        }
+        Rng(s)
+    }
+
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -59,15 +70,21 @@ impl Rng {
 
     /// Index chosen with the given weights.
     pub fn weighted(&mut self, weights: &[u32]) -> usize {
-        let total: u32 = weights.iter().sum();
+        self.weighted_by(weights, |&w| w)
+    }
+
+    /// Index into `items` chosen with the weights `weight` gives them.
+    pub fn weighted_by<T>(&mut self, items: &[T], weight: impl Fn(&T) -> u32) -> usize {
+        let total: u32 = items.iter().map(&weight).sum();
         let mut x = (self.next_u64() % u64::from(total)) as u32;
-        for (i, &w) in weights.iter().enumerate() {
+        for (i, item) in items.iter().enumerate() {
+            let w = weight(item);
             if x < w {
                 return i;
             }
             x -= w;
         }
-        weights.len() - 1
+        items.len() - 1
     }
 
     /// One element of a slice.

@@ -9,7 +9,6 @@ use super::rng::Rng;
 use crate::domain::Quarter;
 use crate::domain::uscc;
 use chrono::{Datelike, Duration, NaiveDate};
-use std::fmt::Write as _;
 
 /// Enterprise size class (企业规模).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +350,33 @@ fn date_in(q: Quarter, r: &mut Rng) -> NaiveDate {
     q.first_day() + Duration::days(r.range(0, days))
 }
 
+/// A loan's contract number: the bank code's first three characters, the
+/// origination quarter, the borrower's index in 7 digits and the loan's
+/// number in 2 (`format!("{}{}{:07}{:02}", …)`, written without the
+/// formatter: a backfill draws millions).
+fn loan_id(bank: &str, origin: Quarter, index: usize, j: u32) -> String {
+    let mut id = String::with_capacity(24);
+    id.push_str(&bank[..3]);
+    push_padded(&mut id, origin.year().unsigned_abs().into(), 4);
+    id.push('Q');
+    id.push(char::from(b'0' + origin.q()));
+    push_padded(&mut id, index as u64, 7);
+    push_padded(&mut id, j.into(), 2);
+    id
+}
+
+/// Appends `n` in decimal, zero-padded to at least `width` digits.
+fn push_padded(out: &mut String, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    while n > 0 || buf.len() - i < width {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
+}
+
 /// The simulated city for one seed and size.
 #[derive(Debug, Clone)]
 pub struct World {
@@ -368,8 +394,8 @@ impl World {
     /// The enterprise at `index`.
     pub fn enterprise(&self, index: usize) -> Enterprise {
         let mut r = Rng::new(self.seed, "enterprise", &[index as u64]);
-        let district = DISTRICTS[r.weighted(&DISTRICTS.iter().map(|d| d.1).collect::<Vec<_>>())].0;
-        let division = DIVISIONS[r.weighted(&DIVISIONS.iter().map(|d| d.1).collect::<Vec<_>>())].0;
+        let district = DISTRICTS[r.weighted_by(DISTRICTS, |d| d.1)].0;
+        let division = DIVISIONS[r.weighted_by(DIVISIONS, |d| d.1)].0;
         let industry = format!("{division:02}{}{}", r.range(1, 9), r.range(0, 9));
         let size = match r.weighted(&[4, 14, 62, 20]) {
             0 => Size::Large,
@@ -541,30 +567,18 @@ impl World {
             return;
         }
         let rate = Self::loan_rate(ent);
+        // The streams `("loan-count", [index, year, q])` and
+        // `("loan", [index, year, q, j])`, with the enterprise mixed in once.
+        let counts = Rng::new(self.seed, "loan-count", &[ent.index as u64]);
+        let draws = Rng::new(self.seed, "loan", &[ent.index as u64]);
         for back in (0..20).rev() {
             let origin = q.plus(-back);
-            let mut n_rng = Rng::new(
-                self.seed,
-                "loan-count",
-                &[
-                    ent.index as u64,
-                    origin.year() as u64,
-                    u64::from(origin.q()),
-                ],
-            );
+            let mut n_rng = counts.with(&[origin.year() as u64, u64::from(origin.q())]);
             // Poisson-like draw: whole part plus a chance for the fraction.
             let n = rate.floor() as u32 + u32::from(n_rng.chance(rate.fract()));
             for j in 0..n {
-                let mut r = Rng::new(
-                    self.seed,
-                    "loan",
-                    &[
-                        ent.index as u64,
-                        origin.year() as u64,
-                        u64::from(origin.q()),
-                        u64::from(j),
-                    ],
-                );
+                let mut r =
+                    draws.with(&[origin.year() as u64, u64::from(origin.q()), u64::from(j)]);
                 let medium_long = r.chance(0.45);
                 let term_q = if medium_long {
                     r.range(4, 20)
@@ -610,12 +624,7 @@ impl World {
                     (guarantee == "guaranteed").then(|| 1000 * i128::from(r.range(10, 25) as i32));
                 out.push(Loan {
                     bank_code: bank,
-                    loan_id: {
-                        // Sized up front: `format!` would grow it twice.
-                        let mut id = String::with_capacity(24);
-                        let _ = write!(id, "{}{}{:07}{:02}", &bank[..3], origin, ent.index, j);
-                        id
-                    },
+                    loan_id: loan_id(bank, origin, ent.index, j),
                     quarter: q,
                     enterprise: ent.index,
                     balance,
@@ -833,6 +842,28 @@ mod tests {
             enterprises: 500,
             from: Quarter::new(2017, 1).unwrap(),
             to: Quarter::new(2019, 4).unwrap(),
+        }
+    }
+
+    #[test]
+    fn shortcuts_draw_what_the_plain_streams_draw() {
+        // Rng::with continues Rng::new's mixing of parts.
+        let (a, b) = (
+            Rng::new(9, "loan", &[3, 2019, 4, 1]).next_u64(),
+            Rng::new(9, "loan", &[3]).with(&[2019, 4, 1]).next_u64(),
+        );
+        assert_eq!(a, b);
+        // loan_id writes what format! would.
+        for (bank, q, index, j) in [
+            ("C10203", "2019Q4", 0, 0),
+            ("B10211", "2016Q1", 1_234_567, 13),
+            ("C10305", "2017Q3", 42, 7),
+        ] {
+            let q: Quarter = q.parse().unwrap();
+            assert_eq!(
+                loan_id(bank, q, index, j),
+                format!("{}{}{:07}{:02}", &bank[..3], q, index, j)
+            );
         }
     }
 
