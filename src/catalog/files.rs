@@ -33,7 +33,31 @@ pub struct ManifestFiles {
     inner: LocalFileSystem,
     visible: Arc<Visible>,
     /// Mappings kept between reads, if any are.
-    mappings: Option<Mutex<Mappings>>,
+    mappings: Option<Arc<KeptMappings>>,
+}
+
+/// File mappings kept between reads, shared by the snapshots of one
+/// catalog: warehouse files never change once written, so a mapping stays
+/// good across manifests as long as the file is still listed. Each new
+/// snapshot drops the mappings of files its manifest no longer lists, so
+/// files removed with an old generation are not held open.
+#[derive(Debug)]
+pub struct KeptMappings(Mutex<Mappings>);
+
+impl KeptMappings {
+    /// Mappings of files totalling up to `budget` bytes.
+    pub fn new(budget: u64) -> Arc<KeptMappings> {
+        Arc::new(KeptMappings(Mutex::new(Mappings {
+            budget,
+            ..Mappings::default()
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mappings> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Mappings kept between reads, so that a query over columns an earlier
@@ -62,6 +86,18 @@ struct Mapped {
 }
 
 impl Mappings {
+    /// Keeps only the mappings of the paths `keep` accepts.
+    fn retain(&mut self, mut keep: impl FnMut(&std::path::Path) -> bool) {
+        let used = &mut self.used;
+        self.files.retain(|path, m| {
+            let kept = keep(path);
+            if !kept {
+                *used -= m.id.2;
+            }
+            kept
+        });
+    }
+
     /// The mapping of the file at `path` (kept if it fits the budget).
     fn get(&mut self, path: &std::path::Path) -> Option<bytes::Bytes> {
         use std::os::unix::fs::MetadataExt as _;
@@ -118,11 +154,15 @@ fn map_file(path: &std::path::Path) -> Option<bytes::Bytes> {
 
 impl ManifestFiles {
     /// The files of `manifest`'s directories under warehouse `root`,
-    /// keeping the mappings of files totalling up to `budget` bytes between
-    /// reads (0: each read maps its file anew). Only the pages read count
-    /// in the process's resident memory, and they are the page cache's:
-    /// the kernel reclaims them like any cached file page.
-    pub fn new(root: &std::path::Path, manifest: &Manifest, budget: u64) -> ManifestFiles {
+    /// keeping mappings between reads in `kept` (none: each read maps its
+    /// file anew). Only the pages read count in the process's resident
+    /// memory, and they are the page cache's: the kernel reclaims them like
+    /// any cached file page.
+    pub fn new(
+        root: &std::path::Path,
+        manifest: &Manifest,
+        kept: Option<Arc<KeptMappings>>,
+    ) -> ManifestFiles {
         let mut visible = Visible::new();
         for dir in manifest.dirs.values() {
             let Ok(url) =
@@ -139,15 +179,15 @@ impl ManifestFiles {
                 }
             }
         }
+        if let Some(kept) = &kept {
+            kept.lock().retain(|path| {
+                Path::from_filesystem_path(path).is_ok_and(|p| Self::lists(&visible, &p))
+            });
+        }
         ManifestFiles {
             inner: LocalFileSystem::new(),
             visible: Arc::new(visible),
-            mappings: (budget > 0).then(|| {
-                Mutex::new(Mappings {
-                    budget,
-                    ..Mappings::default()
-                })
-            }),
+            mappings: kept,
         }
     }
 
@@ -160,10 +200,7 @@ impl ManifestFiles {
     ) -> Option<Vec<bytes::Bytes>> {
         let path = self.inner.path_to_filesystem(location).ok()?;
         let data = match &self.mappings {
-            Some(kept) => kept
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(&path)?,
+            Some(kept) => kept.lock().get(&path)?,
             None => map_file(&path)?,
         };
         ranges
@@ -173,6 +210,21 @@ impl ManifestFiles {
                 (start <= end && end <= data.len()).then(|| data.slice(start..end))
             })
             .collect()
+    }
+
+    /// Whether the manifest lists the object: a file of one of its
+    /// generation directories, named in it.
+    fn lists(visible: &Visible, location: &Path) -> bool {
+        let loc = location.as_ref();
+        let Some((dir, file)) = loc.rsplit_once('/') else {
+            return false;
+        };
+        let Some((generation, part)) = dir.rsplit_once('/') else {
+            return false;
+        };
+        visible
+            .get(generation)
+            .is_some_and(|files| files.contains(&format!("{part}/{file}")))
     }
 
     /// Whether a listed object is one the manifest lists (or lies outside its directories).
@@ -305,7 +357,7 @@ mod tests {
                 .into(),
             },
         );
-        let store = ManifestFiles::new(root, &m, 0);
+        let store = ManifestFiles::new(root, &m, None);
         let shows = |p: &str| ManifestFiles::shows(&store.visible, &Path::from(p));
         assert!(shows(
             "wh/_ironlake/gen/tables.t/v1-a/quarter=2019Q4/a.parquet"
@@ -328,7 +380,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.path().join("f.parquet"), &data).unwrap();
-        let store = ManifestFiles::new(dir.path(), &Manifest::default(), 0);
+        let store = ManifestFiles::new(dir.path(), &Manifest::default(), None);
         let location = Path::from_filesystem_path(dir.path().join("f.parquet")).unwrap();
         let ranges = [0..10, 4_096..70_000, 99_990..100_000, 5..5];
         let parts = store.get_ranges(&location, &ranges).await.unwrap();
@@ -360,9 +412,13 @@ mod tests {
         };
         let (a, b) = (write("a.parquet", 1), write("b.parquet", 2));
         // Room for one of the two files.
-        let store = ManifestFiles::new(dir.path(), &Manifest::default(), 15_000);
+        let store = ManifestFiles::new(
+            dir.path(),
+            &Manifest::default(),
+            Some(KeptMappings::new(15_000)),
+        );
         let kept = || {
-            let m = store.mappings.as_ref().unwrap().lock().unwrap();
+            let m = store.mappings.as_ref().unwrap().lock();
             let mut names: Vec<_> = m
                 .files
                 .keys()
@@ -400,5 +456,63 @@ mod tests {
         let big = Path::from_filesystem_path(big).unwrap();
         assert_eq!(store.get_ranges(&big, range).await.unwrap()[0][99], 4);
         assert_eq!(kept(), (vec!["b.parquet".into()], 12_000));
+    }
+
+    #[tokio::test]
+    async fn snapshots_share_kept_mappings_of_the_files_their_manifests_still_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let generation = "_ironlake/gen/tables.t/v1-a";
+        let part = dir.path().join(generation).join("quarter=2019Q4");
+        std::fs::create_dir_all(&part).unwrap();
+        let manifest = |names: &[&str]| {
+            let mut m = Manifest::default();
+            m.dirs.insert(
+                "tables/t".into(),
+                DirState {
+                    generation: generation.into(),
+                    partitions: [(
+                        "2019Q4".to_string(),
+                        PartitionState {
+                            files: names
+                                .iter()
+                                .map(|n| FileEntry {
+                                    name: (*n).into(),
+                                    rows: 1,
+                                    bytes: 1,
+                                })
+                                .collect(),
+                            rows: 1,
+                            written_by: "r".into(),
+                            delivery: None,
+                        },
+                    )]
+                    .into(),
+                },
+            );
+            m
+        };
+        let file = |name: &str| {
+            std::fs::write(part.join(name), vec![7u8; 1_000]).unwrap();
+            Path::from_filesystem_path(part.join(name)).unwrap()
+        };
+        let (a, b) = (file("a.parquet"), file("b.parquet"));
+        let kept = KeptMappings::new(1 << 20);
+        let count = || kept.lock().files.len();
+        let range = 0..10;
+        let range = std::slice::from_ref(&range);
+        let first = ManifestFiles::new(
+            dir.path(),
+            &manifest(&["a.parquet", "b.parquet"]),
+            Some(kept.clone()),
+        );
+        let a1 = first.get_ranges(&a, range).await.unwrap();
+        first.get_ranges(&b, range).await.unwrap();
+        assert_eq!(count(), 2);
+        // A later manifest without b: its mapping goes, a's is shared.
+        let later = ManifestFiles::new(dir.path(), &manifest(&["a.parquet"]), Some(kept.clone()));
+        assert_eq!(count(), 1);
+        assert_eq!(kept.lock().used, 1_000);
+        let a2 = later.get_ranges(&a, range).await.unwrap();
+        assert_eq!(a1[0].as_ptr(), a2[0].as_ptr());
     }
 }

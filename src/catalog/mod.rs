@@ -56,9 +56,10 @@ pub enum CatalogError {
     Setup(String),
 }
 
-/// Bytes of files an analysts' snapshot keeps mapped between queries
-/// (see [`files::ManifestFiles::new`]). The refresh keeps
-/// none: its queries read each file once, and its peak memory is measured.
+/// Bytes of files analysts' snapshots keep mapped between queries, all
+/// snapshots of a catalog together (see [`files::KeptMappings`]). The
+/// refresh keeps none: its queries read each file once, and its peak
+/// memory is measured.
 const KEPT_MAPPINGS: u64 = 1 << 30;
 
 /// Schemas besides the default one.
@@ -77,6 +78,8 @@ pub struct Catalog {
     runs_cache: Arc<std::sync::Mutex<Option<RunsCache>>>,
     /// The latest snapshot of [`Catalog::snapshot`].
     latest: Arc<SnapshotSlot>,
+    /// File mappings analysts' snapshots keep between queries.
+    mappings: Arc<files::KeptMappings>,
 }
 
 /// The latest snapshot of one kind of session, with the manifest, run
@@ -207,6 +210,7 @@ impl Catalog {
             runtime,
             runs_cache: Arc::default(),
             latest: Arc::default(),
+            mappings: files::KeptMappings::new(KEPT_MAPPINGS),
         })
     }
 
@@ -296,7 +300,7 @@ impl Catalog {
         ctx: SessionContext,
         root: &Path,
         manifest: &Manifest,
-        kept_mappings: u64,
+        kept_mappings: Option<Arc<files::KeptMappings>>,
     ) -> Result<SessionContext, CatalogError> {
         let registry = datafusion::execution::object_store::DefaultObjectStoreRegistry::new();
         let url = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();
@@ -328,7 +332,7 @@ impl Catalog {
     /// refresh of the 10.7M-loan benchmark peaked at 1.61 GB with views
     /// against 1.37 GB without, in the same time.
     pub async fn refresh_snapshot(&self, manifest: Manifest) -> Result<Snapshot, CatalogError> {
-        self.snapshot_reading(self.session(), manifest, TableSchema::arrow_schema, 0)
+        self.snapshot_reading(self.session(), manifest, TableSchema::arrow_schema, None)
             .await
     }
 
@@ -345,19 +349,24 @@ impl Catalog {
         ctx: SessionContext,
         manifest: Manifest,
     ) -> Result<Snapshot, CatalogError> {
-        self.snapshot_reading(ctx, manifest, TableSchema::read_schema, KEPT_MAPPINGS)
-            .await
+        self.snapshot_reading(
+            ctx,
+            manifest,
+            TableSchema::read_schema,
+            Some(self.mappings.clone()),
+        )
+        .await
     }
 
     /// [`Catalog::snapshot_in`] with each table read in the schema `schema`
-    /// gives it, keeping mappings of files up to `kept_mappings` bytes
-    /// between reads (see [`files::ManifestFiles::new`]).
+    /// gives it, keeping mappings of files between reads in `kept_mappings`
+    /// (see [`files::ManifestFiles::new`]).
     async fn snapshot_reading(
         &self,
         ctx: SessionContext,
         manifest: Manifest,
         schema: fn(&TableSchema) -> SchemaRef,
-        kept_mappings: u64,
+        kept_mappings: Option<Arc<files::KeptMappings>>,
     ) -> Result<Snapshot, CatalogError> {
         let root = self.wh.root().to_path_buf();
         let ctx = Self::reading_only(ctx, &root, &manifest, kept_mappings)?;
