@@ -312,6 +312,18 @@ fn push_decimal(out: &mut String, value: i128, scale: u8) {
     }
 }
 
+/// Appends `n` in decimal, zero-padded to at least `width` digits.
+pub(super) fn push_padded(out: &mut String, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    while n > 0 || buf.len() - i < width {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
+}
+
 /// Appends `d` as `YYYY-MM-DD` without allocating.
 fn push_date(out: &mut String, d: NaiveDate) {
     use chrono::Datelike;
@@ -320,20 +332,11 @@ fn push_date(out: &mut String, d: NaiveDate) {
         let _ = write!(out, "{}", d.format("%Y-%m-%d"));
         return;
     }
-    let y = y as u32;
-    let text = [
-        b'0' + (y / 1000) as u8,
-        b'0' + (y / 100 % 10) as u8,
-        b'0' + (y / 10 % 10) as u8,
-        b'0' + (y % 10) as u8,
-        b'-',
-        b'0' + (m / 10) as u8,
-        b'0' + (m % 10) as u8,
-        b'-',
-        b'0' + (day / 10) as u8,
-        b'0' + (day % 10) as u8,
-    ];
-    out.push_str(std::str::from_utf8(&text).expect("ASCII digits"));
+    push_padded(out, y.unsigned_abs().into(), 4);
+    out.push('-');
+    push_padded(out, m.into(), 2);
+    out.push('-');
+    push_padded(out, day.into(), 2);
 }
 
 /// Appends the last day of `q` as [`push_date`] would, without computing
@@ -343,14 +346,7 @@ fn push_quarter_end(out: &mut String, q: Quarter) {
     if !(0..=9999).contains(&y) {
         return push_date(out, q.last_day());
     }
-    let y = y as u32;
-    let year = [
-        b'0' + (y / 1000) as u8,
-        b'0' + (y / 100 % 10) as u8,
-        b'0' + (y / 10 % 10) as u8,
-        b'0' + (y % 10) as u8,
-    ];
-    out.push_str(std::str::from_utf8(&year).expect("ASCII digits"));
+    push_padded(out, y.unsigned_abs().into(), 4);
     out.push_str(match q.q() {
         1 => "-03-31",
         2 => "-06-30",

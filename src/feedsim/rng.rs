@@ -18,11 +18,7 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator for `(seed, stream, parts…)`.
     pub fn new(seed: u64, stream: &str, parts: &[u64]) -> Rng {
-        let mut s = mix(seed ^ tag(stream));
-        for &p in parts {
-            s = mix(s ^ p);
-        }
-        Rng(s)
+        Rng(mix(seed ^ tag(stream))).with(parts)
     }
 
     /// The generator [`Rng::new`] gives for this one's `(seed, stream,

@@ -5,6 +5,7 @@
 //! Amounts are integer cents (fen) and rates integer 1/10000 percent, so the
 //! text the feeds send is exact; floats only shape the random draws.
 
+use super::render::push_padded;
 use super::rng::Rng;
 use crate::domain::Quarter;
 use crate::domain::uscc;
@@ -363,18 +364,6 @@ fn loan_id(bank: &str, origin: Quarter, index: usize, j: u32) -> String {
     push_padded(&mut id, index as u64, 7);
     push_padded(&mut id, j.into(), 2);
     id
-}
-
-/// Appends `n` in decimal, zero-padded to at least `width` digits.
-fn push_padded(out: &mut String, mut n: u64, width: usize) {
-    let mut buf = [b'0'; 20];
-    let mut i = buf.len();
-    while n > 0 || buf.len() - i < width {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
 }
 
 /// The simulated city for one seed and size.
