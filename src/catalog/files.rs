@@ -79,10 +79,17 @@ struct Mappings {
 
 #[derive(Debug)]
 struct Mapped {
-    /// The file's (device, inode, length) when it was mapped.
-    id: (u64, u64, u64),
+    /// The file's device and inode when it was mapped (its length is the
+    /// mapping's).
+    file: (u64, u64),
     data: bytes::Bytes,
     last_used: u64,
+}
+
+impl Mapped {
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
 }
 
 impl Mappings {
@@ -92,10 +99,16 @@ impl Mappings {
         self.files.retain(|path, m| {
             let kept = keep(path);
             if !kept {
-                *used -= m.id.2;
+                *used -= m.len();
             }
             kept
         });
+    }
+
+    fn remove(&mut self, path: &std::path::Path) {
+        if let Some(m) = self.files.remove(path) {
+            self.used -= m.len();
+        }
     }
 
     /// The mapping of the file at `path` (kept if it fits the budget).
@@ -103,23 +116,22 @@ impl Mappings {
         use std::os::unix::fs::MetadataExt as _;
         self.clock += 1;
         let meta = std::fs::metadata(path).ok()?;
-        let id = (meta.dev(), meta.ino(), meta.len());
+        let file = (meta.dev(), meta.ino());
         if let Some(m) = self.files.get_mut(path) {
-            if m.id == id {
+            if m.file == file && m.len() == meta.len() {
                 m.last_used = self.clock;
                 return Some(m.data.clone());
             }
-            self.used -= m.id.2;
-            self.files.remove(path);
+            self.remove(path);
         }
+        // Its length is the mapping's, not the one looked up above, in
+        // case the path was replaced in between.
         let data = map_file(path)?;
-        // Its length now, not the one looked up above, in case the path
-        // was replaced in between.
-        let id = (id.0, id.1, data.len() as u64);
-        if id.2 > self.budget {
+        let len = data.len() as u64;
+        if len > self.budget {
             return Some(data);
         }
-        while self.used + id.2 > self.budget {
+        while self.used + len > self.budget {
             let Some(oldest) = self
                 .files
                 .iter()
@@ -128,15 +140,13 @@ impl Mappings {
             else {
                 break;
             };
-            if let Some(m) = self.files.remove(&oldest) {
-                self.used -= m.id.2;
-            }
+            self.remove(&oldest);
         }
-        self.used += id.2;
+        self.used += len;
         self.files.insert(
             path.to_path_buf(),
             Mapped {
-                id,
+                file,
                 data: data.clone(),
                 last_used: self.clock,
             },
@@ -212,35 +222,25 @@ impl ManifestFiles {
             .collect()
     }
 
+    /// Whether the manifest lists the object, if it lies in one of the
+    /// manifest's generation directories (`None`: it does not).
+    fn listed(visible: &Visible, location: &Path) -> Option<bool> {
+        // <generation>/quarter=…/<file>
+        let (dir, file) = location.as_ref().rsplit_once('/')?;
+        let (generation, part) = dir.rsplit_once('/')?;
+        let files = visible.get(generation)?;
+        Some(files.contains(&format!("{part}/{file}")))
+    }
+
     /// Whether the manifest lists the object: a file of one of its
     /// generation directories, named in it.
     fn lists(visible: &Visible, location: &Path) -> bool {
-        let loc = location.as_ref();
-        let Some((dir, file)) = loc.rsplit_once('/') else {
-            return false;
-        };
-        let Some((generation, part)) = dir.rsplit_once('/') else {
-            return false;
-        };
-        visible
-            .get(generation)
-            .is_some_and(|files| files.contains(&format!("{part}/{file}")))
+        Self::listed(visible, location) == Some(true)
     }
 
     /// Whether a listed object is one the manifest lists (or lies outside its directories).
     fn shows(visible: &Visible, location: &Path) -> bool {
-        let loc = location.as_ref();
-        // <generation>/quarter=…/<file>
-        let Some((dir, file)) = loc.rsplit_once('/') else {
-            return true;
-        };
-        let Some((generation, part)) = dir.rsplit_once('/') else {
-            return true;
-        };
-        match visible.get(generation) {
-            Some(files) => files.contains(&format!("{part}/{file}")),
-            None => true,
-        }
+        Self::listed(visible, location) != Some(false)
     }
 }
 
@@ -332,23 +332,25 @@ mod tests {
     use super::*;
     use crate::warehouse::{DirState, FileEntry, PartitionState};
 
-    #[test]
-    fn lists_only_the_manifests_files_in_the_directories_it_names() {
-        let root = std::path::Path::new("/wh");
+    /// A manifest whose table `t` is `generation`, listing `names` in 2019Q4.
+    fn manifest_listing(generation: &str, names: &[&str]) -> Manifest {
         let mut m = Manifest::default();
-        let file = |name: &str| FileEntry {
-            name: name.into(),
-            rows: 1,
-            bytes: 1,
-        };
+        let files = names
+            .iter()
+            .map(|n| FileEntry {
+                name: (*n).into(),
+                rows: 1,
+                bytes: 1,
+            })
+            .collect();
         m.dirs.insert(
             "tables/t".into(),
             DirState {
-                generation: "_ironlake/gen/tables.t/v1-a".into(),
+                generation: generation.into(),
                 partitions: [(
                     "2019Q4".to_string(),
                     PartitionState {
-                        files: vec![file("a.parquet")],
+                        files,
                         rows: 1,
                         written_by: "r".into(),
                         delivery: None,
@@ -357,6 +359,13 @@ mod tests {
                 .into(),
             },
         );
+        m
+    }
+
+    #[test]
+    fn lists_only_the_manifests_files_in_the_directories_it_names() {
+        let root = std::path::Path::new("/wh");
+        let m = manifest_listing("_ironlake/gen/tables.t/v1-a", &["a.parquet"]);
         let store = ManifestFiles::new(root, &m, None);
         let shows = |p: &str| ManifestFiles::shows(&store.visible, &Path::from(p));
         assert!(shows(
@@ -464,33 +473,7 @@ mod tests {
         let generation = "_ironlake/gen/tables.t/v1-a";
         let part = dir.path().join(generation).join("quarter=2019Q4");
         std::fs::create_dir_all(&part).unwrap();
-        let manifest = |names: &[&str]| {
-            let mut m = Manifest::default();
-            m.dirs.insert(
-                "tables/t".into(),
-                DirState {
-                    generation: generation.into(),
-                    partitions: [(
-                        "2019Q4".to_string(),
-                        PartitionState {
-                            files: names
-                                .iter()
-                                .map(|n| FileEntry {
-                                    name: (*n).into(),
-                                    rows: 1,
-                                    bytes: 1,
-                                })
-                                .collect(),
-                            rows: 1,
-                            written_by: "r".into(),
-                            delivery: None,
-                        },
-                    )]
-                    .into(),
-                },
-            );
-            m
-        };
+        let manifest = |names: &[&str]| manifest_listing(generation, names);
         let file = |name: &str| {
             std::fs::write(part.join(name), vec![7u8; 1_000]).unwrap();
             Path::from_filesystem_path(part.join(name)).unwrap()
