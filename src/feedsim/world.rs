@@ -366,6 +366,27 @@ fn loan_id(bank: &str, origin: Quarter, index: usize, j: u32) -> String {
     id
 }
 
+/// The longest a loan runs, in quarters (a medium- or long-term loan's
+/// term is 4 to 20 quarters): a quarter's positions come from contracts
+/// signed in it and the 19 quarters before.
+pub const MAX_LOAN_AGE: i32 = 20;
+
+/// A loan contract as signed: when, its number that quarter, its term, and
+/// the random stream its remaining terms are drawn from.
+#[derive(Debug, Clone)]
+pub struct Contract {
+    origin: Quarter,
+    j: u32,
+    term_q: i32,
+    medium_long: bool,
+    rng: Rng,
+}
+
+/// `q` counted in quarters from year 0.
+fn quarter_number(q: Quarter) -> i32 {
+    q.year() * 4 + i32::from(q.q())
+}
+
 /// The simulated city for one seed and size.
 #[derive(Debug, Clone)]
 pub struct World {
@@ -555,77 +576,121 @@ impl World {
         if !self.in_range(q) || q < ent.entry {
             return;
         }
+        let mut contracts = Vec::with_capacity(16);
+        self.contracts(ent, q.plus(-(MAX_LOAN_AGE - 1)), q, &mut contracts);
+        self.loans_among(ent, &contracts, q, out);
+    }
+
+    /// [`World::loans`] from contracts of `ent` drawn beforehand by
+    /// [`World::contracts`] (at least those of the 20 quarters through `q`).
+    pub fn loans_among(
+        &self,
+        ent: &Enterprise,
+        contracts: &[Contract],
+        q: Quarter,
+        out: &mut Vec<Loan>,
+    ) {
+        if !self.in_range(q) || q < ent.entry {
+            return;
+        }
+        out.extend(contracts.iter().filter_map(|c| self.loan_at(ent, c, q)));
+    }
+
+    /// The loan contracts `ent` signed from `first` through `last`, in
+    /// contract order (origination quarter, then number): the draws that
+    /// decide whether a contract is still running in a given quarter.
+    /// [`World::loan_at`] gives its position at a quarter end.
+    pub fn contracts(
+        &self,
+        ent: &Enterprise,
+        first: Quarter,
+        last: Quarter,
+        out: &mut Vec<Contract>,
+    ) {
         let rate = Self::loan_rate(ent);
         // The streams `("loan-count", [index, year, q])` and
         // `("loan", [index, year, q, j])`, with the enterprise mixed in once.
         let counts = Rng::new(self.seed, "loan-count", &[ent.index as u64]);
         let draws = Rng::new(self.seed, "loan", &[ent.index as u64]);
-        for back in (0..20).rev() {
-            let origin = q.plus(-back);
+        for origin in first.through(last) {
             let mut n_rng = counts.with(&[origin.year() as u64, u64::from(origin.q())]);
             // Poisson-like draw: whole part plus a chance for the fraction.
             let n = rate.floor() as u32 + u32::from(n_rng.chance(rate.fract()));
             for j in 0..n {
-                let mut r =
+                let mut rng =
                     draws.with(&[origin.year() as u64, u64::from(origin.q()), u64::from(j)]);
-                let medium_long = r.chance(0.45);
+                let medium_long = rng.chance(0.45);
                 let term_q = if medium_long {
-                    r.range(4, 20)
+                    rng.range(4, 20)
                 } else {
-                    r.range(1, 4)
+                    rng.range(1, 4)
                 } as i32;
-                let age = back;
-                if age >= term_q {
-                    continue;
-                }
-                let bank = BANKS[r.weighted(&[14, 12, 10, 14, 6, 5, 9, 11, 3, 3, 3, 4, 3, 3, 4])].0;
-                let amount = round_to(ent.base_revenue * 4.0 * r.uniform(0.015, 0.12), 10_000.0);
-                let balance = if medium_long {
-                    amount * i128::from(term_q - age) / i128::from(term_q)
-                } else {
-                    amount
-                };
-                let (one_year, five_year) = base_rates(origin);
-                let base = if medium_long { five_year } else { one_year };
-                let rate_pct = if origin < Quarter::new(2019, 3).expect("valid") {
-                    // Benchmark × a floating multiple in 5% steps.
-                    base * i128::from(r.range(18, 26) as i32) / 20
-                } else {
-                    // LPR + a spread in 5 bp steps.
-                    base + 500 * i128::from(r.range(-4, 30) as i32)
-                };
-                let guarantee = [
-                    "credit",
-                    "guaranteed",
-                    "mortgage",
-                    "pledge_receivables",
-                    "pledge_ip",
-                    "pledge_other",
-                ][r.weighted(&[25, 30, 30, 8, 3, 4])];
-                let product = [
-                    "ordinary",
-                    "syndicated",
-                    "supply_chain",
-                    "trade_finance",
-                    "cross_border",
-                ][r.weighted(&[70, if ent.size == Size::Large { 12 } else { 1 }, 12, 8, 4])];
-                let guarantee_fee =
-                    (guarantee == "guaranteed").then(|| 1000 * i128::from(r.range(10, 25) as i32));
-                out.push(Loan {
-                    bank_code: bank,
-                    loan_id: loan_id(bank, origin, ent.index, j),
-                    quarter: q,
-                    enterprise: ent.index,
-                    balance,
-                    disbursed: if age == 0 { amount } else { 0 },
-                    rate: rate_pct,
-                    term: if medium_long { "medium_long" } else { "short" },
-                    guarantee,
-                    product,
-                    guarantee_fee,
+                out.push(Contract {
+                    origin,
+                    j,
+                    term_q,
+                    medium_long,
+                    rng,
                 });
             }
         }
+    }
+
+    /// The position at the end of `q` of contract `c` of `ent`; `None`
+    /// before it was signed or once it has run its term.
+    pub fn loan_at(&self, ent: &Enterprise, c: &Contract, q: Quarter) -> Option<Loan> {
+        let (origin, j, term_q, medium_long) = (c.origin, c.j, c.term_q, c.medium_long);
+        let age = quarter_number(q) - quarter_number(origin);
+        if age < 0 || age >= term_q {
+            return None;
+        }
+        let mut r = c.rng.clone();
+        let bank = BANKS[r.weighted(&[14, 12, 10, 14, 6, 5, 9, 11, 3, 3, 3, 4, 3, 3, 4])].0;
+        let amount = round_to(ent.base_revenue * 4.0 * r.uniform(0.015, 0.12), 10_000.0);
+        let balance = if medium_long {
+            amount * i128::from(term_q - age) / i128::from(term_q)
+        } else {
+            amount
+        };
+        let (one_year, five_year) = base_rates(origin);
+        let base = if medium_long { five_year } else { one_year };
+        let rate_pct = if origin < Quarter::new(2019, 3).expect("valid") {
+            // Benchmark × a floating multiple in 5% steps.
+            base * i128::from(r.range(18, 26) as i32) / 20
+        } else {
+            // LPR + a spread in 5 bp steps.
+            base + 500 * i128::from(r.range(-4, 30) as i32)
+        };
+        let guarantee = [
+            "credit",
+            "guaranteed",
+            "mortgage",
+            "pledge_receivables",
+            "pledge_ip",
+            "pledge_other",
+        ][r.weighted(&[25, 30, 30, 8, 3, 4])];
+        let product = [
+            "ordinary",
+            "syndicated",
+            "supply_chain",
+            "trade_finance",
+            "cross_border",
+        ][r.weighted(&[70, if ent.size == Size::Large { 12 } else { 1 }, 12, 8, 4])];
+        let guarantee_fee =
+            (guarantee == "guaranteed").then(|| 1000 * i128::from(r.range(10, 25) as i32));
+        Some(Loan {
+            bank_code: bank,
+            loan_id: loan_id(bank, origin, ent.index, j),
+            quarter: q,
+            enterprise: ent.index,
+            balance,
+            disbursed: if age == 0 { amount } else { 0 },
+            rate: rate_pct,
+            term: if medium_long { "medium_long" } else { "short" },
+            guarantee,
+            product,
+            guarantee_fee,
+        })
     }
 
     /// Whether enterprise `ent` submits a demand in `q`, and its full history
