@@ -304,12 +304,16 @@ fn push_decimal(out: &mut String, value: i128, scale: u8) {
         n /= 10;
     }
     let point = buf.len() - scale;
-    let digits = std::str::from_utf8(&buf[i..]).expect("ASCII digits");
-    out.push_str(&digits[..point - i]);
+    push_ascii(out, &buf[i..point]);
     if scale > 0 {
         out.push('.');
-        out.push_str(&digits[point - i..]);
+        push_ascii(out, &buf[point..]);
     }
+}
+
+/// Appends ASCII bytes (digits) without checking them as UTF-8 first.
+fn push_ascii(out: &mut String, ascii: &[u8]) {
+    out.extend(ascii.iter().map(|&b| char::from(b)));
 }
 
 /// Appends `n` in decimal, zero-padded to at least `width` digits.
@@ -321,7 +325,7 @@ pub(super) fn push_padded(out: &mut String, mut n: u64, width: usize) {
         buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
+    push_ascii(out, &buf[i..]);
 }
 
 /// Appends `d` as `YYYY-MM-DD` without allocating.
