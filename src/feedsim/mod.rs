@@ -494,20 +494,15 @@ impl Sim {
             pos,
             n,
             |seg, e| {
+                // Counted first (no draws), so a page draws only its rows.
+                let q = seg.quarter.expect("quarter segment");
                 let (ent, contracts) = &self.borrowers[e];
-                let mut loans = Vec::with_capacity(8);
-                w.loans_among(
-                    ent,
-                    contracts,
-                    seg.quarter.expect("quarter segment"),
-                    &mut loans,
-                );
-                let len = loans.len();
-                ((ent, loans), len)
+                let running = w.running(ent, contracts, q).count();
+                ((ent, contracts, q), running)
             },
-            |(ent, loans), r| {
-                for l in loans.iter().skip(r.start).take(r.len()) {
-                    render::write_loan_csv(out, &ent.uscc, l);
+            |(ent, contracts, q), r| {
+                for c in w.running(ent, contracts, q).skip(r.start).take(r.len()) {
+                    render::write_loan_csv(out, &ent.uscc, &w.loan_at(ent, c, q));
                 }
             },
         )

@@ -382,6 +382,15 @@ pub struct Contract {
     rng: Rng,
 }
 
+impl Contract {
+    /// Quarters since it was signed, at the end of `q`; `None` before it
+    /// was signed or once it has run its term.
+    fn age_at(&self, q: Quarter) -> Option<i32> {
+        let age = quarter_number(q) - quarter_number(self.origin);
+        (0..self.term_q).contains(&age).then_some(age)
+    }
+}
+
 /// `q` counted in quarters from year 0.
 fn quarter_number(q: Quarter) -> i32 {
     q.year() * 4 + i32::from(q.q())
@@ -590,10 +599,25 @@ impl World {
         q: Quarter,
         out: &mut Vec<Loan>,
     ) {
-        if !self.in_range(q) || q < ent.entry {
-            return;
-        }
-        out.extend(contracts.iter().filter_map(|c| self.loan_at(ent, c, q)));
+        out.extend(
+            self.running(ent, contracts, q)
+                .map(|c| self.loan_at(ent, c, q)),
+        );
+    }
+
+    /// The contracts among `contracts` of `ent` that have a position at
+    /// the end of `q`, in order: none outside the simulated range or
+    /// before `ent` enters the registry.
+    pub fn running<'a>(
+        &self,
+        ent: &Enterprise,
+        contracts: &'a [Contract],
+        q: Quarter,
+    ) -> impl Iterator<Item = &'a Contract> + use<'a> {
+        let reported = self.in_range(q) && q >= ent.entry;
+        contracts
+            .iter()
+            .filter(move |c| reported && c.age_at(q).is_some())
     }
 
     /// The loan contracts `ent` signed from `first` through `last`, in
@@ -636,14 +660,11 @@ impl World {
         }
     }
 
-    /// The position at the end of `q` of contract `c` of `ent`; `None`
-    /// before it was signed or once it has run its term.
-    pub fn loan_at(&self, ent: &Enterprise, c: &Contract, q: Quarter) -> Option<Loan> {
+    /// The position at the end of `q` of contract `c` of `ent`, one of
+    /// those [`World::running`] gives for `q`.
+    pub fn loan_at(&self, ent: &Enterprise, c: &Contract, q: Quarter) -> Loan {
         let (origin, j, term_q, medium_long) = (c.origin, c.j, c.term_q, c.medium_long);
-        let age = quarter_number(q) - quarter_number(origin);
-        if age < 0 || age >= term_q {
-            return None;
-        }
+        let age = c.age_at(q).expect("a contract running at q");
         let mut r = c.rng.clone();
         let bank = BANKS[r.weighted(&[14, 12, 10, 14, 6, 5, 9, 11, 3, 3, 3, 4, 3, 3, 4])].0;
         let amount = round_to(ent.base_revenue * 4.0 * r.uniform(0.015, 0.12), 10_000.0);
@@ -678,7 +699,7 @@ impl World {
         ][r.weighted(&[70, if ent.size == Size::Large { 12 } else { 1 }, 12, 8, 4])];
         let guarantee_fee =
             (guarantee == "guaranteed").then(|| 1000 * i128::from(r.range(10, 25) as i32));
-        Some(Loan {
+        Loan {
             bank_code: bank,
             loan_id: loan_id(bank, origin, ent.index, j),
             quarter: q,
@@ -690,7 +711,7 @@ impl World {
             guarantee,
             product,
             guarantee_fee,
-        })
+        }
     }
 
     /// Whether enterprise `ent` submits a demand in `q`, and its full history
