@@ -258,6 +258,14 @@ fn flat_object<'a>(columns: &Columns, text: &'a str) -> Option<JsonCells<'a>> {
             return None;
         }
         let mut j = i + 1;
+        // Eight bytes at a time while they hold no quote, backslash or
+        // control character; then byte by byte from the first that might.
+        while let Some(word) = b.get(j..j + 8) {
+            if string_stop(u64::from_le_bytes(word.try_into().expect("8 bytes"))) {
+                break;
+            }
+            j += 8;
+        }
         loop {
             match *b.get(j)? {
                 b'"' => return Some(j + 1),
@@ -345,6 +353,21 @@ fn flat_object<'a>(columns: &Columns, text: &'a str) -> Option<JsonCells<'a>> {
         }
     }
     (ws(i) == b.len()).then_some(JsonCells { cells, unknown })
+}
+
+/// Whether any of the eight bytes of `word` is a quote, a backslash or a
+/// control character (below 0x20): the bytes that end or leave a plain JSON
+/// string. Bit tricks on the whole word; bytes of 0x80 and above (UTF-8
+/// beyond ASCII) never count.
+fn string_stop(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte's high bit is set where it is zero (after the xor) or below
+    // the bound; borrows only ever flag bytes above a flagged one.
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    (zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | below_space)
+        != 0
 }
 
 fn utf8(body: &[u8]) -> Result<&str, DecodeError> {
@@ -716,6 +739,7 @@ mod tests {
             "{}",
             r#"{"zz":true,"id":"é","zz":false,"amount":0}"#,
             r#"{"id":1e5,"id":2}"#,
+            r#"{"a key longer than eight":"a plain string longer than eight bytes, é 重庆","id":"91500000MA5U0000X1"}"#,
         ];
         let deferred = [
             r#"{"id":"\"q\""}"#,
@@ -731,6 +755,10 @@ mod tests {
             r#"{"id" 1}"#,
             r#"["id"]"#,
             r#"{"id":"x""#,
+            r#"{"id":"a string longer than eight bytes with an escaped \" quote"}"#,
+            "{\"id\":\"0123456789abcdef\u{1}ghij\"}",
+            "{\"id\":\"0123456789abcdef\u{1f}\"}",
+            r#"{"id":"an unterminated string longer than eight bytes"#,
         ];
         for line in fast.iter().chain(&deferred) {
             let mut de = serde_json::Deserializer::from_str(line);
@@ -747,6 +775,27 @@ mod tests {
                     "{line}"
                 );
                 assert_eq!(quick.unknown, full.unknown, "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn string_stop_finds_exactly_quotes_backslashes_and_control_bytes() {
+        // Every byte value at every position of words of plain fillers
+        // (ASCII and bytes beyond it).
+        for filler in [b'a', b' ', b'~', 0x80, 0xE9, 0xFF] {
+            assert!(!string_stop(u64::from_le_bytes([filler; 8])));
+            for at in 0..8 {
+                for byte in 0..=255u8 {
+                    let mut word = [filler; 8];
+                    word[at] = byte;
+                    let stops = byte == b'"' || byte == b'\\' || byte < 0x20;
+                    assert_eq!(
+                        string_stop(u64::from_le_bytes(word)),
+                        stops,
+                        "byte {byte:#x} at {at} among {filler:#x}"
+                    );
+                }
             }
         }
     }
