@@ -60,6 +60,12 @@ impl Quarter {
         }
     }
 
+    /// How many quarters after `earlier` this one is (negative if before
+    /// it): the `n` with `earlier.plus(n) == self`.
+    pub fn quarters_since(self, earlier: Quarter) -> i32 {
+        self.index - earlier.index
+    }
+
     /// The next quarter (`2019Q4` → `2020Q1`).
     pub fn next(self) -> Quarter {
         self.plus(1)
@@ -166,6 +172,8 @@ mod tests {
         assert_eq!(q("2017Q1").plus(11), q("2019Q4"));
         assert_eq!(q("2017Q1").through(q("2019Q4")).count(), 12);
         assert_eq!(q("2019Q4").through(q("2019Q1")).count(), 0);
+        assert_eq!(q("2019Q4").quarters_since(q("2017Q1")), 11);
+        assert_eq!(q("2017Q1").quarters_since(q("2019Q4")), -11);
     }
 
     #[test]

@@ -386,14 +386,9 @@ impl Contract {
     /// Quarters since it was signed, at the end of `q`; `None` before it
     /// was signed or once it has run its term.
     fn age_at(&self, q: Quarter) -> Option<i32> {
-        let age = quarter_number(q) - quarter_number(self.origin);
+        let age = q.quarters_since(self.origin);
         (0..self.term_q).contains(&age).then_some(age)
     }
-}
-
-/// `q` counted in quarters from year 0.
-fn quarter_number(q: Quarter) -> i32 {
-    q.year() * 4 + i32::from(q.q())
 }
 
 /// The simulated city for one seed and size.
