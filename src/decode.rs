@@ -104,6 +104,9 @@ pub struct Columns {
     index: HashMap<String, usize>,
     /// Names in schema order.
     names: Vec<String>,
+    /// Each name as a JSON key is written (`"name"`), byte for byte, when
+    /// the name needs no escape; `None` for a name that would.
+    quoted: Vec<Option<Box<[u8]>>>,
     len: usize,
 }
 
@@ -120,7 +123,35 @@ impl Columns {
         for (n, &i) in &index {
             names[i].clone_from(n);
         }
-        Columns { index, names, len }
+        let quoted = names
+            .iter()
+            .map(|n| {
+                let plain = n.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\');
+                plain.then(|| format!("\"{n}\"").into_bytes().into_boxed_slice())
+            })
+            .collect();
+        Columns {
+            index,
+            names,
+            quoted,
+            len,
+        }
+    }
+
+    /// A record's cells, all absent (written in place: cloning a `None`
+    /// cell by cell, as `vec!` does, costs more than the allocation).
+    fn empty_cells<'a>(&self) -> Vec<Option<Cell<'a>>> {
+        let mut cells = Vec::with_capacity(self.len);
+        cells.resize_with(self.len, || None);
+        cells
+    }
+
+    /// The length of column `guess`'s quoted name if `text` starts with
+    /// it: then `text` starts with a JSON string that is exactly that name
+    /// (a plain name holds no quote, so the string ends where it does).
+    fn key_at(&self, guess: usize, text: &[u8]) -> Option<usize> {
+        let q = self.quoted.get(guess)?.as_deref()?;
+        text.starts_with(q).then_some(q.len())
     }
 
     /// The index of field `name`, trying `guess` first: records usually
@@ -204,7 +235,7 @@ impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
                 f.write_str("a JSON object")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut cells = vec![None; self.columns.len];
+                let mut cells = self.columns.empty_cells();
                 let mut unknown = Vec::new();
                 let mut guess = 0;
                 while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
@@ -258,11 +289,14 @@ fn flat_object<'a>(columns: &Columns, text: &'a str) -> Option<JsonCells<'a>> {
             return None;
         }
         let mut j = i + 1;
-        // Eight bytes at a time while they hold no quote, backslash or
-        // control character; then byte by byte from the first that might.
+        // Eight bytes at a time: the first word holding a quote, backslash
+        // or control character says which byte it is; the last few bytes
+        // of the text go byte by byte.
         while let Some(word) = b.get(j..j + 8) {
-            if string_stop(u64::from_le_bytes(word.try_into().expect("8 bytes"))) {
-                break;
+            let stops = string_stop(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+            if stops != 0 {
+                let at = j + (stops.trailing_zeros() / 8) as usize;
+                return (b[at] == b'"').then_some(at + 1);
             }
             j += 8;
         }
@@ -302,7 +336,7 @@ fn flat_object<'a>(columns: &Columns, text: &'a str) -> Option<JsonCells<'a>> {
         }
         Some(i)
     };
-    let mut cells = vec![None; columns.len];
+    let mut cells = columns.empty_cells();
     let mut unknown = Vec::new();
     let mut i = ws(0);
     if b.get(i) != Some(&b'{') {
@@ -314,8 +348,16 @@ fn flat_object<'a>(columns: &Columns, text: &'a str) -> Option<JsonCells<'a>> {
         i += 1;
     } else {
         loop {
-            let key_end = string(i)?;
-            let key = &text[i + 1..key_end - 1];
+            // Keys usually come in schema order: the expected one is
+            // matched as bytes, anything else is read and looked up.
+            let (key_end, column) = match columns.key_at(guess, &b[i..]) {
+                Some(n) => (i + n, Ok(guess)),
+                None => {
+                    let end = string(i)?;
+                    let key = &text[i + 1..end - 1];
+                    (end, columns.find(key, guess).ok_or(key))
+                }
+            };
             i = ws(key_end);
             if b.get(i) != Some(&b':') {
                 return None;
@@ -334,12 +376,12 @@ fn flat_object<'a>(columns: &Columns, text: &'a str) -> Option<JsonCells<'a>> {
                     (end, Cell::Json(&text[start..end]))
                 }
             };
-            match columns.find(key, guess) {
-                Some(c) => {
+            match column {
+                Ok(c) => {
                     cells[c] = Some(cell);
                     guess = c + 1;
                 }
-                None => unknown.push(key.to_string()),
+                Err(key) => unknown.push(key.to_string()),
             }
             i = ws(end);
             match b.get(i)? {
@@ -355,19 +397,20 @@ fn flat_object<'a>(columns: &Columns, text: &'a str) -> Option<JsonCells<'a>> {
     (ws(i) == b.len()).then_some(JsonCells { cells, unknown })
 }
 
-/// Whether any of the eight bytes of `word` is a quote, a backslash or a
-/// control character (below 0x20): the bytes that end or leave a plain JSON
-/// string. Bit tricks on the whole word; bytes of 0x80 and above (UTF-8
-/// beyond ASCII) never count.
-fn string_stop(word: u64) -> bool {
+/// Flags the bytes of `word` (little-endian) that are a quote, a backslash
+/// or a control character (below 0x20): the bytes that end or leave a
+/// plain JSON string. Bit tricks on the whole word; bytes of 0x80 and above
+/// (UTF-8 beyond ASCII) never count. The lowest flag (its high bit) is
+/// exact; flags above it may be spurious (borrows), so only the first
+/// stop may be read from the result, and zero means none.
+fn string_stop(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // A byte's high bit is set where it is zero (after the xor) or below
     // the bound; borrows only ever flag bytes above a flagged one.
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
-    (zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | below_space)
-        != 0
+    zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | below_space
 }
 
 fn utf8(body: &[u8]) -> Result<&str, DecodeError> {
@@ -689,7 +732,7 @@ fn decode_csv<'a>(
             });
             continue;
         }
-        let mut cells = vec![None; columns.len];
+        let mut cells = columns.empty_cells();
         for (cell, m) in recs.cells.drain(..).zip(&mapping) {
             let Some(idx) = *m else {
                 continue;
@@ -739,6 +782,8 @@ mod tests {
             "{}",
             r#"{"zz":true,"id":"é","zz":false,"amount":0}"#,
             r#"{"id":1e5,"id":2}"#,
+            r#"{"idx":1,"id":2,"i":3,"amount" :4,"day":5,"day2":6}"#,
+            r#"{"day":1,"amount":2,"id":3}"#,
             r#"{"a key longer than eight":"a plain string longer than eight bytes, é 重庆","id":"91500000MA5U0000X1"}"#,
         ];
         let deferred = [
@@ -780,21 +825,35 @@ mod tests {
     }
 
     #[test]
-    fn string_stop_finds_exactly_quotes_backslashes_and_control_bytes() {
+    fn string_stop_finds_exactly_the_first_quote_backslash_or_control_byte() {
+        let is_stop = |b: u8| b == b'"' || b == b'\\' || b < 0x20;
+        // The first stop of a word, as read from string_stop's flags.
+        let first = |word: [u8; 8]| match string_stop(u64::from_le_bytes(word)) {
+            0 => None,
+            flags => Some(flags.trailing_zeros() as usize / 8),
+        };
         // Every byte value at every position of words of plain fillers
-        // (ASCII and bytes beyond it).
+        // (ASCII and bytes beyond it), alone and followed by a second byte
+        // that stops, borders a stop or carries a borrow.
+        let seconds = [
+            0x00, 0x01, 0x1F, 0x20, 0x21, 0x23, b'"', b'\\', 0x5D, 0x80, 0xFF,
+        ];
         for filler in [b'a', b' ', b'~', 0x80, 0xE9, 0xFF] {
-            assert!(!string_stop(u64::from_le_bytes([filler; 8])));
+            assert_eq!(first([filler; 8]), None);
             for at in 0..8 {
                 for byte in 0..=255u8 {
                     let mut word = [filler; 8];
                     word[at] = byte;
-                    let stops = byte == b'"' || byte == b'\\' || byte < 0x20;
-                    assert_eq!(
-                        string_stop(u64::from_le_bytes(word)),
-                        stops,
-                        "byte {byte:#x} at {at} among {filler:#x}"
-                    );
+                    let want = is_stop(byte).then_some(at);
+                    assert_eq!(first(word), want, "{byte:#x} at {at} among {filler:#x}");
+                    for later in at + 1..8 {
+                        for &second in &seconds {
+                            word[later] = second;
+                            let want = word.iter().position(|&b| is_stop(b));
+                            assert_eq!(first(word), want, "{word:x?}");
+                            word[later] = filler;
+                        }
+                    }
                 }
             }
         }
