@@ -76,7 +76,9 @@ enum Json<'a> {
 }
 
 fn classify<'a>(raw: &'a str) -> Result<Json<'a>, String> {
-    let t = raw.trim();
+    // JSON's whitespace is ASCII (and a valid value has none of the other
+    // ASCII whitespace outside its strings).
+    let t = raw.trim_ascii();
     Ok(match t.as_bytes().first() {
         Some(b'"') => {
             let inner = &t[1..t.len() - 1];

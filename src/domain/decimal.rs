@@ -54,6 +54,9 @@ pub fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128, Decim
         Some(b'+') => (false, &bytes[1..]),
         _ => (false, bytes),
     };
+    if let Some(value) = parse_short(body, precision, scale) {
+        return Ok(if negative { -value } else { value });
+    }
     // One pass: digits, at most one point (the first splits the parts).
     let mut point = None;
     for (i, &b) in body.iter().enumerate() {
@@ -105,6 +108,71 @@ pub fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128, Decim
     };
     let value = value * 10i128.pow(u32::from(scale) - frac.len() as u32);
     Ok(if negative { -value } else { value })
+}
+
+/// Powers of ten up to the largest `Decimal128` scale.
+const POW10: [i128; 39] = {
+    let mut p = [1i128; 39];
+    let mut i = 1;
+    while i < 39 {
+        p[i] = p[i - 1] * 10;
+        i += 1;
+    }
+    p
+};
+
+/// The common case of [`parse_decimal`]'s `body` (the text after its sign)
+/// in one pass over its bytes: at most 19 of them, so the digits fit in a
+/// `u64`, and a valid value of the column. `None` for anything else, which
+/// the general path then reads (and explains, if it is wrong).
+fn parse_short(body: &[u8], precision: u8, scale: u8) -> Option<i128> {
+    if body.len() > 19 || precision > 38 || scale > precision {
+        return None;
+    }
+    let digit = |i: usize| {
+        body.get(i)
+            .map(|b| b.wrapping_sub(b'0'))
+            .filter(|&d| d < 10)
+    };
+    let mut acc = 0u64;
+    let mut i = 0;
+    while let Some(d) = digit(i) {
+        acc = acc * 10 + u64::from(d);
+        i += 1;
+    }
+    let int_len = i;
+    // Its integer part has more digits than allowed (leading zeros aside).
+    let max_int = usize::from(precision - scale);
+    if max_int < 19 && acc >= POW10[max_int] as u64 {
+        return None;
+    }
+    let (frac_len, frac_zeros) = match body.get(i) {
+        None => (0, 0),
+        Some(b'.') => {
+            i += 1;
+            let start = i;
+            // Where the fraction's last digit that is not zero ends.
+            let mut end = start;
+            while let Some(d) = digit(i) {
+                acc = acc * 10 + u64::from(d);
+                i += 1;
+                end = if d == 0 { end } else { i };
+            }
+            (i - start, i - end)
+        }
+        Some(_) => return None,
+    };
+    let scale = usize::from(scale);
+    if i != body.len() || int_len + frac_len == 0 || frac_len - frac_zeros > scale {
+        return None;
+    }
+    // Below 10^precision, so it fits: scaled up to the column's scale, or
+    // down by the zeros past it.
+    Some(if frac_len <= scale {
+        i128::from(acc) * POW10[scale - frac_len]
+    } else {
+        i128::from(acc) / POW10[frac_len - scale]
+    })
 }
 
 /// Formats an unscaled `Decimal128` value with `scale` fractional digits.
