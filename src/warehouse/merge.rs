@@ -97,17 +97,18 @@ fn high_cardinality(field: &arrow::datatypes::Field, sample: &ArrayRef) -> bool 
     if field.data_type() == &arrow::datatypes::DataType::Boolean {
         return false;
     }
-    let Ok(conv) = RowConverter::new(vec![SortField::new(field.data_type().clone())]) else {
-        return false;
-    };
-    let Ok(rows) = conv.convert_columns(std::slice::from_ref(sample)) else {
-        return false;
-    };
+    use datafusion::common::hash_utils::{RandomState, create_hashes};
     let n = sample.len();
+    // Distinct values counted by their 64-bit hashes (a fixed seed: the
+    // same rows always make the same choice).
+    let mut hashes = vec![0; n];
+    if create_hashes([sample], &RandomState::with_seed(0), &mut hashes).is_err() {
+        return false;
+    }
     let non_null = n - sample.null_count();
-    let distinct: std::collections::HashSet<&[u8]> = (0..n)
+    let distinct: std::collections::HashSet<u64, std::hash::BuildHasherDefault<Prehashed>> = (0..n)
         .filter(|&i| sample.is_valid(i))
-        .map(|i| rows.row(i).data())
+        .map(|i| hashes[i])
         .collect();
     if non_null == 0 {
         return false;
