@@ -2606,9 +2606,6 @@ pub fn import(
             record.bytes = bytes;
             let spilled = sink.part.finish()?;
             crate::primitives::release_freed_memory();
-            // `import` is a command of its own: its commit may change how
-            // the process allocates (the daemon never imports).
-            crate::primitives::return_large_blocks();
             let read = started.elapsed();
             let delivered = mapped.then(|| Delivered {
                 fingerprint: import_fingerprint(t, format, &content),

@@ -171,7 +171,8 @@ fn parse_short(body: &[u8], precision: u8, scale: u8) -> Option<i128> {
     Some(if frac_len <= scale {
         i128::from(acc) * POW10[scale - frac_len]
     } else {
-        i128::from(acc) / POW10[frac_len - scale]
+        // (At most 18 zeros: a u64 divides.)
+        i128::from(acc / POW10[frac_len - scale] as u64)
     })
 }
 
