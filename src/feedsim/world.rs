@@ -582,20 +582,8 @@ impl World {
         }
         let mut contracts = Vec::with_capacity(16);
         self.contracts(ent, q.plus(-(MAX_LOAN_AGE - 1)), q, &mut contracts);
-        self.loans_among(ent, &contracts, q, out);
-    }
-
-    /// [`World::loans`] from contracts of `ent` drawn beforehand by
-    /// [`World::contracts`] (at least those of the 20 quarters through `q`).
-    pub fn loans_among(
-        &self,
-        ent: &Enterprise,
-        contracts: &[Contract],
-        q: Quarter,
-        out: &mut Vec<Loan>,
-    ) {
         out.extend(
-            self.running(ent, contracts, q)
+            self.running(ent, &contracts, q)
                 .map(|c| self.loan_at(ent, c, q)),
         );
     }
