@@ -437,8 +437,11 @@ const MALLOC_TOP_PAD: usize = 32 << 20;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_ARENA_MAX: usize = 4;
 
-/// Lets glibc's allocator keep up to [`MALLOC_TRIM_THRESHOLD`] of freed
-/// memory (and grow its heaps [`MALLOC_TOP_PAD`] at a time) instead of
+/// The allocator set-up of the commands that land data: blocks of 1 MiB
+/// and more are given back when freed
+/// ([`ironlake::primitives::return_large_blocks`]), and below that glibc
+/// keeps up to [`MALLOC_TRIM_THRESHOLD`] of freed
+/// memory (and grows its heaps [`MALLOC_TOP_PAD`] at a time) instead of
 /// returning it to the kernel as soon as a page's buffers are freed: every
 /// decoded chunk's buffers were handed back and faulted in again for the
 /// next one (about 370,000 page faults and 3 s of system time for a 5M-row
@@ -458,7 +461,7 @@ const MALLOC_ARENA_MAX: usize = 4;
 /// glibc's default number of arenas; 1.19–1.21× before this setting).
 /// An operator's own `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_` or
 /// `MALLOC_ARENA_MAX` wins.
-fn keep_freed_memory() {
+fn allocator_for_ingest() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let set = |var: &str| std::env::var_os(var).is_some();
@@ -477,6 +480,7 @@ fn keep_freed_memory() {
             }
         }
     }
+    ironlake::primitives::return_large_blocks();
 }
 
 fn main() -> Result<ExitCode> {
@@ -515,8 +519,7 @@ fn main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Ingest { pipelines, all } => {
-            keep_freed_memory();
-            ironlake::primitives::return_large_blocks();
+            allocator_for_ingest();
             let project = load_project(&opts)?;
             let names: Vec<String> = if all {
                 project.pipelines.iter().map(|p| p.name.clone()).collect()
@@ -531,8 +534,7 @@ fn main() -> Result<ExitCode> {
             if to < from {
                 anyhow::bail!("--to {to} is before --from {from}");
             }
-            keep_freed_memory();
-            ironlake::primitives::return_large_blocks();
+            allocator_for_ingest();
             let project = load_project(&opts)?;
             ingest(
                 &project,
@@ -558,8 +560,7 @@ fn main() -> Result<ExitCode> {
             file,
             format,
         } => {
-            keep_freed_memory();
-            ironlake::primitives::return_large_blocks();
+            allocator_for_ingest();
             let project = load_project(&opts)?;
             import(&project, &table, &file, format)
         }

@@ -33,12 +33,13 @@ pub fn release_freed_memory() {
 /// 256 KiB every feed page's body (~300 KB of CSV) got a fresh mapping,
 /// faulted in page by page and unmapped again, which cost an HTTP ingest of
 /// 5.1M loans 0.6-0.7 s of system time (1.4 -> 0.7-0.8 s; 6.0 -> 5.5 s).
-/// The one-shot commands that land data call it (`ingest`, `backfill` and
-/// `import`, from the start: while `import` decoded with glibc's smallest
-/// threshold, every buffer of 128 KiB and more was mapped and faulted in
-/// anew, about 0.2 s of system time and 6% of the wall time of a 5.1M-row
-/// CSV import, for about 30 MB less peak RSS); the daemon, whose queries
-/// reuse such blocks all the time, keeps glibc's default.
+/// The one-shot commands that land data set it at their start (`ingest`,
+/// `backfill` and `import`; while `import` set it only before its commit,
+/// it decoded with glibc's smallest threshold: every buffer of 128 KiB and
+/// more was mapped and faulted in anew, about 0.2 s of system time and 6%
+/// of the wall time of a 5.1M-row CSV import, for about 30 MB less peak
+/// RSS); the daemon, whose queries reuse such blocks all the time, keeps
+/// glibc's default.
 pub fn return_large_blocks() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes an allocator parameter; it is thread-safe.
