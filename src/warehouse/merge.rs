@@ -97,16 +97,15 @@ fn high_cardinality(field: &arrow::datatypes::Field, sample: &ArrayRef) -> bool 
     if field.data_type() == &arrow::datatypes::DataType::Boolean {
         return false;
     }
-    use datafusion::common::hash_utils::{RandomState, create_hashes};
     let n = sample.len();
-    // Distinct values counted by their 64-bit hashes (a fixed seed: the
-    // same rows always make the same choice).
-    let mut hashes = vec![0; n];
-    if create_hashes([sample], &RandomState::with_seed(0), &mut hashes).is_err() {
+    // Distinct values counted by their hashes (the same rows always make
+    // the same choice).
+    let mut hashes = Vec::new();
+    if row_hashes([sample], n, &mut hashes).is_err() {
         return false;
     }
     let non_null = n - sample.null_count();
-    let distinct: std::collections::HashSet<u64, std::hash::BuildHasherDefault<Prehashed>> = (0..n)
+    let distinct: HashSet64 = (0..n)
         .filter(|&i| sample.is_valid(i))
         .map(|i| hashes[i])
         .collect();
@@ -457,7 +456,7 @@ impl DeliveryHash {
 /// two keys with one hash; either way the caller merges the full way.
 #[derive(Default)]
 pub struct DistinctKeys {
-    seen: std::collections::HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>,
+    seen: HashSet64,
     hashes: Vec<u64>,
 }
 
@@ -465,16 +464,30 @@ impl DistinctKeys {
     /// Adds the keys (columns `key`) of `batch`; false when one of them
     /// may have been added before.
     pub fn insert(&mut self, batch: &RecordBatch, key: &[usize]) -> Result<bool> {
-        use datafusion::common::hash_utils::{RandomState, create_hashes};
-        self.hashes.clear();
-        self.hashes.resize(batch.num_rows(), 0);
         let cols = key.iter().map(|&i| batch.column(i));
-        create_hashes(cols, &RandomState::with_seed(0), &mut self.hashes)
+        row_hashes(cols, batch.num_rows(), &mut self.hashes)
             .map_err(|e| data_err("hashing keys")(e))?;
         self.seen.reserve(self.hashes.len());
         Ok(self.hashes.iter().all(|&h| self.seen.insert(h)))
     }
 }
+
+/// The 64-bit hash of each of the `rows` rows of `columns` into `out`
+/// (DataFusion's hashes with a fixed seed: the same values hash the same
+/// in every run).
+fn row_hashes<'a>(
+    columns: impl IntoIterator<Item = &'a ArrayRef>,
+    rows: usize,
+    out: &mut Vec<u64>,
+) -> datafusion::error::Result<()> {
+    use datafusion::common::hash_utils::{RandomState, create_hashes};
+    out.clear();
+    out.resize(rows, 0);
+    create_hashes(columns, &RandomState::with_seed(0), out).map(|_| ())
+}
+
+/// A set of values that already are hashes.
+type HashSet64 = std::collections::HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>;
 
 /// A hasher for values that already are hashes.
 #[derive(Default)]
