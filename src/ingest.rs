@@ -811,6 +811,14 @@ impl Reporter<'_> {
     }
 }
 
+/// What the paging loop hands to the decoder, in delivery order.
+enum Fetched {
+    /// A page of a window.
+    Page(PageIn),
+    /// Every page of this window has been handed over.
+    WindowDone(usize),
+}
+
 /// One fetched page on its way to decoding.
 struct PageIn {
     window: usize,
@@ -867,7 +875,7 @@ async fn fetch_pages(
     source: &Source,
     plan: &Plan,
     stats: &mut FetchStats,
-    tx: tokio::sync::mpsc::Sender<PageIn>,
+    tx: tokio::sync::mpsc::Sender<Fetched>,
 ) -> Result<Chains, IngestError> {
     use futures::StreamExt as _;
     let quarters: Vec<Option<Quarter>> = plan.quarters.clone();
@@ -901,7 +909,7 @@ async fn fetch_window(
     plan: &Plan,
     window: usize,
     quarter: Option<Quarter>,
-    tx: tokio::sync::mpsc::Sender<PageIn>,
+    tx: tokio::sync::mpsc::Sender<Fetched>,
 ) -> (
     FetchStats,
     Vec<(String, Option<String>)>,
@@ -949,7 +957,7 @@ async fn fetch_window(
                 body: fetched.body,
                 reply,
             };
-            if tx.send(page).await.is_err() {
+            if tx.send(Fetched::Page(page)).await.is_err() {
                 return Ok(()); // the decoder stopped with an error of its own
             }
             let info = match answer {
@@ -970,6 +978,8 @@ async fn fetch_window(
             }
             prev = Some(url);
         }
+        // A decoder that stopped has an error of its own.
+        let _ = tx.send(Fetched::WindowDone(window)).await;
         Ok(())
     }
     .await;
@@ -984,30 +994,34 @@ fn check_threads() -> usize {
 /// A page being checked on a blocking thread, with its window.
 type Checking = (usize, tokio::task::JoinHandle<Result<Checked, IngestError>>);
 
-/// Waits for a page being checked and takes it into the run.
+/// Waits for a page being checked and takes it into the run; `done`
+/// windows are complete.
 async fn take_checked(
     sink: &mut Absorber,
     report: &Reporter<'_>,
     (window, task): Checking,
+    done: usize,
 ) -> Result<(), IngestError> {
     let checked = task.await.map_err(|e| match e.try_into_panic() {
         Ok(payload) => IngestError::Panicked(panic_message(payload.as_ref())),
         Err(e) => IngestError::Internal(format!("page thread: {e}")),
     })??;
     sink.take(checked, window)?;
-    report.send(&sink.counters, window, "fetching");
+    report.send(&sink.counters, done, "fetching");
     Ok(())
 }
 
 /// Decodes and validates pages as they arrive, a few at a time on blocking
 /// threads (each answers the pager as soon as it is decoded), and takes
-/// them into the run in delivery order.
+/// them into the run in delivery order. A window's staged files are closed
+/// once its last page is in, so a long backfill holds only the unfinished
+/// row groups of the windows still being fetched.
 async fn absorb_pages(
     p: &Pipeline,
     columns: Arc<Columns>,
     sink: &mut Absorber,
     report: &Reporter<'_>,
-    mut rx: tokio::sync::mpsc::Receiver<PageIn>,
+    mut rx: tokio::sync::mpsc::Receiver<Fetched>,
 ) -> Result<(), IngestError> {
     let cursor_field = match &p.source.pagination {
         Pagination::Cursor {
@@ -1018,9 +1032,23 @@ async fn absorb_pages(
     let records_field = p.source.records_field.clone();
     let format = p.source.format;
     let mut queue: std::collections::VecDeque<Checking> = Default::default();
-    while let Some(page_in) = rx.recv().await {
+    let mut done = 0;
+    while let Some(fetched) = rx.recv().await {
+        let page_in = match fetched {
+            Fetched::Page(page_in) => page_in,
+            Fetched::WindowDone(window) => {
+                // Its pages are all queued or taken: take them, then close it.
+                while let Some(next) = queue.pop_front() {
+                    take_checked(sink, report, next, done).await?;
+                }
+                sink.part.window_done(window)?;
+                done += 1;
+                continue;
+            }
+        };
         if queue.len() >= check_threads() {
-            take_checked(sink, report, queue.pop_front().expect("queue is full")).await?;
+            let next = queue.pop_front().expect("queue is full");
+            take_checked(sink, report, next, done).await?;
         }
         let window = page_in.window;
         let (checker, columns) = (sink.checker.clone(), columns.clone());
@@ -1051,7 +1079,7 @@ async fn absorb_pages(
         queue.push_back((window, task));
     }
     while let Some(next) = queue.pop_front() {
-        take_checked(sink, report, next).await?;
+        take_checked(sink, report, next, done).await?;
     }
     Ok(())
 }
@@ -1067,7 +1095,7 @@ async fn fetch_into(
     report: &Reporter<'_>,
 ) -> Result<Option<warehouse::DeliveredPages>, IngestError> {
     let columns = Arc::new(Columns::new(table.columns.iter().map(|c| c.name.as_str())));
-    let (tx, rx) = tokio::sync::mpsc::channel::<PageIn>(2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Fetched>(2);
     let mut stats = FetchStats::default();
     let (fetched, absorbed) = tokio::join!(
         fetch_pages(p, source, plan, &mut stats, tx),

@@ -274,6 +274,8 @@ pub struct Partitioner {
     quarantine_spills: BTreeMap<(usize, String), Vec<PathBuf>>,
     /// Fingerprints each window's rows of a quarter, as pushed.
     fingerprints: Fingerprinter,
+    /// Windows said to be complete: their files are closed.
+    complete: std::collections::BTreeSet<usize>,
     seq: usize,
 }
 
@@ -293,8 +295,54 @@ impl Partitioner {
             quarantine: BTreeMap::new(),
             quarantine_spills: BTreeMap::new(),
             fingerprints: Fingerprinter::default(),
+            complete: std::collections::BTreeSet::new(),
             seq: 0,
         }
+    }
+
+    /// Says that `window` will get no more rows or rejected records: its
+    /// buffers are spilled and its staged files closed, so memory does not
+    /// grow with the windows a run has finished.
+    pub fn window_done(&mut self, window: usize) -> Result<(), PartitionError> {
+        let keys: Vec<(usize, Quarter)> = self
+            .buffers
+            .keys()
+            .filter(|k| k.0 == window)
+            .copied()
+            .collect();
+        for k in keys {
+            self.spill_quarter(k)?;
+            self.buffers.remove(&k);
+        }
+        let rejected: Vec<(usize, String)> = self
+            .quarantine
+            .keys()
+            .filter(|k| k.0 == window)
+            .cloned()
+            .collect();
+        for k in rejected {
+            self.spill_quarantine(&k)?;
+            self.quarantine.remove(&k);
+        }
+        let paths: Vec<PathBuf> = self
+            .staged
+            .iter()
+            .filter(|(k, _)| k.0 == window)
+            .map(|(_, p)| p.clone())
+            .collect();
+        self.complete.insert(window);
+        self.stager.close(paths)
+    }
+
+    /// An error if `window` was said to be complete.
+    fn still_open(&self, window: usize) -> Result<(), PartitionError> {
+        if self.complete.contains(&window) {
+            return Err(PartitionError {
+                context: format!("window {window}"),
+                source: "data arrived after the window was complete".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Adds valid rows of `quarter` from `window` (a batch of the table's Arrow schema).
@@ -308,6 +356,7 @@ impl Partitioner {
         if n == 0 {
             return Ok(());
         }
+        self.still_open(window)?;
         self.fingerprints
             .push(&self.schema, (window, quarter), batch.clone());
         let buf = self.buffers.entry((window, quarter)).or_default();
@@ -335,6 +384,7 @@ impl Partitioner {
         quarter: Option<Quarter>,
         row: QuarantineRow,
     ) -> Result<(), PartitionError> {
+        self.still_open(window)?;
         let part = quarter.map_or_else(|| UNKNOWN_QUARTER.to_string(), |q| q.to_string());
         let key = (window, part);
         let b = self
@@ -450,6 +500,8 @@ impl Partitioner {
 enum Stage {
     /// Append these rows to the staged file at this path (created at its first rows).
     Rows(PathBuf, Vec<RecordBatch>),
+    /// Close these staged files: their window is complete.
+    Close(Vec<PathBuf>),
     /// Close every staged file: the run's rows are all in.
     Finish,
 }
@@ -483,6 +535,17 @@ impl Stager {
             return self.join();
         }
         Ok(())
+    }
+
+    /// Closes the staged files at `paths` (none of which gets rows again).
+    fn close(&mut self, paths: Vec<PathBuf>) -> Result<(), PartitionError> {
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
+        if paths.is_empty() || tx.send(Stage::Close(paths)).is_ok() {
+            return Ok(());
+        }
+        self.join()
     }
 
     /// Closes every staged file; the first error of the staging thread.
@@ -530,6 +593,14 @@ fn stage_rows(schema: &SchemaRef, rx: &mpsc::Receiver<Stage>) -> Result<(), Part
     for job in rx {
         let (path, batches) = match job {
             Stage::Rows(path, batches) => (path, batches),
+            Stage::Close(paths) => {
+                for path in paths {
+                    if let Some(file) = files.remove(&path) {
+                        file.close().map_err(perr(STAGING))?;
+                    }
+                }
+                continue;
+            }
             Stage::Finish => {
                 for file in files.into_values() {
                     file.close().map_err(perr(STAGING))?;
@@ -769,6 +840,57 @@ mod tests {
             })
             .collect();
         assert_eq!(got, ["w0-a", "w0-b", "w1-a", "w1-b"]);
+    }
+
+    #[test]
+    fn a_complete_window_is_closed_and_refuses_more_data() {
+        let t = table();
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partitioner::new(&t, dir.path(), "run-1", "bank_loans");
+        let rows = |id: &str, n: usize| {
+            let mut b = RowBuffer::with_capacity(&t, n);
+            for i in 0..n {
+                let values: Vec<Value> = t
+                    .columns
+                    .iter()
+                    .map(|c| match c.data_type {
+                        ColumnType::Utf8 => Value::Str(format!("{id}-{i}").into()),
+                        ColumnType::Date32 => Value::Date(18_000),
+                        ColumnType::Decimal128 { .. } => Value::Dec(1),
+                        _ => Value::Null,
+                    })
+                    .collect();
+                b.push(&values);
+            }
+            b.finish(&t.arrow_schema())
+        };
+        let q: Quarter = "2019Q2".parse().unwrap();
+        // Window 0 spills (past SPILL_ROWS), keeps a buffered tail and a
+        // rejected record, then completes while window 1 goes on.
+        p.push_batch(0, q, rows("w0", SPILL_ROWS + 10)).unwrap();
+        p.push_batch(1, q, rows("w1", 5)).unwrap();
+        p.reject(0, Some(q), bad(7, "raw".into())).unwrap();
+        p.window_done(0).unwrap();
+        assert!(
+            p.buffers.keys().all(|k| k.0 != 0),
+            "window 0 still buffered"
+        );
+        assert!(p.quarantine.keys().all(|k| k.0 != 0));
+        let late = p.push_batch(0, q, rows("late", 1)).unwrap_err();
+        assert!(late.to_string().contains("window 0"), "{late}");
+        assert!(p.reject(0, None, bad(8, "raw".into())).is_err());
+        p.push_batch(1, q, rows("w1b", 5)).unwrap();
+        let spilled = p.finish().unwrap();
+        let batches = read_spills(&spilled.rows[&q]).unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, SPILL_ROWS + 20);
+        let first = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>();
+        assert_eq!(first.unwrap().value(0), "w0-0");
+        let rejected = read_spills(&spilled.quarantine["2019Q2"]).unwrap();
+        assert_eq!(rejected.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     }
 
     #[test]
