@@ -167,7 +167,11 @@ pub fn listing_table(
     let cfg = ListingTableConfig::new(url)
         .with_listing_options(opts)
         .with_schema(file_schema);
-    Ok(Arc::new(ListingTable::try_new(cfg)?))
+    // Each file's statistics are read from its footer once per engine, not
+    // once per query: warehouse files never change once written (the cache
+    // checks size and modification time all the same), and it is bounded.
+    let statistics = ctx.runtime_env().cache_manager.get_file_statistic_cache();
+    Ok(Arc::new(ListingTable::try_new(cfg)?.with_cache(statistics)))
 }
 
 /// An empty table with the file schema plus the `quarter` column.
