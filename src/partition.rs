@@ -304,31 +304,17 @@ impl Partitioner {
     /// buffers are spilled and its staged files closed, so memory does not
     /// grow with the windows a run has finished.
     pub fn window_done(&mut self, window: usize) -> Result<(), PartitionError> {
-        let keys: Vec<(usize, Quarter)> = self
-            .buffers
-            .keys()
-            .filter(|k| k.0 == window)
-            .copied()
-            .collect();
-        for k in keys {
+        for k in keys_of(&self.buffers, window) {
             self.spill_quarter(k)?;
             self.buffers.remove(&k);
         }
-        let rejected: Vec<(usize, String)> = self
-            .quarantine
-            .keys()
-            .filter(|k| k.0 == window)
-            .cloned()
-            .collect();
-        for k in rejected {
+        for k in keys_of(&self.quarantine, window) {
             self.spill_quarantine(&k)?;
             self.quarantine.remove(&k);
         }
-        let paths: Vec<PathBuf> = self
-            .staged
+        let paths = keys_of(&self.staged, window)
             .iter()
-            .filter(|(k, _)| k.0 == window)
-            .map(|(_, p)| p.clone())
+            .map(|k| self.staged[k].clone())
             .collect();
         self.complete.insert(window);
         self.stager.close(paths)
@@ -494,6 +480,11 @@ impl Partitioner {
         }
         Ok(spilled)
     }
+}
+
+/// The keys of `window` in a map keyed by window first.
+fn keys_of<K: Clone, V>(map: &BTreeMap<(usize, K), V>, window: usize) -> Vec<(usize, K)> {
+    map.keys().filter(|k| k.0 == window).cloned().collect()
 }
 
 /// What the staging thread is asked to do.
@@ -755,6 +746,25 @@ mod tests {
             .unwrap()
     }
 
+    /// A batch of `t`'s rows, one per id: the id in every text column.
+    fn batch_of(t: &TableSchema, ids: &[String]) -> RecordBatch {
+        let mut b = RowBuffer::with_capacity(t, ids.len());
+        for id in ids {
+            let values: Vec<Value> = t
+                .columns
+                .iter()
+                .map(|c| match c.data_type {
+                    ColumnType::Utf8 => Value::Str(id.as_str().into()),
+                    ColumnType::Date32 => Value::Date(18_000),
+                    ColumnType::Decimal128 { .. } => Value::Dec(1),
+                    _ => Value::Null,
+                })
+                .collect();
+            b.push(&values);
+        }
+        b.finish(&t.arrow_schema())
+    }
+
     fn bad(i: usize, raw: String) -> QuarantineRow {
         QuarantineRow {
             source: "test".into(),
@@ -801,21 +811,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Partitioner::new(&t, dir.path(), "run-1", "bank_loans");
         let rows = |ids: &[&str]| {
-            let mut b = RowBuffer::with_capacity(&t, ids.len());
-            for id in ids {
-                let values: Vec<Value> = t
-                    .columns
-                    .iter()
-                    .map(|c| match c.data_type {
-                        ColumnType::Utf8 => Value::Str((*id).into()),
-                        ColumnType::Date32 => Value::Date(18_000),
-                        ColumnType::Decimal128 { .. } => Value::Dec(1),
-                        _ => Value::Null,
-                    })
-                    .collect();
-                b.push(&values);
-            }
-            b.finish(&t.arrow_schema())
+            let ids: Vec<String> = ids.iter().map(|id| (*id).to_string()).collect();
+            batch_of(&t, &ids)
         };
         let q: Quarter = "2019Q2".parse().unwrap();
         // Window 1 arrives first, and spills in between; window 0 still goes first.
@@ -848,21 +845,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Partitioner::new(&t, dir.path(), "run-1", "bank_loans");
         let rows = |id: &str, n: usize| {
-            let mut b = RowBuffer::with_capacity(&t, n);
-            for i in 0..n {
-                let values: Vec<Value> = t
-                    .columns
-                    .iter()
-                    .map(|c| match c.data_type {
-                        ColumnType::Utf8 => Value::Str(format!("{id}-{i}").into()),
-                        ColumnType::Date32 => Value::Date(18_000),
-                        ColumnType::Decimal128 { .. } => Value::Dec(1),
-                        _ => Value::Null,
-                    })
-                    .collect();
-                b.push(&values);
-            }
-            b.finish(&t.arrow_schema())
+            let ids: Vec<String> = (0..n).map(|i| format!("{id}-{i}")).collect();
+            batch_of(&t, &ids)
         };
         let q: Quarter = "2019Q2".parse().unwrap();
         // Window 0 spills (past SPILL_ROWS), keeps a buffered tail and a
