@@ -881,7 +881,7 @@ async fn fetch_pages(
     let quarters: Vec<Option<Quarter>> = plan.quarters.clone();
     let mut windows = futures::stream::iter(quarters.into_iter().enumerate())
         .map(|(window, quarter)| fetch_window(p, source, plan, window, quarter, tx.clone()))
-        .buffered(WINDOWS_AT_ONCE);
+        .buffered(p.source.windows_at_once);
     let mut chains = Vec::new();
     while let Some((window_stats, chain, fetched)) = windows.next().await {
         stats.requests += window_stats.requests;
@@ -895,11 +895,6 @@ async fn fetch_pages(
 
 /// Each window's pages: URL and `ETag` (if the feed sent one).
 type Chains = Vec<Vec<(String, Option<String>)>>;
-
-/// Windows (quarters) fetched at once: the feed serves one while the other
-/// waits for an answer. Their pages are kept apart until the commit, so
-/// the result is as if they had been fetched one after the other.
-const WINDOWS_AT_ONCE: usize = 2;
 
 /// Fetches one window page by page into `tx`; returns its request counts
 /// and its pages (URL, `ETag`) with the outcome.

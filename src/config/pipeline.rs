@@ -69,6 +69,8 @@ struct RawSource {
     max_run_secs: u64,
     #[serde(default)]
     conditional_requests: bool,
+    #[serde(default = "default_windows_at_once")]
+    windows_at_once: u64,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -80,6 +82,11 @@ fn default_max_pages() -> u64 {
 fn default_max_run_secs() -> u64 {
     6 * 3600
 }
+fn default_windows_at_once() -> u64 {
+    2
+}
+/// Most windows a pipeline may fetch at once.
+const MAX_WINDOWS_AT_ONCE: u64 = 16;
 fn default_connect_timeout_secs() -> u64 {
     10
 }
@@ -567,6 +574,17 @@ pub struct HttpSource {
     /// every page answers `304 Not Modified` (and the table is as that
     /// delivery left it) the run ends without fetching or decoding anything.
     pub conditional_requests: bool,
+    /// Windows (quarters of a backfill) fetched at once
+    /// (`source.windows_at_once`, 1–16, default 2). A second window keeps
+    /// the feed busy while the first one's pages are decoded: over
+    /// loopback from `feed-sim` on the same 2 cores, 5.1M loan rows took
+    /// 3.4–3.5 s with 2 against 3.7–3.8 s with 1. Each window fetched
+    /// holds its own rows and staged file, and the peak memory of a big
+    /// backfill follows: 119–121 MB against 84–85 MB for those rows, and
+    /// for 10.7M rows 127–139 MB against 89–91 MB (1.3–1.5× a 1.3M-row
+    /// backfill with 2, 1.2–1.25× with 1). Windows are committed in order
+    /// whatever this is.
+    pub windows_at_once: usize,
 }
 
 /// A validated pipeline.
@@ -1094,6 +1112,13 @@ fn limits(ctx: &mut Ctx, s: &RawSource) {
             "source.max_pages and source.max_run_secs must be at least 1",
         ));
     }
+    if !(1..=MAX_WINDOWS_AT_ONCE).contains(&s.windows_at_once) {
+        ctx.errors.push(file.error(
+            None,
+            "source.windows_at_once",
+            format!("windows_at_once must be between 1 and {MAX_WINDOWS_AT_ONCE}"),
+        ));
+    }
     if s.max_body_bytes < 1024 {
         ctx.errors.push(file.error(
             None,
@@ -1137,6 +1162,7 @@ fn source(ctx: &mut Ctx, s: &RawSource) -> HttpSource {
         max_pages: s.max_pages,
         max_run: Duration::from_secs(s.max_run_secs),
         conditional_requests: s.conditional_requests,
+        windows_at_once: s.windows_at_once.clamp(1, MAX_WINDOWS_AT_ONCE) as usize,
     }
 }
 
@@ -1200,6 +1226,30 @@ mod tests {
                 .unwrap_err()
                 .contains("{quarter}")
         );
+    }
+
+    #[test]
+    fn windows_at_once_defaults_to_two_and_is_bounded() {
+        let text = |extra: &str| {
+            format!(
+                "table = \"bank_loans\"\nstart = \"2017Q1\"\n[schedule]\ncron = \"0 0 2 * * *\"\n\
+                 [source]\nurl = \"http://127.0.0.1:9/x?quarter={{quarter}}\"\nformat = \"csv\"\n{extra}"
+            )
+        };
+        let load_text = |extra: &str| load(&SourceFile::new("p.toml", text(extra)), "p");
+        let (p, _) = load_text("").unwrap();
+        assert_eq!(p.source.windows_at_once, 2);
+        let (p, _) = load_text("windows_at_once = 1\n").unwrap();
+        assert_eq!(p.source.windows_at_once, 1);
+        for bad in ["windows_at_once = 0\n", "windows_at_once = 17\n"] {
+            let errors = load_text(bad).unwrap_err();
+            assert!(
+                errors
+                    .iter()
+                    .any(|d| d.to_string().contains("between 1 and 16")),
+                "{errors:?}"
+            );
+        }
     }
 
     #[test]
