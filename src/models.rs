@@ -67,6 +67,13 @@ pub struct Aggregate {
     pub reads: Result<BTreeSet<Input>, String>,
 }
 
+impl Aggregate {
+    /// A hash of the SQL as run (see [`PublishedMeta::definition`]).
+    pub fn definition(&self) -> String {
+        blake3::hash(self.sql.as_bytes()).to_hex().to_string()
+    }
+}
+
 /// One output column's documentation, from a header line
 /// `-- column: name | 中文名 | unit | formula` (unit may be empty).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -1132,6 +1139,11 @@ impl Refresh<'_> {
             }
         }
         let prev = self.base.published.get(&a.name);
+        // An edited definition (its SQL, or a policy value it uses) makes
+        // every published quarter stale, not only those whose inputs
+        // changed: recompute it whole. So does a definition never recorded.
+        let redefined = prev.is_some_and(|p| p.definition.as_deref() != Some(&a.definition()));
+        always_full |= redefined;
         let default_lags = a.lags.clone().unwrap_or_else(|| vec![0]);
         // Output quarter q reads quarters q − lag of each input.
         let lags_of = |input: &str| a.input_lags.get(input).unwrap_or(&default_lags);
@@ -1169,7 +1181,7 @@ impl Refresh<'_> {
                 .base
                 .dirs
                 .contains_key(&DirKey::Published(a.name.clone()).key());
-        let unchanged = exists && !changed && !self.full;
+        let unchanged = exists && !changed && !redefined && !self.full;
         let incremental = (exists && !always_full).then_some(fed);
         // Aggregates with lags over tracked inputs only are computed a few
         // output quarters at a time, so memory follows a pass, not the table.
@@ -1443,6 +1455,7 @@ impl Refresh<'_> {
             .map(|f| (f.name().clone(), f.data_type().to_string(), f.is_nullable()))
             .collect();
         meta.inputs = inputs;
+        meta.definition = Some(a.definition());
         meta.versions.push(PublishedVersion {
             version: self.base.version + 1,
             generation: change.state().generation.clone(),

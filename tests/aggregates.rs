@@ -991,6 +991,71 @@ async fn a_restated_old_quarter_recomputes_only_what_reads_it() {
     }
 }
 
+/// An aggregate whose definition changed (here a policy value its SQL
+/// uses) is recomputed whole at the next refresh, though none of its
+/// inputs changed, so no quarter keeps rows of the old definition; the
+/// others keep their published versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_definition_is_recomputed_whole() {
+    let mut o = SimOptions::new(92, 150);
+    o.token = Some(TOKEN.into());
+    let sim = start_sim(o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let quarter_share = project_dir(|t| {
+        assert!(t.contains("interest_subsidy_share_pct = \"50.00\""));
+        t.replace(
+            "interest_subsidy_share_pct = \"50.00\"",
+            "interest_subsidy_share_pct = \"25.00\"",
+        )
+    });
+    let (url, w, p) = (sim.url(), wh.clone(), quarter_share.path().to_path_buf());
+    let (before, edited, again) = tokio::task::spawn_blocking(move || {
+        run_ok(ironlake(&w, &url, TOKEN).args(["ingest", "--all"]));
+        run_ok(ironlake(&w, &url, TOKEN).arg("refresh"));
+        let before = query(
+            &p,
+            &w,
+            "SELECT count(*) AS n, count(DISTINCT quarter) AS quarters, \
+             min(subsidy_share_pct) AS share FROM published.interest_subsidy",
+        );
+        let edited = run_ok(cmd(&p, &w).arg("refresh"));
+        let again = run_ok(cmd(&p, &w).arg("refresh"));
+        (before, edited, again)
+    })
+    .await
+    .unwrap();
+    assert_eq!(before[0]["share"], "50.00", "{before:?}");
+    assert!(
+        refreshed(&edited, "interest_subsidy").starts_with("interest_subsidy: full"),
+        "{edited}"
+    );
+    for name in ["loan_growth", "enterprise_profile", "financing_cost"] {
+        assert!(
+            refreshed(&edited, name).starts_with(&format!("{name}: unchanged,")),
+            "{edited}"
+        );
+    }
+    assert!(
+        refreshed(&again, "interest_subsidy").starts_with("interest_subsidy: unchanged,"),
+        "{again}"
+    );
+    // Every quarter now has the new share, none the old.
+    let after = query(
+        quarter_share.path(),
+        &wh,
+        "SELECT count(*) AS n, count(DISTINCT quarter) AS quarters, \
+         min(subsidy_share_pct) AS lo, max(subsidy_share_pct) AS hi FROM published.interest_subsidy",
+    );
+    assert_eq!(after[0]["n"], before[0]["n"], "{after:?}");
+    assert_eq!(after[0]["quarters"], before[0]["quarters"], "{after:?}");
+    assert_eq!(
+        (&after[0]["lo"], &after[0]["hi"]),
+        (&"25.00".into(), &"25.00".into()),
+        "{after:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_are_kept_readable_then_pruned_by_retention() {
     // No time-based grace for superseded files, so pruning shows at once.

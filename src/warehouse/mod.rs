@@ -328,6 +328,12 @@ pub struct PublishedMeta {
     pub versions: Vec<PublishedVersion>,
     /// For each input (`tables/x`, `published/y`): a token per partition, to find what changed.
     pub inputs: BTreeMap<String, BTreeMap<String, String>>,
+    /// A hash of the SQL the published rows were computed with (the file
+    /// with the policy's values filled in); `None` in manifests written
+    /// before it was recorded. A different definition makes every
+    /// published quarter stale.
+    #[serde(default)]
+    pub definition: Option<String>,
 }
 
 impl Manifest {
