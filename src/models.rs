@@ -1144,6 +1144,12 @@ impl Refresh<'_> {
         // changed: recompute it whole. So does a definition never recorded.
         let redefined = prev.is_some_and(|p| p.definition.as_deref() != Some(&a.definition()));
         always_full |= redefined;
+        if redefined && !self.full {
+            tracing::info!(
+                aggregate = %a.name,
+                "Its SQL or a policy value it uses changed since it was published: every quarter is recomputed."
+            );
+        }
         let default_lags = a.lags.clone().unwrap_or_else(|| vec![0]);
         // Output quarter q reads quarters q − lag of each input.
         let lags_of = |input: &str| a.input_lags.get(input).unwrap_or(&default_lags);
