@@ -287,23 +287,14 @@ async fn one_window_at_a_time_lands_the_same_files_as_two() {
         .enumerate()
     {
         let wh = dir.path().join(format!("wh{i}"));
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ironlake"));
-        cmd.arg("--config")
-            .arg(cfg.join("ironlake.toml"))
-            .arg("--warehouse")
-            .arg(&wh)
-            .env("IRONLAKE_FEED_URL", sim.url())
-            .env("IRONLAKE_FEED_TOKEN", TOKEN)
-            .env("IRONLAKE_LOG", "warn")
-            .args([
-                "backfill",
-                "bank_loans",
-                "--from",
-                "2017Q1",
-                "--to",
-                "2019Q4",
-            ]);
-        run_ok(&mut cmd);
+        run_ok(common::ironlake_with(cfg, &wh, &sim.url(), TOKEN).args([
+            "backfill",
+            "bank_loans",
+            "--from",
+            "2017Q1",
+            "--to",
+            "2019Q4",
+        ]));
         // Each quarter's file contents (names hold the run id).
         let mut by_quarter: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         for (path, bytes) in file_digests(&wh) {

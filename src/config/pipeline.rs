@@ -1162,7 +1162,7 @@ fn source(ctx: &mut Ctx, s: &RawSource) -> HttpSource {
         max_pages: s.max_pages,
         max_run: Duration::from_secs(s.max_run_secs),
         conditional_requests: s.conditional_requests,
-        windows_at_once: s.windows_at_once.clamp(1, MAX_WINDOWS_AT_ONCE) as usize,
+        windows_at_once: s.windows_at_once as usize,
     }
 }
 

@@ -89,9 +89,20 @@ pub fn repo() -> std::path::PathBuf {
 /// A command running the real `ironlake` binary on the bundled config, a
 /// given warehouse and a given feed.
 pub fn ironlake(warehouse: &std::path::Path, feed_url: &str, token: &str) -> std::process::Command {
+    ironlake_with(&repo(), warehouse, feed_url, token)
+}
+
+/// [`ironlake`] on the project in `project` (its `ironlake.toml`), such as
+/// an edited [`project_copy`].
+pub fn ironlake_with(
+    project: &std::path::Path,
+    warehouse: &std::path::Path,
+    feed_url: &str,
+    token: &str,
+) -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ironlake"));
     c.arg("--config")
-        .arg(repo().join("ironlake.toml"))
+        .arg(project.join("ironlake.toml"))
         .arg("--warehouse")
         .arg(warehouse)
         .env("IRONLAKE_FEED_URL", feed_url)
