@@ -1835,8 +1835,8 @@ fn merge_partition<'a>(
 /// order. One staged file (one window) whose keys are distinct is kept as
 /// it is: it was written the way the warehouse writes its files. Several
 /// are written again into one, a batch at a time: memory holds one batch,
-/// a row group being encoded and a hash per key, whatever the partition's
-/// size. `None` when a key may repeat (or nothing was delivered): the full
+/// a row group being encoded and a run of key hashes (full runs are sorted
+/// and spilled beside the staged files), whatever the partition's size. `None` when a key may repeat (or nothing was delivered): the full
 /// merge then picks each key's last row.
 fn write_new_partition(
     g: &warehouse::GenBuilder,
@@ -1860,14 +1860,14 @@ fn write_new_partition(
         }));
     }
     let mut file = merge::ParquetFile::create(&path, schema.clone())?;
-    let mut keys = merge::DistinctKeys::default();
+    let mut keys = merge::DistinctKeys::new(paths.first().unwrap_or(&path));
     let distinct = partition::each_spilled_batch(paths, |batch| {
         if !keys.insert(&batch, key)? {
             return Ok::<_, IngestError>(false);
         }
         file.write(&batch)?;
         Ok(true)
-    })?;
+    })? && keys.finish()?;
     if !distinct || file.rows() == 0 {
         drop(file);
         std::fs::remove_file(&path)

@@ -15,7 +15,7 @@ use parquet::file::properties::{
     DEFAULT_DICTIONARY_PAGE_SIZE_LIMIT, EnabledStatistics, WriterProperties,
 };
 use parquet::schema::types::ColumnPath;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Rows per Parquet row group.
@@ -257,14 +257,14 @@ pub fn staged_keys_distinct(path: &Path, key: &[usize]) -> Result<(bool, u64)> {
     let reader = builder.build().map_err(|e| data_err(ctx.clone())(e))?;
     // The projected batch holds the key columns only, in table order.
     let cols: Vec<usize> = (0..key.len()).collect();
-    let mut keys = DistinctKeys::default();
+    let mut keys = DistinctKeys::new(path);
     for b in reader {
         let b = b.map_err(|e| data_err(ctx.clone())(e))?;
         if !keys.insert(&b, &cols)? {
             return Ok((false, rows));
         }
     }
-    Ok((true, rows))
+    Ok((keys.finish()?, rows))
 }
 
 /// Makes the staged file `staged` (of `rows` rows) the file at `path`:
@@ -451,25 +451,135 @@ impl DeliveryHash {
     }
 }
 
-/// Tells whether a delivery repeats a key without holding its keys: only a
-/// 64-bit hash of each. A repeated hash means a repeated key, or (rarely)
-/// two keys with one hash; either way the caller merges the full way.
-#[derive(Default)]
+/// Hashes of keys held in memory before they are sorted and spilled as a
+/// run (512 KiB).
+const KEY_RUN_HASHES: usize = 64 * 1024;
+
+/// Tells whether a delivery repeats a key, holding neither its keys nor
+/// more than [`KEY_RUN_HASHES`] of their 64-bit hashes, whatever the
+/// partition's size: each full run of hashes is sorted and spilled to a
+/// file beside the partition's staged rows, and [`DistinctKeys::finish`]
+/// merges the runs looking for a repeated hash. A repeated hash means a
+/// repeated key, or (rarely) two keys with one hash; either way the caller
+/// merges the full way. The run files are removed when it is dropped.
 pub struct DistinctKeys {
-    seen: HashSet64,
+    /// Run files are this path with `.keys-<n>` appended.
+    spill_to: PathBuf,
+    /// The run being gathered.
+    run: Vec<u64>,
+    /// Hashes of the batch being added.
     hashes: Vec<u64>,
+    /// The spilled runs, each sorted.
+    runs: Vec<PathBuf>,
 }
 
 impl DistinctKeys {
+    /// No keys yet; runs spill beside `spill_to` (a staged file).
+    pub fn new(spill_to: &Path) -> DistinctKeys {
+        DistinctKeys {
+            spill_to: spill_to.to_path_buf(),
+            run: Vec::new(),
+            hashes: Vec::new(),
+            runs: Vec::new(),
+        }
+    }
+
     /// Adds the keys (columns `key`) of `batch`; false when one of them
-    /// may have been added before.
+    /// may have been added before (found early, within a run; the rest are
+    /// found by [`DistinctKeys::finish`]).
     pub fn insert(&mut self, batch: &RecordBatch, key: &[usize]) -> Result<bool> {
         let cols = key.iter().map(|&i| batch.column(i));
         row_hashes(cols, batch.num_rows(), &mut self.hashes)
             .map_err(|e| data_err("hashing keys")(e))?;
-        self.seen.reserve(self.hashes.len());
-        Ok(self.hashes.iter().all(|&h| self.seen.insert(h)))
+        let mut at = 0;
+        while at < self.hashes.len() {
+            let take = (self.hashes.len() - at).min(KEY_RUN_HASHES - self.run.len());
+            self.run.extend_from_slice(&self.hashes[at..at + take]);
+            at += take;
+            if self.run.len() == KEY_RUN_HASHES && !self.spill_run()? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
+
+    /// Sorts the run gathered and writes it to a new run file; false when
+    /// it repeats a hash.
+    fn spill_run(&mut self) -> Result<bool> {
+        if !sort_distinct(&mut self.run) {
+            return Ok(false);
+        }
+        let path = PathBuf::from(format!(
+            "{}.keys-{}",
+            self.spill_to.display(),
+            self.runs.len()
+        ));
+        let ctx = format!("spilling key hashes to {}", path.display());
+        let bytes: Vec<u8> = self.run.iter().flat_map(|h| h.to_le_bytes()).collect();
+        self.runs.push(path.clone());
+        std::fs::write(&path, bytes).map_err(|e| data_err(ctx)(e))?;
+        self.run.clear();
+        Ok(true)
+    }
+
+    /// Whether every key added was distinct (as far as their hashes tell).
+    pub fn finish(mut self) -> Result<bool> {
+        if !sort_distinct(&mut self.run) {
+            return Ok(false);
+        }
+        if self.runs.is_empty() {
+            return Ok(true);
+        }
+        // A k-way merge of the runs (the last one still in memory), in
+        // hash order: a repeated hash comes out twice in a row.
+        let mut sources: Vec<Box<dyn Iterator<Item = Result<u64>>>> = Vec::new();
+        for path in &self.runs {
+            let ctx = format!("reading key hashes from {}", path.display());
+            let file = std::fs::File::open(path).map_err(|e| data_err(ctx.clone())(e))?;
+            let mut file = std::io::BufReader::with_capacity(16 << 10, file);
+            sources.push(Box::new(std::iter::from_fn(move || {
+                let mut b = [0u8; 8];
+                match std::io::Read::read_exact(&mut file, &mut b) {
+                    Ok(()) => Some(Ok(u64::from_le_bytes(b))),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+                    Err(e) => Some(Err(data_err(ctx.clone())(e))),
+                }
+            })));
+        }
+        let last = std::mem::take(&mut self.run);
+        sources.push(Box::new(last.into_iter().map(Ok)));
+        let mut heads = std::collections::BinaryHeap::new();
+        for (i, s) in sources.iter_mut().enumerate() {
+            if let Some(h) = s.next() {
+                heads.push(std::cmp::Reverse((h?, i)));
+            }
+        }
+        let mut previous = None;
+        while let Some(std::cmp::Reverse((h, i))) = heads.pop() {
+            if previous == Some(h) {
+                return Ok(false);
+            }
+            previous = Some(h);
+            if let Some(next) = sources[i].next() {
+                heads.push(std::cmp::Reverse((next?, i)));
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for DistinctKeys {
+    fn drop(&mut self) {
+        for path in &self.runs {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Sorts `hashes`; false when one repeats.
+fn sort_distinct(hashes: &mut [u64]) -> bool {
+    hashes.sort_unstable();
+    hashes.windows(2).all(|w| w[0] != w[1])
 }
 
 /// The 64-bit hash of each of the `rows` rows of `columns` into `out`
@@ -941,6 +1051,55 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn keys_repeated_across_spilled_runs_are_found_and_the_runs_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join("staged.parquet");
+        let n = 3 * KEY_RUN_HASHES as i64 + 100;
+        let keys = |range: std::ops::Range<i64>| {
+            let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+            let col: ArrayRef = Arc::new(Int64Array::from_iter_values(range));
+            RecordBatch::try_new(schema, vec![col]).unwrap()
+        };
+        let leftovers = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect::<Vec<_>>()
+        };
+        // Distinct keys over three runs and a bit, in batches of 1000.
+        let mut distinct = DistinctKeys::new(&staged);
+        for start in (0..n).step_by(1000) {
+            assert!(
+                distinct
+                    .insert(&keys(start..(start + 1000).min(n)), &[0])
+                    .unwrap()
+            );
+        }
+        assert_eq!(
+            leftovers().len(),
+            3,
+            "three runs spilled: {:?}",
+            leftovers()
+        );
+        assert!(distinct.finish().unwrap());
+        assert!(
+            leftovers().is_empty(),
+            "runs left behind: {:?}",
+            leftovers()
+        );
+        // Key 5 again in the last, unspilled run: found only by the merge.
+        let mut repeated = DistinctKeys::new(&staged);
+        assert!(repeated.insert(&keys(0..n), &[0]).unwrap());
+        assert!(repeated.insert(&keys(5..6), &[0]).unwrap());
+        assert!(!repeated.finish().unwrap());
+        assert!(leftovers().is_empty());
+        // A key repeated within one run is found as that run is sorted.
+        let mut early = DistinctKeys::new(&staged);
+        assert!(early.insert(&keys(0..10), &[0]).unwrap());
+        assert!(!early.insert(&keys(9..KEY_RUN_HASHES as i64), &[0]).unwrap());
     }
 
     #[test]
