@@ -1836,8 +1836,9 @@ fn merge_partition<'a>(
 /// it is: it was written the way the warehouse writes its files. Several
 /// are written again into one, a batch at a time: memory holds one batch,
 /// a row group being encoded and a run of key hashes (full runs are sorted
-/// and spilled beside the staged files), whatever the partition's size. `None` when a key may repeat (or nothing was delivered): the full
-/// merge then picks each key's last row.
+/// and spilled beside the staged files), whatever the partition's size.
+/// `None` when a key may repeat (or nothing was delivered): the full merge
+/// then picks each key's last row.
 fn write_new_partition(
     g: &warehouse::GenBuilder,
     schema: &arrow::datatypes::SchemaRef,
