@@ -497,6 +497,16 @@ enum Stage {
     Finish,
 }
 
+/// Spills waiting for the staging thread beyond the one it encodes. Each
+/// is up to [`SPILL_ROWS`] rows of Arrow arrays (about 5 MB of loans), so
+/// the queue's depth is most of what a long backfill holds that a short one
+/// does not. A backfill of 7.9M loan rows (`feed-sim --seed 11
+/// --enterprises 310000`, 12 quarters) peaked at 119-128 MB with 4 against
+/// 83-86 MB for 1M rows (38,750 enterprises); with 1, at 111-119 MB against
+/// 89-93 MB, in the same time (5.2-5.9 s either way, `feed-sim` sharing the
+/// 2 cores): the encoding, not the queue, sets the pace.
+const STAGE_QUEUE: usize = 1;
+
 /// Encodes spilled rows into their staged Parquet files on a thread of its
 /// own, so the thread that partitions does not wait for the encoding. The
 /// unfinished row groups of all files together stay under
@@ -516,7 +526,7 @@ impl Stager {
         batches: Vec<RecordBatch>,
     ) -> Result<(), PartitionError> {
         let tx = self.tx.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::sync_channel::<Stage>(4);
+            let (tx, rx) = mpsc::sync_channel::<Stage>(STAGE_QUEUE);
             let schema = schema.clone();
             self.thread = Some(std::thread::spawn(move || stage_rows(&schema, &rx)));
             tx
