@@ -299,12 +299,13 @@ impl Catalog {
 
     /// `ctx` reading local files as `manifest` lists them (see [`files`]):
     /// the same engine (memory pool, spill directory, caches) with its own
-    /// file store.
+    /// file store, planning queries with `planner`.
     fn reading_only(
         ctx: SessionContext,
         root: &Path,
         manifest: &Manifest,
         kept_mappings: Option<Arc<files::KeptMappings>>,
+        planner: split::SplitPlanner,
     ) -> Result<SessionContext, CatalogError> {
         let registry = datafusion::execution::object_store::DefaultObjectStoreRegistry::new();
         let url = datafusion::execution::object_store::ObjectStoreUrl::local_filesystem();
@@ -320,6 +321,7 @@ impl Catalog {
         let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
             .with_runtime_env(runtime)
             .with_physical_optimizer_rule(Arc::new(views::CompactViews))
+            .with_query_planner(Arc::new(planner))
             .build();
         Ok(SessionContext::new_with_state(state))
     }
@@ -373,7 +375,22 @@ impl Catalog {
         kept_mappings: Option<Arc<files::KeptMappings>>,
     ) -> Result<Snapshot, CatalogError> {
         let root = self.wh.root().to_path_buf();
-        let ctx = Self::reading_only(ctx, &root, &manifest, kept_mappings)?;
+        // Aggregates grouped by quarter over a warehouse table run one
+        // quarter at a time, and joins of one quarter to the same quarter
+        // do not hash the quarter (see [`split`]). Quarters without rows
+        // have nothing to aggregate.
+        let quarters = self
+            .project
+            .tables
+            .iter()
+            .filter_map(|t| {
+                let dir = manifest.dirs.get(&DirKey::Table(t.name.clone()).key())?;
+                let held = dir.partitions.iter().filter(|(_, p)| p.rows > 0);
+                Some((t.name.clone(), held.map(|(q, _)| q.clone()).collect()))
+            })
+            .collect();
+        let planner = split::SplitPlanner::new(split::SplitByQuarter::new(quarters));
+        let ctx = Self::reading_only(ctx, &root, &manifest, kept_mappings, planner)?;
         for t in &self.project.tables {
             register_dir(
                 &ctx,
@@ -400,19 +417,6 @@ impl Catalog {
             let path = root.join(&dir.generation);
             register_published(&ctx, name, &path, meta).await?;
         }
-        // Aggregates grouped by quarter over a warehouse table run one
-        // quarter at a time, and joins of one quarter to the same quarter
-        // do not hash the quarter (see [`split`]).
-        let quarters = self
-            .project
-            .tables
-            .iter()
-            .filter_map(|t| {
-                let dir = manifest.dirs.get(&DirKey::Table(t.name.clone()).key())?;
-                Some((t.name.clone(), dir.partitions.keys().cloned().collect()))
-            })
-            .collect();
-        ctx.add_optimizer_rule(Arc::new(split::SplitByQuarter::new(quarters)));
         ctx.add_optimizer_rule(Arc::new(split::SameQuarterJoin));
         register(&ctx, "system.runs", self.runs_table()?)?;
         register(&ctx, "system.partitions", partitions_table(&manifest)?)?;
