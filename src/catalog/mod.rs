@@ -11,6 +11,7 @@
 //! partition column), `quarantine.<table>`, `published.<aggregate>`,
 //! `system.runs`, `system.partitions`, `ref_districts`, `ref_industries`.
 
+mod count;
 mod files;
 mod split;
 mod views;
@@ -418,6 +419,7 @@ impl Catalog {
             register_published(&ctx, name, &path, meta).await?;
         }
         ctx.add_optimizer_rule(Arc::new(split::SameQuarterJoin));
+        ctx.add_optimizer_rule(Arc::new(count::CountOnColumn));
         register(&ctx, "system.runs", self.runs_table()?)?;
         register(&ctx, "system.partitions", partitions_table(&manifest)?)?;
         register(&ctx, "ref_districts", districts_table()?)?;

@@ -43,6 +43,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use super::count::counts_rows;
 use crate::config::schema::PARTITION_COLUMN;
 
 /// Name of the hidden row count that keeps an emptied quarter out of the result.
@@ -375,8 +376,8 @@ fn branch(
     // Without grouping keys an aggregate answers one row even for an empty
     // quarter; the original answers none for it. The row count is the
     // query's own `count(*)` when it has one.
-    let check =
-        (group.is_empty() && narrowed).then(|| match agg.aggr_expr.iter().position(counts_rows) {
+    let check = (group.is_empty() && narrowed).then(|| {
+        match (agg.aggr_expr.iter()).position(|e| counts_rows(e, agg.input.schema())) {
             Some(j) => col(Column::from_name(name(agg.group_expr.len() + j))),
             None => {
                 aggr.push(
@@ -392,7 +393,8 @@ fn branch(
                 );
                 col(ROWS)
             }
-        });
+        }
+    });
     let input = if filter {
         with_quarter_filter(&agg.input, q)?
     } else {
@@ -406,18 +408,6 @@ fn branch(
         outputs,
         Arc::new(plan),
     )?))
-}
-
-/// Whether `e` is `count(*)` (as the planner writes it, `count(1)`): not
-/// distinct, unfiltered, of a non-null literal.
-fn counts_rows(e: &Expr) -> bool {
-    let Expr::AggregateFunction(f) = e.clone().unalias() else {
-        return false;
-    };
-    f.func.name() == "count"
-        && !f.params.distinct
-        && f.params.filter.is_none()
-        && matches!(f.params.args.as_slice(), [Expr::Literal(v, _)] if !v.is_null())
 }
 
 /// `plan` (a chain [`follow_quarter`] followed to one table scan) with the
