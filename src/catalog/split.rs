@@ -377,7 +377,11 @@ fn branch(
     // quarter; the original answers none for it. The row count is the
     // query's own `count(*)` when it has one.
     let check = (group.is_empty() && narrowed).then(|| {
-        match (agg.aggr_expr.iter()).position(|e| counts_rows(e, agg.input.schema())) {
+        match agg
+            .aggr_expr
+            .iter()
+            .position(|e| counts_rows(e, agg.input.schema()))
+        {
             Some(j) => col(Column::from_name(name(agg.group_expr.len() + j))),
             None => {
                 aggr.push(
