@@ -80,14 +80,17 @@ impl OptimizerRule for CountOnColumn {
         let mut changed = false;
         let mut aggr_expr = Vec::with_capacity(agg.aggr_expr.len());
         for e in &agg.aggr_expr {
-            let literal = matches!(e.clone().unalias(),
-                Expr::AggregateFunction(ref f) if matches!(f.params.args.as_slice(), [Expr::Literal(..)]));
-            if !literal || !counts_rows(e, input) {
-                aggr_expr.push(e.clone());
-                continue;
-            }
-            let Expr::AggregateFunction(f) = e.clone().unalias() else {
-                unreachable!("counts_rows checked it")
+            let f = match e.clone().unalias() {
+                Expr::AggregateFunction(f)
+                    if matches!(f.params.args.as_slice(), [Expr::Literal(..)])
+                        && counts_rows(e, input) =>
+                {
+                    f
+                }
+                _ => {
+                    aggr_expr.push(e.clone());
+                    continue;
+                }
             };
             let count = Expr::AggregateFunction(AggregateFunction::new_udf(
                 f.func,
