@@ -68,8 +68,8 @@ fn bundled_project_passes_with_one_line_per_file() {
     let out = check(dir.path());
     assert_eq!(out.code, 0, "{}", out.stderr);
     let ok_lines = out.stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    // ironlake.toml + 5 schemas + 5 pipelines + 1 push pipeline + 15 aggregates.
-    assert_eq!(ok_lines, 27, "{}", out.stdout);
+    // ironlake.toml + 5 schemas + 5 pipelines + 1 push pipeline + 16 aggregates.
+    assert_eq!(ok_lines, 28, "{}", out.stdout);
     assert!(out.stdout.contains("ok pipelines/aggregates/loan_growth.sql: published.loan_growth, partitioned by quarter, lags 0,4"), "{}", out.stdout);
     assert!(out.stdout.contains("ok schemas/bank_loans.toml: table bank_loans, 11 columns, key (bank_code, loan_id, period_end)"));
     assert!(
@@ -78,7 +78,7 @@ fn bundled_project_passes_with_one_line_per_file() {
         )
     );
     assert!(
-        out.stdout.contains("check passed: 27 files, 0 warnings"),
+        out.stdout.contains("check passed: 28 files, 0 warnings"),
         "{}",
         out.stdout
     );
@@ -185,7 +185,7 @@ fn unset_env_var_is_a_warning_not_an_error() {
     assert!(out.stderr.contains("pipelines/unset_env.toml:9:7: warning: `source.url`: environment variable IRONLAKE_TEST_UNSET_URL is not set"), "{}", out.stderr);
     assert!(out.stderr.contains("pipelines/unset_env.toml:14:13: warning: `source.auth.token_env`: environment variable IRONLAKE_TEST_UNSET_TOKEN is not set"), "{}", out.stderr);
     assert!(
-        out.stdout.contains("check passed: 28 files, 2 warnings"),
+        out.stdout.contains("check passed: 29 files, 2 warnings"),
         "{}",
         out.stdout
     );

@@ -1,10 +1,9 @@
 -- 银行业金融机构工业贷款情况监测: each reporting bank's lending to industry
 -- (GB/T 4754 divisions 06–46; manufacturing 13–43), per quarter and bank,
--- plus bank_code 'ALL' for all banks together. A borrower's division comes
--- from the registry snapshot of the same quarter; loans to borrowers missing
--- from it count nowhere. Money sums are exact; shares and growth are computed
--- in double precision and rounded half away from zero to 2 places, the rate
--- to 4; a yoy is null without the bank's balance a year earlier or when it was zero.
+-- plus bank_code 'ALL' for all banks together: bank_lending_quarterly's
+-- rows with each bank's year-on-year growth, computed in double precision
+-- and rounded half away from zero to 2 places; a yoy is null without the
+-- bank's balance a year earlier or when it was zero.
 -- column: quarter | 季度 | | quarter of the loans' reporting date (YYYYQn)
 -- column: bank_code | 金融机构代码 | | reporting bank's institution code, or ALL for all banks
 -- column: industry_balance | 工业贷款余额 | CNY yuan | Σ balance of loans to industrial borrowers (divisions 06–46)
@@ -17,51 +16,22 @@
 -- column: loans | 贷款笔数 | | industrial loans reported in the quarter
 -- ironlake: partition_by = quarter
 -- ironlake: lags = 0, 4
-WITH ind AS (
-  SELECT
-    l.quarter, l.bank_code, l.balance, l.disbursed, l.rate_pct, l.term, l.guarantee,
-    CAST(substr(e.industry_code, 1, 2) AS INT) BETWEEN 13 AND 43 AS manufacturing
-  FROM bank_loans l
-  JOIN enterprises e ON e.uscc = l.uscc AND e.quarter = l.quarter
-  WHERE CAST(substr(e.industry_code, 1, 2) AS INT) BETWEEN 6 AND 46
-),
--- One aggregation for the banks and for 'ALL', and the year-earlier
--- balance from a window over the quarter number (exactly q − 4, null when
--- the bank has no row then), so the join above runs once.
-b AS (
-  SELECT
-    quarter,
-    CASE WHEN GROUPING(bank_code) = 1 THEN 'ALL' ELSE bank_code END AS bank_code,
-    SUM(balance) AS ib,
-    SUM(CASE WHEN manufacturing THEN balance ELSE 0 END) AS mb,
-    SUM(disbursed) AS nd,
-    SUM(CASE WHEN guarantee = 'credit' THEN balance ELSE 0 END) AS cb,
-    SUM(CASE WHEN term = 'medium_long' THEN balance ELSE 0 END) AS mlb,
-    SUM(CASE WHEN balance > 0 THEN balance * rate_pct END) AS wr,
-    SUM(CASE WHEN balance > 0 THEN balance END) AS w,
-    COUNT(*) AS n
-  FROM ind
-  GROUP BY GROUPING SETS ((quarter, bank_code), (quarter))
-),
-c AS (
-  SELECT
-    b.*,
-    FIRST_VALUE(ib) OVER (
-      PARTITION BY bank_code
-      ORDER BY CAST(substr(quarter, 1, 4) AS INT) * 4 + CAST(substr(quarter, 6, 1) AS INT)
-      RANGE BETWEEN 4 PRECEDING AND 4 PRECEDING
-    ) AS prev_ib
-  FROM b
-)
+-- The loans are joined with the registry in bank_lending_quarterly, one
+-- quarter at a time: another delivery of a quarter's loans recomputes that
+-- quarter's join there, and here that quarter and the year after it from
+-- the published rows of three quarters.
 SELECT
   c.quarter,
   c.bank_code,
-  CAST(c.ib AS DECIMAL(20, 2)) AS industry_balance,
-  CAST(c.mb AS DECIMAL(20, 2)) AS manufacturing_balance,
-  CAST(ROUND((CAST(c.ib AS DOUBLE) / CAST(NULLIF(c.prev_ib, 0) AS DOUBLE) - 1) * 100, 2) AS DECIMAL(10, 2)) AS industry_yoy_pct,
-  CAST(c.nd AS DECIMAL(20, 2)) AS new_industry_loans,
-  CAST(ROUND(CAST(c.cb AS DOUBLE) / CAST(NULLIF(c.ib, 0) AS DOUBLE) * 100, 2) AS DECIMAL(10, 2)) AS credit_share_pct,
-  CAST(ROUND(CAST(c.mlb AS DOUBLE) / CAST(NULLIF(c.ib, 0) AS DOUBLE) * 100, 2) AS DECIMAL(10, 2)) AS medium_long_share_pct,
-  CAST(ROUND(CAST(c.wr AS DOUBLE) / CAST(NULLIF(c.w, 0) AS DOUBLE), 4) AS DECIMAL(10, 4)) AS avg_rate_pct,
-  c.n AS loans
-FROM c
+  c.industry_balance,
+  c.manufacturing_balance,
+  CAST(ROUND((CAST(c.industry_balance AS DOUBLE) / CAST(NULLIF(p.industry_balance, 0) AS DOUBLE) - 1) * 100, 2) AS DECIMAL(10, 2)) AS industry_yoy_pct,
+  c.new_industry_loans,
+  c.credit_share_pct,
+  c.medium_long_share_pct,
+  c.avg_rate_pct,
+  c.loans
+FROM published.bank_lending_quarterly c
+LEFT JOIN published.bank_lending_quarterly p
+  ON p.bank_code = c.bank_code
+  AND p.quarter = CAST(CAST(substr(c.quarter, 1, 4) AS INT) - 1 AS VARCHAR) || substr(c.quarter, 5, 2)

@@ -25,14 +25,19 @@ ops AS (
   FROM operations o JOIN ent e ON e.uscc = o.uscc AND e.quarter = o.quarter
   GROUP BY GROUPING SETS ((o.quarter, e.district_code), (o.quarter))
 ),
+-- Loans with balance > 0 are picked inside the sums, not by a WHERE: the
+-- engine guesses that such a filter keeps a fifth of the rows and then
+-- hashed a quarter's 1.4M loans instead of its 300K enterprises (0.24 s
+-- and 133 MB against 0.12 s and 38 MB). HAVING drops the groups without
+-- one, as the WHERE did.
 loans AS (
   SELECT l.quarter, CASE WHEN GROUPING(e.district_code) = 1 THEN 'ALL' ELSE e.district_code END AS district_code,
-         SUM(l.balance) AS w,
-         SUM(l.balance * l.rate_pct) AS wr,
-         SUM(l.balance * (l.rate_pct + COALESCE(l.guarantee_fee_pct, 0))) AS wc
+         SUM(CASE WHEN l.balance > 0 THEN l.balance END) AS w,
+         SUM(CASE WHEN l.balance > 0 THEN l.balance * l.rate_pct END) AS wr,
+         SUM(CASE WHEN l.balance > 0 THEN l.balance * (l.rate_pct + COALESCE(l.guarantee_fee_pct, 0)) END) AS wc
   FROM bank_loans l JOIN ent e ON e.uscc = l.uscc AND e.quarter = l.quarter
-  WHERE l.balance > 0
   GROUP BY GROUPING SETS ((l.quarter, e.district_code), (l.quarter))
+  HAVING COUNT(CASE WHEN l.balance > 0 THEN 1 END) > 0
 )
 SELECT
   COALESCE(o.quarter, l.quarter) AS quarter,
