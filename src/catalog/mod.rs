@@ -13,7 +13,6 @@
 
 mod count;
 mod files;
-mod late;
 mod split;
 mod views;
 
@@ -35,8 +34,6 @@ use datafusion::datasource::listing::{
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use std::path::Path;
 use std::sync::Arc;
@@ -144,16 +141,6 @@ pub fn session_config(target_partitions: usize) -> SessionConfig {
         .set_bool("datafusion.execution.parquet.pushdown_filters", false);
     config.options_mut().execution.parquet.enable_page_index = true;
     config
-}
-
-/// DataFusion's physical optimizer rules with ironlake's: filters that only
-/// choose rows read inside the Parquet reader first (see [`late`]), text
-/// views compacted as they leave a scan last (see [`views`]).
-fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
-    let mut rules = PhysicalOptimizer::new().rules;
-    rules.insert(0, Arc::new(late::LateColumns));
-    rules.push(Arc::new(views::CompactViews));
-    rules
 }
 
 fn register(
@@ -336,7 +323,7 @@ impl Catalog {
             .map_err(|e| CatalogError::Setup(e.to_string()))?;
         let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
             .with_runtime_env(runtime)
-            .with_physical_optimizer_rules(physical_rules())
+            .with_physical_optimizer_rule(Arc::new(views::CompactViews))
             .with_query_planner(Arc::new(planner))
             .build();
         Ok(SessionContext::new_with_state(state))
