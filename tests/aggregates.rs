@@ -883,7 +883,7 @@ async fn incremental_refreshes_equal_a_full_rebuild_over_random_ingest_orders() 
     );
     let inc = published_digests(&wh);
     let full = published_digests(&copy);
-    assert_eq!(inc.as_object().unwrap().len(), 16);
+    assert_eq!(inc.as_object().unwrap().len(), common::PUBLISHED_AGGREGATES);
     for (name, v) in full.as_object().unwrap() {
         assert!(v["rows"].as_u64().unwrap() > 0, "{name} is empty");
         assert_eq!(
@@ -989,7 +989,7 @@ async fn a_restated_old_quarter_recomputes_only_what_reads_it() {
     // And every aggregate equals a full rebuild.
     let inc = published_digests(&wh);
     let full = published_digests(&copy);
-    assert_eq!(inc.as_object().unwrap().len(), 16);
+    assert_eq!(inc.as_object().unwrap().len(), common::PUBLISHED_AGGREGATES);
     for (name, v) in full.as_object().unwrap() {
         assert_eq!(
             &inc[name], v,

@@ -261,7 +261,7 @@ async fn every_published_aggregate_explains_how_it_is_made() {
             .await
             .unwrap();
     let list = list["aggregates"].as_array().unwrap();
-    assert_eq!(list.len(), 16, "{list:?}");
+    assert_eq!(list.len(), common::PUBLISHED_AGGREGATES, "{list:?}");
     for agg in list {
         let name = agg["name"].as_str().unwrap();
         let url = format!("{b}/api/v1/aggregates/{name}/definition");
@@ -818,7 +818,7 @@ async fn metrics_match_the_run_history_of_every_process() {
         .filter(|s| s[0] == "ironlake_aggregate_refresh_duration_seconds")
         .map(|s| s[2].as_f64().unwrap())
         .collect();
-    assert_eq!(durations.len(), 16, "{text}");
+    assert_eq!(durations.len(), common::PUBLISHED_AGGREGATES, "{text}");
     let mut distinct = durations.clone();
     distinct.sort_by(f64::total_cmp);
     distinct.dedup();

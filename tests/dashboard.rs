@@ -122,7 +122,7 @@ async fn the_dashboard_in_a_real_browser() {
 
     // Every published aggregate has a page with a non-empty chart, rows and its definition.
     let pages = report["pages"].as_object().unwrap();
-    assert_eq!(pages.len(), 16, "{pages:?}");
+    assert_eq!(pages.len(), common::PUBLISHED_AGGREGATES, "{pages:?}");
     for (name, p) in pages {
         assert!(p["chart"]["points"].as_u64().unwrap() > 0, "{name}: {p}");
         assert!(p["chart"]["marks"].as_u64().unwrap() > 0, "{name}: {p}");

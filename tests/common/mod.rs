@@ -5,6 +5,11 @@
 use ironlake::feedsim::{self, SimOptions};
 use std::net::SocketAddr;
 
+/// How many aggregates the bundled project publishes
+/// (`pipelines/aggregates/*.sql`): the tests that list, meter or draw
+/// every one of them expect this many.
+pub const PUBLISHED_AGGREGATES: usize = 16;
+
 /// A simulator serving on a free loopback port until dropped.
 pub struct SimServer {
     /// Address it listens on.
