@@ -986,7 +986,11 @@ fn check_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
 }
 
-/// Pages being checked (or waiting to be taken) per checking thread.
+/// Pages (feed pages, or chunks of an imported file) being checked or
+/// waiting to be taken, per checking thread. With one, a thread that
+/// finished its page waited for the oldest to be taken: a 5.1M-row
+/// backfill took 3.8-4.3 s instead of 3.4-3.8 (best of three, `feed-sim`
+/// on the same 2 cores), for 6-12 MB less at its peak.
 const PAGES_PER_THREAD: usize = 2;
 
 /// Fetched pages waiting for a checking thread.
@@ -1047,11 +1051,6 @@ async fn absorb_pages(
                 continue;
             }
         };
-        // Two pages a thread in flight (as `import` holds two chunks a
-        // thread): with one, a thread that finished its page waited for
-        // the oldest to be taken. A 5.1M-row backfill took 3.4-3.8 s
-        // instead of 3.8-4.3 (best of three, `feed-sim` on the same 2
-        // cores), for 6-12 MB more at its peak.
         if queue.len() >= PAGES_PER_THREAD * check_threads() {
             let next = queue.pop_front().expect("queue is full");
             take_checked(sink, report, next, done).await?;
@@ -2383,7 +2382,7 @@ fn import_chunks(
     let csv = format == Format::Csv;
     let threads = check_threads();
     // Chunks read but not yet taken: each holds a slot until it is taken.
-    let (slot_tx, slot_rx) = mpsc::sync_channel::<()>(threads * 2);
+    let (slot_tx, slot_rx) = mpsc::sync_channel::<()>(threads * PAGES_PER_THREAD);
     let (job_tx, job_rx) = mpsc::sync_channel::<Chunk>(1);
     let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
     type Done = Result<(Checked, u64, blake3::Hash), IngestError>;
