@@ -35,6 +35,15 @@ impl<'a> Cell<'a> {
             _ => Cell::Json(raw),
         }
     }
+
+    /// The length of the cell's text: at least that of the string value
+    /// it checks into (unescaping and trimming only shorten text).
+    pub fn text_len(&self) -> usize {
+        match self {
+            Cell::Json(s) | Cell::JsonStr(s) => s.len(),
+            Cell::Text(s) => s.len(),
+        }
+    }
 }
 
 /// One record, its cells in schema column order (`None`: the field was absent or empty).

@@ -11,6 +11,7 @@ use crate::config::pipeline::{Format, Pagination, Window};
 use crate::config::{Pipeline, Project, TableSchema};
 use crate::decode::{self, Columns, DecodeError};
 use crate::domain::Quarter;
+use crate::packed::{PackedSet, PackedStrings};
 use crate::partition::{self, PartitionError, Partitioner, QuarantineRow, Spilled};
 use crate::source::{FetchStats, Source, SourceError};
 use crate::validate::{Validator, Value};
@@ -470,7 +471,7 @@ impl Pager {
 /// and within the page cap. Returns the URL redacted for messages.
 fn next_request(
     source: &Source,
-    visited: &mut HashSet<String>,
+    visited: &mut PackedSet,
     prev: Option<&str>,
     url: &str,
     max_pages: u64,
@@ -479,7 +480,7 @@ fn next_request(
     if let Some(prev) = prev {
         source.check_origin(prev, url, "the Link header's next page")?;
     }
-    if !visited.insert(url.to_string()) {
+    if !visited.insert(url) {
         return Err(IngestError::PaginationLoop {
             url: shown,
             what: "was already fetched in this run",
@@ -663,8 +664,13 @@ impl Checker {
                         .entry(quarter)
                         .or_insert_with(|| {
                             // Room for the rest of the page: it is mostly one quarter.
-                            let rest = page.records.len() - i;
-                            partition::RowBuffer::with_capacity(self.validator.schema(), rest)
+                            let rest = &page.records[i..];
+                            let text = text_bytes(rest, self.validator.schema().columns.len());
+                            partition::RowBuffer::with_text_capacity(
+                                self.validator.schema(),
+                                rest.len(),
+                                &text,
+                            )
                         })
                         .push(&values);
                 }
@@ -693,6 +699,18 @@ impl Checker {
             max_cursor,
         }
     }
+}
+
+/// The text bytes of each of the `columns` cells over `records`: room for
+/// their string values, which are never longer.
+fn text_bytes(records: &[decode::RawRecord<'_>], columns: usize) -> Vec<usize> {
+    let mut bytes = vec![0; columns];
+    for rec in records {
+        for (b, cell) in bytes.iter_mut().zip(&rec.cells) {
+            *b += cell.as_ref().map_or(0, decode::Cell::text_len);
+        }
+    }
+    bytes
 }
 
 /// Where checked pages go, in order: the partitioner (valid rows by
@@ -893,8 +911,35 @@ async fn fetch_pages(
     Ok(chains)
 }
 
-/// Each window's pages: URL and `ETag` (if the feed sent one).
-type Chains = Vec<Vec<(String, Option<String>)>>;
+/// Each window's pages.
+type Chains = Vec<Chain>;
+
+/// A window's pages in order: URL and `ETag` (if the feed sent one),
+/// packed (see [`crate::packed`]): kept to the end of the run.
+#[derive(Default)]
+struct Chain {
+    urls: PackedStrings,
+    /// The `ETag` of each page, empty for none.
+    etags: PackedStrings,
+    tagged: Vec<bool>,
+}
+
+impl Chain {
+    fn push(&mut self, url: &str, etag: Option<&str>) {
+        self.urls.push(url);
+        self.etags.push(etag.unwrap_or_default());
+        self.tagged.push(etag.is_some());
+    }
+
+    /// The pages: URL and `ETag`.
+    fn pages(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.urls
+            .iter()
+            .zip(self.etags.iter())
+            .zip(&self.tagged)
+            .map(|((url, etag), &tagged)| (url, tagged.then_some(etag)))
+    }
+}
 
 /// Fetches one window page by page into `tx`; returns its request counts
 /// and its pages (URL, `ETag`) with the outcome.
@@ -905,18 +950,14 @@ async fn fetch_window(
     window: usize,
     quarter: Option<Quarter>,
     tx: tokio::sync::mpsc::Sender<Fetched>,
-) -> (
-    FetchStats,
-    Vec<(String, Option<String>)>,
-    Result<(), IngestError>,
-) {
+) -> (FetchStats, Chain, Result<(), IngestError>) {
     let mut stats = FetchStats::default();
-    let mut chain = Vec::new();
+    let mut chain = Chain::default();
     let pagination = &p.source.pagination;
     let ahead = matches!(pagination, Pagination::LinkHeader { .. } | Pagination::None);
     let result = async {
         let mut pager = Pager::start(pagination, window_url(p, source, plan, quarter)?);
-        let mut visited: HashSet<String> = HashSet::new();
+        let mut visited = PackedSet::default();
         let (mut prev, mut last_body): (Option<String>, Option<u64>) = (None, None);
         loop {
             let url = pager.url(pagination);
@@ -939,7 +980,7 @@ async fn fetch_window(
                     what: "returned the same page as the request before it",
                 });
             }
-            chain.push((url.clone(), fetched.etag));
+            chain.push(&url, fetched.etag.as_deref());
             let (reply, answer) = if ahead {
                 (None, None)
             } else {
@@ -1114,10 +1155,10 @@ async fn fetch_into(
         .into_iter()
         .map(|chain| {
             chain
-                .into_iter()
+                .pages()
                 .map(|(url, etag)| {
-                    etag.filter(|_| source.redact(&url) == url)
-                        .map(|e| (url, e))
+                    etag.filter(|_| source.redact(url) == url)
+                        .map(|e| (url.to_string(), e.to_string()))
                 })
                 .collect::<Option<Vec<_>>>()
         })
@@ -2984,7 +3025,7 @@ mod tests {
         p.source.auth = crate::config::pipeline::Auth::None;
         let source = Source::new(&p).unwrap();
         let base = source.base_url("bank_loans", None).unwrap();
-        let mut visited = HashSet::new();
+        let mut visited = PackedSet::default();
         next_request(&source, &mut visited, None, &base, 10).unwrap();
         next_request(
             &source,

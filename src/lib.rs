@@ -29,7 +29,8 @@
 //! (`ironlake check`), [`domain`] (USCC, district, industry, decimal and
 //! quarter rules), [`ingest`] (one run of one pipeline, end to end),
 //! [`daemon`] (schedules, reload, shutdown), [`metrics`] (Prometheus),
-//! [`primitives`] (constant-time comparison, randomness, fingerprint hash)
+//! [`primitives`] (constant-time comparison, randomness, fingerprint hash),
+//! [`packed`] (strings a run keeps to its end, packed into few buffers)
 //! and [`feedsim`] (the partner stand-in, `ironlake feed-sim`; production
 //! code never depends on it).
 
@@ -47,6 +48,7 @@ pub mod ingest;
 pub mod intake;
 pub mod metrics;
 pub mod models;
+pub mod packed;
 pub mod partition;
 pub mod pg;
 pub mod primitives;

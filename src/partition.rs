@@ -65,9 +65,9 @@ enum ColBuilder {
 }
 
 impl ColBuilder {
-    fn new(t: ColumnType, rows: usize) -> ColBuilder {
+    fn new(t: ColumnType, rows: usize, text_bytes: usize) -> ColBuilder {
         match t {
-            ColumnType::Utf8 => ColBuilder::Utf8(StringBuilder::with_capacity(rows, rows * 16)),
+            ColumnType::Utf8 => ColBuilder::Utf8(StringBuilder::with_capacity(rows, text_bytes)),
             ColumnType::Boolean => ColBuilder::Bool(BooleanBuilder::with_capacity(rows)),
             ColumnType::Int32 => ColBuilder::I32(Int32Builder::with_capacity(rows)),
             ColumnType::Int64 => ColBuilder::I64(Int64Builder::with_capacity(rows)),
@@ -121,11 +121,25 @@ impl RowBuffer {
     /// An empty buffer for rows of `schema`, with room for `rows` rows
     /// (and text of 16 bytes a value) before it has to grow.
     pub fn with_capacity(schema: &TableSchema, rows: usize) -> RowBuffer {
+        let text = vec![rows * 16; schema.columns.len()];
+        RowBuffer::with_text_capacity(schema, rows, &text)
+    }
+
+    /// An empty buffer for rows of `schema`, with room for `rows` rows and
+    /// `text_bytes[i]` bytes of text in column `i` before it has to grow.
+    /// Sized from the rows it will get, a page's batch is built without
+    /// reallocating and holds no spare capacity while it waits in queues.
+    pub fn with_text_capacity(
+        schema: &TableSchema,
+        rows: usize,
+        text_bytes: &[usize],
+    ) -> RowBuffer {
         RowBuffer {
             cols: schema
                 .columns
                 .iter()
-                .map(|c| ColBuilder::new(c.data_type, rows))
+                .zip(text_bytes)
+                .map(|(c, &text)| ColBuilder::new(c.data_type, rows, text))
                 .collect(),
             rows: 0,
         }
