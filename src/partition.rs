@@ -21,10 +21,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 
-/// Rows buffered per quarter before spilling.
-const SPILL_ROWS: usize = 32 * 1024;
-/// Rows buffered across all quarters before spilling everything.
-const SPILL_TOTAL_ROWS: usize = 128 * 1024;
+/// Valid rows buffered per quarter before they are sent to be staged
+/// (about 1.6 MB of loans, under two feed pages). The buffers, the staging
+/// queue and the spill being encoded hold at most a few of these: with
+/// 32K rows, a 10.2M-row backfill peaked at 109-111 MB against 95-97 MB
+/// at 1.3M rows; with 8K, at 92-94 MB against 81-84 MB, in the same time
+/// (`feed-sim` on the same 2 cores; `import` of a 5.1M-row CSV: 139-145 MB
+/// instead of 151-163, its time within the machine's drift).
+const SPILL_ROWS: usize = 8 * 1024;
+/// Valid rows buffered across all quarters before spilling everything.
+const SPILL_TOTAL_ROWS: usize = 4 * SPILL_ROWS;
+/// Rejected records buffered per quarantine partition before spilling.
+const SPILL_QUARANTINE_ROWS: usize = 32 * 1024;
 /// Longest raw record text kept in the quarantine.
 pub const MAX_RAW_BYTES: usize = 64 * 1024;
 /// Memory the staged Parquet writers may hold for their unfinished row
@@ -411,7 +419,7 @@ impl Partitioner {
         b.code.append_value(row.code);
         b.rows += 1;
         b.bytes += raw.len() + row.reason.len() + row.source.len();
-        if b.rows >= SPILL_ROWS || b.bytes >= SPILL_QUARANTINE_BYTES {
+        if b.rows >= SPILL_QUARANTINE_ROWS || b.bytes >= SPILL_QUARANTINE_BYTES {
             self.spill_quarantine(&key)?;
         }
         Ok(())
@@ -512,9 +520,9 @@ enum Stage {
 }
 
 /// Spills waiting for the staging thread beyond the one it encodes. Each
-/// is up to [`SPILL_ROWS`] rows of Arrow arrays (about 5 MB of loans), so
-/// the queue's depth is most of what a long backfill holds that a short one
-/// does not. A backfill of 7.9M loan rows (`feed-sim --seed 11
+/// is up to [`SPILL_ROWS`] rows of Arrow arrays. When spills were 32K
+/// rows (about 5 MB of loans), the queue's depth was most of what a long
+/// backfill held that a short one did not. A backfill of 7.9M loan rows (`feed-sim --seed 11
 /// --enterprises 310000`, 12 quarters) peaked at 119-128 MB with 4 against
 /// 83-86 MB for 1M rows (38,750 enterprises); with 1, at 111-119 MB against
 /// 89-93 MB, in the same time (5.2-5.9 s either way, `feed-sim` sharing the
