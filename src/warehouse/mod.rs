@@ -628,13 +628,30 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The current manifest as last read, and the modification time of the
+/// manifests directory it may be trusted for (see [`Warehouse::manifest_shared`]).
+#[derive(Debug)]
+struct SharedManifest {
+    manifest: std::sync::Arc<Manifest>,
+    /// Set when the directory was listed long enough after it last
+    /// changed that a later change must move its modification time.
+    listed_stamp: Option<std::time::SystemTime>,
+}
+
+/// How long after the manifests directory last changed a listing of it
+/// must start for its modification time to vouch for the listing: a change
+/// within the same tick of the file system's clock leaves the time as it
+/// was. That tick is a few milliseconds here, up to 2 s on some file
+/// systems.
+const STAMP_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A warehouse directory, opened (and recovered).
 #[derive(Debug, Clone)]
 pub struct Warehouse {
     root: PathBuf,
     retention: std::time::Duration,
     runs_cache: std::sync::Arc<std::sync::Mutex<Option<RunsCache>>>,
-    manifest_cache: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<Manifest>>>>,
+    manifest_cache: std::sync::Arc<std::sync::Mutex<Option<SharedManifest>>>,
     /// The generations each retained manifest version references (manifests
     /// never change), so garbage collection reads each manifest once.
     gc_refs: std::sync::Arc<std::sync::Mutex<HashMap<u64, std::sync::Arc<Vec<PathBuf>>>>>,
@@ -1049,23 +1066,43 @@ impl Warehouse {
     }
 
     /// The current manifest, shared: parsed again only when a newer version
-    /// exists (one directory listing per call), so hot read paths such as
-    /// dashboard reads do not parse JSON per request. A commit by any process
-    /// is visible on the next call.
+    /// exists, so hot read paths such as dashboard reads do not parse JSON
+    /// per request. A commit by any process is visible on the next call.
+    ///
+    /// Each call looks at the manifests directory's modification time (one
+    /// `stat`); the directory is listed only when that time moved since a
+    /// listing it vouches for (one that started [`STAMP_MARGIN`] after it).
+    /// A listing per call cost a 304 answer to a dashboard about a fifth of
+    /// its time.
     pub fn manifest_shared(&self) -> Result<std::sync::Arc<Manifest>> {
-        let latest = self.manifest_versions()?.last().copied().unwrap_or(0);
+        let dir = self.meta("manifests");
+        let stamp = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
         let mut cache = self
             .manifest_cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(m) = cache.as_ref()
-            && m.version == latest
+        if let Some(c) = cache.as_ref()
+            && stamp.is_some()
+            && c.listed_stamp == stamp
         {
-            return Ok(m.clone());
+            return Ok(c.manifest.clone());
         }
-        let m = std::sync::Arc::new(self.manifest()?);
-        *cache = Some(m.clone());
-        Ok(m)
+        let listed_at = std::time::SystemTime::now();
+        let latest = self.manifest_versions()?.last().copied().unwrap_or(0);
+        let listed_stamp = stamp.filter(|s| {
+            listed_at
+                .duration_since(*s)
+                .is_ok_and(|age| age >= STAMP_MARGIN)
+        });
+        let manifest = match cache.as_ref() {
+            Some(c) if c.manifest.version == latest => c.manifest.clone(),
+            _ => std::sync::Arc::new(self.manifest()?),
+        };
+        *cache = Some(SharedManifest {
+            manifest: manifest.clone(),
+            listed_stamp,
+        });
+        Ok(manifest)
     }
 
     /// Starts a new generation of directory `key` (e.g. `tables/bank_loans`).
@@ -1411,8 +1448,10 @@ impl Warehouse {
         *self
             .manifest_cache
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(std::sync::Arc::new(journal.manifest));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(SharedManifest {
+            manifest: std::sync::Arc::new(journal.manifest),
+            listed_stamp: None,
+        });
         // What follows is housekeeping: a failure is logged, not reported
         // as a failed commit (the next start or commit redoes it).
         let after = || -> Result<()> {
@@ -1818,6 +1857,45 @@ mod tests {
         };
         p.add_file(part, 0, entry, run);
         p
+    }
+
+    /// Sets the modification time of directory `dir` to `t`.
+    fn set_mtime(dir: &Path, t: std::time::SystemTime) {
+        std::fs::File::open(dir).unwrap().set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn the_shared_manifest_follows_commits_of_other_handles_by_the_directory_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reader, writer) = (
+            Warehouse::open(dir.path()).unwrap(),
+            Warehouse::open(dir.path()).unwrap(),
+        );
+        let mdir = reader.meta("manifests");
+        commit_dir(&writer, "tables/t", "r1", &["2019Q1"]);
+        assert_eq!(reader.manifest_shared().unwrap().version, 1);
+        // Changed long ago: a listing now vouches for the directory's time.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        set_mtime(&mdir, old);
+        assert_eq!(reader.manifest_shared().unwrap().version, 1);
+        // While that time stands, calls do not list the directory: a
+        // manifest slipped in under the same time goes unseen ...
+        std::fs::write(mdir.join("m-00000000000000000099.json"), b"{").unwrap();
+        set_mtime(&mdir, old);
+        assert_eq!(reader.manifest_shared().unwrap().version, 1);
+        std::fs::remove_file(mdir.join("m-00000000000000000099.json")).unwrap();
+        set_mtime(&mdir, old);
+        // ... and a commit, which moves it, is seen on the next call.
+        commit_dir(&writer, "tables/t", "r2", &["2019Q2"]);
+        assert_eq!(reader.manifest_shared().unwrap().version, 2);
+        // Listed within the margin of the change: the next call lists
+        // again, and sees a commit however close behind.
+        commit_dir(&writer, "tables/t", "r3", &["2019Q3"]);
+        assert_eq!(reader.manifest_shared().unwrap().version, 3);
+        let now = std::fs::metadata(&mdir).unwrap().modified().unwrap();
+        commit_dir(&writer, "tables/t", "r4", &["2019Q4"]);
+        set_mtime(&mdir, now);
+        assert_eq!(reader.manifest_shared().unwrap().version, 4);
     }
 
     #[test]
