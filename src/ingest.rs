@@ -666,7 +666,7 @@ impl Checker {
                             // Room for the rest of the page: it is mostly one quarter.
                             let rest = &page.records[i..];
                             let text = text_bytes(rest, self.validator.schema().columns.len());
-                            partition::RowBuffer::with_text_capacity(
+                            partition::RowBuffer::with_capacity(
                                 self.validator.schema(),
                                 rest.len(),
                                 &text,

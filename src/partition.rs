@@ -126,22 +126,11 @@ pub struct RowBuffer {
 }
 
 impl RowBuffer {
-    /// An empty buffer for rows of `schema`, with room for `rows` rows
-    /// (and text of 16 bytes a value) before it has to grow.
-    pub fn with_capacity(schema: &TableSchema, rows: usize) -> RowBuffer {
-        let text = vec![rows * 16; schema.columns.len()];
-        RowBuffer::with_text_capacity(schema, rows, &text)
-    }
-
     /// An empty buffer for rows of `schema`, with room for `rows` rows and
     /// `text_bytes[i]` bytes of text in column `i` before it has to grow.
     /// Sized from the rows it will get, a page's batch is built without
     /// reallocating and holds no spare capacity while it waits in queues.
-    pub fn with_text_capacity(
-        schema: &TableSchema,
-        rows: usize,
-        text_bytes: &[usize],
-    ) -> RowBuffer {
+    pub fn with_capacity(schema: &TableSchema, rows: usize, text_bytes: &[usize]) -> RowBuffer {
         RowBuffer {
             cols: schema
                 .columns
@@ -522,8 +511,8 @@ enum Stage {
 /// Spills waiting for the staging thread beyond the one it encodes. Each
 /// is up to [`SPILL_ROWS`] rows of Arrow arrays. When spills were 32K
 /// rows (about 5 MB of loans), the queue's depth was most of what a long
-/// backfill held that a short one did not. A backfill of 7.9M loan rows (`feed-sim --seed 11
-/// --enterprises 310000`, 12 quarters) peaked at 119-128 MB with 4 against
+/// backfill held that a short one did not. A backfill of 7.9M loan rows
+/// (`feed-sim --seed 11 --enterprises 310000`, 12 quarters) peaked at 119-128 MB with 4 against
 /// 83-86 MB for 1M rows (38,750 enterprises); with 1, at 111-119 MB against
 /// 89-93 MB, in the same time (5.2-5.9 s either way, `feed-sim` sharing the
 /// 2 cores): the encoding, not the queue, sets the pace.
@@ -787,7 +776,7 @@ mod tests {
 
     /// A batch of `t`'s rows, one per id: the id in every text column.
     fn batch_of(t: &TableSchema, ids: &[String]) -> RecordBatch {
-        let mut b = RowBuffer::with_capacity(t, ids.len());
+        let mut b = RowBuffer::with_capacity(t, ids.len(), &vec![0; t.columns.len()]);
         for id in ids {
             let values: Vec<Value> = t
                 .columns

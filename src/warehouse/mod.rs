@@ -1059,9 +1059,14 @@ impl Warehouse {
 
     /// The current committed manifest (version 0, empty, for a new warehouse).
     pub fn manifest(&self) -> Result<Manifest> {
-        match self.manifest_versions()?.last() {
+        self.read_manifest(self.manifest_versions()?.last().copied())
+    }
+
+    /// Manifest `version` (`None`: none committed yet, the empty one).
+    fn read_manifest(&self, version: Option<u64>) -> Result<Manifest> {
+        match version {
             None => Ok(Manifest::default()),
-            Some(&v) => Self::read_json(&self.manifest_path(v)),
+            Some(v) => Self::read_json(&self.manifest_path(v)),
         }
     }
 
@@ -1088,15 +1093,15 @@ impl Warehouse {
             return Ok(c.manifest.clone());
         }
         let listed_at = std::time::SystemTime::now();
-        let latest = self.manifest_versions()?.last().copied().unwrap_or(0);
+        let latest = self.manifest_versions()?.last().copied();
         let listed_stamp = stamp.filter(|s| {
             listed_at
                 .duration_since(*s)
                 .is_ok_and(|age| age >= STAMP_MARGIN)
         });
         let manifest = match cache.as_ref() {
-            Some(c) if c.manifest.version == latest => c.manifest.clone(),
-            _ => std::sync::Arc::new(self.manifest()?),
+            Some(c) if c.manifest.version == latest.unwrap_or(0) => c.manifest.clone(),
+            _ => std::sync::Arc::new(self.read_manifest(latest)?),
         };
         *cache = Some(SharedManifest {
             manifest: manifest.clone(),
