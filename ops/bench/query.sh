@@ -5,7 +5,8 @@
 #   - an incremental refresh after one quarter of bank_loans changed, three
 #     times (three deliveries of 2018Q2 in turn),
 #   - ten analyst queries (ops/bench/queries.sql): best of three in a fresh
-#     process each (cold), best of five in one warm session (DuckDB too),
+#     process each (cold), and best of five in one warm session taking turns
+#     with DuckDB query by query,
 # each side by side with DuckDB over the same Parquet files in the same run,
 # and an exact cross-check of every published indicator against DuckDB.
 #
@@ -58,16 +59,12 @@ while IFS= read -r q; do
     done
     echo "$best" >> "$WORK/il-times"
 done < "$WORK/queries.txt"
-# The same queries in one warm `ironlake sql` session (as DuckDB runs them on
-# one connection): each five times through the shell, whose "(N.NNNs)"
-# after a query is its planning and execution time.
+# The same queries warm: one `ironlake sql` session and one DuckDB
+# connection taking turns query by query, best of five each (see
+# warm_queries.py: both engines sample the same minutes of the machine's drift).
 WARM_RUNS=5
-{ echo '\format csv'; while IFS= read -r q; do for _ in $(seq $WARM_RUNS); do echo "$q;"; done; done < "$WORK/queries.txt"; } \
-    | il sql >/dev/null 2>"$WORK/warm.err"
-sed -n 's/^(\([0-9.]*\)s)$/\1/p' "$WORK/warm.err" > "$WORK/il-warm"
-if [[ $(wc -l < "$WORK/il-warm") -ne $((WARM_RUNS * $(wc -l < "$WORK/queries.txt"))) ]]; then
-    echo "the warm session did not time every query:" >&2; cat "$WORK/warm.err" >&2; exit 1
-fi
+IRONLAKE_LOG=warn "$PY" "$ROOT/ops/bench/warm_queries.py" "$WORK/queries.txt" "$WARM_RUNS" "$ROOT/tests/py" "$WH" \
+    "$BIN" --config "$ROOT/ironlake.toml" --warehouse "$WH" > "$WORK/warm.json"
 
 # The [policy] values as the SQL literals ironlake fills in (see Policy::placeholders).
 POLICY_JSON=$("$PY" -c "
@@ -75,7 +72,7 @@ import json, tomllib
 p = tomllib.load(open('$ROOT/ironlake.toml', 'rb'))['policy']
 p['strategic_divisions'] = ', '.join(\"'%s'\" % d for d in p['strategic_divisions'])
 print(json.dumps({k: str(v) for k, v in p.items()}))")
-"$PY" "$ROOT/ops/bench/duckdb_queries.py" "$WH" "$ROOT/ops/bench/queries.sql" "$ROOT/tests/py" "$POLICY_JSON" "$WARM_RUNS" > "$WORK/duck.json"
+"$PY" "$ROOT/ops/bench/duckdb_indicators.py" "$WH" "$ROOT/tests/py" "$POLICY_JSON" > "$WORK/duck.json"
 "$PY" "$ROOT/tests/py/crosscheck.py" "$WH" "$POLICY_JSON" > "$WORK/cross.json"
 
 "$PY" - "$WORK" "$LOANS" "$WARM_RUNS" <<'PY'
@@ -84,8 +81,8 @@ work, loans, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 t = lambda n: float(open(f"{work}/{n}").read().split()[0])
 duck = json.load(open(f"{work}/duck.json"))
 il = [float(x) for x in open(f"{work}/il-times").read().split()]
-w = [float(x) for x in open(f"{work}/il-warm").read().split()]
-warm = [min(w[i:i + runs]) for i in range(0, len(w), runs)]
+warm_both = json.load(open(f"{work}/warm.json"))
+warm, duck_q = warm_both["ironlake"], warm_both["duckdb"]
 rss = lambda n: int(open(f"{work}/{n}").read().split()[1]) / 1e6  # GB
 fulls, incs = [t(f"t-full{i}") for i in (1, 2)], [t(f"t-inc{i}") for i in (1, 2, 3)]
 full, inc = min(fulls), min(incs)
@@ -95,11 +92,11 @@ print()
 print(f"full refresh (all aggregates): ironlake best {full:.2f}s ({shown(fulls)}), peak RSS {peak(['t-full1', 't-full2']):.2f} GB; DuckDB computing the {duck['indicators']} cross-checked indicators: {duck['indicators_full']:.2f}s; ratio (DuckDB time / ironlake time) {duck['indicators_full']/full:.2f}x")
 print(f"incremental refresh after one quarter changed:   ironlake best {inc:.2f}s ({shown(incs)}) = {100*inc/full:.1f}% of the best full refresh (median {100*sorted(incs)[1]/full:.1f}%), peak RSS {peak(['t-inc1', 't-inc2', 't-inc3']):.2f} GB")
 print()
-print(f"ironlake: a fresh `ironlake sql` process per query (cold, best of three), and one warm `ironlake sql` session (best of {runs}); DuckDB: one warm connection (best of {runs})")
+print(f"ironlake: a fresh `ironlake sql` process per query (cold, best of three), and one warm `ironlake sql` session; DuckDB: one warm connection; the warm session and DuckDB take turns, best of {runs} each")
 print(f"{'query':6} {'cold s':>8} {'warm s':>8} {'DuckDB s':>9} {'cold/DuckDB':>12} {'warm/DuckDB':>12}")
 geo = lambda xs: math.exp(sum(map(math.log, xs)) / len(xs))
 cold_r, warm_r = [], []
-for i, (a, b, d) in enumerate(zip(il, warm, duck["queries"]), 1):
+for i, (a, b, d) in enumerate(zip(il, warm, duck_q), 1):
     cold_r.append(a / d)
     warm_r.append(b / d)
     print(f"Q{i:<5} {a:>8.3f} {b:>8.3f} {d:>9.3f} {a/d:>12.2f} {b/d:>12.2f}")
