@@ -129,9 +129,16 @@ SELECT
   CAST(COALESCE(f.equity, 0) AS DECIMAL(20, 2)) AS equity_raised_ttm,
   CAST(ROUND(CAST(c.energy_tce AS DOUBLE) / (CAST(NULLIF(c.output_value, 0) AS DOUBLE) / 10000), 4) AS DECIMAL(14, 4)) AS energy_per_10k_yuan,
   CAST(ROUND(CAST(c.water_m3 AS DOUBLE) / (CAST(NULLIF(c.output_value, 0) AS DOUBLE) / 10000), 4) AS DECIMAL(14, 4)) AS water_per_10k_yuan
-FROM ent e
-LEFT JOIN ttm t ON t.qn = e.qn AND t.uscc = e.uscc
-LEFT JOIN ops c ON c.quarter = e.quarter AND c.uscc = e.uscc
-LEFT JOIN loans l ON l.quarter = e.quarter AND l.uscc = e.uscc
+-- The loans are joined from their side (the same rows as the registry LEFT
+-- JOIN loans): their hash table is then the small one (uscc and two
+-- numbers), and the registry's rows, wide and in uscc order, stream past it.
+-- Joined the other way, every loan row picked its registry row out of an
+-- 83 MB table in random order: 320 ms of the 1.0 s a quarter took.
+FROM loans l
+RIGHT JOIN (
+  ent e
+  LEFT JOIN ttm t ON t.qn = e.qn AND t.uscc = e.uscc
+  LEFT JOIN ops c ON c.quarter = e.quarter AND c.uscc = e.uscc
+) ON l.quarter = e.quarter AND l.uscc = e.uscc
 LEFT JOIN demands d ON d.qn = e.qn AND d.uscc = e.uscc
 LEFT JOIN direct f ON f.qn = e.qn AND f.uscc = e.uscc
