@@ -127,9 +127,9 @@ fn environment_options() -> &'static datafusion::config::ConfigOptions {
 
 /// Rows in a batch unless `DATAFUSION_EXECUTION_BATCH_SIZE` says otherwise:
 /// four times DataFusion's 8192. On the query benchmark's warehouse the ten
-/// analyst queries ran 5% faster by geometric mean (alternating warm
-/// sessions, six rounds each), Q1, Q9 and Q10 up to 15%; a full refresh took
-/// the same time and 2% more memory.
+/// analyst queries ran 4–9% faster by geometric mean in three runs of
+/// alternating warm sessions (Q1 13–18%); a full refresh took the same time
+/// and 2% more memory.
 const BATCH_SIZE: usize = 32 * 1024;
 
 /// Session settings every ironlake session uses: the engine's options from
