@@ -46,10 +46,12 @@ def ironlake(sql):
         line = shell.stderr.readline()
         if not line:
             sys.exit(f"`ironlake sql` ended before timing {sql!r}:\n{''.join(seen)}")
+        seen.append(line)
+        if line.startswith("error:"):
+            sys.exit(f"`ironlake sql` failed on {sql!r}:\n{''.join(seen)}")
         m = TIMING.match(line.strip())
         if m:
             return float(m.group(1))
-        seen.append(line)
 
 
 def duckdb(sql):
