@@ -84,13 +84,14 @@ il = [float(x) for x in open(f"{work}/il-times").read().split()]
 warm_both = json.load(open(f"{work}/warm.json"))
 warm, duck_q = warm_both["ironlake"], warm_both["duckdb"]
 rss = lambda n: int(open(f"{work}/{n}").read().split()[1]) / 1e6  # GB
-fulls, incs = [t(f"t-full{i}") for i in (1, 2)], [t(f"t-inc{i}") for i in (1, 2, 3)]
+full_runs, inc_runs = [f"t-full{i}" for i in (1, 2)], [f"t-inc{i}" for i in (1, 2, 3)]
+fulls, incs = [t(n) for n in full_runs], [t(n) for n in inc_runs]
 full, inc = min(fulls), min(incs)
 peak = lambda names: max(rss(n) for n in names)
 shown = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
 print()
-print(f"full refresh (all aggregates): ironlake best {full:.2f}s ({shown(fulls)}), peak RSS {peak(['t-full1', 't-full2']):.2f} GB; DuckDB computing the {duck['indicators']} cross-checked indicators: {duck['indicators_full']:.2f}s; ratio (DuckDB time / ironlake time) {duck['indicators_full']/full:.2f}x")
-print(f"incremental refresh after one quarter changed:   ironlake best {inc:.2f}s ({shown(incs)}) = {100*inc/full:.1f}% of the best full refresh (median {100*sorted(incs)[1]/full:.1f}%), peak RSS {peak(['t-inc1', 't-inc2', 't-inc3']):.2f} GB")
+print(f"full refresh (all aggregates): ironlake best {full:.2f}s ({shown(fulls)}), peak RSS {peak(full_runs):.2f} GB; DuckDB computing the {duck['indicators']} cross-checked indicators: {duck['indicators_full']:.2f}s; ratio (DuckDB time / ironlake time) {duck['indicators_full']/full:.2f}x")
+print(f"incremental refresh after one quarter changed:   ironlake best {inc:.2f}s ({shown(incs)}) = {100*inc/full:.1f}% of the best full refresh (median {100*sorted(incs)[1]/full:.1f}%), peak RSS {peak(inc_runs):.2f} GB")
 print()
 print(f"ironlake: a fresh `ironlake sql` process per query (cold, best of three), and one warm `ironlake sql` session; DuckDB: one warm connection; the warm session and DuckDB take turns, best of {runs} each")
 print(f"{'query':6} {'cold s':>8} {'warm s':>8} {'DuckDB s':>9} {'cold/DuckDB':>12} {'warm/DuckDB':>12}")

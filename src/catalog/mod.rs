@@ -108,20 +108,29 @@ pub struct Snapshot {
 
 /// Engine options from `DATAFUSION_*` environment variables, as
 /// `datafusion-cli` reads them (`DATAFUSION_EXECUTION_BATCH_SIZE=16384` sets
-/// `datafusion.execution.batch_size`), read once per process. A value the
-/// engine cannot parse is reported once and the defaults are used instead.
+/// `datafusion.execution.batch_size`), over ironlake's batch size
+/// ([`BATCH_SIZE`]), read once per process. A value the engine cannot parse
+/// is reported once and the defaults are used instead.
 fn environment_options() -> &'static datafusion::config::ConfigOptions {
     static OPTIONS: std::sync::OnceLock<datafusion::config::ConfigOptions> =
         std::sync::OnceLock::new();
     OPTIONS.get_or_init(|| {
-        datafusion::config::ConfigOptions::from_env().unwrap_or_else(|e| {
+        let parsed = datafusion::config::ConfigOptions::from_env();
+        let batch_size_set =
+            parsed.is_ok() && std::env::var_os("DATAFUSION_EXECUTION_BATCH_SIZE").is_some();
+        let mut options = parsed.unwrap_or_else(|e| {
             tracing::warn!(
                 error = %e,
                 "A DATAFUSION_* environment variable has a value the engine cannot use; \
                  all of them are ignored."
             );
             datafusion::config::ConfigOptions::default()
-        })
+        });
+        if !batch_size_set {
+            options.execution.batch_size =
+                datafusion::config::ConfigNonZeroUsize::try_new(BATCH_SIZE).expect("not zero");
+        }
+        options
     })
 }
 
@@ -134,14 +143,9 @@ const BATCH_SIZE: usize = 32 * 1024;
 
 /// Session settings every ironlake session uses: the engine's options from
 /// the environment (see [`environment_options`]), then ironlake's own, which
-/// always win (read-only string types, exact decimals, the parallelism),
-/// except the batch size, which the environment may set.
+/// always win (read-only string types, exact decimals, the parallelism).
 pub fn session_config(target_partitions: usize) -> SessionConfig {
-    let mut config = SessionConfig::from(environment_options().clone());
-    if std::env::var_os("DATAFUSION_EXECUTION_BATCH_SIZE").is_none() {
-        config = config.with_batch_size(BATCH_SIZE);
-    }
-    let mut config = config
+    let mut config = SessionConfig::from(environment_options().clone())
         .with_target_partitions(target_partitions)
         .with_information_schema(true)
         .set_bool(
