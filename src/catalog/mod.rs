@@ -115,10 +115,7 @@ fn environment_options() -> &'static datafusion::config::ConfigOptions {
     static OPTIONS: std::sync::OnceLock<datafusion::config::ConfigOptions> =
         std::sync::OnceLock::new();
     OPTIONS.get_or_init(|| {
-        let parsed = datafusion::config::ConfigOptions::from_env();
-        let batch_size_set =
-            parsed.is_ok() && std::env::var_os("DATAFUSION_EXECUTION_BATCH_SIZE").is_some();
-        let mut options = parsed.unwrap_or_else(|e| {
+        let mut options = datafusion::config::ConfigOptions::from_env().unwrap_or_else(|e| {
             tracing::warn!(
                 error = %e,
                 "A DATAFUSION_* environment variable has a value the engine cannot use; \
@@ -126,7 +123,7 @@ fn environment_options() -> &'static datafusion::config::ConfigOptions {
             );
             datafusion::config::ConfigOptions::default()
         });
-        if !batch_size_set {
+        if std::env::var_os("DATAFUSION_EXECUTION_BATCH_SIZE").is_none() {
             options.execution.batch_size =
                 datafusion::config::ConfigNonZeroUsize::try_new(BATCH_SIZE).expect("not zero");
         }
